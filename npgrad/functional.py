@@ -1,0 +1,1 @@
+"""The user-facing functions (``from npgrad import functional as F``)."""
