@@ -1,6 +1,231 @@
 """Pure-NumPy reference kernels: the readable twins of the Numba kernels (numba_kernels.py).
 
-Each function works on plain ndarrays; the derivative it implements is in the Function that
-calls it (npgrad/ops/). Signatures are shared with numba_kernels.py exactly.
+Each function works on plain ndarrays; the derivative it implements is derived in the Function
+that calls it (npgrad/ops/). Signatures are shared with numba_kernels.py exactly (see
+notes/KERNELS.md). Conventions:
+
+* The row kernels take 2-D arrays: N rows (every leading axis flattened by the op) of V or C
+  entries. The attention kernels take 3-D arrays whose first axis B is every leading axis
+  (batch * heads) flattened.
+* float32 in -> float32 out (every constant is a Python float, which NumPy does not let promote
+  an array), float64 in -> float64 out.
+* Strided (non-contiguous) input is fine: NumPy's ufuncs and matmul read any strides, and no
+  kernel writes into its inputs.
+* Row dot products use ``np.einsum("nv,nv->n", a, b)``, which does not materialise ``a * b``.
 """
 import numpy as np
+
+
+def _row_dot(a, b):
+    """sum_j a[n, j] * b[n, j] for every row n, without materialising a * b.   (N,V),(N,V) -> (N,)"""
+    return np.einsum("nv,nv->n", a, b)
+
+
+# ---------------------------------------------------------------------------------- softmax
+
+
+def softmax_forward(x):
+    """y[n, i] = exp(x[n, i] - m_n) / sum_j exp(x[n, j] - m_n),  m_n = max_j x[n, j].   (N,V) -> (N,V)
+
+    Shifting by the row maximum changes nothing mathematically (it cancels between numerator
+    and denominator) but keeps every exponent <= 0, so exp never overflows, even in float32.
+    """
+    y = x - x.max(axis=-1, keepdims=True)     # (N,V) the only new array
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
+
+
+def softmax_backward(y, gy):
+    """gx[n, i] = y[n, i] * (gy[n, i] - sum_j gy[n, j] y[n, j]).   (N,V),(N,V) -> (N,V)
+
+    The vector-Jacobian product of softmax: dy_i/dx_j = y_i (delta_ij - y_j).
+    """
+    gx = gy - _row_dot(gy, y)[:, None]        # (N,V)
+    gx *= y
+    return gx
+
+
+def log_softmax_forward(x):
+    """out[n, i] = x[n, i] - m_n - log sum_j exp(x[n, j] - m_n),  m_n = max_j x[n, j].   (N,V) -> (N,V)"""
+    out = x - x.max(axis=-1, keepdims=True)   # (N,V) shifted logits, every entry <= 0
+    sum_exp = np.exp(out).sum(axis=-1, keepdims=True)
+    out -= np.log(sum_exp)
+    return out
+
+
+def log_softmax_backward(out, gout):
+    """gx[n, i] = gout[n, i] - exp(out[n, i]) * sum_j gout[n, j].   (N,V),(N,V) -> (N,V)
+
+    The vector-Jacobian product of log-softmax: d out_i / dx_j = delta_ij - softmax_j,
+    and exp(out) is the softmax.
+    """
+    gx = np.exp(out)                          # (N,V) softmax
+    gx *= gout.sum(axis=-1, keepdims=True)
+    np.subtract(gout, gx, out=gx)
+    return gx
+
+
+# ---------------------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
+    """Per-row cross-entropy with label smoothing and an ignored class index.   (N,V),(N,) -> (N,),(N,)
+
+    lse_n  = log sum_j exp(x[n, j])                              (max-shifted)
+    loss_n = lse_n - (1 - eps) x[n, t_n] - (eps / V) sum_j x[n, j],   and 0 where t_n == ignore_index
+
+    This is PyTorch's rule  (1 - eps) * (-log p[n, t_n]) + eps * mean_j(-log p[n, j])  with
+    -log p[n, j] = lse_n - x[n, j]. Returns (loss, lse); lse is kept for the backward. Targets
+    must already be valid (0 <= t < V, or ignore_index): the op checks them.
+    """
+    num_rows, num_classes = logits.shape
+    eps = float(label_smoothing)
+    row_max = logits.max(axis=-1)                                   # (N,)
+    shifted_exp = np.exp(logits - row_max[:, None])                 # (N,V)
+    lse = np.log(shifted_exp.sum(axis=-1))                          # (N,)
+    lse += row_max
+
+    ignored = target == ignore_index                                # (N,)
+    safe_target = np.where(ignored, 0, target)                      # any valid index on ignored rows
+    target_logit = logits[np.arange(num_rows), safe_target]         # (N,)
+
+    loss = lse - (1.0 - eps) * target_logit
+    if eps != 0.0:
+        loss -= (eps / num_classes) * logits.sum(axis=-1)
+    loss[ignored] = 0.0
+    return loss, lse
+
+
+def cross_entropy_backward(logits, target, lse, gloss, ignore_index, label_smoothing):
+    """glogits[n, :] = gloss_n * (softmax(x_n) - (1 - eps) onehot(t_n) - eps / V); 0 on ignored rows.
+
+    (N,V),(N,),(N,),(N,) -> (N,V). The one-hot is never materialised: (1 - eps) is subtracted
+    at one index per row. softmax(x_n) = exp(x_n - lse_n) uses the saved log-sum-exp.
+    """
+    num_rows, num_classes = logits.shape
+    eps = float(label_smoothing)
+    glogits = logits - lse[:, None]                                 # (N,V) log-probabilities
+    np.exp(glogits, out=glogits)                                    # probabilities
+    if eps != 0.0:
+        glogits -= eps / num_classes
+
+    kept_rows = np.flatnonzero(target != ignore_index)              # rows that count
+    glogits[kept_rows, target[kept_rows]] -= 1.0 - eps
+    row_scale = np.zeros(num_rows, dtype=glogits.dtype)             # (N,) gloss, 0 on ignored rows
+    row_scale[kept_rows] = gloss[kept_rows]
+    glogits *= row_scale[:, None]
+    return glogits
+
+
+# ------------------------------------------------------------------------------- layer norm
+
+
+def layer_norm_forward(x, w, b, eps):
+    """y = (x - mean) * rstd * w + b over each row.   (N,C),(C,),(C,) -> (N,C),(N,),(N,)
+
+    mean_n = (1/C) sum_j x[n, j];  var_n = (1/C) sum_j (x[n, j] - mean_n)^2 (biased);
+    rstd_n = 1 / sqrt(var_n + eps). The variance is computed in two passes, from the centred
+    values, so float32 keeps its precision when |mean| >> std (the one-pass E[x^2] - E[x]^2 does not).
+    Returns (y, mean, rstd); mean and rstd are kept for the backward.
+    """
+    num_features = x.shape[-1]
+    mean = x.mean(axis=-1)                                          # (N,)
+    y = x - mean[:, None]                                           # (N,C) centred, becomes y
+    var = _row_dot(y, y) / num_features                             # (N,)
+    rstd = 1.0 / np.sqrt(var + float(eps))                          # (N,)
+    y *= rstd[:, None]                                              # xhat
+    y *= w
+    y += b
+    return y, mean, rstd
+
+
+def layer_norm_backward(gy, x, w, mean, rstd):
+    """Gradients of layer norm.   (N,C),(N,C),(C,),(N,),(N,) -> (N,C),(C,),(C,)
+
+    xhat = (x - mean) * rstd;  gb = sum_n gy;  gw = sum_n gy * xhat;
+    gx = rstd * (gy*w - mean_j(gy*w) - xhat * mean_j(gy*w*xhat))   (row-wise means over C).
+    """
+    num_features = x.shape[-1]
+    xhat = x - mean[:, None]                                        # (N,C)
+    xhat *= rstd[:, None]
+    gb = gy.sum(axis=0)                                             # (C,)
+    gw = np.einsum("nc,nc->c", gy, xhat)                            # (C,)
+
+    gxhat = gy * w                                                  # (N,C) dL/dxhat, becomes gx
+    mean_gxhat = gxhat.mean(axis=-1)                                # (N,)
+    mean_gxhat_xhat = _row_dot(gxhat, xhat) / num_features          # (N,)
+    gx = gxhat
+    gx -= mean_gxhat[:, None]
+    xhat *= mean_gxhat_xhat[:, None]                                # xhat is not needed any more
+    gx -= xhat
+    gx *= rstd[:, None]
+    return gx, gw, gb
+
+
+def add_layer_norm_forward(x, r, w, b, eps):
+    """s = x + r;  y = layer_norm(s).   (N,C),(N,C),(C,),(C,) -> (N,C),(N,C),(N,),(N,)
+
+    Returns (y, s, mean, rstd). The backward is layer_norm_backward on s, and since
+    ds/dx = ds/dr = identity, dL/dx = dL/dr = dL/ds.
+    """
+    s = x + r                                                       # (N,C) the residual stream
+    y, mean, rstd = layer_norm_forward(s, w, b, eps)
+    return y, s, mean, rstd
+
+
+# -------------------------------------------------------------------------------- attention
+
+
+def attention_forward(q, k, v, mask, is_causal, scale):
+    """Scaled dot-product attention.   (B,Lq,D),(B,Lk,D),(B,Lk,Dv),(B,Lq,Lk)|None -> (B,Lq,Dv),(B,Lq,Lk)
+
+    scores = scale * q k^T; key j is allowed for query i where mask[b, i, j] is True (all, without
+    a mask) and, with is_causal, j <= i; probs = softmax of the scores over the allowed keys
+    (disallowed keys get probability exactly 0); out = probs v. Returns (out, probs).
+
+    Fully masked rows (no allowed key): probs 0 and out 0, never NaN. The mask may be a
+    broadcast view (zero strides); it is only read.
+    """
+    num_queries, num_keys = q.shape[1], k.shape[1]
+    scores = np.matmul(q, k.swapaxes(-1, -2))                       # (B,Lq,Lk)
+    scores *= float(scale)
+
+    allowed = mask                                                  # (B,Lq,Lk) bool, or None
+    if is_causal:
+        causal = np.tri(num_queries, num_keys, dtype=bool)          # (Lq,Lk) True where j <= i
+        allowed = causal if allowed is None else np.logical_and(allowed, causal)
+    if allowed is not None:
+        np.copyto(scores, -np.inf, where=np.logical_not(allowed))
+
+    # Masked softmax: a fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0
+    # (not exp(nan)), and dividing by 1 instead of 0 keeps its probabilities 0.
+    row_max = scores.max(axis=-1, keepdims=True)                    # (B,Lq,1)
+    row_max[row_max == -np.inf] = 0.0
+    probs = scores
+    probs -= row_max
+    np.exp(probs, out=probs)
+    denom = probs.sum(axis=-1, keepdims=True)                       # (B,Lq,1)
+    denom[denom == 0.0] = 1.0
+    probs /= denom
+    out = np.matmul(probs, v)                                       # (B,Lq,Dv)
+    return out, probs
+
+
+def attention_backward(q, k, v, probs, gout, scale):
+    """Gradients of scaled dot-product attention.   -> gq (B,Lq,D), gk (B,Lk,D), gv (B,Lk,Dv)
+
+    With P = probs and S = scale * q k^T:
+    gv = P^T gout;  dP = gout v^T;  dS = P * (dP - rowsum(dP * P))  (softmax backward per row);
+    gq = scale dS k;  gk = scale dS^T q.
+    Disallowed keys have P = 0, so their dS is 0; fully masked rows give zero gradients.
+    """
+    gv = np.matmul(probs.swapaxes(-1, -2), gout)                    # (B,Lk,Dv)
+    dS = np.matmul(gout, v.swapaxes(-1, -2))                        # (B,Lq,Lk) dP, becomes dS
+    row_dot = np.einsum("bqk,bqk->bq", dS, probs)                   # (B,Lq)
+    dS -= row_dot[..., None]
+    dS *= probs
+    dS *= float(scale)                                              # fold the scale in once
+    gq = np.matmul(dS, k)                                           # (B,Lq,D)
+    gk = np.matmul(dS.swapaxes(-1, -2), q)                          # (B,Lk,D)
+    return gq, gk, gv
