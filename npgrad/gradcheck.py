@@ -1,17 +1,416 @@
-"""Finite-difference gradient checks and Jacobians."""
+"""Finite-difference checks of the hand-written derivatives, and whole Jacobians.
+
+A derivative is checked against central differences
+
+    df/dx_j  ~  (f(x + h e_j) - f(x - h e_j)) / (x_j+ - x_j-)          error O(h^2 f''')
+
+where ``x_j+ = x_j + h`` and ``x_j- = x_j - h`` *as stored in the input's dtype* (so in float32 the
+step that really happened is used, not the one asked for), and every difference is formed in float64.
+
+Two ways to compare (``mode``):
+
+* ``"full"``: the whole Jacobian. Analytic rows are vector-Jacobian products with basis vectors
+  (one backward per output element), numeric columns are central differences (two forward passes
+  per input element). Exact element-by-element comparison; for small inputs.
+* ``"fast"``: random directions, as HIPS autograd's ``check_grads`` does. For a random output
+  direction v and a random input direction u, compare ``<J^T v, u>`` (one backward) with
+  ``<v, (f(x + h u) - f(x - h u))> / 2h`` (two forward passes). Cost independent of the size.
+  On a failure the offending element is then located with per-element differences of ``<v, f>``.
+* ``"auto"``: ``"full"`` when inputs and outputs are small, else ``"fast"``.
+
+Which arguments are checked: float Tensors with ``requires_grad=True`` and float ndarrays.
+Float Tensors without ``requires_grad`` are constants; integer and boolean arrays, Python numbers
+and anything else pass through to ``fn`` unchanged. The user's tensors are never modified: the
+check works on copies and reads gradients with :func:`npgrad.grad`, so no ``.grad`` is touched.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensor import Tensor, enable_grad, no_grad
+from .tensor import grad as _grad
+
+DEFAULT_EPS = 1e-6           # float64 step: truncation h^2 ~ 1e-12, round-off 1e-16/h ~ 1e-10
+DEFAULT_EPS_LOW_PRECISION = 1e-3  # float32/16 step: round-off 1e-7/h ~ 1e-4 (only with explicit tolerances)
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-3
+AUTO_FULL_MAX_INPUT = 500    # "auto" uses the full Jacobian up to this many checked input elements...
+AUTO_FULL_MAX_OUTPUT = 2000  # ...and this many output elements (one backward per output element)
+LOCALISE_MAX = 20000         # fast mode locates the failing element when the input has at most this many
 
 
 class GradcheckError(AssertionError):
-    pass
+    """Analytic and numerical derivatives disagree.
+
+    Attributes name what disagreed: ``input_index``, ``input_name``, ``element_index`` (a tuple into
+    the input, or None when not located), ``output_index`` (``(output number, element tuple)``
+    or None for a random-direction check), ``analytic`` and ``numeric`` values, and ``order``
+    (1 for gradcheck, 2 for gradgradcheck).
+    """
+
+    def __init__(self, message, *, input_index=None, input_name=None, element_index=None,
+                 output_index=None, analytic=None, numeric=None, order=1):
+        super().__init__(message)
+        self.input_index = input_index
+        self.input_name = input_name
+        self.element_index = element_index
+        self.output_index = output_index
+        self.analytic = analytic
+        self.numeric = numeric
+        self.order = order
 
 
-def gradcheck(*a, **k):
-    raise NotImplementedError
+# ------------------------------------------------------------------------------ inputs and outputs
+
+class _Arguments:
+    """The user's arguments split into checked float inputs and pass-through values."""
+
+    def __init__(self, inputs, where):
+        if isinstance(inputs, (Tensor, np.ndarray)):
+            inputs = (inputs,)
+        elif not isinstance(inputs, (tuple, list)):
+            raise TypeError(f"{where}: inputs must be a Tensor, an ndarray or a tuple/list of them, "
+                            f"got {type(inputs).__name__}")
+        self.originals = list(inputs)
+        self.checked = []   # argument positions that are checked
+        self.arrays = {}    # position -> private copy of the array (the base point)
+        self.names = {}
+        for i, x in enumerate(inputs):
+            if isinstance(x, Tensor):
+                if x.requires_grad and x.dtype.kind == "f":
+                    self.checked.append(i)
+                    self.arrays[i] = np.array(x.data, copy=True)
+                    self.names[i] = x.name
+            elif isinstance(x, np.ndarray) and x.dtype.kind == "f":
+                self.checked.append(i)
+                self.arrays[i] = np.array(x, copy=True)
+                self.names[i] = None
+        if not self.checked:
+            raise ValueError(
+                f"{where}: no input to check. Pass float Tensors with requires_grad=True (or float "
+                "ndarrays); integer, boolean and requires_grad=False inputs are treated as constants."
+            )
+
+    def label(self, i):
+        name = self.names.get(i)
+        return f"input {i}" + (f" ('{name}')" if name else "")
+
+    def describe(self, i):
+        a = self.arrays[i]
+        return f"{self.label(i)}, shape {a.shape}, {a.dtype}"
+
+    def call_args(self, replaced=None, requires_grad=False):
+        """Arguments for ``fn``: checked inputs as fresh Tensors (``replaced`` overrides some arrays)."""
+        args, leaves = [], []
+        for i, x in enumerate(self.originals):
+            if i in self.arrays:
+                arr = self.arrays[i] if replaced is None or i not in replaced else replaced[i]
+                t = Tensor(arr, requires_grad=requires_grad, name=self.names[i])
+                args.append(t)
+                leaves.append(t)
+            else:
+                args.append(x)
+        return args, leaves
 
 
-def jacobian(*a, **k):
-    raise NotImplementedError
+def _as_outputs(result, where):
+    """``fn``'s result as a list of Tensors."""
+    if isinstance(result, Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)) and result and all(isinstance(r, Tensor) for r in result):
+        return list(result)
+    raise TypeError(f"{where}: fn must return a Tensor or a non-empty tuple of Tensors, got "
+                    f"{type(result).__name__}" + (
+                        f" of {[type(r).__name__ for r in result]}" if isinstance(result, (tuple, list)) else ""))
 
 
-def numerical_jacobian(*a, **k):
-    raise NotImplementedError
+def _float_outputs(outputs):
+    """Positions of the differentiable (floating-point) outputs."""
+    return [k for k, o in enumerate(outputs) if o.dtype.kind == "f"]
+
+
+def _flat64(outputs, positions):
+    if not positions:
+        return np.zeros(0)
+    return np.concatenate([np.asarray(outputs[k].data, dtype=np.float64).ravel() for k in positions])
+
+
+def _vjp(outputs, positions, leaves, vectors):
+    """Gradients of ``sum_k <v_k, out_k>`` w.r.t. every leaf, as float64 arrays (zeros if unused)."""
+    roots, grad_outputs = [], []
+    for k, v in zip(positions, vectors):
+        o = outputs[k]
+        if o.requires_grad:
+            roots.append(o)
+            grad_outputs.append(np.asarray(v, dtype=o.dtype).reshape(o.shape))
+    if not roots:
+        return [np.zeros(t.shape) for t in leaves]
+    grads = _grad(roots, leaves, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
+    return [np.zeros(t.shape) if g is None else np.asarray(g, dtype=np.float64) for t, g in zip(leaves, grads)]
+
+
+def _check_precision(args, outputs, positions, atol, rtol, where):
+    if atol is not None or rtol is not None:
+        return
+    for i in args.checked:
+        if args.arrays[i].dtype != np.float64:
+            what = f"{args.label(i)} is {args.arrays[i].dtype}"
+            break
+    else:
+        low = [k for k in positions if outputs[k].dtype != np.float64]
+        if not low:
+            return
+        what = f"output {low[0]} is {outputs[low[0]].dtype}"
+    raise ValueError(
+        f"{where}: {what}. Finite differences in single precision keep only about 3-4 digits "
+        "(round-off ~1e-7/eps), so the float64 tolerances (atol=1e-5, rtol=1e-3) would report "
+        "errors that are not there. Check in float64 (convert with .astype(np.float64)), or pass "
+        "atol= and rtol= explicitly (e.g. atol=1e-2, rtol=1e-2) to check the float32 path knowingly."
+    )
+
+
+def _perturbed(base, delta):
+    """(x + delta, x - delta) stored in the input's dtype, and the step that really happened (float64)."""
+    plus = (base.astype(np.float64) + delta).astype(base.dtype)
+    minus = (base.astype(np.float64) - delta).astype(base.dtype)
+    return plus, minus, plus.astype(np.float64) - minus.astype(np.float64)
+
+
+def _evaluate(fn, args, replaced, positions, where):
+    """fn at a perturbed point, no graph, flattened float64 outputs."""
+    call, _ = args.call_args(replaced)
+    with no_grad():
+        outs = _as_outputs(fn(*call), where)
+    return _flat64(outs, positions)
+
+
+def _index_str(index):
+    return "[" + ", ".join(str(int(j)) for j in index) + "]"
+
+
+def _tolerance_ratio(analytic, numeric, atol, rtol):
+    """How far outside the tolerance each entry is (> 1 fails); NaN/inf disagreements count as inf."""
+    diff = np.abs(analytic - numeric)
+    allowed = atol + rtol * np.abs(numeric)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = diff / np.where(allowed > 0, allowed, np.finfo(np.float64).tiny)
+    both_equal = analytic == numeric  # equal infinities agree
+    ratio = np.where(both_equal, 0.0, ratio)
+    return np.where(np.isnan(ratio), np.inf, ratio)
+
+
+# ------------------------------------------------------------------------------ gradcheck
+
+def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directions=3, seed=0,
+              _order=1):
+    """Check ``fn``'s analytic derivatives against central differences. True, or raise GradcheckError.
+
+    ``fn(*inputs)`` returns a Tensor (any shape) or a tuple of Tensors. ``eps`` defaults to 1e-6
+    (1e-3 for float32 inputs); ``atol`` 1e-5, ``rtol`` 1e-3 (an entry passes when
+    ``|analytic - numeric| <= atol + rtol |numeric|``). Float32 inputs or outputs are refused unless
+    a tolerance is given explicitly. ``mode``: "full" (whole Jacobians), "fast" (``n_directions``
+    random directions per input, drawn from ``seed``), or "auto".
+    """
+    where = "gradcheck" if _order == 1 else "gradgradcheck"
+    if mode not in ("auto", "full", "fast"):
+        raise ValueError(f"{where}: mode must be 'auto', 'full' or 'fast', got {mode!r}")
+    args = _Arguments(inputs, where)
+
+    # One evaluation with the graph: the analytic side.
+    call, leaves = args.call_args(requires_grad=True)
+    with enable_grad():
+        outputs = _as_outputs(fn(*call), where)
+    positions = _float_outputs(outputs)
+    _check_precision(args, outputs, positions, atol, rtol, where)
+    atol = DEFAULT_ATOL if atol is None else float(atol)
+    rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+    if eps is None:
+        low = any(args.arrays[i].dtype.itemsize < 8 for i in args.checked)
+        eps = DEFAULT_EPS_LOW_PRECISION if low else DEFAULT_EPS
+    if not positions:
+        raise ValueError(f"{where}: fn returned no floating-point output to differentiate")
+
+    n_in = sum(args.arrays[i].size for i in args.checked)
+    n_out = sum(outputs[k].size for k in positions)
+    if mode == "auto":
+        mode = "full" if n_in <= AUTO_FULL_MAX_INPUT and n_out <= AUTO_FULL_MAX_OUTPUT else "fast"
+    ctx = _Check(fn, args, outputs, positions, leaves, eps, atol, rtol, where, _order)
+    if mode == "full":
+        ctx.full()
+    else:
+        ctx.fast(n_directions, np.random.default_rng(seed))
+    return True
+
+
+class _Check:
+    def __init__(self, fn, args, outputs, positions, leaves, eps, atol, rtol, where, order):
+        self.fn, self.args, self.outputs, self.positions, self.leaves = fn, args, outputs, positions, leaves
+        self.eps, self.atol, self.rtol, self.where, self.order = eps, atol, rtol, where, order
+        self.sizes = [outputs[k].size for k in positions]
+
+    def _output_element(self, row):
+        """Flat row of the concatenated outputs -> (output number, element index tuple)."""
+        for k, size in zip(self.positions, self.sizes):
+            if row < size:
+                return k, tuple(int(j) for j in np.unravel_index(row, self.outputs[k].shape))
+            row -= size
+        raise IndexError(row)
+
+    def _split(self, flat):
+        parts, start = [], 0
+        for size in self.sizes:
+            parts.append(flat[start:start + size])
+            start += size
+        return parts
+
+    def _numeric_columns(self, i, weights=None):
+        """Central differences of the outputs (or of <weights, outputs>) w.r.t. each element of input i."""
+        base = self.args.arrays[i]
+        flat = base.reshape(-1)
+        cols = []
+        for j in range(base.size):
+            delta = np.zeros(base.size)
+            delta[j] = self.eps
+            plus, minus, step = _perturbed(flat, delta)
+            f_plus = _evaluate(self.fn, self.args, {i: plus.reshape(base.shape)}, self.positions, self.where)
+            f_minus = _evaluate(self.fn, self.args, {i: minus.reshape(base.shape)}, self.positions, self.where)
+            d = (f_plus - f_minus) / step[j]
+            cols.append(d if weights is None else float(weights @ d))
+        return np.array(cols).T if weights is None else np.array(cols)
+
+    def full(self):
+        n_out = sum(self.sizes)
+        leaves = self.leaves
+        analytic = [np.empty((n_out, leaf.size)) for leaf in leaves]
+        basis = np.zeros(n_out)
+        for row in range(n_out):
+            basis[row] = 1.0
+            grads = _vjp(self.outputs, self.positions, leaves, self._split(basis))
+            basis[row] = 0.0
+            for a, g in zip(analytic, grads):
+                a[row] = g.ravel()
+        worst = None
+        for slot, i in enumerate(self.args.checked):
+            numeric = self._numeric_columns(i)
+            ratio = _tolerance_ratio(analytic[slot], numeric, self.atol, self.rtol)
+            if ratio.size == 0:
+                continue
+            r, c = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+            if ratio[r, c] > 1 and (worst is None or ratio[r, c] > worst[0]):
+                worst = (ratio[r, c], i, r, c, analytic[slot][r, c], numeric[r, c],
+                         int(np.sum(ratio > 1)), ratio.size)
+        if worst is not None:
+            _, i, r, c, a, n, bad, total = worst
+            k, out_index = self._output_element(r)
+            element = tuple(int(j) for j in np.unravel_index(c, self.args.arrays[i].shape))
+            self._fail(i, element, (k, out_index), a, n,
+                       f"d output {k}{_index_str(out_index)} / d {self._input_ref(i)}{_index_str(element)}",
+                       f"{bad} of {total} Jacobian entries of this input are out of tolerance")
+
+    def fast(self, n_directions, rng):
+        for _ in range(max(1, int(n_directions))):
+            v = [rng.standard_normal(self.outputs[k].shape).astype(self.outputs[k].dtype).astype(np.float64)
+                 for k in self.positions]
+            v_flat = np.concatenate([x.ravel() for x in v])
+            grads = _vjp(self.outputs, self.positions, self.leaves, v)   # J^T v for every input
+            for slot, i in enumerate(self.args.checked):
+                base = self.args.arrays[i]
+                u = rng.standard_normal(base.shape)
+                plus, minus, step = _perturbed(base, self.eps * u)
+                f_plus = _evaluate(self.fn, self.args, {i: plus}, self.positions, self.where)
+                f_minus = _evaluate(self.fn, self.args, {i: minus}, self.positions, self.where)
+                numeric = float(v_flat @ (f_plus - f_minus)) / (2 * self.eps)
+                analytic = float(np.sum(grads[slot] * step)) / (2 * self.eps)
+                if _tolerance_ratio(np.array(analytic), np.array(numeric), self.atol, self.rtol) > 1:
+                    self._localise(i, grads[slot], v_flat, analytic, numeric)
+
+    def _localise(self, i, analytic_vjp, v_flat, analytic_dir, numeric_dir):
+        """A random direction disagreed: find the element of input i whose derivative is wrong."""
+        base = self.args.arrays[i]
+        detail = (f"along a random direction u, <J^T v, u> = {analytic_dir:.6g} (analytic) but "
+                  f"<v, J u> = {numeric_dir:.6g} (numeric) for a random output direction v")
+        if base.size <= LOCALISE_MAX:
+            numeric = self._numeric_columns(i, weights=v_flat)
+            analytic = analytic_vjp.ravel()
+            ratio = _tolerance_ratio(analytic, numeric, self.atol, self.rtol)
+            j = int(np.argmax(ratio))
+            if ratio[j] > 1:
+                element = tuple(int(x) for x in np.unravel_index(j, base.shape))
+                self._fail(i, element, None, analytic[j], numeric[j],
+                           f"d<v, outputs> / d {self._input_ref(i)}{_index_str(element)} (v a random output direction)",
+                           f"{int(np.sum(ratio > 1))} of {ratio.size} elements out of tolerance; {detail}")
+        self._fail(i, None, None, analytic_dir, numeric_dir, "the directional derivative",
+                   detail + " (no single element is out of tolerance: the error is spread over many)")
+
+    def _input_ref(self, i):
+        name = self.args.names.get(i)
+        return name if name else f"input{i}"
+
+    def _fail(self, i, element, output_index, analytic, numeric, what, extra):
+        kind = "gradient" if self.order == 1 else "second derivative (gradient of the gradient)"
+        message = (
+            f"{self.where} failed: the {kind} of {self.args.describe(i)} is wrong.\n"
+            f"  worst entry: {what}\n"
+            f"  analytic {analytic:.10g}  numeric {numeric:.10g}  |diff| {abs(analytic - numeric):.3g}"
+            f" > atol {self.atol:g} + rtol {self.rtol:g} * |numeric|\n"
+            f"  {extra} (eps={self.eps:g})"
+        )
+        raise GradcheckError(message, input_index=i, input_name=self.args.names.get(i), element_index=element,
+                             output_index=output_index, analytic=float(analytic), numeric=float(numeric),
+                             order=self.order)
+
+
+# ------------------------------------------------------------------------------ Jacobians
+
+def _single_or_tuple(x):
+    return (x,) if isinstance(x, (Tensor, np.ndarray)) else tuple(x)
+
+
+def jacobian(fn, x):
+    """The analytic Jacobian of ``fn`` at ``x``, from one vector-Jacobian product per output element.
+
+    ``fn`` takes Tensors and returns one Tensor. Returns an ndarray of shape ``out.shape + x.shape``
+    in the gradient's dtype (the input's); for a tuple ``x``, ``fn(*x)`` and a tuple of Jacobians.
+    """
+    xs = _single_or_tuple(x)
+    args = _Arguments(xs, "jacobian")
+    call, leaves = args.call_args(requires_grad=True)
+    with enable_grad():
+        out = _as_outputs(fn(*call), "jacobian")
+    if len(out) != 1:
+        raise TypeError("jacobian: fn must return a single Tensor (use gradcheck for several outputs)")
+    out = out[0]
+    jacs = [np.zeros((out.size, leaf.size), dtype=leaf.dtype) for leaf in leaves]
+    basis = np.zeros(out.size, dtype=out.dtype)
+    if out.requires_grad:
+        for row in range(out.size):
+            basis[row] = 1
+            grads = _grad(out, leaves, grad_outputs=basis.reshape(out.shape), retain_graph=True, allow_unused=True)
+            basis[row] = 0
+            for jac, g in zip(jacs, grads):
+                if g is not None:
+                    jac[row] = np.asarray(g).ravel()
+    result = tuple(j.reshape(out.shape + leaf.shape) for j, leaf in zip(jacs, leaves))
+    return result[0] if isinstance(x, (Tensor, np.ndarray)) else result
+
+
+def numerical_jacobian(fn, x, eps=None):
+    """Central-difference Jacobian of ``fn`` at ``x`` in float64, shape ``out.shape + x.shape``.
+
+    ``eps`` defaults to 1e-6 for float64 and 1e-3 for lower precision. For a tuple ``x``, ``fn(*x)``
+    and a tuple of Jacobians.
+    """
+    xs = _single_or_tuple(x)
+    args = _Arguments(xs, "numerical_jacobian")
+    call, _ = args.call_args()
+    with no_grad():
+        out = _as_outputs(fn(*call), "numerical_jacobian")
+    if len(out) != 1:
+        raise TypeError("numerical_jacobian: fn must return a single Tensor")
+    out_shape = out[0].shape
+    if eps is None:
+        low = any(args.arrays[i].dtype.itemsize < 8 for i in args.checked)
+        eps = DEFAULT_EPS_LOW_PRECISION if low else DEFAULT_EPS
+    check = _Check(fn, args, out, [0], None, eps, 0.0, 0.0, "numerical_jacobian", 1)
+    result = tuple(check._numeric_columns(i).reshape(out_shape + args.arrays[i].shape) for i in args.checked)
+    return result[0] if isinstance(x, (Tensor, np.ndarray)) else result
