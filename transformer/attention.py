@@ -1,0 +1,226 @@
+"""Multi-head attention with a key/value cache, for every positional encoding of positional.py.
+
+Shape legend: B batch, T query length, S (or K) key length, C model width, H heads, D head size (C = H D).
+
+    head_h = softmax(q_h k_h^T / sqrt(D) + bias, masked) v_h        out = concat_h(head_h) W_o + b_o
+
+Two computation paths give the same function:
+
+* the fused path (no positional term inside attention: sinusoidal, learned, and rope once q and k are
+  rotated) calls ``F.scaled_dot_product_attention``: scores, mask, softmax, dropout and the weighted sum
+  in one primitive with a hand-written backward;
+* the explicit path (relative positions and ALiBi, which need the scores before the softmax) spells the
+  same steps with npgrad ops: matmul, + bias, masked_fill, F.softmax, dropout, matmul.
+
+Masks are boolean, True = may attend: a key-padding mask (B, 1, 1, K) and/or causal order.
+A query row with every key masked (only possible when a whole sequence is padding) gives zeros, on both
+paths (the fused primitive's policy).
+
+Cache (incremental decoding; see model.DecoderState): a dict per attention module.
+  self-attention:  {"k": (B, H, t, D), "v": (B, H, t, D)} grows by the new step's keys/values;
+  cross-attention: {"k": (B, H, S, D), "v": (B, H, S, D)} computed once from the encoder output
+                   by :meth:`MultiHeadAttention.precompute_memory`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import npgrad as ng
+from npgrad import functional as F
+from npgrad import nn
+
+from .positional import RelativePositionEmbedding, RotaryEmbedding, alibi_bias, alibi_slopes
+
+ATTENTION_POSITIONAL = (None, "relative", "rope", "alibi")
+
+
+def xavier_uniform(rng, fan_in, fan_out, shape=None, dtype=np.float32):
+    """Glorot & Bengio 2010: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), keeping activations' variance."""
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    shape = (fan_in, fan_out) if shape is None else shape
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def init_linear(linear, rng, blocks=1):
+    """Xavier-initialise a Linear (weight (in, out)) as ``blocks`` projections side by side; zero bias.
+
+    A fused q/k/v projection (C, 3C) is three (C, C) projections, so each block gets the bound of a
+    (C, C) matrix, exactly as if the projections were separate.
+    """
+    fan_in, fan_out = linear.weight.shape
+    block = fan_out // blocks
+    linear.weight.data[...] = np.concatenate(
+        [xavier_uniform(rng, fan_in, block, dtype=linear.weight.dtype) for _ in range(blocks)], axis=1)
+    if getattr(linear, "bias", None) is not None:
+        linear.bias.data[...] = 0
+
+
+def causal_mask(query_len, key_len, query_offset=0):
+    """(T, K) bool: query i = query_offset + row may see key j iff j <= i."""
+    return np.arange(key_len)[None, :] <= (np.arange(query_offset, query_offset + query_len)[:, None])
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (self- or cross-), with optional relative/rotary/ALiBi positions.
+
+    Parameters: ``qkv`` Linear (C, 3C) for self-attention (one GEMM for queries, keys and values), or
+    ``q_proj`` (C, C) and ``kv_proj`` (C, 2C) for cross-attention (keys/values come from the encoder);
+    ``out_proj`` (C, C). Weights are applied as x @ W (npgrad's Linear layout).
+
+    ``positional``: None (positions were added to the embeddings), "relative" (Shaw et al.: per-layer
+    tables, ``max_relative_distance`` k), "rope" or "alibi". Only self-attention takes a positional kind.
+    ``symmetric_alibi`` is informational: the bias -m|i-j| is the same formula for both; causal masking
+    is what makes it the paper's one-sided bias in decoders.
+    """
+
+    def __init__(self, d_model, n_heads, dropout=0.0, *, self_attention=True, positional=None,
+                 max_relative_distance=16, max_len=256, bias=True, rng=None, dropout_rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by n_heads={n_heads}")
+        if positional not in ATTENTION_POSITIONAL:
+            raise ValueError(f"MultiHeadAttention: positional must be one of {ATTENTION_POSITIONAL}, got {positional!r}")
+        if positional is not None and not self_attention:
+            raise ValueError("MultiHeadAttention: positional terms apply to self-attention only")
+        rng = np.random.default_rng() if rng is None else rng
+        dtype = np.dtype(dtype)
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout_p = float(dropout)
+        self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
+        self.self_attention = self_attention
+        self.positional = positional
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        if self_attention:
+            self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, rng=rng, dtype=dtype)
+            init_linear(self.qkv, rng, blocks=3)
+        else:
+            self.q_proj = nn.Linear(d_model, d_model, bias=bias, rng=rng, dtype=dtype)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=bias, rng=rng, dtype=dtype)
+            init_linear(self.q_proj, rng)
+            init_linear(self.kv_proj, rng, blocks=2)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias, rng=rng, dtype=dtype)
+        init_linear(self.out_proj, rng)
+        if positional == "relative":
+            self.relative = RelativePositionEmbedding(self.head_dim, max_relative_distance, rng=rng, dtype=dtype)
+        elif positional == "rope":
+            self.rotary = RotaryEmbedding(self.head_dim, max_len=max_len, dtype=dtype)
+        elif positional == "alibi":
+            self._slopes = alibi_slopes(n_heads)
+
+    # ------------------------------------------------------------------ head layout
+    def _split(self, projected, n_parts):
+        """(B, L, n C) -> n_parts tensors (B, H, L, D): one reshape + one transpose (views), then indexing."""
+        batch, length, _ = projected.shape
+        heads = projected.reshape(batch, length, n_parts, self.n_heads, self.head_dim)
+        heads = heads.transpose(2, 0, 3, 1, 4)                                    # (n, B, H, L, D)
+        return [heads[i] for i in range(n_parts)]
+
+    def _merge(self, heads):
+        """(B, H, T, D) -> (B, T, C)."""
+        batch, _, length, _ = heads.shape
+        return heads.transpose(0, 2, 1, 3).reshape(batch, length, self.d_model)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, memory=None, key_mask=None, causal=False, cache=None):
+        """x (B, T, C) -> (B, T, C).
+
+        Self-attention: keys/values from x; with ``cache`` they are appended to the cached ones and the
+        queries sit at positions t .. t+T-1, t = the cached length. Cross-attention: keys/values from
+        ``memory`` (B, S, C), or from the cache filled by ``precompute_memory``.
+        ``key_mask`` (B, 1, 1, K) bool True = real key (None: all real); ``causal``: key j visible to
+        query i only if j <= i.
+        """
+        if self.self_attention:
+            q, k, v = self._split(F.linear(x, self.qkv.weight, self.qkv.bias), 3)
+            offset = 0
+            if cache is not None and "k" in cache:
+                offset = cache["k"].shape[2]
+            if self.positional == "rope":
+                q = self.rotary(q, offset)
+                k = self.rotary(k, offset)
+            if cache is not None:
+                if offset:
+                    k = ng.concatenate([cache["k"], k], axis=2)
+                    v = ng.concatenate([cache["v"], v], axis=2)
+                cache["k"], cache["v"] = k, v
+        else:
+            q = self._split(F.linear(x, self.q_proj.weight, self.q_proj.bias), 1)[0]
+            if cache is not None and "k" in cache:
+                k, v = cache["k"], cache["v"]
+            else:
+                if memory is None:
+                    raise ValueError("cross-attention needs the encoder output (memory) or a filled cache")
+                k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+                if cache is not None:
+                    cache["k"], cache["v"] = k, v
+            offset = 0
+        heads = self._attend(q, k, v, key_mask, causal, offset)                  # (B, H, T, D)
+        return F.linear(self._merge(heads), self.out_proj.weight, self.out_proj.bias)
+
+    def precompute_memory(self, memory, cache):
+        """Cross-attention: compute the encoder keys/values once per sentence into ``cache``."""
+        if self.self_attention:
+            raise RuntimeError("precompute_memory is for cross-attention")
+        cache["k"], cache["v"] = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+        return cache
+
+    # ------------------------------------------------------------------ attention proper
+    def _attend(self, q, k, v, key_mask, causal, offset):
+        query_len, key_len = q.shape[2], k.shape[2]
+        dropout_p = self.dropout_p if self.training else 0.0
+        if causal and (offset or query_len != key_len):
+            # Queries do not start at key 0 (a cached prefix): the causal mask is offset-aligned. A single
+            # decode step (T = 1, the last position) sees every key, so no mask at all.
+            mask = causal_mask(query_len, key_len, offset)                       # (T, K)
+            if not mask.all():
+                key_mask = mask if key_mask is None else (key_mask & mask)
+            causal = False
+        if self.positional in (None, "rope"):
+            return F.scaled_dot_product_attention(
+                q, k, v, mask=key_mask, dropout_p=dropout_p, is_causal=causal,
+                scale=self.scale, rng=self.dropout_rng, training=self.training)
+        return self._explicit_attention(q, k, v, key_mask, causal, offset, dropout_p)
+
+    def _explicit_attention(self, q, k, v, key_mask, causal, offset, dropout_p):
+        """Scores with a positional term, then masked softmax and the weighted sum, in npgrad ops."""
+        batch, heads, query_len, head_dim = q.shape
+        key_len = k.shape[2]
+        scores = q @ k.swapaxes(-1, -2)                                          # (B, H, T, K)
+        if self.positional == "relative":
+            rel_k, rel_v = self.relative(query_len, key_len, offset)            # (T, K, D) each
+            # q_i . a^K_ij for all (i, j): one batched GEMM per query position, batch rows = B*H:
+            # (T, B*H, D) @ (T, D, K) -> (T, B*H, K).
+            q_by_position = q.transpose(2, 0, 1, 3).reshape(query_len, batch * heads, head_dim)
+            rel_scores = (q_by_position @ rel_k.swapaxes(-1, -2))               # (T, B*H, K)
+            rel_scores = rel_scores.reshape(query_len, batch, heads, key_len).transpose(1, 2, 0, 3)
+            scores = scores + rel_scores
+        scores = scores * self.scale
+        if self.positional == "alibi":
+            scores = scores + alibi_bias(self._slopes, query_len, key_len, offset, dtype=q.dtype)  # (H, T, K)
+        allowed = key_mask
+        if causal:
+            mask = causal_mask(query_len, key_len, offset)
+            allowed = mask if allowed is None else (allowed & mask)
+        if allowed is not None:
+            allowed = np.asarray(allowed.data if isinstance(allowed, ng.Tensor) else allowed, dtype=bool)
+            # The most negative finite number rather than -inf: exp underflows to exactly 0 for a
+            # masked key, and a row with no visible key stays finite (uniform) instead of NaN.
+            scores = scores.masked_fill(~allowed, np.finfo(q.dtype).min)
+        weights = F.softmax(scores, axis=-1)                                     # (B, H, T, K)
+        if allowed is not None:
+            visible = allowed.any(axis=-1, keepdims=True)                        # (B?, 1?, T, 1)
+            if not visible.all():
+                # Rows with no visible key: the policy is zeros (and zero gradient), as the fused op.
+                weights = weights * visible.astype(q.dtype)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, dropout_p, training=True, rng=self.dropout_rng)
+        out = weights @ v                                                        # (B, H, T, D)
+        if self.positional == "relative":
+            # sum_j w_ij a^V_ij: (T, B*H, K) @ (T, K, D) -> (T, B*H, D)
+            w_by_position = weights.transpose(2, 0, 1, 3).reshape(query_len, batch * heads, key_len)
+            rel_out = (w_by_position @ rel_v).reshape(query_len, batch, heads, head_dim).transpose(1, 2, 0, 3)
+            out = out + rel_out
+        return out
