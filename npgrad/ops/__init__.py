@@ -7,6 +7,9 @@ import numpy as np
 
 from ..tensor import Tensor
 from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub
+from . import elementwise as _elementwise
+from . import reduce as _reduce
+from . import shape as _shape
 
 
 def _t(x):
@@ -35,4 +38,24 @@ for _name, _op in (("__lt__", np.less), ("__le__", np.less_equal), ("__gt__", np
     setattr(Tensor, _name, (lambda op: lambda a, b: Tensor(op(a.data, b.data if isinstance(b, Tensor) else b)))(_op))
 Tensor.eq = lambda a, b: Tensor(np.equal(a.data, b.data if isinstance(b, Tensor) else b))
 
-# Reductions, shape ops, elementwise functions, indexing: see reduce.py, shape.py, elementwise.py.
+# ---------------------------------------------------------------------- reductions (reduce.py)
+Tensor.sum = lambda x, axis=None, keepdims=False: _reduce.Sum.apply(x, axis=axis, keepdims=keepdims)
+Tensor.mean = lambda x, axis=None, keepdims=False: _reduce.Mean.apply(x, axis=axis, keepdims=keepdims)
+Tensor.max = lambda x, axis=None, keepdims=False: _reduce.Max.apply(x, axis=axis, keepdims=keepdims)
+
+# ---------------------------------------------------------------------- shape ops (shape.py)
+Tensor.reshape = _shape.reshape                 # x.reshape(2, 3), x.reshape((2, 3)), -1 allowed
+Tensor.transpose = _shape.transpose             # x.transpose() reverses the axes, or x.transpose(1, 0, 2)
+Tensor.swapaxes = _shape.swapaxes
+Tensor.broadcast_to = _shape.broadcast_to
+Tensor.T = property(lambda x: _shape.transpose(x))   # NumPy's .T: all axes reversed
+Tensor.__getitem__ = _shape.getitem
+Tensor.masked_fill = _shape.masked_fill
+
+# ---------------------------------------------------------------------- elementwise (elementwise.py)
+Tensor.exp = _elementwise.exp
+Tensor.log = _elementwise.log
+Tensor.tanh = _elementwise.tanh
+Tensor.sqrt = _elementwise.sqrt
+Tensor.relu = _elementwise.relu
+Tensor.astype = _elementwise.astype

@@ -1,0 +1,168 @@
+"""Reductions: sum, mean, max over ``axis`` (None, an int, a negative int or a tuple), ``keepdims``.
+
+The derivative of a reduction sends each output gradient back to the elements it came from:
+a sum copies it to every reduced element, a mean copies it divided by the count, a max sends it
+to the maximal element(s). Backward therefore first re-inserts the reduced axes (size 1) into
+``g`` and then broadcasts to the input's shape; ``np.broadcast_to`` is a read-only view, so no
+copy of the input's size is made until a consumer actually combines it with something.
+"""
+import numpy as np
+
+from ..function import Function
+
+
+def normalize_axis(axis, ndim, op="reduce"):
+    """``axis`` (None, int, negative int, tuple) -> a sorted tuple of non-negative axes.
+
+    None means every axis. Raises a clear error for an axis out of range or repeated.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{op}: axis {a} is out of range for an array with {ndim} axes (shape rank {ndim})")
+        out.append(int(a) % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _keepdims_shape(shape, axes):
+    """The output shape with the reduced axes kept as size 1."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _expand(g, in_shape, axes):
+    """Reshape ``g`` to the keepdims shape of the reduction (works for arrays and Tensors)."""
+    return g.reshape(_keepdims_shape(in_shape, axes))
+
+
+class Sum(Function):
+    r"""out = \sum_{i \in axes} x_i.
+
+    dL/dx_j = g_{j with the reduced axes dropped}: the output gradient broadcast back over the
+    reduced axes (every summed element contributed with weight 1).
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        axes = normalize_axis(axis, np.ndim(x), "sum")
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return np.sum(x, axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape = ctx.input_shapes[0]
+        return np.broadcast_to(_expand(g, shape, ctx.axes), shape)
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        from .shape import broadcast_to
+
+        shape = ctx.input_shapes[0]
+        return broadcast_to(_expand(g, shape, ctx.axes), shape)
+
+
+def _count(shape, axes):
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
+class Mean(Function):
+    r"""out = (1/n) \sum_{i \in axes} x_i, with n the number of reduced elements.
+
+    dL/dx_j = g / n, broadcast back over the reduced axes.
+    (A reduction over zero elements gives NaN, as NumPy does; its gradient is then empty.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        axes = normalize_axis(axis, np.ndim(x), "mean")
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return np.mean(x, axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape = ctx.input_shapes[0]
+        n = _count(shape, ctx.axes)
+        # Divide the small gradient before broadcasting it (one pass over g, not over x).
+        # 1.0 / n is a Python float: it keeps g's dtype (float32 stays float32).
+        scaled = g * (1.0 / n) if n else g
+        return np.broadcast_to(_expand(scaled, shape, ctx.axes), shape)
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        from .shape import broadcast_to
+
+        shape = ctx.input_shapes[0]
+        n = _count(shape, ctx.axes)
+        scaled = g * (1.0 / n) if n else g
+        return broadcast_to(_expand(scaled, shape, ctx.axes), shape)
+
+
+class Max(Function):
+    r"""out = \max_{i \in axes} x_i  (amax: values only).
+
+    dL/dx_j = g * [x_j == out] / (number of i with x_i == out).
+
+    Tie policy: when several elements share the maximum, the gradient is split equally among
+    them (as PyTorch's ``amax``), so the sum over the reduced axes of dL/dx equals g exactly and
+    the backward does not depend on which tied element NumPy would report as the argmax.
+    If the maximum is NaN (an input NaN), the gradient goes to the NaN element(s).
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        axes = normalize_axis(axis, np.ndim(x), "max")
+        if np.size(x) == 0 or any(np.shape(x)[a] == 0 for a in axes):
+            raise ValueError(f"max: cannot reduce over an empty axis (input shape {np.shape(x)}, axis {axis!r})")
+        ctx.axes, ctx.keepdims = axes, keepdims
+        out_kept = np.max(x, axis=axes, keepdims=True)
+        ctx.save_for_backward(x, out_kept)
+        return out_kept if keepdims else out_kept.reshape(tuple(n for i, n in enumerate(np.shape(x)) if i not in axes))
+
+    @staticmethod
+    def _weights(ctx):
+        """w_j = [x_j == max] / count: where the gradient goes, in x's shape and dtype."""
+        x, out_kept = ctx.saved
+        hit = x == out_kept
+        if np.isnan(out_kept).any():  # NaN never equals itself: route the gradient to the NaNs
+            hit |= np.isnan(x) & np.isnan(out_kept)
+        count = hit.sum(axis=ctx.axes, keepdims=True)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        return hit, count.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        shape = ctx.input_shapes[0]
+        hit, count = Max._weights(ctx)
+        share = _expand(g, shape, ctx.axes) / count        # keepdims shape, small
+        return np.where(hit, share, 0)                     # one pass over x's shape
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        from ..tensor import Tensor
+
+        shape = ctx.input_shapes[0]
+        hit, count = Max._weights(ctx)
+        # The tie weights are piecewise constant in x: their derivative is zero almost everywhere.
+        weights = Tensor(hit / count)
+        return _expand(g, shape, ctx.axes) * weights
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001  (the Tensor method's name)
+    return Sum.apply(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    return Mean.apply(x, axis=axis, keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001
+    return Max.apply(x, axis=axis, keepdims=keepdims)
