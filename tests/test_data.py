@@ -319,6 +319,16 @@ def random_dataset(n=300, seed=0, max_len=30):
     return D.TranslationDataset(src, tgt)
 
 
+def test_source_only_batch_for_translation():
+    batch = D.collate([[5, 6], [], [7]], None)
+    assert batch.src.tolist() == [[5, 6, 3], [3, 0, 0], [7, 3, 0]]  # an empty line still has its EOS
+    assert batch.tgt_in.shape == (3, 0) and batch.num_tgt_tokens == 0
+    ids, lengths = D.pad_sequences([[1], [2, 3]], 0, length=4)
+    assert ids.tolist() == [[1, 0, 0, 0], [2, 3, 0, 0]] and lengths.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        D.pad_sequences([[1, 2, 3]], 0, length=2)
+
+
 def test_collate_layout_and_masks():
     batch = D.collate([[5, 6, 7], [8]], [[9], [10, 11]], pad_id=0, bos_id=2, eos_id=3)
     assert batch.src.tolist() == [[5, 6, 7, 3], [8, 3, 0, 0]]
@@ -475,3 +485,13 @@ def test_real_multi30k_cache_loads_offline_with_checksums():
     assert corpus.reports["train"].stripped == 40 and corpus.reports["train"].num_dropped == 0
     assert all(s == s.strip() and s for s in corpus["train"].src)
     assert all(len(corpus[s].src) == len(corpus[s].tgt) for s in ("train", "valid", "test"))
+
+
+@pytest.mark.skipif(real_cache() is None, reason="no shared data cache ($TRANSFORMER_DATA or <repo>/../shared/data)")
+def test_real_tatoeba_and_shakespeare_cache():
+    cache = real_cache()
+    text = ds.load_tinyshakespeare(data_dir=cache, fetcher=no_network)
+    assert len(text) == 1_115_394 and len(set(text)) == 65
+    corpus = ds.load_tatoeba("de", "en", data_dir=cache, fetcher=no_network, seed=0)
+    assert sum(len(corpus[s]) for s in ("train", "valid", "test")) + corpus.reports["train"].num_dropped == 169_813
+    assert not set(corpus["test"].src) & set(corpus["train"].src)

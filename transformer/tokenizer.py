@@ -24,10 +24,10 @@ Files written by ``train_sentencepiece`` into a directory (checkpoints copy the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -132,24 +132,29 @@ def _train_one(sentences: Iterable[str], directory: Path, prefix: str, *, vocab_
     options = {"model_type": model_type, "requested_vocab_size": vocab_size, "normalization_rule": normalization_rule,
                "byte_fallback": True, "character_coverage": character_coverage,
                "input_sentence_size": input_sentence_size, "seed": seed}
-    # Train into a temporary directory beside the target, then move: a crash never leaves half a model.
-    with tempfile.TemporaryDirectory(dir=directory, prefix=f".{prefix}-") as scratch:
-        spm.set_random_generator_seed(seed)  # sentence sampling/shuffling is seeded: same data, same model
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(sentences), model_prefix=str(Path(scratch) / prefix),
-                vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
-                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-                normalization_rule_name=normalization_rule, character_coverage=character_coverage,
-                # A sample of at most input_sentence_size sentences is enough for a good vocabulary and keeps
-                # training to seconds; shuffle so the sample is not just the corpus head.
-                input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-                # A small corpus may not support the requested size; take what it supports instead of failing.
-                hard_vocab_limit=False, num_threads=num_threads, minloglevel=2)
-        except RuntimeError as error:
-            raise TokenizerError(f"SentencePiece training of {prefix!r} failed: {error}") from None
-        for suffix in (".model", ".vocab"):
-            os.replace(Path(scratch) / f"{prefix}{suffix}", directory / f"{prefix}{suffix}")
+    # Train in memory (model_writer): the saved model does not embed a scratch path, so the same data and seed
+    # give a byte-identical file wherever it is trained.
+    model = io.BytesIO()
+    spm.set_random_generator_seed(seed)  # sentence sampling/shuffling is seeded: same data, same model
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=model,
+            vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            normalization_rule_name=normalization_rule, character_coverage=character_coverage,
+            # A sample of at most input_sentence_size sentences is enough for a good vocabulary and keeps
+            # training to seconds; shuffle so the sample is not just the corpus head.
+            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            # A small corpus may not support the requested size; take what it supports instead of failing.
+            hard_vocab_limit=False, num_threads=num_threads, minloglevel=2)
+    except RuntimeError as error:
+        raise TokenizerError(f"SentencePiece training of {prefix!r} failed: {error}") from None
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+                    for i in range(processor.get_piece_size()))
+    # Write beside the target, then rename: a crash never leaves half a model under the real name.
+    _write_atomic(directory / f"{prefix}.model", model.getvalue())
+    _write_atomic(directory / f"{prefix}.vocab", vocab.encode("utf-8"))
     return SentencePieceTokenizer(directory / f"{prefix}.model", options)
 
 
@@ -292,10 +297,14 @@ def save_tokenizers(source, target, directory: str | os.PathLike) -> None:
                                                    "src": source.config(), "tgt": target.config()})
 
 
-def _write_json_atomic(path: Path, value) -> None:
+def _write_atomic(path: Path, content: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.write_bytes(content)
     os.replace(temporary, path)
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    _write_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _read_json(path: Path) -> dict:
