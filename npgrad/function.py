@@ -41,18 +41,19 @@ class Context:
 
     ``parents[i]`` is, for the i-th forward argument, the node its gradient flows to: the
     producing Context of a non-leaf tensor, the leaf Tensor itself, or None (no gradient).
+    ``input_shapes``/``input_dtypes`` describe the forward arguments (``()``/None for non-arrays).
+    Saved arrays, and any attribute a forward set (``ctx.mask = ...``), are freed after backward
+    unless ``retain_graph=True``.
     """
 
-    __slots__ = (
-        "function", "parents", "needs_input_grad", "input_shapes", "input_dtypes",
-        "saved", "_saved_sources", "_output_data", "_released", "__dict__", "__weakref__",
-    )
+    __slots__ = ("function", "parents", "needs_input_grad", "input_shapes", "input_dtypes", "saved",
+                 "_sources", "__dict__", "__weakref__")
+    _released = False  # set on the instance when backward frees the saved arrays
 
     def __init__(self, function):
         self.function = function
         self.saved = ()
-        self._saved_sources = None
-        self._released = False
+        self._sources = None
 
     def save_for_backward(self, *arrays):
         """Keep arrays for backward. Freed after backward unless ``retain_graph=True``."""
@@ -63,26 +64,29 @@ class Context:
         """The saved arrays as Tensors connected to the graph (for ``differentiable_backward``).
 
         A saved array that is one of the forward inputs becomes that input's graph handle, the
-        forward output becomes a handle on this node, anything else becomes a constant.
+        forward output becomes a handle on this node, any other array becomes a constant, and
+        anything that is not an array (None, numbers) is returned as it is.
         """
-        from .tensor import Tensor
-
         self._check_not_released()
+        arg_ids, out_id = self._sources if self._sources is not None else ((), None)
         out = []
-        for arr, source in zip(self.saved, self._saved_sources or ((None, None),) * len(self.saved)):
-            kind, index = source
-            if kind == "input":
-                parent = self.parents[index]
-                if isinstance(parent, Tensor):
-                    out.append(parent)  # a leaf: itself
-                elif parent is None:
-                    out.append(Tensor(arr))
-                else:
-                    out.append(Tensor._from_node(arr, parent))
-            elif kind == "output":
+        for arr in self.saved:
+            if not isinstance(arr, np.ndarray):
+                out.append(arr)
+                continue
+            key = id(arr)  # saved arrays are alive since forward, so equal ids mean the same object
+            if key == out_id:
                 out.append(Tensor._from_node(arr, self))
+            elif key in arg_ids:
+                parent = self.parents[arg_ids.index(key)]
+                if parent is None:
+                    out.append(Tensor(arr))
+                elif type(parent) is Context:
+                    out.append(Tensor._from_node(arr, parent))
+                else:
+                    out.append(parent)  # a leaf: itself
             else:
-                out.append(Tensor(arr) if isinstance(arr, np.ndarray) else arr)
+                out.append(Tensor(arr))
         return tuple(out)
 
     def _check_not_released(self):
@@ -92,6 +96,15 @@ class Context:
                 "freed after the first backward. Pass retain_graph=True to the first backward "
                 "if you need to differentiate the same graph twice."
             )
+
+    def _release(self):
+        """Free what backward needed (saved arrays and forward's attributes such as masks)."""
+        self.saved = ()
+        self._sources = None
+        d = self.__dict__
+        if d:
+            d.clear()
+        self._released = True
 
 
 class Function:
@@ -110,43 +123,38 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from .tensor import Tensor
+        """Run forward on the arrays inside ``args``; record a graph node when a gradient is wanted.
 
+        This is the per-operation overhead of the engine, so it is kept to plain loops: no
+        generator expressions, no numpy calls other than the forward itself.
+        """
         arrays = []
-        needs = []
-        any_needs = False
+        record = False
         for a in args:
             if isinstance(a, Tensor):
                 arrays.append(a.data)
-                needs.append(a.requires_grad)
-                any_needs = any_needs or a.requires_grad
+                if a.requires_grad:
+                    record = True
             else:
                 arrays.append(a)
-                needs.append(False)
 
-        record = any_needs and _state.grad_enabled
         ctx = Context(cls)
         out = cls.forward(ctx, *arrays, **kwargs)
-        if not isinstance(out, np.ndarray):
+        if type(out) is not np.ndarray:
             out = np.asarray(out)
-        if not record:
-            return Tensor(out)
+        if not (record and _state.grad_enabled):
+            return Tensor._from_node(out, None)
 
-        ctx.needs_input_grad = tuple(needs)
-        ctx.parents = tuple(
-            (a.grad_fn if a.grad_fn is not None else a) if n else None for a, n in zip(args, needs)
-        )
-        ctx.input_shapes = tuple(np.shape(a) for a in arrays)
-        ctx.input_dtypes = tuple(getattr(a, "dtype", None) for a in arrays)
-        if ctx.saved and (cls.differentiable_backward is not None):
-            ctx._saved_sources = tuple(_source_of(s, arrays, out) for s in ctx.saved)
+        parents = tuple([(a if a.grad_fn is None else a.grad_fn)
+                         if isinstance(a, Tensor) and a.requires_grad else None for a in args])
+        ctx.parents = parents
+        ctx.needs_input_grad = tuple([p is not None for p in parents])
+        ctx.input_shapes = tuple([getattr(x, "shape", ()) for x in arrays])
+        ctx.input_dtypes = tuple([getattr(x, "dtype", None) for x in arrays])
+        if ctx.saved and cls.differentiable_backward is not None:
+            # Remember which saved arrays are inputs or the output (by identity), for saved_tensors.
+            ctx._sources = (tuple(map(id, arrays)), id(out))
         return Tensor._from_node(out, ctx)
 
 
-def _source_of(saved, arrays, out):
-    if saved is out:
-        return ("output", None)
-    for i, a in enumerate(arrays):
-        if saved is a:
-            return ("input", i)
-    return (None, None)
+Tensor = None  # set by npgrad.tensor (which imports this module) once the class exists

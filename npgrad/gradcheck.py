@@ -202,7 +202,7 @@ def _tolerance_ratio(analytic, numeric, atol, rtol):
 # ------------------------------------------------------------------------------ gradcheck
 
 def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directions=3, seed=0,
-              _order=1):
+              _order=1, _output_labels=None):
     """Check ``fn``'s analytic derivatives against central differences. True, or raise GradcheckError.
 
     ``fn(*inputs)`` returns a Tensor (any shape) or a tuple of Tensors. ``eps`` defaults to 1e-6
@@ -234,7 +234,7 @@ def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directi
     n_out = sum(outputs[k].size for k in positions)
     if mode == "auto":
         mode = "full" if n_in <= AUTO_FULL_MAX_INPUT and n_out <= AUTO_FULL_MAX_OUTPUT else "fast"
-    ctx = _Check(fn, args, outputs, positions, leaves, eps, atol, rtol, where, _order)
+    ctx = _Check(fn, args, outputs, positions, leaves, eps, atol, rtol, where, _order, _output_labels)
     if mode == "full":
         ctx.full()
     else:
@@ -243,8 +243,9 @@ def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directi
 
 
 class _Check:
-    def __init__(self, fn, args, outputs, positions, leaves, eps, atol, rtol, where, order):
+    def __init__(self, fn, args, outputs, positions, leaves, eps, atol, rtol, where, order, output_labels=None):
         self.fn, self.args, self.outputs, self.positions, self.leaves = fn, args, outputs, positions, leaves
+        self.output_labels = output_labels
         self.eps, self.atol, self.rtol, self.where, self.order = eps, atol, rtol, where, order
         self.sizes = [outputs[k].size for k in positions]
 
@@ -304,7 +305,7 @@ class _Check:
             k, out_index = self._output_element(r)
             element = tuple(int(j) for j in np.unravel_index(c, self.args.arrays[i].shape))
             self._fail(i, element, (k, out_index), a, n,
-                       f"d output {k}{_index_str(out_index)} / d {self._input_ref(i)}{_index_str(element)}",
+                       f"d {self._output_ref(k)}{_index_str(out_index)} / d {self._input_ref(i)}{_index_str(element)}",
                        f"{bad} of {total} Jacobian entries of this input are out of tolerance")
 
     def fast(self, n_directions, rng):
@@ -341,6 +342,9 @@ class _Check:
                            f"{int(np.sum(ratio > 1))} of {ratio.size} elements out of tolerance; {detail}")
         self._fail(i, None, None, analytic_dir, numeric_dir, "the directional derivative",
                    detail + " (no single element is out of tolerance: the error is spread over many)")
+
+    def _output_ref(self, k):
+        return self.output_labels[k] if self.output_labels else f"output{k}"
 
     def _input_ref(self, i):
         name = self.args.names.get(i)
@@ -414,3 +418,125 @@ def numerical_jacobian(fn, x, eps=None):
     check = _Check(fn, args, out, [0], None, eps, 0.0, 0.0, "numerical_jacobian", 1)
     result = tuple(check._numeric_columns(i).reshape(out_shape + args.arrays[i].shape) for i in args.checked)
     return result[0] if isinstance(x, (Tensor, np.ndarray)) else result
+
+
+# ------------------------------------------------------------------------------ second order
+
+def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None, mode="auto", n_directions=3,
+                  seed=0, check_grad_outputs=True):
+    """Check second derivatives: gradcheck applied to the gradient function.
+
+    The gradient function is ``(inputs, v) -> ng.grad(fn(inputs), inputs, grad_outputs=v,
+    create_graph=True)``: reverse over reverse, the path ``hvp``/``hessian`` take. Its analytic
+    derivative runs each primitive's ``differentiable_backward`` and then the backward of the ops that
+    one recorded; its numerical derivative is central differences of the gradient itself (HIPS
+    autograd's ``check_grads(order=2)``). ``grad_outputs`` (v) defaults to random arrays drawn from
+    ``seed``; with ``check_grad_outputs`` the derivative with respect to v is checked too (it
+    catches a ``differentiable_backward`` that cuts the graph at the incoming gradient).
+    Raises :class:`GradcheckError` (``order=2``) naming the input, the element and both values.
+    """
+    args = _Arguments(inputs, "gradgradcheck")
+    call, leaves = args.call_args(requires_grad=True)
+    with enable_grad():
+        outputs = _as_outputs(fn(*call), "gradgradcheck")
+    positions = _float_outputs(outputs)
+    if grad_outputs is None:
+        rng = np.random.default_rng(seed + 1)  # not the directions gradcheck draws from `seed`
+        grad_outputs = [rng.standard_normal(outputs[k].shape).astype(outputs[k].dtype) for k in positions]
+    else:
+        grad_outputs = [grad_outputs] if isinstance(grad_outputs, (Tensor, np.ndarray)) else list(grad_outputs)
+        grad_outputs = [np.asarray(v.data if isinstance(v, Tensor) else v) for v in grad_outputs]
+        if len(grad_outputs) != len(positions):
+            raise ValueError(f"gradgradcheck: {len(grad_outputs)} grad_outputs for {len(positions)} "
+                             "floating-point outputs")
+        for v, k in zip(grad_outputs, positions):
+            if v.shape != outputs[k].shape:
+                raise ValueError(f"gradgradcheck: grad_outputs for output {k} has shape {v.shape}, "
+                                 f"the output has shape {outputs[k].shape}")
+    n_args = len(args.originals)
+    checked = list(args.checked)
+
+    def gradient_of_fn(*all_args):
+        given, vs = list(all_args[:n_args]), all_args[n_args:]
+        # In the numeric evaluations the checked inputs arrive without requires_grad: make them leaves.
+        for i in checked:
+            if not given[i].requires_grad:
+                given[i] = Tensor(given[i].data, requires_grad=True, name=given[i].name)
+        with enable_grad():
+            outs = _as_outputs(fn(*given), "gradgradcheck")
+            roots, gos = [], []
+            for k, v in zip(positions, vs):
+                if outs[k].requires_grad:
+                    roots.append(outs[k])
+                    gos.append(v if isinstance(v, Tensor) else Tensor(v))
+            targets = [given[i] for i in checked]
+            if not roots:
+                return tuple(Tensor(np.zeros_like(t.data)) for t in targets)
+            grads = _grad(roots, targets, grad_outputs=gos, create_graph=True, allow_unused=True)
+        return tuple(Tensor(np.zeros_like(t.data)) if g is None else (g if isinstance(g, Tensor) else Tensor(g))
+                     for t, g in zip(targets, grads))
+
+    v_args = [Tensor(v, requires_grad=check_grad_outputs and v.dtype.kind == "f", name=f"grad_outputs[{j}]")
+              for j, v in enumerate(grad_outputs)]
+    extended = list(args.originals) + v_args
+    try:
+        return gradcheck(gradient_of_fn, extended, eps=eps, atol=atol, rtol=rtol, mode=mode,
+                         n_directions=n_directions, seed=seed, _order=2,
+                         _output_labels=[f"dL/d{args.names.get(i) or f'input{i}'}" for i in checked])
+    except GradcheckError:
+        raise
+    except ValueError as err:  # re-word precision refusals etc. in the user's terms
+        raise ValueError(str(err).replace("gradcheck", "gradgradcheck")) from None
+
+
+def _scalar_output(fn, leaf, where):
+    out = _as_outputs(fn(leaf), where)
+    if len(out) != 1 or out[0].size != 1:
+        shapes = [o.shape for o in out]
+        raise ValueError(f"{where}: fn must return one single-element Tensor (a scalar loss), got shape(s) {shapes}")
+    return out[0]
+
+
+def _leaf_copy(x, where):
+    data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    if data.dtype.kind != "f":
+        raise TypeError(f"{where}: x must be a floating-point array, got dtype {data.dtype}")
+    return Tensor(np.array(data, copy=True), requires_grad=True, name=getattr(x, "name", None))
+
+
+def hessian(fn, x):
+    """The Hessian of the scalar ``fn`` at ``x``, shape ``x.shape + x.shape``, by reverse over reverse.
+
+    Row i is the vector-Jacobian product of the create-graph gradient with the basis vector e_i:
+    ``H[i] = d(dfn/dx_i)/dx``. Needs ``differentiable_backward`` on every primitive fn uses.
+    """
+    def gradient(t):
+        y = _scalar_output(fn, t, "hessian")
+        g = _grad(y, t, create_graph=True, allow_unused=True) if y.requires_grad else None
+        return Tensor(np.zeros_like(t.data)) if g is None else g
+
+    x = x if isinstance(x, (Tensor, np.ndarray)) else np.asarray(x)
+    if isinstance(x, Tensor) and not x.requires_grad:
+        x = x.data
+    return jacobian(gradient, x)
+
+
+def hvp(fn, x, v):
+    """The Hessian-vector product ``H v`` of the scalar ``fn`` at ``x`` (shape ``x.shape``).
+
+    Reverse over reverse: g = dfn/dx recorded with ``create_graph=True``, then ``H v = d<g, v>/dx``,
+    one more backward through g's graph; the Hessian itself is never formed.
+    """
+    leaf = _leaf_copy(x, "hvp")
+    v = np.asarray(v.data if isinstance(v, Tensor) else v, dtype=leaf.dtype)
+    if v.shape != leaf.shape:
+        raise ValueError(f"hvp: v has shape {v.shape} but x has shape {leaf.shape}")
+    with enable_grad():
+        y = _scalar_output(fn, leaf, "hvp")
+        if not y.requires_grad:
+            return np.zeros_like(leaf.data)
+        g = _grad(y, leaf, create_graph=True, allow_unused=True)
+        if g is None or not isinstance(g, Tensor) or not g.requires_grad:
+            return np.zeros_like(leaf.data)
+        hv = _grad(g, leaf, grad_outputs=v, allow_unused=True)
+    return np.zeros_like(leaf.data) if hv is None else hv

@@ -17,6 +17,7 @@ import contextlib
 import numpy as np
 
 from . import _state
+from . import function as _function
 from .function import Context
 
 
@@ -78,9 +79,10 @@ class Tensor:
 
     @classmethod
     def _from_node(cls, data, ctx):
+        """Wrap an ndarray without checks: the output of ``ctx`` (or, with ctx None, a constant)."""
         t = cls.__new__(cls)
         t.data = data
-        t.requires_grad = True
+        t.requires_grad = ctx is not None
         t.grad = None
         t.grad_fn = ctx
         t.name = None
@@ -200,34 +202,48 @@ def _topological_order(roots):
 
 
 def _run_backward(outputs, grads, retain_graph=False, create_graph=False, inputs=None):
-    """Reverse sweep. With ``inputs`` (ng.grad), return their gradients instead of touching .grad."""
+    """Reverse sweep. With ``inputs`` (ng.grad), return their gradients instead of touching .grad.
+
+    Each node's backward runs once, with the sum of the gradients of all its consumers. With
+    ``inputs``, only nodes on a path to one of them run (the rest of the graph is left intact).
+    """
     roots = [_node_of(t) for t in outputs]
     pending = {}
     for node, g in zip(roots, grads):
         key = id(node)
         pending[key] = g if key not in pending else pending[key] + g
-    wanted = None
+    order = _topological_order(roots)
+    wanted = leads_to_wanted = None
     if inputs is not None:
         wanted = {id(_node_of(t)): None for t in inputs}
+        leads_to_wanted = set()
+        for node in order:  # parents come first, so one pass settles every node
+            if type(node) is Context and any(
+                    p is not None and (id(p) in wanted or id(p) in leads_to_wanted) for p in node.parents):
+                leads_to_wanted.add(id(node))
 
     prev_enabled = _state.grad_enabled
     _state.grad_enabled = bool(create_graph)
     try:
-        for node in reversed(_topological_order(roots)):
+        for node in reversed(order):
             key = id(node)
             g = pending.pop(key, None)
             if g is None:
                 continue
-            if wanted is not None and key in wanted:
-                wanted[key] = g
-                if type(node) is not Context:
-                    continue
             if type(node) is not Context:  # a leaf tensor
                 if wanted is None:
                     _accumulate_leaf(node, g, create_graph)
+                elif key in wanted:
+                    wanted[key] = g
                 continue
+            if wanted is not None:
+                if key in wanted:
+                    wanted[key] = g
+                if key not in leads_to_wanted:
+                    continue
             ctx = node
-            ctx._check_not_released()
+            if ctx._released:
+                ctx._check_not_released()
             fn = ctx.function
             if create_graph:
                 if fn.differentiable_backward is None:
@@ -238,23 +254,27 @@ def _run_backward(outputs, grads, retain_graph=False, create_graph=False, inputs
                 in_grads = fn.differentiable_backward(ctx, g)
             else:
                 in_grads = fn.backward(ctx, g)
-            if not isinstance(in_grads, tuple):
+            parents = ctx.parents
+            if type(in_grads) is not tuple:
                 in_grads = (in_grads,)
-            if len(in_grads) != len(ctx.parents):
+            if len(in_grads) != len(parents):
                 raise RuntimeError(
                     f"{fn.__name__}.backward returned {len(in_grads)} gradient(s) but forward took "
-                    f"{len(ctx.parents)} argument(s): return one per argument (None where not differentiable)."
+                    f"{len(parents)} argument(s): return one per argument (None where not differentiable)."
                 )
-            for i, (parent, gi) in enumerate(zip(ctx.parents, in_grads)):
+            shapes, dtypes = ctx.input_shapes, ctx.input_dtypes
+            for i in range(len(parents)):
+                parent, gi = parents[i], in_grads[i]
                 if parent is None or gi is None:
                     continue
-                gi = _fit(gi, ctx.input_shapes[i], ctx.input_dtypes[i], fn, i)
+                # Fast path: the usual gradient already has the input's shape and dtype.
+                if not (type(gi) is np.ndarray and gi.shape == shapes[i] and gi.dtype == dtypes[i]):
+                    gi = _fit(gi, shapes[i], dtypes[i], fn, i)
                 pkey = id(parent)
                 prev = pending.get(pkey)
                 pending[pkey] = gi if prev is None else prev + gi
             if not retain_graph:
-                ctx.saved = ()
-                ctx._released = True
+                ctx._release()
     finally:
         _state.grad_enabled = prev_enabled
     if wanted is not None:
@@ -264,24 +284,31 @@ def _run_backward(outputs, grads, retain_graph=False, create_graph=False, inputs
 
 def _accumulate_leaf(leaf, g, create_graph):
     if create_graph:
+        # .grad becomes a Tensor whose graph can be differentiated again.
         leaf.grad = g if leaf.grad is None else leaf.grad + g
     elif leaf.grad is None:
-        leaf.grad = np.array(g, dtype=leaf.data.dtype, copy=True)
+        leaf.grad = np.array(g, dtype=leaf.data.dtype, copy=True)  # never alias a gradient buffer
+    elif isinstance(leaf.grad, Tensor):
+        # A create_graph gradient from an earlier backward: continue with a fresh plain array
+        # (never write into that Tensor's array, which the user may hold).
+        leaf.grad = leaf.grad.data + g
     else:
-        if isinstance(leaf.grad, Tensor):
-            leaf.grad = leaf.grad.data
         leaf.grad += g
 
 
 def _fit(g, shape, dtype, fn, index):
     """Sum a broadcast gradient back to the input's shape, and keep the input's dtype."""
     is_tensor = isinstance(g, Tensor)
-    gshape = g.shape if is_tensor else np.shape(g)
-    if tuple(gshape) != tuple(shape):
-        g = _unbroadcast(g, shape, fn, index)
     if not is_tensor:
         g = np.asarray(g)
-        if dtype is not None and g.dtype != dtype:
+    if tuple(g.shape) != tuple(shape):
+        g = _unbroadcast(g, shape, fn, index)
+    if dtype is not None and g.dtype != dtype:
+        if is_tensor:
+            from .ops.elementwise import astype
+
+            g = astype(g, dtype)  # a differentiable cast: create_graph gradients stay connected
+        else:
             g = g.astype(dtype)
     return g
 
@@ -324,9 +351,13 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, (Tensor, np.ndarray)):
         grad_outputs = [grad_outputs]
-    for t in inputs:
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"ng.grad: input {i} is a {type(t).__name__}, not a Tensor")
         if not t.requires_grad:
-            raise RuntimeError("ng.grad: an input does not require grad, so it has no gradient")
+            raise RuntimeError(f"ng.grad: input {i} (shape {t.shape}) does not require grad, so it has no gradient")
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"ng.grad: {len(grad_outputs)} grad_outputs for {len(outputs)} outputs")
     roots = [_root_grad(o, g, create_graph) for o, g in zip(outputs, grad_outputs)]
     if retain_graph is None:
         retain_graph = create_graph
@@ -339,5 +370,9 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
                     "pass allow_unused=True to get None for it."
                 )
         elif not create_graph:
-            result[i] = np.asarray(r.data if isinstance(r, Tensor) else r, dtype=t.dtype)
+            # A copy: gradients may share one buffer (a + b hands the same g to both) or be the caller's array.
+            result[i] = np.array(r.data if isinstance(r, Tensor) else r, dtype=t.dtype, copy=True)
     return result[0] if single_input else tuple(result)
+
+
+_function.Tensor = Tensor  # function.py wraps outputs in Tensors without importing this module
