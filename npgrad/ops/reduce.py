@@ -24,7 +24,7 @@ def normalize_axis(axis, ndim, op="reduce"):
         if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
             raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
         if not -ndim <= a < ndim:
-            raise ValueError(f"{op}: axis {a} is out of range for an array with {ndim} axes (shape rank {ndim})")
+            raise ValueError(f"{op}: axis {a} is out of range for an input with {ndim} axes")
         out.append(int(a) % ndim if ndim else 0)
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: repeated axis in {axis!r}")
