@@ -65,8 +65,10 @@ def axes(ndim, allow_none=True, allow_tuple=True, allow_negative=True):
         low = -ndim if allow_negative else 0
         options.append(st.integers(low, ndim - 1))
         if allow_tuple:
-            options.append(hnp.valid_tuple_axes(ndim, min_size=1).map(
-                lambda ax: tuple(a - ndim for a in ax) if allow_negative and len(ax) % 2 else ax))
+            tuples = hnp.valid_tuple_axes(ndim, min_size=1)   # distinct axes, negative ones included
+            if not allow_negative:
+                tuples = tuples.map(lambda ax: tuple(a % ndim for a in ax))
+            options.append(tuples)
     if not options:
         raise ValueError("axes: a 0-d array has no axis to draw; allow_none=True is the only choice")
     return st.one_of(*options)
