@@ -417,6 +417,30 @@ def test_too_long_example_and_bad_arguments():
         D.TranslationDataset([[4]], [[5], [6]])
 
 
+def test_subword_length_limit_reports_or_refuses():
+    src = [[4] * 3, [4] * 9, [4] * 2]
+    tgt = [[5] * 3, [5] * 2, [5] * 9]
+    with pytest.raises(D.DataValidationError, match=r"2 of 3 pairs are longer than max_len=8.*pairs 2, 3 \(1-based"):
+        D.limit_subword_length(src, tgt, max_len=8)
+    kept_src, kept_tgt, report = D.limit_subword_length(src, tgt, max_len=8, on_bad="filter")
+    assert kept_src == [[4] * 3] and kept_tgt == [[5] * 3]
+    assert report.dropped == {D.REASON_TOO_MANY_SUBWORDS: [2, 3]} and report.kept == 1
+
+
+def test_encode_splits_with_a_character_level_stand_in():
+    class Chars:  # anything with encode() and the special ids works
+        pad_id, bos_id, eos_id = 0, 2, 3
+
+        def encode(self, texts):
+            return [[4 + (ord(c) % 50) for c in text] for text in texts]
+
+    splits = {"train": ds.ParallelText(["ab", "abcdefghij"], ["x", "y"]), "valid": ds.ParallelText(["abcdefghij"], ["z"])}
+    datasets, reports = D.encode_splits(splits, Chars(), Chars(), max_len=5, on_bad="filter")
+    assert len(datasets["train"]) == 1 and len(datasets["valid"]) == 1  # evaluation splits are never cut
+    assert reports[0].num_dropped == 1
+    assert datasets["train"].src_lengths.tolist() == [3] and datasets["train"].tgt_lengths.tolist() == [2]
+
+
 def test_evaluation_batches_map_back_to_order():
     dataset = random_dataset(50)
     rows = {}

@@ -50,6 +50,7 @@ REASON_EMPTY = "empty or whitespace-only"
 REASON_TOO_MANY_TOKENS = "too many tokens"
 REASON_TOO_MANY_CHARS = "too many characters"
 REASON_LENGTH_RATIO = "extreme length ratio"
+REASON_TOO_MANY_SUBWORDS = "too many subword tokens"
 
 ON_BAD_CHOICES = ("error", "filter")
 
@@ -319,6 +320,51 @@ class TranslationDataset:
         return collate([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
                        pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id, src_eos=self.src_eos,
                        indices=indices)
+
+
+def limit_subword_length(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], *, max_len: int,
+                         on_bad: str = "error", name: str = "train", src_eos: bool = True,
+                         ) -> tuple[list, list, ValidationReport]:
+    """Keep pairs whose padded lengths (source + EOS, target + BOS/EOS) fit ``max_len`` (the model's maximum
+    positions); the rest raise ``DataValidationError`` or are dropped and reported, like ``validate_pairs``.
+    Apply it to the training split only: evaluation sets must stay complete."""
+    if on_bad not in ON_BAD_CHOICES:
+        raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
+    if len(src_ids) != len(tgt_ids):
+        raise ValueError(f"limit_subword_length: {len(src_ids)} source sentences but {len(tgt_ids)} targets")
+    report = ValidationReport(name=f"{name} (subword length <= {max_len})", total=len(src_ids))
+    kept_src, kept_tgt = [], []
+    for i, (x, y) in enumerate(zip(src_ids, tgt_ids)):
+        if len(x) + int(src_eos) > max_len or len(y) + 1 > max_len:
+            report.dropped.setdefault(REASON_TOO_MANY_SUBWORDS, []).append(i + 1)
+        else:
+            kept_src.append(x)
+            kept_tgt.append(y)
+    report.kept = len(kept_src)
+    if report.dropped and on_bad == "error":
+        lines = report.dropped[REASON_TOO_MANY_SUBWORDS]
+        raise DataValidationError(
+            f"{name}: {len(lines)} of {report.total} pairs are longer than max_len={max_len} subword tokens (with "
+            f"special tokens), pairs {_format_lines(lines, 5).split(' ', 1)[1]} (1-based, in the split); raise max_len or set on_bad='filter' to drop them")
+    log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
+    return kept_src, kept_tgt, report
+
+
+def encode_splits(splits: dict, src_tokenizer, tgt_tokenizer, *, src_eos: bool = True,
+                  max_len: int | None = None, on_bad: str = "error") -> tuple[dict, list[ValidationReport]]:
+    """``{split: TranslationDataset}`` from ``{split: ParallelText}`` (anything with ``.src``/``.tgt`` lists of
+    strings) and the two tokenizers; ``max_len`` limits the training split through ``limit_subword_length``."""
+    datasets, reports = {}, []
+    for split, pairs in splits.items():
+        src_ids, tgt_ids = src_tokenizer.encode(pairs.src), tgt_tokenizer.encode(pairs.tgt)
+        if max_len is not None and split == "train":
+            src_ids, tgt_ids, report = limit_subword_length(src_ids, tgt_ids, max_len=max_len, on_bad=on_bad,
+                                                            name=split, src_eos=src_eos)
+            reports.append(report)
+        datasets[split] = TranslationDataset(src_ids, tgt_ids, pad_id=src_tokenizer.pad_id,
+                                             bos_id=tgt_tokenizer.bos_id, eos_id=tgt_tokenizer.eos_id,
+                                             src_eos=src_eos)
+    return datasets, reports
 
 
 def pack_batches(order: np.ndarray, sizes: np.ndarray, max_tokens: int,
