@@ -155,14 +155,3 @@ class Max(Function):
         weights = Tensor(hit / count)
         return _expand(g, shape, ctx.axes) * weights
 
-
-def sum(x, axis=None, keepdims=False):  # noqa: A001  (the Tensor method's name)
-    return Sum.apply(x, axis=axis, keepdims=keepdims)
-
-
-def mean(x, axis=None, keepdims=False):
-    return Mean.apply(x, axis=axis, keepdims=keepdims)
-
-
-def max(x, axis=None, keepdims=False):  # noqa: A001
-    return Max.apply(x, axis=axis, keepdims=keepdims)
