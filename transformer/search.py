@@ -1,0 +1,488 @@
+"""Decoding: greedy search, beam search (encoder-decoder) and sampling (language model).
+
+Every decoder here works incrementally with the model's key/value cache (``model.start_decoding`` then one
+``model.decode_step`` per token, ``DecoderState.reorder`` to follow beams and to drop finished sentences), runs under
+``ng.no_grad()``, and is vectorised over the batch: one model call per step for all live rows, no Python loop over
+sentences inside a step. Each function takes ``use_cache=False`` to recompute the whole prefix with ``model.forward``
+at every step instead; the two paths feed the same numbers through the same search code, so they return the same
+tokens and (in float64) the same scores to rounding.
+
+Legend for shape comments: B sentences, K beam size, S source length, T tokens so far, V vocabulary, N live rows.
+
+Conventions shared by greedy and beam search
+--------------------------------------------
+- Output token lists hold the generated tokens only: no BOS, no EOS.
+- Scores are sums of natural-log probabilities of every generated token, *including the EOS* when one was emitted.
+- Length: the number of generated tokens including the EOS (fairseq's convention); a hypothesis cut at the length limit
+  has no EOS and its length is the number of its tokens.
+- Length limit per sentence: ``min(max_len, floor(max_len_a * src_len + max_len_b))`` when ``max_len_b`` is given
+  (src_len = non-padding source tokens), else ``max_len``; also capped at ``model.config.max_len`` (the decoder cannot
+  feed more positions than that) and at least 1. When a sentence reaches its limit without an EOS its hypotheses are
+  finalised as they are.
+- PAD and BOS are never generated (their log-probability is set to -inf before the choice and the scores; the rest
+  is not renormalised).
+- The model is put in eval mode (no dropout) for the call and restored afterwards.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+import npgrad as ng
+
+
+# ----------------------------------------------------------------------------------------------------- small helpers
+def _array(x):
+    """The ndarray behind a Tensor (or the array itself)."""
+    return x.data if isinstance(x, ng.Tensor) else np.asarray(x)
+
+
+def _log_softmax(logits, step):
+    """Row-wise log-softmax of (N, V) logits in their own dtype; NaN logits are a model bug, said so clearly."""
+    if np.isnan(logits).any():
+        raise FloatingPointError(f"the model produced NaN logits at decoding step {step}")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _forbid(log_probs, config):
+    """PAD and BOS are never generated: their log-probs become -inf (in place), so they are never fed back."""
+    for name in ("pad_id", "bos_id"):
+        token = getattr(config, name, None)
+        if token is not None:
+            log_probs[:, token] = -np.inf
+    return log_probs
+
+
+class _eval_mode:
+    """Decode with dropout off: put the model in eval mode for the call, then restore its previous mode."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = getattr(self.model, "training", False)
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was_training:
+            self.model.train(True)
+        return False
+
+
+def _reorder(state, index):
+    """``DecoderState.reorder`` may work in place or return the new state; accept both."""
+    new_state = state.reorder(np.asarray(index, dtype=np.int64))
+    return state if new_state is None else new_state
+
+
+def _topk_sorted(scores, k):
+    """Indices (N, k) of the k largest entries of each row of ``scores`` (N, M), best first, ties to the lower index.
+
+    argpartition keeps it O(M) per row; rows with a tie at the k-th value (where argpartition may pick any of the tied
+    entries) fall back to a full stable sort so the result is deterministic and matches ``argmax`` for k = 1.
+    """
+    n_rows, m = scores.shape
+    if k >= m:
+        return np.argsort(-scores, axis=1, kind="stable")
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]                      # (N, k) unordered
+    values = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -values), axis=1)                                # by value desc, then index asc
+    top = np.take_along_axis(part, order, axis=1)
+    kth = values.min(axis=1)
+    tied = (scores >= kth[:, None]).sum(axis=1) > k
+    if tied.any():
+        top[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+    return top
+
+
+def length_penalty(length, alpha):
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); a score is divided by it."""
+    return ((5.0 + np.asarray(length, dtype=np.float64)) / 6.0) ** alpha
+
+
+def _check_src(model, src):
+    src = _array(src)
+    if src.ndim != 2:
+        raise ValueError(f"src must be a (B, S) array of token ids, got shape {src.shape}")
+    if src.dtype.kind not in "iu":
+        raise TypeError(f"src must hold integer token ids, got dtype {src.dtype}")
+    if src.shape[0] == 0 or src.shape[1] == 0:
+        raise ValueError(f"src must hold at least one sentence of at least one token, got shape {src.shape}")
+    vocab = getattr(model.config, "src_vocab_size", None)
+    if vocab is not None and (src.min() < 0 or src.max() >= vocab):
+        bad = src[(src < 0) | (src >= vocab)][0]
+        raise ValueError(f"src holds token id {bad}, outside the source vocabulary [0, {vocab})")
+    return src.astype(np.int64, copy=False)
+
+
+def _length_limits(model, src, max_len, max_len_a, max_len_b):
+    """Per-sentence limit on the generated length (B,) int64; see the module docstring."""
+    if not isinstance(max_len, numbers.Integral) or max_len < 1:
+        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    config = model.config
+    limits = np.full(src.shape[0], int(max_len), dtype=np.int64)
+    if max_len_b is not None:
+        src_len = (src != getattr(config, "pad_id", 0)).sum(axis=1)
+        limits = np.minimum(limits, np.floor(max_len_a * src_len + max_len_b).astype(np.int64))
+    elif max_len_a:
+        raise ValueError("max_len_a needs max_len_b (the rule is max_len_a * src_len + max_len_b)")
+    position_cap = getattr(config, "max_len", None)
+    if position_cap is not None:
+        limits = np.minimum(limits, int(position_cap))
+    return np.maximum(limits, 1)
+
+
+# ----------------------------------------------------------------------------------------------------- steppers
+# A stepper hides whether the prefix is cached: step(tokens (N,)) feeds one token per row and returns logits (N, V);
+# reorder(index) keeps/reorders/repeats rows. The search code is the same for both.
+class _CachedSeq2Seq:
+    def __init__(self, model, src):
+        self.model = model
+        memory, src_pad = model.encode(src)
+        self.state = model.start_decoding(memory, src_pad)
+
+    def step(self, tokens):
+        return _array(self.model.decode_step(tokens, self.state))
+
+    def reorder(self, index):
+        self.state = _reorder(self.state, index)
+
+
+class _FullPrefixSeq2Seq:
+    """No cache: every step runs ``model.forward(src, BOS + prefix)`` and keeps the last position."""
+
+    def __init__(self, model, src):
+        self.model = model
+        self.src = src                                                          # (N, S)
+        self.prefix = np.zeros((src.shape[0], 0), dtype=np.int64)              # (N, T)
+
+    def step(self, tokens):
+        self.prefix = np.concatenate([self.prefix, tokens[:, None]], axis=1)
+        return _array(self.model.forward(self.src, self.prefix))[:, -1]
+
+    def reorder(self, index):
+        self.src, self.prefix = self.src[index], self.prefix[index]
+
+
+class _CachedLM:
+    def __init__(self, model, batch_size):
+        self.model = model
+        self.state = model.start_decoding(batch_size)
+
+    def prefill(self, prompt):
+        if hasattr(self.model, "prefill"):
+            return _array(self.model.prefill(prompt, self.state))
+        for t in range(prompt.shape[1]):
+            logits = self.step(prompt[:, t])
+        return logits
+
+    def step(self, tokens):
+        return _array(self.model.decode_step(tokens, self.state))
+
+
+class _FullPrefixLM:
+    def __init__(self, model, batch_size):
+        self.model = model
+        self.ids = np.zeros((batch_size, 0), dtype=np.int64)
+
+    def prefill(self, prompt):
+        self.ids = prompt
+        return _array(self.model.forward(self.ids))[:, -1]
+
+    def step(self, tokens):
+        self.ids = np.concatenate([self.ids, tokens[:, None]], axis=1)
+        return _array(self.model.forward(self.ids))[:, -1]
+
+
+def _seq2seq_stepper(model, src, use_cache):
+    return _CachedSeq2Seq(model, src) if use_cache else _FullPrefixSeq2Seq(model, src)
+
+
+# ----------------------------------------------------------------------------------------------------- greedy
+class GreedyOutput(NamedTuple):
+    tokens: list        # B lists of generated token ids, without BOS/EOS
+    scores: np.ndarray  # (B,) sum of log-probs of the generated tokens, EOS included when emitted
+    ended: np.ndarray   # (B,) bool: True = the sentence ended with EOS, False = cut at its length limit
+
+
+def greedy(model, src, max_len=200, max_len_a=0.0, max_len_b=None, use_cache=True):
+    """Greedy decoding of a batch of source sentences with an encoder-decoder ``model``.
+
+    At every step each live sentence takes its most probable token (ties to the lowest id); a sentence stops when it
+    emits EOS or reaches its length limit (module docstring), finished sentences leave the batch (``reorder``), and
+    the loop ends when none is left. Returns ``GreedyOutput(tokens, scores, ended)``.
+    """
+    src = _check_src(model, src)
+    limits = _length_limits(model, src, max_len, max_len_a, max_len_b)
+    config = model.config
+    bos_id, eos_id = config.bos_id, config.eos_id
+    n_sentences = src.shape[0]
+    out_tokens = np.zeros((n_sentences, int(limits.max())), dtype=np.int64)    # (B, L)
+    out_lengths = np.zeros(n_sentences, dtype=np.int64)
+    ended = np.zeros(n_sentences, dtype=bool)
+    scores = None
+    with ng.no_grad(), _eval_mode(model):
+        stepper = _seq2seq_stepper(model, src, use_cache)
+        active = np.arange(n_sentences)                                        # sentence id of each live row (N,)
+        tokens = np.full(n_sentences, bos_id, dtype=np.int64)                  # (N,) fed at this step
+        for t in range(int(limits.max())):
+            log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (N, V)
+            if scores is None:
+                scores = np.zeros(n_sentences, dtype=log_probs.dtype)
+            choice = log_probs.argmax(axis=1)                                  # (N,)
+            scores[active] += log_probs[np.arange(len(active)), choice]
+            is_eos = choice == eos_id
+            out_tokens[active, t] = choice
+            out_lengths[active[~is_eos]] = t + 1
+            ended[active[is_eos]] = True
+            finished = is_eos | (limits[active] <= t + 1)
+            if finished.all():
+                break
+            if finished.any():
+                keep = np.flatnonzero(~finished)
+                stepper.reorder(keep)
+                active, choice = active[keep], choice[keep]
+            tokens = choice
+    token_lists = [out_tokens[i, :out_lengths[i]].tolist() for i in range(n_sentences)]
+    return GreedyOutput(token_lists, scores, ended)
+
+
+# ----------------------------------------------------------------------------------------------------- beam search
+class Hypothesis(NamedTuple):
+    tokens: list             # generated token ids, without BOS/EOS
+    score: float             # sum of log-probs of the generated tokens (EOS included when emitted)
+    normalized_score: float  # score / ((5 + length) / 6) ** alpha
+    length: int              # generated tokens counted by the penalty: len(tokens) + (1 if ended else 0)
+    ended: bool              # True = finished with EOS, False = finalised at the length limit
+
+
+def beam_search(model, src, beam_size=4, max_len=200, alpha=0.6, nbest=1, max_len_a=0.0, max_len_b=None,
+                early_stopping=False, use_cache=True):
+    """Batched beam search with the GNMT length penalty; returns, per sentence, its ``nbest`` best hypotheses.
+
+    The B sentences are decoded together as B*K rows of the decoder state (``reorder`` repeats each sentence's cache
+    K times, then follows the surviving beams and drops finished sentences at every step).
+
+    Each step, for every sentence: the K live hypotheses are extended by every token and the 2K best extensions by
+    summed log-prob are kept, ordered best first (ties to the lower beam, then the lower token id).
+
+    - **Finishing.** An extension by EOS that ranks among the best K is finished: it moves to the sentence's finished
+      list, scored ``score / ((5 + length) / 6) ** alpha`` with length = generated tokens including the EOS. EOS
+      extensions ranked below K are dropped (fairseq). The best K extensions that are not EOS stay live (there are
+      always K: each live beam contributes at most one EOS extension).
+    - **Stopping.** A sentence stops when it has at least ``beam_size`` finished hypotheses and no live one can still
+      beat the ``nbest``-th best finished one: log-probs are <= 0, so a live hypothesis with summed score s can reach at
+      most ``s / max(lp(length + 1), lp(limit))`` (the penalty is monotone in the length). With
+      ``early_stopping=True`` it stops as soon as it has ``beam_size`` finished hypotheses (cheaper, may miss a longer
+      hypothesis that the penalty would favour).
+    - **Length limit.** At its length limit (module docstring) a sentence's live hypotheses are finalised as they are
+      (no EOS; length = their number of tokens) and compete with the finished ones.
+    - **Output.** A list of B lists of ``Hypothesis(tokens, score, normalized_score, length, ended)``, at most
+      ``nbest`` each, sorted by ``normalized_score`` best first (ties: the one finished earlier first).
+
+    ``beam_size=1`` gives greedy's output when ``alpha=0`` or ``early_stopping=True``.
+    """
+    if not isinstance(beam_size, numbers.Integral) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    if not isinstance(nbest, numbers.Integral) or not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be an integer in [1, beam_size={beam_size}], got {nbest!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha (length penalty exponent) must be finite, got {alpha!r}")
+    src = _check_src(model, src)
+    limits = _length_limits(model, src, max_len, max_len_a, max_len_b)        # (B,)
+    config = model.config
+    bos_id, eos_id = config.bos_id, config.eos_id
+    K = int(beam_size)
+    n_sentences = src.shape[0]
+    max_limit = int(limits.max())
+
+    # Finished lists, indexed by sentence id; -inf marks an empty slot. Kept sorted best first, at most K each.
+    fin_norm = np.full((n_sentences, K), -np.inf)                              # (B, K)
+    fin_score = np.full((n_sentences, K), -np.inf)
+    fin_length = np.zeros((n_sentences, K), dtype=np.int64)
+    fin_ended = np.zeros((n_sentences, K), dtype=bool)
+    fin_tokens = np.zeros((n_sentences, K, max_limit), dtype=np.int64)        # (B, K, L), EOS/garbage past length
+
+    with ng.no_grad(), _eval_mode(model):
+        stepper = _seq2seq_stepper(model, src, use_cache)
+        stepper.reorder(np.repeat(np.arange(n_sentences), K))                  # B rows -> B*K rows
+        active = np.arange(n_sentences)                                        # live sentence ids (n,)
+        beam_tokens = np.zeros((n_sentences, K, 0), dtype=np.int64)            # (n, K, T) live prefixes
+        beam_scores = None                                                     # (n, K)
+        tokens = np.full(n_sentences * K, bos_id, dtype=np.int64)              # (n*K,) fed at this step
+        for t in range(max_limit):
+            n = len(active)
+            log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (n*K, V)
+            dtype, vocab = log_probs.dtype, log_probs.shape[1]
+            if beam_scores is None:
+                # Only beam 0 is real at the start: the K copies of BOS would otherwise give K equal beams.
+                beam_scores = np.full((n, K), -np.inf, dtype=dtype)
+                beam_scores[:, 0] = 0
+                fin_norm, fin_score = fin_norm.astype(dtype), fin_score.astype(dtype)
+            candidates = (beam_scores[:, :, None] + log_probs.reshape(n, K, vocab)).reshape(n, K * vocab)
+            top = _topk_sorted(candidates, 2 * K)                              # (n, 2K) best first
+            top_scores = np.take_along_axis(candidates, top, axis=1)
+            top_beam, top_token = top // vocab, top % vocab
+            new_length = t + 1
+            penalty = length_penalty(new_length, alpha).astype(dtype)
+
+            # Every candidate's full token sequence (n, 2K, L); position t holds the new token (EOS included).
+            seqs = np.zeros((n, 2 * K, max_limit), dtype=np.int64)
+            seqs[:, :, :t] = beam_tokens[np.arange(n)[:, None], top_beam]
+            seqs[:, :, t] = top_token
+
+            is_eos = top_token == eos_id
+            finishing = is_eos & (np.arange(2 * K) < K) & np.isfinite(top_scores)
+            live = np.argsort(is_eos, axis=1, kind="stable")[:, :K]            # (n, K) first K non-EOS, in rank order
+            live_scores = np.take_along_axis(top_scores, live, axis=1)
+            live_beam = np.take_along_axis(top_beam, live, axis=1)
+            live_token = np.take_along_axis(top_token, live, axis=1)
+            live_seqs = np.take_along_axis(seqs, live[:, :, None], axis=1)     # (n, K, L)
+            at_limit = limits[active] <= new_length                            # (n,)
+            cut = at_limit[:, None] & np.isfinite(live_scores)                 # finalised without EOS
+
+            if finishing.any() or cut.any():
+                # Merge old finished (K) + new EOS hypotheses (2K) + cut live ones (K); keep the best K.
+                pool_norm = np.concatenate([fin_norm[active],
+                                            np.where(finishing, top_scores / penalty, -np.inf).astype(dtype),
+                                            np.where(cut, live_scores / penalty, -np.inf).astype(dtype)], axis=1)
+                pool_score = np.concatenate([fin_score[active], top_scores, live_scores], axis=1)
+                pool_length = np.concatenate([fin_length[active], np.full((n, 3 * K), new_length)], axis=1)
+                pool_ended = np.concatenate([fin_ended[active], np.ones((n, 2 * K), bool),
+                                             np.zeros((n, K), bool)], axis=1)
+                pool_tokens = np.concatenate([fin_tokens[active], seqs, live_seqs], axis=1)   # (n, 4K, L)
+                best = np.argsort(-pool_norm, axis=1, kind="stable")[:, :K]    # (n, K)
+                fin_norm[active] = np.take_along_axis(pool_norm, best, axis=1)
+                fin_score[active] = np.take_along_axis(pool_score, best, axis=1)
+                fin_length[active] = np.take_along_axis(pool_length, best, axis=1)
+                fin_ended[active] = np.take_along_axis(pool_ended, best, axis=1)
+                fin_tokens[active] = np.take_along_axis(pool_tokens, best[:, :, None], axis=1)
+
+            beam_scores, beam_tokens = live_scores, live_seqs[:, :, :new_length]
+            n_finished = np.isfinite(fin_norm[active]).sum(axis=1)
+            if early_stopping:
+                done = n_finished >= K
+            else:
+                best_penalty = np.maximum(length_penalty(new_length + 1, alpha),
+                                          length_penalty(limits[active], alpha)).astype(dtype)
+                live_bound = beam_scores[:, 0] / best_penalty                   # best reachable normalised score
+                done = (n_finished >= K) & (live_bound <= fin_norm[active, nbest - 1])
+            done |= at_limit
+            if done.all():
+                break
+            keep = np.flatnonzero(~done)
+            # Rows of the next step: for each kept sentence its K live beams, taken from the rows they extend.
+            stepper.reorder((keep[:, None] * K + live_beam[keep]).reshape(-1))
+            active, beam_scores, beam_tokens = active[keep], beam_scores[keep], beam_tokens[keep]
+            tokens = live_token[keep].reshape(-1)
+
+    results = []
+    for i in range(n_sentences):                                              # output assembly, once, not per step
+        hyps = []
+        for j in range(nbest):
+            if not np.isfinite(fin_norm[i, j]):
+                break
+            n_tokens = int(fin_length[i, j]) - int(fin_ended[i, j])
+            hyps.append(Hypothesis(fin_tokens[i, j, :n_tokens].tolist(), float(fin_score[i, j]),
+                                   float(fin_norm[i, j]), int(fin_length[i, j]), bool(fin_ended[i, j])))
+        results.append(hyps)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- sampling
+def _check_sampling_args(temperature, top_k, top_p, max_new_tokens):
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
+                              or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Sampling distribution (N, V) float64 from logits (N, V): temperature, then top-k, then top-p (nucleus).
+
+    - temperature: logits / temperature (> 0; 0 is handled by the caller as argmax).
+    - top-k: tokens below the k-th largest logit get probability 0 (ties with the k-th are kept, as PyTorch/nanoGPT).
+    - top-p: keep the smallest set of most probable tokens whose cumulative probability is >= p (the most probable
+      token is always kept); the rest get probability 0. Renormalised.
+    The arithmetic is float64 whatever the model's dtype: a cumulative sum over a large vocabulary drifts in float32.
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / temperature                 # (N, V)
+    vocab = scaled.shape[1]
+    if top_k is not None and top_k < vocab:
+        kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k]    # (N,) k-th largest
+        scaled = np.where(scaled < kth[:, None], -np.inf, scaled)
+    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=1, kind="stable")                      # (N, V) most probable first
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs           # mass of the strictly better tokens
+        drop_sorted = mass_before >= top_p                                     # already reached p without this one
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def sample(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, seed=None,
+           use_cache=True):
+    """Sample ``max_new_tokens`` continuations of ``prompt_ids`` (B, P) (or (P,)) from a language model.
+
+    Returns the new tokens only, (B, max_new_tokens) int64 (or (max_new_tokens,) for a 1-D prompt).
+    ``temperature=0`` or ``top_k=1`` is greedy decoding (argmax, ties to the lowest id) and draws no random numbers.
+    Randomness comes from ``rng`` (a ``np.random.Generator``) or a fresh ``np.random.default_rng(seed)``: one uniform
+    draw per row per step, so a fixed seed reproduces the output, with or without the cache.
+    The prompt and the generated tokens (but the last, never fed back) must fit the model's ``block_size``.
+    """
+    _check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    if rng is not None and seed is not None:
+        raise ValueError("give either rng or seed, not both")
+    if rng is None:
+        rng = np.random.default_rng(seed)
+    elif not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    prompt = _array(prompt_ids)
+    one_dimensional = prompt.ndim == 1
+    if one_dimensional:
+        prompt = prompt[None, :]
+    if prompt.ndim != 2 or prompt.shape[1] == 0 or prompt.dtype.kind not in "iu":
+        raise ValueError(f"prompt_ids must be a non-empty (B, P) or (P,) integer array, got shape "
+                         f"{_array(prompt_ids).shape} dtype {_array(prompt_ids).dtype}")
+    prompt = prompt.astype(np.int64, copy=False)
+    block_size = getattr(model.config, "block_size", None)
+    fed = prompt.shape[1] + max(int(max_new_tokens) - 1, 0)
+    if block_size is not None and fed > block_size:
+        raise ValueError(f"prompt length {prompt.shape[1]} + {max_new_tokens} new tokens needs {fed} positions, "
+                         f"more than the model's block_size {block_size}")
+    greedy_pick = temperature == 0 or top_k == 1
+    n_rows = prompt.shape[0]
+    out = np.zeros((n_rows, int(max_new_tokens)), dtype=np.int64)
+    if max_new_tokens > 0:
+        with ng.no_grad(), _eval_mode(model):
+            stepper = _CachedLM(model, n_rows) if use_cache else _FullPrefixLM(model, n_rows)
+            logits = stepper.prefill(prompt)                                   # (B, V)
+            for t in range(int(max_new_tokens)):
+                if np.isnan(logits).any():
+                    raise FloatingPointError(f"the model produced NaN logits at sampling step {t}")
+                if greedy_pick:
+                    tokens = logits.argmax(axis=1)
+                else:
+                    cdf = np.cumsum(filter_logits(logits, temperature, top_k, top_p), axis=1)   # (B, V)
+                    u = 1.0 - rng.random(n_rows)                               # in (0, 1]: never picks a 0-prob token
+                    tokens = np.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=1), cdf.shape[1] - 1)
+                out[:, t] = tokens
+                if t + 1 < max_new_tokens:
+                    logits = stepper.step(tokens.astype(np.int64))
+    return out[0] if one_dimensional else out
