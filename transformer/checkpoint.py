@@ -1,0 +1,720 @@
+"""Checkpoints: safetensors weights, JSON for everything else, atomic writes, loads that never execute code.
+
+A checkpoint is a directory::
+
+    checkpoint.json          format tag, model config, optimizer/scheduler/training state, RNG states, metadata,
+                             and the size + SHA-256 of every other file (written last)
+    model.safetensors        model weights (``model.state_dict()``), bit-exact
+    optimizer.safetensors    the optimizer's arrays (Adam moments...), when an optimizer was given
+    <name>                   extra files copied beside (tokenizer model/vocabulary...)
+
+Nothing is pickled. Non-array state is JSON with a few tagged forms so that the round trip is exact:
+``{"__int__": "123..."}`` for integers beyond 2**53 (PCG64 states are 128-bit; other JSON readers would round them),
+``{"__float__": "nan"}`` for non-finite floats (strict JSON has none), ``{"__tuple__": [...]}``,
+``{"__dict__": [[key, value], ...]}`` for dicts whose keys are not plain strings, ``{"__numpy__": dtype, "value": v}``
+for NumPy scalars, ``{"__array__": {dtype, shape, base64}}`` for small arrays inline (e.g. an MT19937 key) and
+``{"__tensor__": name}`` for an array stored in ``optimizer.safetensors``. Python's float repr round-trips exactly.
+
+Writes are atomic: the whole checkpoint is written into a temporary sibling directory, every file and the directory are
+fsynced, then it is renamed into place. An existing checkpoint is replaced by an atomic exchange of the two directories
+(``renameat2(RENAME_EXCHANGE)`` on Linux) and deleted only after the new one is in place; where the exchange is not
+available the old one is first renamed aside to ``.<name>.old-*`` (if a crash hits between the two renames,
+``load_checkpoint`` names that directory).
+
+Loading checks every file before trusting it: a truncated file, a file that is not safetensors (a pickle, a zip, an
+.npy), bad JSON, a missing file or a checksum mismatch raises :class:`CheckpointError` naming the file and the problem.
+The only parsers involved are ``json`` and safetensors' header/byte reader: nothing is unpickled or executed.
+"""
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "npgrad-checkpoint"
+VERSION = 1
+MANIFEST = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+_RESERVED = {MANIFEST, MODEL_FILE, OPTIMIZER_FILE}
+_EXACT_INT_LIMIT = 2 ** 53
+# Config keys that do not change the weights' meaning: ignored by default when a config is checked on load.
+NON_ARCHITECTURE_KEYS = ("dropout", "attention_dropout", "seed")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, foreign or inconsistent (the message names the file)."""
+
+
+# ============================================================================================== JSON encoding (exact)
+def _encode(value, where, tensor_sink=None):
+    """Plain JSON for ``value``; arrays go to ``tensor_sink`` (name -> array) when given, else inline base64.
+
+    ``where`` is the path of the value, used in tensor names and in error messages.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.generic) and not isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"checkpoint: cannot store {where} = {value!r} (NumPy scalar of dtype {value.dtype})")
+        return {"__numpy__": value.dtype.str, "value": _encode(value.item(), where)}
+    if isinstance(value, int):
+        return {"__int__": str(value)} if abs(value) > _EXACT_INT_LIMIT else value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufc" or value.dtype.hasobject:
+            raise TypeError(f"checkpoint: cannot store array {where} of dtype {value.dtype} (numbers and bools only)")
+        if tensor_sink is not None:
+            name = where
+            while name in tensor_sink:
+                name += "_"
+            tensor_sink[name] = np.ascontiguousarray(value)
+            return {"__tensor__": name}
+        data = np.ascontiguousarray(value)
+        return {"__array__": {"dtype": data.dtype.str, "shape": list(data.shape),
+                              "base64": base64.b64encode(data.tobytes()).decode("ascii")}}
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        if all(isinstance(k, str) and not k.startswith("__") for k, _ in items):
+            return {k: _encode(v, f"{where}.{k}", tensor_sink) for k, v in items}
+        return {"__dict__": [[_encode(k, where), _encode(v, f"{where}.{k}", tensor_sink)] for k, v in items]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]
+    raise TypeError(f"checkpoint: cannot store {where} of type {type(value).__name__} "
+                    "(allowed: None, bool, int, float, str, list, tuple, dict, NumPy arrays and scalars)")
+
+
+def _decode(value, where, tensors=None):
+    """Inverse of :func:`_encode`. ``where`` names the JSON file in errors."""
+    if isinstance(value, list):
+        return [_decode(v, where, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) >= 1 and all(k.startswith("__") for k in value) or "__numpy__" in value:
+        try:
+            if "__int__" in value:
+                return int(value["__int__"])
+            if "__float__" in value:
+                text = value["__float__"]
+                if text not in ("nan", "inf", "-inf"):
+                    raise ValueError(f"bad float tag {text!r}")
+                return float(text)
+            if "__tuple__" in value:
+                return tuple(_decode(v, where, tensors) for v in value["__tuple__"])
+            if "__dict__" in value:
+                return {_decode(k, where): _decode(v, where, tensors) for k, v in value["__dict__"]}
+            if "__numpy__" in value:
+                dtype = _safe_dtype(value["__numpy__"])
+                return dtype.type(_decode(value["value"], where))
+            if "__array__" in value:
+                spec = value["__array__"]
+                dtype = _safe_dtype(spec["dtype"])
+                raw = base64.b64decode(spec["base64"], validate=True)
+                return np.frombuffer(raw, dtype=dtype).reshape(spec["shape"]).copy()
+            if "__tensor__" in value:
+                name = value["__tensor__"]
+                if tensors is None or name not in tensors:
+                    raise KeyError(f"array {name!r} is not in {OPTIMIZER_FILE}")
+                return tensors[name]
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{where}: malformed tagged value {str(value)[:120]}: {exc}") from None
+        raise CheckpointError(f"{where}: unknown tagged value {str(value)[:120]}")
+    return {k: _decode(v, where, tensors) for k, v in value.items()}
+
+
+def _safe_dtype(text):
+    dtype = np.dtype(str(text))           # a dtype string is parsed, never evaluated
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        raise ValueError(f"dtype {text!r} is not a numeric dtype")
+    return dtype
+
+
+# ============================================================================================== file helpers
+def _fsync_path(path, directory=False):
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _file_record(path):
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _write_safetensors(path, tensors, kind):
+    from safetensors.numpy import save_file
+    tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "content": kind})
+    _fsync_path(path)
+
+
+_SAFETENSORS_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "U64", "I64", "F64",
+                       "F8_E4M3", "F8_E5M2", "C64"}
+
+
+def _sniff_foreign(data):
+    """What a non-safetensors file looks like (for the error message), or None."""
+    if len(data) >= 2 and data[0] == 0x80 and 1 <= data[1] <= 5:
+        return "a Python pickle; refusing to load it (unpickling can execute code)"
+    if data[:4] == b"PK\x03\x04":
+        return "a zip archive (a PyTorch .pt/.pth or NumPy .npz file?); refusing to load it"
+    if data[:6] == b"\x93NUMPY":
+        return "a NumPy .npy file, not safetensors"
+    if data[:1] in (b"{", b"["):
+        return "JSON text, not safetensors"
+    return None
+
+
+def _read_safetensors(path, expected=None, order=None):
+    """Arrays of the safetensors file ``path`` (writable copies), after checking everything about it.
+
+    ``expected``: the {"bytes", "sha256"} record from the manifest; ``order``: the tensor names in the order they were
+    given to save (safetensors sorts its header). Errors name the file and say what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    data = path.read_bytes()
+    size = len(data)
+    foreign = _sniff_foreign(data)
+    if foreign:
+        raise CheckpointError(f"{path}: not a safetensors file: it is {foreign}")
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated or not safetensors: {size} bytes, shorter than the 8-byte header "
+                              "length")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > size - 8:
+        raise CheckpointError(f"{path}: truncated or not safetensors: the header claims {header_len} bytes, the file "
+                              f"holds {size - 8} after the length field")
+    try:
+        header = json.loads(data[8:8 + header_len].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a safetensors file: its header is not valid JSON ({exc})") from None
+    body = size - 8 - header_len
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: not a safetensors file: bad header entry for {name!r}") from None
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if end > body:
+            raise CheckpointError(f"{path}: truncated: tensor {name!r} needs data bytes up to {end}, the file holds "
+                                  f"only {body} (expected size {8 + header_len + end} bytes or more, got {size})")
+    if expected is not None:
+        if size != expected["bytes"]:
+            raise CheckpointError(f"{path}: size {size} bytes, the manifest says {expected['bytes']} (truncated or "
+                                  "replaced)")
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            raise CheckpointError(f"{path}: SHA-256 checksum mismatch with the manifest (corrupted or replaced)")
+    from safetensors.numpy import load
+    try:
+        arrays = load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type; restate it with the file name
+        raise CheckpointError(f"{path}: unreadable safetensors file: {exc}") from None
+    names = [name for name in header if name != "__metadata__"]
+    if order is not None:
+        if sorted(order) != sorted(names) or set(arrays) != set(names):
+            raise CheckpointError(f"{path}: holds tensors {sorted(names)}, the manifest lists {sorted(order)}")
+        names = order
+    return OrderedDict((name, np.array(arrays[name], copy=True)) for name in names)
+
+
+def _read_manifest(directory):
+    directory = Path(directory)
+    if not directory.is_dir():
+        hint = ""
+        leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*")) if directory.parent.is_dir() else []
+        if leftovers:
+            hint = (f"; an interrupted save left the previous checkpoint at {leftovers[-1]} "
+                    f"(rename it to {directory.name} to use it)")
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist{hint}")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing ({directory} is not an npgrad checkpoint directory)")
+    data = path.read_bytes()
+    foreign = _sniff_foreign(data)
+    if foreign and not foreign.startswith("JSON"):
+        raise CheckpointError(f"{path}: not a JSON manifest: it is {foreign}")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is truncated or not a checkpoint "
+                              "manifest") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an npgrad checkpoint manifest (no \"format\": \"{FORMAT}\")")
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {manifest.get('version')!r}; this code reads "
+                              f"versions up to {VERSION}")
+    for key in ("config", "files"):
+        if key not in manifest:
+            raise CheckpointError(f"{path}: the manifest has no {key!r} entry")
+    return path, manifest
+
+
+# ============================================================================================== atomic replace
+def _rename_exchange(a, b):
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False when unsupported here."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
+
+
+def _replace_directory(new, target):
+    """Put the complete directory ``new`` at ``target``; an existing ``target`` is removed only afterwards."""
+    parent = target.parent
+    if not target.exists():
+        os.rename(new, target)
+    elif _rename_exchange(new, target):
+        shutil.rmtree(new)                     # ``new`` now holds the previous checkpoint
+    else:
+        old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(new, target)
+        _fsync_path(parent, directory=True)
+        shutil.rmtree(old)
+    _fsync_path(parent, directory=True)
+
+
+# ============================================================================================== save / load
+def _config_dict(config):
+    if config is None:
+        raise ValueError("save_checkpoint: config_dict is required (the model cannot be rebuilt without it)")
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise TypeError(f"save_checkpoint: config_dict must be a dict (or have to_dict()), got {type(config).__name__}")
+    return dict(config)
+
+
+def _model_state(model):
+    if hasattr(model, "state_dict"):
+        state = model.state_dict()
+    elif isinstance(model, Mapping):
+        state = model
+    else:
+        raise TypeError(f"save_checkpoint: model must be a Module (with state_dict()) or a state dict, got "
+                        f"{type(model).__name__}")
+    out = OrderedDict()
+    for name, value in state.items():
+        array = np.asarray(getattr(value, "data", value))
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"save_checkpoint: weight {name!r} has dtype {array.dtype}; safetensors stores numbers")
+        out[name] = array
+    return out
+
+
+_RNG_KINDS = ("numpy.Generator", "numpy.BitGenerator", "numpy.RandomState", "python.random", "state")
+
+
+def _rng_record(name, rng):
+    import random
+    if isinstance(rng, np.random.Generator):
+        return {"kind": "numpy.Generator", "state": rng.bit_generator.state}
+    if isinstance(rng, np.random.BitGenerator):
+        return {"kind": "numpy.BitGenerator", "state": rng.state}
+    if isinstance(rng, np.random.RandomState):
+        return {"kind": "numpy.RandomState", "state": rng.get_state(legacy=False)}
+    if isinstance(rng, random.Random):
+        return {"kind": "python.random", "state": rng.getstate()}
+    if isinstance(rng, Mapping):
+        return {"kind": "state", "state": dict(rng)}
+    raise TypeError(f"save_checkpoint: rng_states[{name!r}] is a {type(rng).__name__}; give a numpy Generator, "
+                    "BitGenerator, RandomState, random.Random, or a bit_generator state dict")
+
+
+_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
+                   "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+
+
+def _check_extra_name(name):
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
+            or "/" in name or "\\" in name or name in _RESERVED):
+        raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name (no directories, not "
+                         f"hidden, not one of {sorted(_RESERVED)})")
+
+
+def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=None, train_state=None, rng_states=None,
+                    extra_files=None, metadata=None):
+    """Write a checkpoint directory atomically; returns its path.
+
+    model: an npgrad Module (``state_dict()``) or a state dict name -> array. config_dict: the model config (a dict
+    or an object with ``to_dict()``). optimizer / scheduler: objects with ``state_dict()`` (plain dicts of arrays and
+    numbers). train_state: any JSON-able dict (step, epoch, batch position, best metric...; NumPy scalars and small
+    arrays allowed). rng_states: name -> numpy Generator / BitGenerator / RandomState / random.Random / state dict.
+    extra_files: name -> path of a file copied into the checkpoint under ``name`` (tokenizer files).
+    metadata: a small JSON-able dict for bookkeeping (used by :class:`CheckpointManager`).
+
+    An existing checkpoint at ``directory`` is replaced only once the new one is complete; a directory that is not a
+    checkpoint is never overwritten.
+    """
+    target = Path(directory)
+    if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
+        raise FileExistsError(f"save_checkpoint: {target} exists and is not a checkpoint directory; refusing to "
+                              "replace it")
+    config = _encode(_config_dict(config_dict), "config")
+    weights = _model_state(model)
+    manifest = {"format": FORMAT, "version": VERSION, "config": config, "files": {}}
+    optimizer_arrays = OrderedDict()
+    manifest["optimizer"] = (None if optimizer is None
+                             else _encode(optimizer.state_dict(), "optimizer", optimizer_arrays))
+    manifest["scheduler"] = None if scheduler is None else _encode(scheduler.state_dict(), "scheduler")
+    manifest["train_state"] = None if train_state is None else _encode(dict(train_state), "train_state")
+    manifest["rng_states"] = {name: _encode(_rng_record(name, rng), f"rng_states.{name}")
+                              for name, rng in (rng_states or {}).items()}
+    manifest["metadata"] = _encode(dict(metadata or {}), "metadata")
+    extra = {}
+    for name, source in (extra_files or {}).items():
+        _check_extra_name(name)
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"save_checkpoint: extra file {name!r}: {source} is not a file")
+        extra[name] = Path(source)
+    manifest["extra_files"] = sorted(extra)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_safetensors(staging / MODEL_FILE, weights, "model")
+        written = [MODEL_FILE]
+        if optimizer is not None:
+            _write_safetensors(staging / OPTIMIZER_FILE, optimizer_arrays, "optimizer")
+            written.append(OPTIMIZER_FILE)
+        for name, source in extra.items():
+            shutil.copyfile(source, staging / name)
+            _fsync_path(staging / name)
+            written.append(name)
+        manifest["files"] = {name: _file_record(staging / name) for name in written}
+        manifest["tensor_order"] = {MODEL_FILE: list(weights), OPTIMIZER_FILE: list(optimizer_arrays)}
+        # The manifest goes last: a directory with a complete manifest has all its files.
+        _write_bytes(staging / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8"))
+        _fsync_path(staging, directory=True)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def check_config(saved, expected, ignore=NON_ARCHITECTURE_KEYS, where="checkpoint"):
+    """Raise CheckpointError listing every key where ``saved`` and ``expected`` configs differ (``ignore`` skipped)."""
+    if hasattr(expected, "to_dict"):
+        expected = expected.to_dict()
+    expected = _decode(_encode(dict(expected), "config"), "config")   # same normal form as a loaded config
+    problems = []
+    for key in sorted(set(saved) | set(expected)):
+        if key in ignore:
+            continue
+        if key not in saved:
+            problems.append(f"{key}: not in the checkpoint, {expected[key]!r} expected")
+        elif key not in expected:
+            problems.append(f"{key}: {saved[key]!r} in the checkpoint, unknown to the model")
+        elif saved[key] != expected[key]:
+            problems.append(f"{key}: checkpoint {saved[key]!r}, model {expected[key]!r}")
+    if problems:
+        raise CheckpointError(f"{where}: the model config does not match the checkpoint's:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns. Arrays are fresh writable copies."""
+
+    directory: Path
+    config: dict
+    model_state: "OrderedDict[str, np.ndarray]"
+    optimizer_state: dict | None = None
+    scheduler_state: dict | None = None
+    train_state: dict | None = None
+    rng_states: dict = field(default_factory=dict)   # name -> {"kind": ..., "state": ...}
+    extra_files: dict = field(default_factory=dict)  # name -> Path inside the checkpoint
+    metadata: dict = field(default_factory=dict)
+
+    def restore(self, model=None, optimizer=None, scheduler=None, check_model_config=True,
+                ignore_config_keys=NON_ARCHITECTURE_KEYS):
+        """Load the saved states into the given objects; the model's config is checked against the saved one."""
+        if model is not None:
+            if check_model_config and getattr(model, "config", None) is not None:
+                check_config(self.config, model.config, ignore_config_keys, where=str(self.directory))
+            model.load_state_dict(self.model_state)
+        if optimizer is not None:
+            if self.optimizer_state is None:
+                raise CheckpointError(f"{self.directory}: the checkpoint holds no optimizer state")
+            optimizer.load_state_dict(self.optimizer_state)
+        if scheduler is not None:
+            if self.scheduler_state is None:
+                raise CheckpointError(f"{self.directory}: the checkpoint holds no scheduler state")
+            scheduler.load_state_dict(self.scheduler_state)
+
+    def _rng_entry(self, name):
+        if name not in self.rng_states:
+            raise KeyError(f"{self.directory}: no RNG state named {name!r} (saved: {sorted(self.rng_states)})")
+        return self.rng_states[name]
+
+    def restore_rng(self, name, target):
+        """Set the saved state ``name`` into ``target`` (Generator, BitGenerator, RandomState, random.Random)."""
+        import random
+        entry = self._rng_entry(name)
+        state = entry["state"]
+        if isinstance(target, np.random.Generator):
+            target.bit_generator.state = state
+        elif isinstance(target, np.random.BitGenerator):
+            target.state = state
+        elif isinstance(target, np.random.RandomState):
+            target.set_state(state)
+        elif isinstance(target, random.Random):
+            target.setstate(state)
+        else:
+            raise TypeError(f"restore_rng: cannot restore into a {type(target).__name__}")
+        return target
+
+    def make_rng(self, name):
+        """A new ``np.random.Generator`` in the saved state ``name`` (a saved Generator/BitGenerator/state dict)."""
+        state = self._rng_entry(name)["state"]
+        kind = state.get("bit_generator") if isinstance(state, Mapping) else None
+        if kind not in _BIT_GENERATORS:
+            raise CheckpointError(f"{self.directory}: RNG state {name!r} is not a known NumPy bit generator state "
+                                  f"(bit_generator={kind!r}; known: {sorted(_BIT_GENERATORS)})")
+        bit_generator = _BIT_GENERATORS[kind]()
+        bit_generator.state = state
+        return np.random.Generator(bit_generator)
+
+
+def load_checkpoint(directory, expected_config=None, ignore_config_keys=NON_ARCHITECTURE_KEYS):
+    """Read and verify a checkpoint directory written by :func:`save_checkpoint`; returns a :class:`Checkpoint`.
+
+    Every file is checked (format, size and SHA-256 against the manifest) before use; problems raise
+    :class:`CheckpointError` naming the file. ``expected_config`` (a dict or config object), when given, must match
+    the saved config except for ``ignore_config_keys``. Nothing is unpickled or executed.
+    """
+    directory = Path(directory)
+    manifest_path, manifest = _read_manifest(directory)
+    where = str(manifest_path)
+    files = manifest["files"]
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise CheckpointError(f"{where}: the manifest lists no {MODEL_FILE}")
+    config = _decode(manifest["config"], where)
+    if expected_config is not None:
+        check_config(config, expected_config, ignore_config_keys, where=str(directory))
+    model_state = _read_safetensors(directory / MODEL_FILE, files[MODEL_FILE], _tensor_order(manifest, MODEL_FILE))
+    optimizer_state = None
+    if manifest.get("optimizer") is not None:
+        if OPTIMIZER_FILE not in files:
+            raise CheckpointError(f"{where}: optimizer state present but {OPTIMIZER_FILE} is not listed")
+        arrays = _read_safetensors(directory / OPTIMIZER_FILE, files[OPTIMIZER_FILE],
+                                   _tensor_order(manifest, OPTIMIZER_FILE))
+        optimizer_state = _decode(manifest["optimizer"], where, arrays)
+    extra = {}
+    for name in manifest.get("extra_files", []):
+        path = directory / name
+        if name not in files:
+            raise CheckpointError(f"{where}: extra file {name!r} has no size/checksum record")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file is missing")
+        record = _file_record(path)
+        if record != files[name]:
+            raise CheckpointError(f"{path}: size/checksum differ from the manifest ({record['bytes']} bytes vs "
+                                  f"{files[name]['bytes']}): corrupted or replaced")
+        extra[name] = path
+    rng_states = {}
+    for name, entry in (manifest.get("rng_states") or {}).items():
+        entry = _decode(entry, where)
+        if not isinstance(entry, dict) or entry.get("kind") not in _RNG_KINDS:
+            raise CheckpointError(f"{where}: RNG state {name!r} is malformed")
+        rng_states[name] = entry
+    return Checkpoint(
+        directory=directory, config=config, model_state=model_state, optimizer_state=optimizer_state,
+        scheduler_state=_decode(manifest.get("scheduler"), where),
+        train_state=_decode(manifest.get("train_state"), where), rng_states=rng_states, extra_files=extra,
+        metadata=_decode(manifest.get("metadata") or {}, where))
+
+
+def _load_weights(directory):
+    manifest_path, manifest = _read_manifest(directory)
+    files = manifest["files"]
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        raise CheckpointError(f"{manifest_path}: the manifest lists no {MODEL_FILE}")
+    return _read_safetensors(Path(directory) / MODEL_FILE, files[MODEL_FILE], _tensor_order(manifest, MODEL_FILE))
+
+
+def _tensor_order(manifest, file):
+    order = (manifest.get("tensor_order") or {}).get(file)
+    if order is not None and not (isinstance(order, list) and all(isinstance(n, str) for n in order)):
+        raise CheckpointError(f"{MANIFEST}: malformed tensor_order for {file}")
+    return order
+
+
+def average_checkpoints(directories):
+    """Element-wise mean of the model weights of several checkpoints (e.g. the last N), as a state dict.
+
+    Float weights are averaged in float64 and cast back to their dtype; integer/bool arrays must be identical.
+    Checkpoints with different keys, shapes or dtypes raise CheckpointError naming the checkpoint and the keys.
+    """
+    directories = [Path(d) for d in directories]
+    if not directories:
+        raise ValueError("average_checkpoints: no checkpoint directories given")
+    first = _load_weights(directories[0])
+    sums = OrderedDict((k, v.astype(np.float64) if v.dtype.kind == "f" else v) for k, v in first.items())
+    for directory in directories[1:]:
+        state = _load_weights(directory)
+        missing, extra = [k for k in first if k not in state], [k for k in state if k not in first]
+        if missing or extra:
+            raise CheckpointError(f"average_checkpoints: {directory} has different weights than {directories[0]}: "
+                                  f"missing {missing}, extra {extra}")
+        bad = [f"{k}: {v.shape} {v.dtype} vs {first[k].shape} {first[k].dtype}" for k, v in state.items()
+               if v.shape != first[k].shape or v.dtype != first[k].dtype]
+        if bad:
+            raise CheckpointError(f"average_checkpoints: {directory} differs from {directories[0]} in shape/dtype: "
+                                  + "; ".join(bad))
+        for key, value in state.items():
+            if value.dtype.kind == "f":
+                sums[key] += value
+            elif not np.array_equal(value, first[key]):
+                raise CheckpointError(f"average_checkpoints: non-float array {key!r} differs between {directory} "
+                                      f"and {directories[0]}; it cannot be averaged")
+    count = len(directories)
+    return OrderedDict((k, (v / count).astype(first[k].dtype) if first[k].dtype.kind == "f" else v.copy())
+                       for k, v in sums.items())
+
+
+# ============================================================================================== manager
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+    metric: float | None
+
+
+class CheckpointManager:
+    """Numbered checkpoints ``root/step-000001234`` with pruning and best tracking.
+
+    Keeps the ``keep_last`` most recent checkpoints plus the best one by ``metric`` (lower is better with
+    ``mode="min"``, higher with ``"max"``; ties go to the earlier step). The listing is read from the checkpoints'
+    own manifests (no separate index file that could disagree with the disk).
+    """
+
+    _PATTERN = re.compile(r"^step-(\d+)$")
+
+    def __init__(self, root, keep_last=5, mode="min"):
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"CheckpointManager: keep_last must be an integer >= 1, got {keep_last!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"CheckpointManager: mode must be 'min' or 'max', got {mode!r}")
+        self.root, self.keep_last, self.mode = Path(root), keep_last, mode
+
+    def path_for(self, step):
+        return self.root / f"step-{int(step):09d}"
+
+    def save(self, step, model, config_dict, metric=None, **kwargs):
+        """Save checkpoint ``step`` (kwargs as :func:`save_checkpoint`), then prune; returns its path."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"CheckpointManager.save: step must be a non-negative integer, got {step!r}")
+        if metric is not None and not np.isfinite(float(metric)):
+            raise ValueError(f"CheckpointManager.save: metric must be finite, got {metric!r}")
+        metadata = {"step": int(step), "metric": None if metric is None else float(metric)}
+        path = save_checkpoint(self.path_for(step), model, config_dict, metadata=metadata, **kwargs)
+        self.prune()
+        return path
+
+    def checkpoints(self):
+        """Readable checkpoints under root, oldest step first (unreadable ones are skipped with a warning)."""
+        infos = []
+        if not self.root.is_dir():
+            return infos
+        for child in self.root.iterdir():
+            match = self._PATTERN.match(child.name)
+            if not match or not child.is_dir():
+                continue
+            try:
+                _, manifest = _read_manifest(child)
+                metadata = _decode(manifest.get("metadata") or {}, str(child))
+            except (CheckpointError, OSError) as exc:
+                warnings.warn(f"CheckpointManager: skipping {child}: {exc}")
+                continue
+            infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric")))
+        return sorted(infos, key=lambda info: info.step)
+
+    def last(self):
+        infos = self.checkpoints()
+        return infos[-1].path if infos else None
+
+    def best(self):
+        scored = [info for info in self.checkpoints() if info.metric is not None]
+        if not scored:
+            return None
+        sign = 1.0 if self.mode == "min" else -1.0
+        return min(scored, key=lambda info: (sign * info.metric, info.step)).path
+
+    def load_last(self, **kwargs):
+        path = self.last()
+        if path is None:
+            raise FileNotFoundError(f"CheckpointManager: no checkpoint under {self.root}")
+        return load_checkpoint(path, **kwargs)
+
+    def load_best(self, **kwargs):
+        path = self.best()
+        if path is None:
+            raise FileNotFoundError(f"CheckpointManager: no checkpoint with a metric under {self.root}")
+        return load_checkpoint(path, **kwargs)
+
+    def average_last(self, n):
+        """State dict averaging the weights of the last ``n`` checkpoints."""
+        infos = self.checkpoints()
+        if len(infos) < n:
+            raise ValueError(f"CheckpointManager: {n} checkpoints requested, {len(infos)} under {self.root}")
+        return average_checkpoints([info.path for info in infos[-n:]])
+
+    def prune(self):
+        """Delete checkpoints that are neither among the last ``keep_last`` nor the best."""
+        infos = self.checkpoints()
+        keep = {info.path for info in infos[-self.keep_last:]}
+        best = self.best()
+        if best is not None:
+            keep.add(best)
+        for info in infos:
+            if info.path not in keep:
+                shutil.rmtree(info.path)
