@@ -434,7 +434,14 @@ class Module:
             if array.shape != target_array.shape:
                 mis_shaped.append((key, target_array.shape, array.shape))
                 continue
-            plan.append((target_array, array))
+            plan.append((key, target_array, array, module, registry, local))
+        # A shared parameter is saved under each of its names: if the values disagree, which one
+        # should win? Refuse rather than let the last alias silently override the first.
+        first_by_target, conflicts = {}, []
+        for key, target_array, array, *_ in plan:
+            first = first_by_target.setdefault(id(target_array), (key, array))
+            if first[0] != key and not np.array_equal(first[1], array):
+                conflicts.append(f"{first[0]!r} and {key!r} name one shared parameter but hold different values")
         problems = []
         if strict and missing:
             problems.append(f"missing keys (in the model, not in the state dict): {missing}")
@@ -446,14 +453,24 @@ class Module:
                 for k, exp, got in mis_shaped))
         if unreadable:
             problems.append("unreadable values:\n" + "\n".join(f"    {u}" for u in unreadable))
+        if conflicts:
+            problems.append("conflicting aliases:\n" + "\n".join(f"    {c}" for c in conflicts))
         if problems:
             raise StateDictError(
                 f"load_state_dict into {type(self).__name__}: the state dict does not fit "
                 "(nothing was loaded).\n  " + "\n  ".join(problems)
             )
-        for target_array, array in plan:
-            # In place, cast to the target's dtype: whatever holds the array sees the new values.
-            np.copyto(target_array, array, casting="unsafe")
+        for _, target_array, array, module, registry, local in plan:
+            if target_array.flags.writeable:
+                # In place, cast to the target's dtype: whatever holds the array sees the new values.
+                np.copyto(target_array, array, casting="unsafe")
+            else:  # e.g. an array memory-mapped from a file: give the module its own copy
+                fresh = np.array(array, dtype=target_array.dtype, copy=True)
+                target = getattr(module, registry)[local]
+                if isinstance(target, Tensor):
+                    target.data = fresh
+                else:
+                    getattr(module, registry)[local] = fresh
         return IncompatibleKeys(missing, unexpected)
 
     # -------------------------------------------------------------- random generators

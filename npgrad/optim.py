@@ -243,7 +243,7 @@ class SGD(Optimizer):
         self.weight_decay, self.nesterov = float(hp["weight_decay"]), bool(hp["nesterov"])
 
     def _update(self, i, param, grad):
-        a, b = self._scratch_for_array(i)
+        a, b = self._scratch_for(self.params[i])
         if self.weight_decay != 0:
             np.multiply(param, self.weight_decay, out=a)       # g = grad + wd * p
             a += grad
@@ -271,9 +271,6 @@ class SGD(Optimizer):
                 grad = buf
         np.multiply(grad, -self.lr, out=b)                     # p = p - lr g
         param += b
-
-    def _scratch_for_array(self, i):
-        return self._scratch_for(self.params[i])
 
 
 # ---------------------------------------------------------------------------------- Adam

@@ -152,6 +152,28 @@ def test_updates_are_in_place_and_keep_float32(make):
             assert arr.dtype == np.float32        # moments in the parameter dtype, no silent upcast
 
 
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.Adam(ps, lr=1e-3, weight_decay=0.1),
+    lambda ps: optim.AdamW(ps, lr=1e-3),
+    lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.1),
+])
+def test_a_step_allocates_no_arrays_after_the_first(make):
+    import tracemalloc
+
+    params = make_params(dtype=np.float32, shapes=((300, 200), (200,), (100, 100)))
+    for p in params:
+        p.grad = np.ones(p.shape, dtype=np.float32)
+    opt = make(params)
+    opt.step()                                   # the first step creates moments and scratch
+    tracemalloc.start()
+    try:
+        opt.step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.01 * sum(p.data.nbytes for p in params)   # bytes of bookkeeping, no temporaries
+
+
 def test_float32_adam_follows_float64_adam_to_float32_round_off():
     p32, p64 = make_params(dtype=np.float32), make_params(dtype=np.float64)
     grads = grad_sequence(p64, 5)
