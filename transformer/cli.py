@@ -1,0 +1,343 @@
+"""Command line: ``python -m transformer COMMAND`` (also the ``transformer`` console script).
+
+Translation:  prepare, train, translate, evaluate, average, sheet-summary
+Language modelling:  lm-train, lm-sample, lm-eval
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _run_dir(config, override=None):
+    return Path(override or config["run"].get("dir") or Path("runs") / Path(config["run"]["config_file"]).stem)
+
+
+def _load(args):
+    from .config import load_config, normalise_cli_overrides
+    return load_config(args.config, normalise_cli_overrides(args.overrides))
+
+
+def _resolve_checkpoint(path):
+    """A checkpoint directory, or a run directory (its best checkpoint, else its last)."""
+    from .checkpoint import MANIFEST, CheckpointManager
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for mode in ("max", "min"):
+        manager = CheckpointManager(root, mode=mode)
+        infos = manager.checkpoints()
+        if infos:
+            with_metric = [i for i in infos if i.metric is not None]
+            if with_metric:
+                kind = json.loads((infos[-1].path / MANIFEST).read_text()).get("config", {})
+                lm = "vocab_size" in kind
+                return CheckpointManager(root, mode="min" if lm else "max").best()
+            return infos[-1].path
+    raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
+
+
+def load_model(checkpoint_dir, dtype=None):
+    """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory)."""
+    from .checkpoint import load_checkpoint
+    from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+    from .tokenizer import load_tokenizers
+    checkpoint = load_checkpoint(_resolve_checkpoint(checkpoint_dir))
+    config = dict(checkpoint.config)
+    if "vocab_size" in config:
+        model = LanguageModel(LMConfig.from_dict(config))
+    else:
+        model = Transformer(TransformerConfig.from_dict(config))
+    model.load_state_dict(checkpoint.model_state)
+    model.eval()
+    tokenizers = load_tokenizers(checkpoint.directory)
+    return model, tokenizers, checkpoint
+
+
+def _read_input(path):
+    from .evaluate import _read_lines
+    if path in (None, "-"):
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[:error.start].count(b"\n") + 1
+            raise SystemExit(f"error: standard input line {line} is not valid UTF-8")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return lines
+    return _read_lines(path)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_prepare(args):
+    from .tasks import TranslationTask
+    from .train import train_settings
+    config = _load(args)
+    settings = train_settings({**config["train"], "max_steps": 1})
+    task = TranslationTask(config, _run_dir(config, args.run_dir), settings, build_model=False)
+    print(f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "
+          f"vocabulary {task.src_tok.vocab_size}/{task.tgt_tok.vocab_size}; tokenizer in {task.tok_dir}")
+    return 0
+
+
+def _train(args, task_class):
+    from .train import Trainer, seed_everything, train_settings
+    config = _load(args)
+    settings = train_settings(config["train"])
+    seed_everything(settings["seed"])
+    run_dir = _run_dir(config, args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    task = task_class(config, run_dir, settings)
+    print(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}", file=sys.stderr)
+    trainer = Trainer(task, run_dir, settings, resume=args.resume)
+    state = trainer.run()
+    print(json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"],
+                      "run_dir": str(run_dir)}))
+    return 130 if state["stopped"] == "interrupted" else 0
+
+
+def cmd_train(args):
+    from .tasks import TranslationTask
+    return _train(args, TranslationTask)
+
+
+def cmd_lm_train(args):
+    from .tasks import LMTask
+    return _train(args, LMTask)
+
+
+def cmd_translate(args):
+    from .tasks import translate_sentences
+    model, (src_tok, tgt_tok), _ = load_model(args.checkpoint)
+    lines = _read_input(args.input)
+    out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
+                              alpha=args.alpha)
+    stream = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    for line in out:
+        stream.write(line.replace("\n", " ") + "\n")
+    if args.output:
+        stream.close()
+    return 0
+
+
+def cmd_evaluate(args):
+    from .data import TranslationDataset, evaluation_batches
+    from .evaluate import bleu, chrf, perplexity, write_human_eval_sheet
+    from .tasks import DATA_DEFAULTS, TranslationTask, load_corpus, translate_sentences
+    import npgrad as ng
+    from npgrad import functional as F
+    model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint)
+    run_config = _run_config_of(checkpoint)
+    data = {**DATA_DEFAULTS, **run_config.get("data", {})}
+    if args.data_dir:
+        data["data_dir"] = args.data_dir
+    corpus = load_corpus(data)
+    pairs = corpus[args.split]
+    if args.limit:
+        pairs.src, pairs.tgt = pairs.src[:args.limit], pairs.tgt[:args.limit]
+    dataset = TranslationDataset(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt))
+    total, tokens = 0.0, 0
+    with ng.no_grad():
+        for batch in evaluation_batches(dataset, args.max_tokens):
+            logits = model(batch.src, batch.tgt_in)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
+                                           ignore_index=model.config.pad_id, reduction="sum").data)
+            tokens += batch.num_tgt_tokens
+    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=args.beam, max_tokens=args.max_tokens,
+                               alpha=args.alpha)
+    b, c = bleu(hyps, [pairs.tgt]), chrf(hyps, [pairs.tgt])
+    result = {"split": args.split, "sentences": len(hyps), "loss": total / tokens,
+              "perplexity": perplexity(total, tokens), "bleu": b.score, "bleu_signature": b.signature,
+              "chrf": c.score, "chrf_signature": c.signature, "beam": args.beam,
+              "checkpoint": str(checkpoint.directory)}
+    if args.hypotheses:
+        Path(args.hypotheses).write_text("\n".join(hyps) + "\n", encoding="utf-8")
+    if args.sheet:
+        write_human_eval_sheet(args.sheet, pairs.src, pairs.tgt, hyps)
+        result["sheet"] = args.sheet
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _run_config_of(checkpoint):
+    train_state = checkpoint.train_state or {}
+    run_dir = checkpoint.directory.parent.parent
+    path = run_dir / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return train_state.get("run_config", {})
+
+
+def cmd_average(args):
+    from .checkpoint import CheckpointManager
+    from .train import write_averaged_checkpoint
+    dirs = list(args.checkpoints)
+    if args.run_dir:
+        infos = CheckpointManager(Path(args.run_dir) / "checkpoints").checkpoints()
+        if len(infos) < args.last:
+            raise SystemExit(f"error: {args.run_dir} has {len(infos)} checkpoints, {args.last} requested")
+        dirs += [i.path for i in infos[-args.last:]]
+    if not dirs:
+        raise SystemExit("error: give checkpoint directories or --run-dir with --last N")
+    write_averaged_checkpoint(dirs, args.output)
+    return 0
+
+
+def cmd_sheet_summary(args):
+    from .evaluate import format_sheet_summary, summarise_sheet
+    print(format_sheet_summary(summarise_sheet(args.sheet)))
+    return 0
+
+
+def cmd_lm_sample(args):
+    from . import search
+    model, (tokenizer, _), _ = load_model(args.checkpoint)
+    prompt = args.prompt if args.prompt else "\n"
+    ids = tokenizer.encode([prompt])[0]
+    if not ids:
+        raise SystemExit("error: the prompt encodes to no tokens")
+    block = model.config.block_size
+    ids = ids[-(block - 1):] if args.max_new_tokens + len(ids) > block else ids
+    out = []
+    rng = np.random.default_rng(args.seed)
+    context = list(ids)
+    remaining = args.max_new_tokens
+    while remaining > 0:
+        # Slide the window when the context fills the block (a fresh cache per window).
+        room = block - len(context) + 1
+        n = min(remaining, max(room, 1))
+        new = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=args.temperature,
+                            top_k=args.top_k or None, top_p=args.top_p or None, rng=rng)
+        new = [int(t) for t in np.ravel(new)]
+        out += new
+        context = (context + new)[-(block // 2):]
+        remaining -= n
+    print(prompt + tokenizer.decode([out])[0])
+    return 0
+
+
+def cmd_lm_eval(args):
+    import math
+    from .datasets import load_text
+    from .data import split_stream
+    from .evaluate import bits_per_token
+    from .tasks import LM_DATA_DEFAULTS, load_lm_text, lm_split_loss
+    model, (tokenizer, _), checkpoint = load_model(args.checkpoint)
+    run_config = _run_config_of(checkpoint)
+    data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
+    if args.text:
+        data["text_path"] = args.text
+    text = load_lm_text(data)
+    ids = np.asarray(tokenizer.encode([text])[0], dtype=np.int64)
+    train, val = split_stream(ids, float(data["train_fraction"]))
+    split = {"train": train, "val": val}[args.split]
+    if args.max_tokens:
+        split = split[:args.max_tokens]
+    loss, count = lm_split_loss(model, split, model.config.block_size)
+    chars = len(tokenizer.decode([split.tolist()])[0])
+    result = {"model": "transformer", "split": args.split, "tokens": count, "loss": loss,
+              "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
+              "bits_per_char": loss * count / max(chars, 1) / math.log(2)}
+    if args.ngram:
+        from .ngram import KneserNeyLM
+        lm = KneserNeyLM(args.ngram, tokenizer.vocab_size).fit(train)
+        r = lm.evaluate(split)
+        result["ngram"] = {"order": args.ngram, "loss": r["loss"], "perplexity": r["perplexity"],
+                           "bits_per_token": r["loss"] / math.log(2)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="transformer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(q):
+        q.add_argument("--config", required=True, help="a file or a name in configs/ (e.g. multi30k_de_en)")
+        q.add_argument("--run-dir", help="where checkpoints, logs and tokenizers go (default runs/CONFIG)")
+        q.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
+        return q
+
+    with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
+    q = with_config(sub.add_parser("train", help="train a translation model"))
+    q.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, exactly")
+    q = with_config(sub.add_parser("lm-train", help="train a decoder-only language model"))
+    q.add_argument("--resume", action="store_true")
+
+    q = sub.add_parser("translate", help="translate one sentence per line (stdin by default)")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--input", help="a file (default: standard input)")
+    q.add_argument("--output", help="a file (default: standard output)")
+    q.add_argument("--beam", type=int, default=5)
+    q.add_argument("--alpha", type=float, default=0.6, help="length penalty ((5+len)/6)^alpha")
+    q.add_argument("--max-tokens", type=int, default=8000)
+
+    q = sub.add_parser("evaluate", help="loss, perplexity, sacreBLEU and chrF on a split")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--split", default="test")
+    q.add_argument("--beam", type=int, default=5)
+    q.add_argument("--alpha", type=float, default=0.6)
+    q.add_argument("--max-tokens", type=int, default=8000)
+    q.add_argument("--limit", type=int, default=0, help="only the first N sentences")
+    q.add_argument("--data-dir")
+    q.add_argument("--hypotheses", help="write the detokenised hypotheses here")
+    q.add_argument("--sheet", help="write a human-evaluation CSV sheet here")
+
+    q = sub.add_parser("average", help="average the weights of several checkpoints")
+    q.add_argument("checkpoints", nargs="*")
+    q.add_argument("--run-dir")
+    q.add_argument("--last", type=int, default=5)
+    q.add_argument("--output", required=True)
+
+    q = sub.add_parser("sheet-summary", help="summarise a filled human-evaluation sheet")
+    q.add_argument("sheet")
+
+    q = sub.add_parser("lm-sample", help="sample text from a language model")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--prompt", default="")
+    q.add_argument("--max-new-tokens", type=int, default=500)
+    q.add_argument("--temperature", type=float, default=0.8)
+    q.add_argument("--top-k", type=int, default=0)
+    q.add_argument("--top-p", type=float, default=0.0)
+    q.add_argument("--seed", type=int, default=0)
+
+    q = sub.add_parser("lm-eval", help="loss, perplexity and bits per character of a language model")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--split", default="val", choices=["train", "val"])
+    q.add_argument("--text", help="a text file instead of the run's corpus")
+    q.add_argument("--max-tokens", type=int, default=0)
+    q.add_argument("--ngram", type=int, default=0, help="also fit a Kneser-Ney n-gram model of this order")
+    return p
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train, "translate": cmd_translate,
+            "evaluate": cmd_evaluate, "average": cmd_average, "sheet-summary": cmd_sheet_summary,
+            "lm-sample": cmd_lm_sample, "lm-eval": cmd_lm_eval}
+
+
+def main(argv=None):
+    from .config import ConfigError
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = list(args.overrides) + unknown
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

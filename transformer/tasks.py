@@ -1,0 +1,286 @@
+"""The two tasks the training loop runs: translation and language modelling.
+
+A task turns a run config into data, tokenizers and a model, and gives the loop what it needs:
+``next_batch()``, ``batch_tokens(batch)``, ``loss(model, batch)`` (a summed loss: the loop
+normalises), ``validate(model, settings)`` (a dict holding ``self.metric``), the data position and
+generators for exact resume, and the files a checkpoint must carry (the tokenizer).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import npgrad as ng
+from npgrad import functional as F
+
+from . import search
+from .config import check_keys
+from .data import BatchIterator, LMBatcher, TranslationDataset, evaluation_batches, sequential_windows, split_stream
+from .datasets import ValidationOptions, load_text, load_translation_corpus, resolve_data_dir
+from .evaluate import bleu, chrf
+from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+from .tokenizer import CharTokenizer, load_tokenizers, train_sentencepiece
+
+DATA_DEFAULTS = dict(corpus="multi30k", src="de", tgt="en", data_dir="", src_path="", tgt_path="", tsv_path="",
+                     src_column=0, tgt_column=1, valid_size=0.05, test_size=0.05, split_seed=0,
+                     max_tokens=250, max_chars=0, max_ratio=9.0, on_bad="filter",
+                     text_path="", train_fraction=0.9)
+TOKENIZER_DEFAULTS = dict(kind="sentencepiece", vocab_size=8000, model_type="unigram", joint=True,
+                          normalization_rule="nmt_nfkc", character_coverage=1.0, input_sentence_size=1_000_000,
+                          seed=0)
+
+
+def tokenizer_files(directory: Path) -> dict:
+    return {p.name: p for p in sorted(Path(directory).iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def _log(message, stream=sys.stderr):
+    stream.write(message + "\n")
+    stream.flush()
+
+
+# ============================================================================================ translation
+class TranslationTask:
+    metric, metric_mode = "valid_bleu", "max"
+
+    def __init__(self, config: dict, run_dir, settings: dict, build_model=True):
+        self.config, self.run_dir, self.settings = config, Path(run_dir), settings
+        data = {**DATA_DEFAULTS, **config.get("data", {})}
+        check_keys("data", config.get("data", {}), DATA_DEFAULTS)
+        self.data_cfg = data
+        self.corpus = load_corpus(data)
+        _log(self.corpus.summary())
+        self.tok_dir = self.run_dir / "tokenizer"
+        self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
+        model_section = dict(config.get("model", {}))
+        model_section.setdefault("seed", int(settings["seed"]))
+        self.model_config = TransformerConfig(src_vocab_size=self.src_tok.vocab_size,
+                                              tgt_vocab_size=self.tgt_tok.vocab_size, **model_section)
+        self.train_set = self.encode(self.corpus["train"])
+        self.valid_set = self.encode(self.corpus["valid"])
+        self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]),
+                                     seed=int(settings["seed"]))
+        self.model = Transformer(self.model_config) if build_model else None
+
+    def encode(self, pairs):
+        return TranslationDataset(self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt))
+
+    @property
+    def epoch(self):
+        return self.batches.epoch
+
+    def next_batch(self):
+        return next(self.batches)
+
+    @staticmethod
+    def batch_tokens(batch):
+        return batch.num_tgt_tokens
+
+    def loss(self, model, batch, label_smoothing=0.0):
+        logits = model(batch.src, batch.tgt_in)                                  # (B, T, V)
+        V = logits.shape[-1]
+        return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1), ignore_index=model.config.pad_id,
+                               label_smoothing=label_smoothing, reduction="sum")
+
+    def validate(self, model, settings):
+        total, tokens = 0.0, 0
+        for batch in evaluation_batches(self.valid_set, int(settings["decode_max_tokens"])):
+            total += float(self.loss(model, batch).data)
+            tokens += batch.num_tgt_tokens
+        metrics = {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50.0))}
+        limit = int(settings["bleu_max_sentences"]) or len(self.valid_set)
+        subset = self.corpus["valid"]
+        sources, references = subset.src[:limit], subset.tgt[:limit]
+        hyps = translate_sentences(model, self.src_tok, self.tgt_tok, sources, beam=int(settings["bleu_beam"]),
+                                   max_tokens=int(settings["decode_max_tokens"]))
+        metrics["valid_bleu"] = bleu(hyps, [references]).score
+        metrics["valid_chrf"] = chrf(hyps, [references]).score
+        return metrics
+
+    def data_state(self):
+        return self.batches.state_dict()
+
+    def load_data_state(self, state):
+        self.batches.load_state_dict(state)
+
+    def generators(self):
+        return {}
+
+    def extra_files(self):
+        return tokenizer_files(self.tok_dir)
+
+
+def load_corpus(data: dict):
+    validation = ValidationOptions(max_tokens=data["max_tokens"] or None, max_chars=data["max_chars"] or None,
+                                   max_ratio=data["max_ratio"] or None, on_bad=data["on_bad"])
+    paths = {}
+    if data["corpus"] in ("files", "tsv"):
+        for key in ("src_path", "tgt_path", "tsv_path"):
+            if data[key]:
+                paths[key] = data[key]
+        if data["corpus"] == "tsv":
+            paths.update(src_column=data["src_column"], tgt_column=data["tgt_column"])
+        paths.update(valid_size=data["valid_size"], test_size=data["test_size"])
+    return load_translation_corpus(data["corpus"], data["src"], data["tgt"], data_dir=data["data_dir"] or None,
+                                   validation=validation, seed=int(data["split_seed"]), **paths)
+
+
+def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
+    """Load the run's tokenizers, training them from the training split the first time."""
+    section = config.get("tokenizer", {})
+    check_keys("tokenizer", section, TOKENIZER_DEFAULTS)
+    tok = {**TOKENIZER_DEFAULTS, **section}
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizers(tok_dir)
+    _log(f"training SentencePiece ({tok['model_type']}, {tok['vocab_size']}, joint={tok['joint']}) into {tok_dir}")
+    return train_sentencepiece(train_pairs.src, train_pairs.tgt, tok_dir, joint=bool(tok["joint"]),
+                               vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
+                               normalization_rule=tok["normalization_rule"],
+                               character_coverage=float(tok["character_coverage"]),
+                               input_sentence_size=int(tok["input_sentence_size"]), seed=int(tok["seed"]))
+
+
+def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8000, alpha=0.6,
+                        max_len_a=1.5, max_len_b=10):
+    """Detokenised translations of raw source sentences, in the input order (empty input -> empty output)."""
+    sentences = list(sentences)
+    outputs = [""] * len(sentences)
+    encoded = src_tok.encode([s.strip() for s in sentences])
+    limit = model.config.max_len - 1
+    keep = [i for i, ids in enumerate(encoded) if ids]
+    if not keep:
+        return outputs
+    # Over-long inputs are cut to what the positional table holds (said on stderr, never dropped).
+    long_inputs = [i for i in keep if len(encoded[i]) + 1 > limit]
+    if long_inputs:
+        _log(f"note: {len(long_inputs)} input line(s) longer than {limit} tokens were truncated "
+             f"(first: line {long_inputs[0] + 1})")
+    dataset = TranslationDataset([encoded[i][:limit - 1] for i in keep], [[] for _ in keep])
+    model.eval()
+    with ng.no_grad():
+        for batch in evaluation_batches(dataset, max_tokens):
+            if beam <= 1:
+                result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
+                token_lists = result.tokens
+            else:
+                hyps = search.beam_search(model, batch.src, beam_size=beam, max_len=limit, alpha=alpha,
+                                          max_len_a=max_len_a, max_len_b=max_len_b)
+                token_lists = [h[0].tokens for h in hyps]
+            texts = tgt_tok.decode([list(t) for t in token_lists])
+            for row, text in zip(batch.indices, texts):
+                outputs[keep[int(row)]] = text
+    return outputs
+
+
+# ============================================================================================ language model
+LM_DATA_DEFAULTS = dict(corpus="tinyshakespeare", data_dir="", text_path="", train_fraction=0.9)
+
+
+class LMTask:
+    metric, metric_mode = "val_loss", "min"
+
+    def __init__(self, config: dict, run_dir, settings: dict, build_model=True):
+        self.config, self.run_dir, self.settings = config, Path(run_dir), settings
+        section = config.get("data", {})
+        check_keys("data", section, LM_DATA_DEFAULTS)
+        data = {**LM_DATA_DEFAULTS, **section}
+        text = load_lm_text(data)
+        self.tok_dir = self.run_dir / "tokenizer"
+        self.tokenizer = prepare_lm_tokenizer(config, text, self.tok_dir)
+        ids = np.asarray(self.tokenizer.encode([text])[0], dtype=np.int64)
+        self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
+        model_section = dict(config.get("model", {}))
+        model_section.setdefault("seed", int(settings["seed"]))
+        self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
+        block = self.model_config.block_size
+        self.batcher = LMBatcher(self.train_ids, block_size=block, batch_size=int(settings["batch_size"]),
+                                 seed=int(settings["seed"]), name="train")
+        LMBatcher(self.val_ids, block_size=block, batch_size=1, name="validation")  # checks the split is long enough
+        self.model = LanguageModel(self.model_config) if build_model else None
+        self.epoch = 0
+
+    def next_batch(self):
+        return self.batcher.sample()
+
+    @staticmethod
+    def batch_tokens(batch):
+        return int(batch[1].size)
+
+    def loss(self, model, batch, label_smoothing=0.0):
+        x, y = batch
+        logits = model(x)                                                        # (B, T, V)
+        V = logits.shape[-1]
+        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), label_smoothing=label_smoothing,
+                               reduction="sum")
+
+    def validate(self, model, settings):
+        """nanoGPT's estimate: mean loss of ``eval_iters`` random batches of each split, from generators seeded
+        afresh each time (so validation never touches the training stream)."""
+        metrics = {}
+        for name, ids, seed in (("train_loss", self.train_ids, 1), ("val_loss", self.val_ids, 2)):
+            batcher = LMBatcher(ids, block_size=self.model_config.block_size, batch_size=int(settings["batch_size"]),
+                                seed=[int(settings["seed"]), seed])
+            losses = [float(self.loss(model, batcher.sample()).data) / (batcher.batch_size * batcher.block_size)
+                      for _ in range(int(settings["eval_iters"]))]
+            metrics[name] = float(np.mean(losses))
+        return metrics
+
+    def data_state(self):
+        return {}
+
+    def load_data_state(self, state):
+        pass
+
+    def generators(self):
+        return {"train_windows": self.batcher.rng}
+
+    def extra_files(self):
+        return tokenizer_files(self.tok_dir)
+
+
+def load_lm_text(data: dict) -> str:
+    if data["text_path"]:
+        text = load_text(data["text_path"])
+        where = data["text_path"]
+    elif data["corpus"] == "tinyshakespeare":
+        from .datasets import load_tinyshakespeare
+        text = load_tinyshakespeare(data_dir=data["data_dir"] or None)
+        where = "tiny Shakespeare"
+    else:
+        raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a "
+                         "text_path")
+    if len(text) < 2:
+        raise ValueError(f"{where}: the corpus has {len(text)} character(s); a language model needs a real text")
+    return text
+
+
+def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
+    section = config.get("tokenizer", {})
+    check_keys("tokenizer", section, TOKENIZER_DEFAULTS)
+    tok = {**TOKENIZER_DEFAULTS, "kind": "char", **section}
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizers(tok_dir)[0]
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    if tok["kind"] == "char":
+        tokenizer = CharTokenizer.from_text(text)
+        tokenizer.save(tok_dir)
+        return tokenizer
+    lines = [line for line in text.splitlines() if line.strip()]
+    return train_sentencepiece(lines, None, tok_dir, vocab_size=int(tok["vocab_size"]),
+                               model_type=tok["model_type"], normalization_rule=tok["normalization_rule"],
+                               seed=int(tok["seed"]))[0]
+
+
+def lm_split_loss(model, ids, block_size):
+    """Exact mean loss over a whole split: non-overlapping windows, every token predicted once."""
+    total, count = 0.0, 0
+    model.eval()
+    with ng.no_grad():
+        for x, y in sequential_windows(ids, block_size):
+            logits = model(x[None, :])
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y, reduction="sum").data)
+            count += y.size
+    return total / count, count

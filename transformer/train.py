@@ -1,0 +1,342 @@
+"""The training loop, shared by translation and language modelling.
+
+One loop, two tasks (``transformer/tasks.py``). A task supplies the model, the batches and the loss;
+the loop owns everything else: the optimizer and its schedule, gradient accumulation and clipping,
+periodic validation, checkpoints (best and last N), early stopping, the time and step budgets,
+the progress line, the JSON-lines log, Ctrl-C, and exact resume.
+
+Exact resume: a checkpoint holds the weights, the optimizer moments, the schedule step, every RNG
+state (each Dropout's generator, the task's data generator) and the position in the data order.
+A run stopped at any point (Ctrl-C, ``kill -9``: checkpoints are written atomically) and resumed with
+``--resume`` from its last checkpoint performs exactly the updates the uninterrupted run performs,
+so both end with bit-identical weights. Validation runs in eval mode and draws no random numbers,
+and saving a checkpoint changes no state, so neither disturbs the training trajectory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import npgrad as ng
+from npgrad import optim
+
+from .checkpoint import CheckpointManager, save_checkpoint
+from .config import check_keys
+
+TRAIN_DEFAULTS = dict(
+    optimizer="adam",            # adam | adamw | sgd
+    lr=7e-4,                     # peak learning rate (the schedule scales it)
+    min_lr=0.0,                  # cosine: the floor
+    lr_schedule="inverse_sqrt",  # inverse_sqrt | cosine | constant
+    warmup_steps=4000,
+    betas=[0.9, 0.98],
+    eps=1e-9,
+    momentum=0.0,
+    weight_decay=0.0,
+    label_smoothing=0.1,
+    clip_norm=0.0,               # 0: no clipping
+    accumulate=1,                # batches per update
+    max_tokens=4096,             # translation: tokens per batch (padded size)
+    batch_size=12,               # LM: windows per batch
+    max_steps=0,                 # 0: no step budget
+    max_epochs=0,                # 0: no epoch budget (translation)
+    max_minutes=0.0,             # 0: no time budget
+    validate_every=1000,
+    checkpoint_every=0,          # 0: at every validation
+    keep_last=5,
+    patience=0,                  # early stopping after this many validations without improvement; 0: never
+    log_every=50,                # progress line every N steps (the JSON log gets every step)
+    seed=1,
+    eval_iters=20,               # LM: validation batches per split
+    bleu_beam=1,                 # translation: beam size of validation decoding
+    bleu_max_sentences=0,        # translation: 0 = the whole validation set
+    decode_max_tokens=8000,      # translation: tokens per decoding batch
+)
+
+
+def train_settings(section: dict) -> dict:
+    check_keys("train", section, TRAIN_DEFAULTS)
+    settings = {**TRAIN_DEFAULTS, **section}
+    for key in ("accumulate", "validate_every", "keep_last", "log_every"):
+        if int(settings[key]) < 1:
+            raise ValueError(f"[train] {key} must be >= 1, got {settings[key]}")
+    if settings["max_steps"] <= 0 and settings["max_epochs"] <= 0 and settings["max_minutes"] <= 0:
+        raise ValueError("[train] needs a budget: set max_steps, max_epochs or max_minutes (all are 0)")
+    return settings
+
+
+def build_optimizer(model, s):
+    params = list(model.named_parameters())
+    kind = s["optimizer"]
+    if kind == "adam":
+        return optim.Adam(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"])
+    if kind == "adamw":
+        return optim.AdamW(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"])
+    if kind == "sgd":
+        return optim.SGD(params, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    raise ValueError(f"[train] optimizer must be adam, adamw or sgd, got {kind!r}")
+
+
+def build_schedule(optimizer, s, total_steps):
+    kind = s["lr_schedule"]
+    if kind == "inverse_sqrt":
+        return optim.InverseSqrtSchedule(optimizer, peak_lr=s["lr"], warmup_steps=int(s["warmup_steps"]))
+    if kind == "cosine":
+        if total_steps <= 0:
+            raise ValueError("[train] lr_schedule='cosine' needs max_steps (the length of the decay)")
+        return optim.WarmupCosineSchedule(optimizer, peak_lr=s["lr"], warmup_steps=int(s["warmup_steps"]),
+                                          total_steps=int(total_steps), min_lr=s["min_lr"])
+    if kind == "constant":
+        return optim.ConstantSchedule(optimizer, lr=s["lr"], warmup_steps=int(s["warmup_steps"]))
+    raise ValueError(f"[train] lr_schedule must be inverse_sqrt, cosine or constant, got {kind!r}")
+
+
+class JsonLog:
+    """Append-only JSON-lines log: one object per training step and per validation."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict):
+        self.handle.write(json.dumps(record, allow_nan=True) + "\n")
+        self.handle.flush()
+
+    def close(self):
+        self.handle.close()
+
+
+class Progress:
+    """One status line: rewritten in place on a terminal, a plain line per update otherwise."""
+
+    def __init__(self, stream=sys.stderr, total=None):
+        self.stream, self.total = stream, total
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+
+    def update(self, step, fields: dict):
+        total = f"/{self.total}" if self.total else ""
+        text = f"step {step}{total} | " + " | ".join(f"{k} {v}" for k, v in fields.items())
+        if self.tty:
+            self.stream.write("\r" + text[:200].ljust(100))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text):
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class Trainer:
+    """Runs a task's training to its budget; see the module docstring for what it guarantees."""
+
+    def __init__(self, task, run_dir, settings: dict, resume=False, stream=sys.stderr):
+        self.task, self.s = task, settings
+        self.run_dir = Path(run_dir)
+        self.model = task.model
+        self.optimizer = build_optimizer(self.model, settings)
+        self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
+        self.manager = CheckpointManager(self.run_dir / "checkpoints", keep_last=int(settings["keep_last"]),
+                                         mode=task.metric_mode)
+        self.state = {"step": 0, "tokens": 0, "elapsed": 0.0, "best": None, "bad_validations": 0,
+                      "last_validated": 0, "stopped": None}
+        self.progress = Progress(stream, settings["max_steps"] or None)
+        self._stop_requested = False
+        if resume:
+            self._resume()
+        self.log = JsonLog(self.run_dir / "log.jsonl")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rngs(self):
+        rngs = {f"model.{name}": rng for name, rng in self.model.named_generators()}
+        rngs.update({f"task.{name}": rng for name, rng in self.task.generators().items()})
+        return rngs
+
+    def save(self, metric=None):
+        train_state = dict(self.state, data=self.task.data_state())
+        return self.manager.save(
+            self.state["step"], self.model, self.model.config, metric=metric, optimizer=self.optimizer,
+            scheduler=self.schedule, train_state=train_state, rng_states=self._rngs(),
+            extra_files=self.task.extra_files())
+
+    def _resume(self):
+        last = self.manager.last()
+        if last is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.manager.root} to resume from")
+        checkpoint = self.manager.load_last()
+        checkpoint.restore(self.model, self.optimizer, self.schedule)
+        for name, rng in self._rngs().items():
+            checkpoint.restore_rng(name, rng)
+        train_state = dict(checkpoint.train_state)
+        self.task.load_data_state(train_state.pop("data"))
+        self.state.update(train_state)
+        self.state["stopped"] = None
+        self.progress.message(f"resumed from {last} at step {self.state['step']}")
+
+    # ------------------------------------------------------------------ the loop
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.progress.message("Ctrl-C: finishing this step, saving a checkpoint, then exiting "
+                              "(press again to abort without saving)")
+
+    def _budget_reason(self, start_time, start_elapsed):
+        s, st = self.s, self.state
+        if self._stop_requested:
+            return "interrupted"
+        if s["max_steps"] and st["step"] >= s["max_steps"]:
+            return "max_steps"
+        if s["max_epochs"] and self.task.epoch >= s["max_epochs"]:
+            return "max_epochs"
+        if s["max_minutes"] and start_elapsed + time.perf_counter() - start_time >= 60.0 * s["max_minutes"]:
+            return "max_minutes"
+        return None
+
+    def train_step(self):
+        """One update: ``accumulate`` batches, loss normalised by their total token count."""
+        model, s = self.model, self.s
+        batches = [self.task.next_batch() for _ in range(int(s["accumulate"]))]
+        tokens = sum(self.task.batch_tokens(b) for b in batches)
+        self.optimizer.zero_grad()
+        total_loss = 0.0
+        for batch in batches:
+            loss_sum = self.task.loss(model, batch, label_smoothing=s["label_smoothing"])
+            (loss_sum * (1.0 / tokens)).backward()
+            total_loss += float(loss_sum.data)
+        grad_norm = None
+        if s["clip_norm"] and s["clip_norm"] > 0:
+            grad_norm = float(optim.clip_grad_norm_(self.optimizer.params, s["clip_norm"]))
+        lr = self.optimizer.lr
+        self.optimizer.step()
+        self.schedule.step()
+        return total_loss / tokens, tokens, lr, grad_norm
+
+    def validate(self):
+        self.model.eval()
+        try:
+            with ng.no_grad():
+                metrics = self.task.validate(self.model, self.s)
+        finally:
+            self.model.train()
+        return metrics
+
+    def _improved(self, value):
+        best = self.state["best"]
+        if best is None:
+            return True
+        return value > best if self.task.metric_mode == "max" else value < best
+
+    def run(self):
+        s, st = self.s, self.state
+        self.model.train()
+        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        start_time, start_elapsed = time.perf_counter(), st["elapsed"]
+        window_tokens, window_time = 0, 0.0
+        checkpoint_every = int(s["checkpoint_every"] or s["validate_every"])
+        saved_at = st["step"]
+        try:
+            while True:
+                reason = self._budget_reason(start_time, start_elapsed)
+                if reason:
+                    st["stopped"] = reason
+                    break
+                t0 = time.perf_counter()
+                loss, tokens, lr, grad_norm = self.train_step()
+                dt = time.perf_counter() - t0
+                st["step"] += 1
+                st["tokens"] += tokens
+                st["elapsed"] = start_elapsed + time.perf_counter() - start_time
+                window_tokens += tokens
+                window_time += dt
+                record = {"type": "train", "step": st["step"], "loss": loss, "lr": lr, "tokens": tokens,
+                          "tok_per_s": tokens / dt if dt > 0 else None, "epoch": self.task.epoch,
+                          "elapsed": round(st["elapsed"], 3)}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                self.log.write(record)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss} at step {st['step']} (lr {lr:.3g}); lower the learning rate "
+                        f"or enable clipping (train.clip_norm); the last good checkpoint is {self.manager.last()}")
+                if st["step"] % int(s["log_every"]) == 0 or st["step"] == 1:
+                    self.progress.update(st["step"], {
+                        "loss": f"{loss:.4f}", "lr": f"{lr:.3g}",
+                        "tok/s": f"{window_tokens / window_time:,.0f}" if window_time else "-",
+                        "epoch": self.task.epoch, "elapsed": _clock(st["elapsed"])})
+                    window_tokens, window_time = 0, 0.0
+                if st["step"] % int(s["validate_every"]) == 0:
+                    if self._validate_and_save():
+                        st["stopped"] = "early_stopping"
+                        saved_at = st["step"]
+                        break
+                    saved_at = st["step"]
+                elif st["step"] % checkpoint_every == 0:
+                    self.save()
+                    saved_at = st["step"]
+            if st["step"] > 0 and st["last_validated"] != st["step"] and st["stopped"] != "interrupted":
+                self._validate_and_save()
+            elif st["step"] != saved_at:
+                self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            self.log.close()
+        self.progress.message(f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
+                              f"{st['best']}; checkpoints in {self.manager.root}")
+        return dict(st)
+
+    def _validate_and_save(self):
+        """Validate, log, save (with the metric, so the manager keeps the best); True means stop early."""
+        st = self.state
+        t0 = time.perf_counter()
+        metrics = self.validate()
+        value = metrics[self.task.metric]
+        improved = self._improved(value)
+        if improved:
+            st["best"], st["bad_validations"] = value, 0
+        else:
+            st["bad_validations"] += 1
+        st["last_validated"] = st["step"]
+        self.log.write({"type": "valid", "step": st["step"], **metrics, "best": st["best"],
+                        "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(st["elapsed"], 3)})
+        self.progress.message("valid @ step {}: {}{}".format(
+            st["step"], ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()),
+            " (best)" if improved else ""))
+        self.save(metric=value)
+        patience = int(self.s["patience"])
+        return patience > 0 and st["bad_validations"] >= patience
+
+
+def _clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def write_averaged_checkpoint(directories, output, stream=sys.stderr):
+    """Average the weights of several checkpoints of one run into a new checkpoint directory."""
+    from .checkpoint import average_checkpoints, load_checkpoint
+
+    directories = [Path(d) for d in directories]
+    averaged = average_checkpoints(directories)
+    newest = load_checkpoint(directories[-1])
+    extra = dict(newest.extra_files)
+    save_checkpoint(output, averaged, newest.config, train_state=newest.train_state, extra_files=extra,
+                    metadata={"averaged": [str(d) for d in directories]})
+    stream.write(f"averaged {len(directories)} checkpoints into {output}\n")
+    return Path(output)
+
+
+def seed_everything(seed: int):
+    """The module-level default generator npgrad.nn uses when no rng is passed."""
+    from npgrad import nn
+    nn.manual_seed(int(seed))
+    np.random.seed(int(seed) % (2 ** 32))
