@@ -4,6 +4,8 @@ scaled_dot_product_attention, multi_head_attention.
 Forward values against plain NumPy formulas, gradients against finite differences (float64,
 hypothesis-drawn shapes and options), the mathematical properties each op must have, the
 fully-masked-row policy, dtype preservation and the errors users see.
+These run on the NumPy reference kernels (fast to call, no JIT compilation); that the ops give the
+same results on the Numba kernels is tested in test_ops_fused_backends.py.
 Legend: B batch, H heads, Lq/Lk query/key length, D head size, C width, V classes, N rows.
 """
 import numpy as np
@@ -16,6 +18,12 @@ from npgrad import functional as F
 from npgrad.testing import assert_gradients_close, attention_masks, class_targets, float_arrays, shapes
 
 FEW = settings(max_examples=8, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def numpy_backend():
+    with ng.use_backend("numpy"):
+        yield
 
 
 def rng(seed=0):
