@@ -478,6 +478,7 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
 
     v_args = [Tensor(v, requires_grad=check_grad_outputs and v.dtype.kind == "f", name=f"grad_outputs[{j}]")
               for j, v in enumerate(grad_outputs)]
+    _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, atol, rtol)
     extended = list(args.originals) + v_args
     try:
         return gradcheck(gradient_of_fn, extended, eps=eps, atol=atol, rtol=rtol, mode=mode,
@@ -487,6 +488,36 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
         raise
     except ValueError as err:  # re-word precision refusals etc. in the user's terms
         raise ValueError(str(err).replace("gradcheck", "gradgradcheck")) from None
+
+
+def _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, atol, rtol):
+    """The create_graph gradient must equal the plain backward's: finite differences of the gradient
+    alone would accept a differentiable_backward that is consistently wrong (say, twice too big)."""
+    call, leaves = args.call_args(requires_grad=True)
+    with enable_grad():
+        outputs = _as_outputs(fn(*call), "gradgradcheck")
+    plain = _vjp(outputs, positions, leaves, grad_outputs)
+    call, _ = args.call_args(requires_grad=True)
+    created = gradient_of_fn(*call, *[Tensor(v.data) for v in v_args])
+    atol = DEFAULT_ATOL if atol is None else float(atol)
+    rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+    for i, p, c in zip(args.checked, plain, created):
+        c = np.asarray(c.data, dtype=np.float64)
+        ratio = _tolerance_ratio(c.ravel(), p.ravel(), atol, rtol)
+        if ratio.size and ratio.max() > 1:
+            j = int(np.argmax(ratio))
+            element = tuple(int(e) for e in np.unravel_index(j, c.shape))
+            ref = args.names.get(i) or f"input{i}"
+            message = (
+                f"gradgradcheck failed: the create_graph gradient of {args.describe(i)} differs from the "
+                f"plain backward's, so some differentiable_backward disagrees with its backward.\n"
+                f"  worst entry: d<v, outputs> / d {ref}{_index_str(element)}\n"
+                f"  differentiable_backward {c.ravel()[j]:.10g}  backward {p.ravel()[j]:.10g}"
+                f"  (> atol {atol:g} + rtol {rtol:g} * |backward|)"
+            )
+            raise GradcheckError(message, input_index=i, input_name=args.names.get(i), element_index=element,
+                                 output_index=None, analytic=float(c.ravel()[j]), numeric=float(p.ravel()[j]),
+                                 order=2)
 
 
 def _scalar_output(fn, leaf, where):

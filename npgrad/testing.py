@@ -123,7 +123,7 @@ def float_arrays(draw, shape=shapes(), dtype=np.float64, min_value=None, max_val
         values = rng.uniform(low, high, size=shape)
         if by_magnitude:
             values = values * rng.choice([-1.0, 1.0], size=shape)
-        return values.astype(dtype)
+        return np.asarray(values, dtype=dtype)   # an ndarray even for shape ()
 
     width = 8 * dtype.itemsize
     magnitude = st.floats(_float_bound(low, dtype, +1), _float_bound(high, dtype, -1), width=width,
