@@ -8,17 +8,27 @@ in reference.py (see notes/KERNELS.md). The wrapper
   at most two signatures (float32 and float64, C layout) and never reads strides it did not expect;
 * allocates the outputs with NumPy and hands everything to a jitted ``_..._kernel`` that fills them.
 
-The kernels are ``@njit(cache=True)``: compiled on first call (a second or two each), then loaded
-from the on-disk cache (``__pycache__``) by later processes. This module is imported only when the
-``numba`` backend is first used (npgrad/kernels/__init__.py), so ``import npgrad`` never pays for
-``import numba``.
+The kernels are ``@njit(cache=True, nogil=True)``: compiled on first call (under a second each),
+then loaded from the on-disk cache (``__pycache__``) by later processes. This module is imported only
+when the ``numba`` backend is first used (npgrad/kernels/__init__.py), so ``import npgrad`` never
+pays for ``import numba``.
+
+Threads: each kernel works on a range of rows (or batch entries) ``[start, stop)``; the wrapper
+splits the rows in one contiguous chunk per thread and runs the chunks concurrently on a small
+thread pool (the kernels release the GIL), the first chunk in the calling thread. Small inputs
+(< ``_MIN_WORK_PER_THREAD`` elements a thread) run in the calling thread alone, with no
+hand-off at all. This replaces Numba's ``parallel=True``/``prange``, measured: a ``prange`` kernel
+took ~3 s to compile instead of ~0.7 s (the whole test file's cold start went from ~85 s to ~25 s
+on the loaded 2-core machine), launched threads even for a 5-row softmax, and the GNU OpenMP layer
+it uses here is not fork-safe. ``set_num_threads(n)`` changes the count (default: the CPUs this
+process may use, capped by ``NUMBA_NUM_THREADS``).
 
 Why they are fast (measured in benchmarks/, figures in benchmarks/RESULTS.md):
 
 * fusion: a row (one softmax row of V = 8000 floats is 32 KB) is read from memory once, then every
   pass over it (max, exp-sum, normalise) runs in the L1/L2 cache; NumPy makes a full pass over the
   whole (N,V) array for every elementary operation;
-* ``prange`` over rows (or attention batch entries) uses both cores;
+* rows (or attention batch entries) are split over both cores;
 * a vectorisable exp: Numba here has no Intel SVML, so ``np.exp`` inside a loop is a scalar libm
   call per element. ``_exp`` below is range reduction + polynomial (Cephes' expf / exp), written so
   that LLVM turns the loop into AVX2/AVX-512 code; it is within ~1-2 ulp of libm's exp;
@@ -33,17 +43,21 @@ NaN and inf in inputs propagate as in NumPy, and the attention mask logic may co
 Shapes: N rows, V classes (row length), C features, B batch (every leading axis flattened,
 batch * heads for attention), Lq queries, Lk keys, D head size (Dv for values).
 """
+import concurrent.futures
+import os
+import threading
+
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 __all__ = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "add_layer_norm_forward",
-    "attention_forward", "attention_backward", "embedding_backward",
+    "attention_forward", "attention_backward", "embedding_backward", "set_num_threads", "get_num_threads",
 ]
 
 # Not 'nnan'/'ninf' (see the module docstring), nor 'afn' (approximate libm functions).
@@ -191,7 +205,73 @@ def _row_dot(a, b):
     return total
 
 
-# ----------------------------------------------------------------------- input preparation
+# ------------------------------------------------------------------- threads and input preparation
+
+# Below this many elements per thread, handing work to another thread costs more than it saves.
+_MIN_WORK_PER_THREAD = 1 << 15
+_JIT = dict(nogil=True, fastmath=_FAST, cache=True)
+
+_num_threads = None
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def get_num_threads():
+    """Threads the kernels use (default: the CPUs this process may use, capped by NUMBA_NUM_THREADS)."""
+    if _num_threads is not None:
+        return _num_threads
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_num_threads(count):
+    """Use ``count`` threads (>= 1) in the kernels from now on; None restores the default."""
+    global _num_threads
+    if count is not None and (int(count) != count or count < 1):
+        raise ValueError(f"set_num_threads: expected a positive integer or None, got {count!r}")
+    _num_threads = None if count is None else int(count)
+
+
+def _reset_pool_after_fork():
+    # A forked child inherits the pool object but not its threads: start a fresh one on demand.
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_pool_after_fork)
+
+
+def _get_pool(workers):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="npgrad-kernel")
+        return _pool
+
+
+def _chunks(num_items, work_per_item):
+    """[(start, stop), ...]: num_items split in one contiguous chunk per thread (fewer for little work)."""
+    threads = min(get_num_threads(), num_items, max(1, num_items * work_per_item // _MIN_WORK_PER_THREAD))
+    threads = max(1, threads)
+    return [(num_items * c // threads, num_items * (c + 1) // threads) for c in range(threads)]
+
+
+def _run(kernel, chunks, *args):
+    """kernel(*args, start, stop) for every chunk, concurrently; the first chunk in this thread."""
+    if len(chunks) == 1:
+        kernel(*args, *chunks[0])
+        return
+    futures = [_get_pool(len(chunks) - 1).submit(kernel, *args, *chunk) for chunk in chunks[1:]]
+    try:
+        kernel(*args, *chunks[0])
+    finally:
+        for future in futures:
+            future.result()
 
 
 def _float_dtype(op, array):
@@ -215,13 +295,19 @@ def _check_2d(op, **arrays):
             raise ValueError(f"{op}: {name} must be 2-D (rows, features), got shape {np.shape(array)}")
 
 
+def _check_same_shape(op, **arrays):
+    shapes = {name: np.shape(array) for name, array in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{op}: shapes must match, got " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+
+
 # -------------------------------------------------------------------------------- softmax
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _softmax_forward_kernel(x, y):
+@njit(**_JIT)
+def _softmax_forward_kernel(x, y, start, stop):
     # x, y (N,V). Per row: max, then exp(x - max) written to y while summing, then y /= sum.
-    for n in prange(x.shape[0]):
+    for n in range(start, stop):
         xrow = x[n]
         yrow = y[n]
         row_max = _row_max(xrow)
@@ -241,14 +327,14 @@ def softmax_forward(x):
     _check_2d("softmax_forward", x=x)
     x = _prep(x, dtype)
     y = np.empty_like(x)
-    _softmax_forward_kernel(x, y)
+    _run(_softmax_forward_kernel, _chunks(*x.shape), x, y)
     return y
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _softmax_backward_kernel(y, gy, gx):
+@njit(**_JIT)
+def _softmax_backward_kernel(y, gy, gx, start, stop):
     # gx = y * (gy - <gy, y>) row by row.   (N,V)
-    for n in prange(y.shape[0]):
+    for n in range(start, stop):
         yrow = y[n]
         gyrow = gy[n]
         gxrow = gx[n]
@@ -261,16 +347,17 @@ def softmax_backward(y, gy):
     """gx[n, i] = y[n, i] * (gy[n, i] - sum_j gy[n, j] y[n, j]).   (N,V),(N,V) -> (N,V)"""
     dtype = _float_dtype("softmax_backward", y)
     _check_2d("softmax_backward", y=y, gy=gy)
+    _check_same_shape("softmax_backward", y=y, gy=gy)
     y, gy = _prep(y, dtype), _prep(gy, dtype)
     gx = np.empty_like(y)
-    _softmax_backward_kernel(y, gy, gx)
+    _run(_softmax_backward_kernel, _chunks(*y.shape), y, gy, gx)
     return gx
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _log_softmax_forward_kernel(x, out):
+@njit(**_JIT)
+def _log_softmax_forward_kernel(x, out, start, stop):
     # out = (x - max) - log(sum exp(x - max)) row by row.   (N,V)
-    for n in prange(x.shape[0]):
+    for n in range(start, stop):
         xrow = x[n]
         outrow = out[n]
         row_max = _row_max(xrow)
@@ -285,14 +372,14 @@ def log_softmax_forward(x):
     _check_2d("log_softmax_forward", x=x)
     x = _prep(x, dtype)
     out = np.empty_like(x)
-    _log_softmax_forward_kernel(x, out)
+    _run(_log_softmax_forward_kernel, _chunks(*x.shape), x, out)
     return out
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _log_softmax_backward_kernel(out, gout, gx):
+@njit(**_JIT)
+def _log_softmax_backward_kernel(out, gout, gx, start, stop):
     # gx = gout - exp(out) * sum(gout) row by row.   (N,V)
-    for n in prange(out.shape[0]):
+    for n in range(start, stop):
         outrow = out[n]
         goutrow = gout[n]
         gxrow = gx[n]
@@ -307,24 +394,25 @@ def log_softmax_backward(out, gout):
     """gx[n, i] = gout[n, i] - exp(out[n, i]) * sum_j gout[n, j].   (N,V),(N,V) -> (N,V)"""
     dtype = _float_dtype("log_softmax_backward", out)
     _check_2d("log_softmax_backward", out=out, gout=gout)
+    _check_same_shape("log_softmax_backward", out=out, gout=gout)
     out, gout = _prep(out, dtype), _prep(gout, dtype)
     gx = np.empty_like(out)
-    _log_softmax_backward_kernel(out, gout, gx)
+    _run(_log_softmax_backward_kernel, _chunks(*out.shape), out, gout, gx)
     return gx
 
 
 # -------------------------------------------------------------------------- cross-entropy
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _cross_entropy_forward_kernel(logits, target, ignore_index, smoothing, loss, lse):
-    # Per row, one read of the logits from memory: max and sum (one pass, in cache), then the
-    # exp-sum. loss = lse - (1-eps) x[t] - (eps/V) sum_j x[j]; 0 on ignored rows.
+@njit(**_JIT)
+def _cross_entropy_forward_kernel(logits, target, ignore_index, smoothing, loss, lse, start, stop):
+    # Per row, one read of the logits from memory: max and sum (one pass), then the exp-sum (in
+    # cache). loss = lse - (1-eps) x[t] - (eps/V) sum_j x[j]; 0 on ignored rows.
     num_classes = logits.shape[1]
     T = logits.dtype.type
     keep = T(1.0) - smoothing
     smooth_per_class = smoothing / T(num_classes)
-    for n in prange(logits.shape[0]):
+    for n in range(start, stop):
         row = logits[n]
         row_max = T(-np.inf)
         row_sum = T(0.0)
@@ -352,18 +440,19 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     num_rows = logits.shape[0]
     loss = np.empty(num_rows, dtype=dtype)
     lse = np.empty(num_rows, dtype=dtype)
-    _cross_entropy_forward_kernel(logits, target, np.int64(ignore_index), dtype.type(label_smoothing), loss, lse)
+    _run(_cross_entropy_forward_kernel, _chunks(*logits.shape), logits, target, np.int64(ignore_index),
+         dtype.type(label_smoothing), loss, lse)
     return loss, lse
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _cross_entropy_backward_kernel(logits, target, lse, gloss, ignore_index, smoothing, glogits):
+@njit(**_JIT)
+def _cross_entropy_backward_kernel(logits, target, lse, gloss, ignore_index, smoothing, glogits, start, stop):
     # glogits_n = gloss_n * (exp(x_n - lse_n) - eps/V), then -= gloss_n (1-eps) at t_n; 0 if ignored.
     num_classes = logits.shape[1]
     T = logits.dtype.type
     keep = T(1.0) - smoothing
     smooth_per_class = smoothing / T(num_classes)
-    for n in prange(logits.shape[0]):
+    for n in range(start, stop):
         row = logits[n]
         grow = glogits[n]
         t = target[n]
@@ -389,8 +478,8 @@ def cross_entropy_backward(logits, target, lse, gloss, ignore_index, label_smoot
     target = _prep(target, np.int64)
     lse, gloss = _prep(lse, dtype), _prep(gloss, dtype)
     glogits = np.empty_like(logits)
-    _cross_entropy_backward_kernel(logits, target, lse, gloss, np.int64(ignore_index),
-                                   dtype.type(label_smoothing), glogits)
+    _run(_cross_entropy_backward_kernel, _chunks(*logits.shape), logits, target, lse, gloss,
+         np.int64(ignore_index), dtype.type(label_smoothing), glogits)
     return glogits
 
 
@@ -416,93 +505,86 @@ def _layer_norm_row(xrow, w, b, eps, yrow):
     return mean, rstd
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _layer_norm_forward_kernel(x, w, b, eps, y, mean, rstd):
-    # (N,C) rows in parallel.
-    for n in prange(x.shape[0]):
-        mean[n], rstd[n] = _layer_norm_row(x[n], w, b, eps, y[n])
-
-
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _add_layer_norm_forward_kernel(x, r, w, b, eps, y, s, mean, rstd):
-    # s = x + r, then layer norm of s; one read of x and r per row.   (N,C)
-    for n in prange(x.shape[0]):
-        srow = s[n]
-        xrow = x[n]
-        rrow = r[n]
-        for j in range(xrow.shape[0]):
-            srow[j] = xrow[j] + rrow[j]
+@njit(**_JIT)
+def _layer_norm_forward_kernel(x, r, has_residual, w, b, eps, y, s, mean, rstd, start, stop):
+    # (N,C) rows. With a residual: s = x + r first (one read of x and r), then layer norm of s.
+    for n in range(start, stop):
+        srow = x[n]
+        if has_residual:
+            srow = s[n]
+            xrow = x[n]
+            rrow = r[n]
+            for j in range(xrow.shape[0]):
+                srow[j] = xrow[j] + rrow[j]
         mean[n], rstd[n] = _layer_norm_row(srow, w, b, eps, y[n])
+
+
+def _layer_norm_forward(op, x, r, w, b, eps):
+    dtype = _float_dtype(op, x)
+    _check_2d(op, x=x) if r is None else _check_2d(op, x=x, r=r)
+    x, w, b = _prep(x, dtype), _prep(w, dtype), _prep(b, dtype)
+    num_rows, num_features = x.shape
+    if w.shape != (num_features,) or b.shape != (num_features,):
+        raise ValueError(f"{op}: w {w.shape} and b {b.shape} must have shape ({num_features},)")
+    y = np.empty_like(x)
+    mean = np.empty(num_rows, dtype=dtype)
+    rstd = np.empty(num_rows, dtype=dtype)
+    if r is None:
+        r = s = x                                   # unused (has_residual False); one kernel signature
+    else:
+        _check_same_shape(op, x=x, r=r)
+        r = _prep(r, dtype)
+        s = np.empty_like(x)
+    _run(_layer_norm_forward_kernel, _chunks(*x.shape), x, r, s is not x, w, b, dtype.type(eps), y, s, mean, rstd)
+    return y, s, mean, rstd
 
 
 def layer_norm_forward(x, w, b, eps):
     """y = (x - mean) * rstd * w + b over each row.   (N,C),(C,),(C,) -> y (N,C), mean (N,), rstd (N,)"""
-    dtype = _float_dtype("layer_norm_forward", x)
-    _check_2d("layer_norm_forward", x=x)
-    x, w, b = _prep(x, dtype), _prep(w, dtype), _prep(b, dtype)
-    num_rows = x.shape[0]
-    y = np.empty_like(x)
-    mean = np.empty(num_rows, dtype=dtype)
-    rstd = np.empty(num_rows, dtype=dtype)
-    _layer_norm_forward_kernel(x, w, b, dtype.type(eps), y, mean, rstd)
+    y, _, mean, rstd = _layer_norm_forward("layer_norm_forward", x, None, w, b, eps)
     return y, mean, rstd
 
 
 def add_layer_norm_forward(x, r, w, b, eps):
     """s = x + r;  y = layer_norm(s).   (N,C),(N,C),(C,),(C,) -> y (N,C), s (N,C), mean (N,), rstd (N,)"""
-    dtype = _float_dtype("add_layer_norm_forward", x)
-    _check_2d("add_layer_norm_forward", x=x, r=r)
-    x, r, w, b = _prep(x, dtype), _prep(r, dtype), _prep(w, dtype), _prep(b, dtype)
-    num_rows = x.shape[0]
-    y = np.empty_like(x)
-    s = np.empty_like(x)
-    mean = np.empty(num_rows, dtype=dtype)
-    rstd = np.empty(num_rows, dtype=dtype)
-    _add_layer_norm_forward_kernel(x, r, w, b, dtype.type(eps), y, s, mean, rstd)
-    return y, s, mean, rstd
+    return _layer_norm_forward("add_layer_norm_forward", x, r, w, b, eps)
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _layer_norm_backward_kernel(gy, x, w, mean, rstd, gx, gw_parts, gb_parts):
-    # Rows split in one contiguous chunk per thread; each chunk accumulates its own partial gw, gb
-    # (num_chunks, C), summed by the caller, so no two threads write the same memory.
-    num_rows, num_features = x.shape
+@njit(**_JIT)
+def _layer_norm_backward_kernel(gy, x, w, mean, rstd, gx, gw_part, gb_part, start, stop):
+    # Rows [start, stop); this chunk's partial sums of gw and gb go to its own gw_part, gb_part (C,),
+    # summed by the caller, so no two threads write the same memory.
+    num_features = x.shape[1]
     T = x.dtype.type
     inv_c = T(1.0) / T(num_features)
-    num_chunks = gw_parts.shape[0]
-    for chunk in prange(num_chunks):
-        gw_part = gw_parts[chunk]
-        gb_part = gb_parts[chunk]
+    for j in range(num_features):
+        gw_part[j] = T(0.0)
+        gb_part[j] = T(0.0)
+    for n in range(start, stop):
+        xrow = x[n]
+        gyrow = gy[n]
+        gxrow = gx[n]
+        row_mean = mean[n]
+        row_rstd = rstd[n]
+        sum_gxhat = T(0.0)
+        sum_gxhat_xhat = T(0.0)
         for j in range(num_features):
-            gw_part[j] = T(0.0)
-            gb_part[j] = T(0.0)
-        start = chunk * num_rows // num_chunks
-        stop = (chunk + 1) * num_rows // num_chunks
-        for n in range(start, stop):
-            xrow = x[n]
-            gyrow = gy[n]
-            gxrow = gx[n]
-            row_mean = mean[n]
-            row_rstd = rstd[n]
-            sum_gxhat = T(0.0)
-            sum_gxhat_xhat = T(0.0)
-            for j in range(num_features):
-                xhat = (xrow[j] - row_mean) * row_rstd
-                gxhat = gyrow[j] * w[j]
-                sum_gxhat += gxhat
-                sum_gxhat_xhat += gxhat * xhat
-                gb_part[j] += gyrow[j]
-                gw_part[j] += gyrow[j] * xhat
-            mean_gxhat = sum_gxhat * inv_c
-            mean_gxhat_xhat = sum_gxhat_xhat * inv_c
-            for j in range(num_features):
-                xhat = (xrow[j] - row_mean) * row_rstd
-                gxrow[j] = row_rstd * (gyrow[j] * w[j] - mean_gxhat - xhat * mean_gxhat_xhat)
+            xhat = (xrow[j] - row_mean) * row_rstd
+            gxhat = gyrow[j] * w[j]
+            sum_gxhat += gxhat
+            sum_gxhat_xhat += gxhat * xhat
+            gb_part[j] += gyrow[j]
+            gw_part[j] += gyrow[j] * xhat
+        mean_gxhat = sum_gxhat * inv_c
+        mean_gxhat_xhat = sum_gxhat_xhat * inv_c
+        for j in range(num_features):
+            xhat = (xrow[j] - row_mean) * row_rstd
+            gxrow[j] = row_rstd * (gyrow[j] * w[j] - mean_gxhat - xhat * mean_gxhat_xhat)
 
 
-def _num_chunks(num_rows):
-    """One chunk of work per Numba thread (never more chunks than rows)."""
-    return max(1, min(numba.get_num_threads(), num_rows))
+def _layer_norm_backward_chunk(args, part, start, stop):
+    gy, x, w, mean, rstd, gx, gw_parts, gb_parts = args
+    _layer_norm_backward_kernel(gy, x, w, mean, rstd, gx, gw_parts[part], gb_parts[part], start, stop)
 
 
 def layer_norm_backward(gy, x, w, mean, rstd):
@@ -511,92 +593,74 @@ def layer_norm_backward(gy, x, w, mean, rstd):
     """
     dtype = _float_dtype("layer_norm_backward", x)
     _check_2d("layer_norm_backward", gy=gy, x=x)
+    _check_same_shape("layer_norm_backward", gy=gy, x=x)
     gy, x, w = _prep(gy, dtype), _prep(x, dtype), _prep(w, dtype)
     mean, rstd = _prep(mean, dtype), _prep(rstd, dtype)
-    num_chunks = _num_chunks(x.shape[0])
+    chunks = _chunks(*x.shape)
     gx = np.empty_like(x)
-    gw_parts = np.empty((num_chunks, x.shape[1]), dtype=dtype)
-    gb_parts = np.empty((num_chunks, x.shape[1]), dtype=dtype)
-    _layer_norm_backward_kernel(gy, x, w, mean, rstd, gx, gw_parts, gb_parts)
+    gw_parts = np.empty((len(chunks), x.shape[1]), dtype=dtype)   # (chunks, C)
+    gb_parts = np.empty((len(chunks), x.shape[1]), dtype=dtype)
+    args = (gy, x, w, mean, rstd, gx, gw_parts, gb_parts)
+    _run(_layer_norm_backward_chunk, [(part, start, stop) for part, (start, stop) in enumerate(chunks)], args)
+    if len(chunks) == 1:
+        return gx, gw_parts[0], gb_parts[0]
     return gx, gw_parts.sum(axis=0), gb_parts.sum(axis=0)
 
 
 # ------------------------------------------------------------------------------ attention
+#
+# The batched products run in BLAS through np.matmul: measured at the reference shapes
+# (B*H = 512 products of 32x64 @ 64x32), OpenBLAS does the batch in ~0.9 ms where the best Numba
+# loops tried took 3.3 ms (dot products, 4 keys at a time) to 15 ms (axpy rows, a whole fused
+# attention per batch entry); see benchmarks/RESULTS.md, "matmul". Everything between the
+# products (scale, mask, masked softmax; the softmax backward) is one fused Numba pass over the
+# (B,Lq,Lk) scores, in place: NumPy needs about ten passes (and temporaries) for the same work.
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _attention_forward_kernel(q, k, v, mask, has_mask, is_causal, scale, out, probs):
-    # One batch entry (a (Lq,Lk) attention matrix) at a time, each one whole pass: scores, mask,
-    # softmax, weighted sum, all in cache. q (B,Lq,D), k (B,Lk,D), v (B,Lk,Dv), mask (Bm,Lq,Lk)
-    # with Bm = B or 1 (a mask shared by the batch), out (B,Lq,Dv), probs (B,Lq,Lk).
-    num_batch, num_queries, head_size = q.shape
-    num_keys = k.shape[1]
-    value_size = v.shape[2]
-    T = q.dtype.type
+@njit(**_JIT)
+def _attention_softmax_kernel(scores, mask, has_mask, is_causal, scale, start, stop):
+    # In place: scores (B,Lq,Lk) = q k^T on entry, probs on exit. mask (Bm,Lq,Lk), Bm = B or 1.
+    # Key j is allowed for query i where mask[b, i, j] (if has_mask) and j <= i (if is_causal);
+    # disallowed keys get probability exactly 0; a row with no allowed key gets all zeros.
+    num_queries, num_keys = scores.shape[1], scores.shape[2]
+    T = scores.dtype.type
     shared_mask = mask.shape[0] == 1
-    for b in prange(num_batch):
-        # k transposed, so that scores for one query are axpy updates along the keys (SIMD over
-        # keys, no horizontal sums): scores[j] += q[i, d] * kt[d, j].
-        kt = np.empty((head_size, num_keys), dtype=q.dtype)           # (D,Lk)
-        kb = k[b]
-        for j in range(num_keys):
-            for d in range(head_size):
-                kt[d, j] = kb[j, d]
-        qb = q[b]
-        vb = v[b]
-        ob = out[b]
-        pb = probs[b]
+    for b in range(start, stop):
+        sb = scores[b]
         mb = mask[0] if shared_mask else mask[b]
         for i in range(num_queries):
-            prow = pb[i]
-            orow = ob[i]
-            for j in range(num_keys):
-                prow[j] = T(0.0)
-            for d in range(head_size):
-                qd = qb[i, d]
-                ktrow = kt[d]
-                for j in range(num_keys):
-                    prow[j] += qd * ktrow[j]
-            # disallowed keys: -inf, then excluded exactly by the allowed flag below
+            row = sb[i]
+            last_key = min(num_keys, i + 1) if is_causal else num_keys
             row_max = T(-np.inf)
             num_allowed = 0
-            last_key = num_keys
-            if is_causal:
-                last_key = min(num_keys, i + 1)
             for j in range(num_keys):
                 allowed = j < last_key
                 if has_mask:
                     allowed = allowed and mb[i, j]
                 if allowed:
-                    prow[j] *= scale
-                    row_max = _fmax(row_max, prow[j])
+                    s = row[j] * scale
+                    row[j] = s
+                    row_max = _fmax(row_max, s)
                     num_allowed += 1
                 else:
-                    prow[j] = T(-np.inf)
-            for e in range(value_size):
-                orow[e] = T(0.0)
-            if num_allowed == 0:                       # fully masked row: probs 0, out 0
+                    row[j] = T(-np.inf)
+            if num_allowed == 0:
                 for j in range(num_keys):
-                    prow[j] = T(0.0)
+                    row[j] = T(0.0)
                 continue
             total = T(0.0)
             for j in range(num_keys):
-                p = _exp(prow[j] - row_max)            # exp(-inf) = 0 for disallowed keys
-                prow[j] = p
+                p = _exp(row[j] - row_max)           # exp(-inf) = 0 for disallowed keys
+                row[j] = p
                 total += p
             inv_total = T(1.0) / total
             for j in range(num_keys):
-                p = prow[j] * inv_total
-                prow[j] = p
-                if p != T(0.0):
-                    vrow = vb[j]
-                    for e in range(value_size):
-                        orow[e] += p * vrow[e]
+                row[j] *= inv_total
 
 
 def _prep_mask(mask, shape):
     """The mask as a C-contiguous bool array (Bm,Lq,Lk); a batch-broadcast view stays one slice."""
-    num_batch, num_queries, num_keys = shape
+    num_batch = shape[0]
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         raise TypeError(f"attention_forward: mask must be boolean (True = may attend), got {mask.dtype}")
@@ -607,6 +671,12 @@ def _prep_mask(mask, shape):
     return _prep(mask, np.bool_)
 
 
+def _check_attention_inputs(op, q, k, v):
+    for name, array in (("q", q), ("k", k), ("v", v)):
+        if np.ndim(array) != 3:
+            raise ValueError(f"{op}: {name} must be 3-D (B, L, D), got shape {np.shape(array)}")
+
+
 def attention_forward(q, k, v, mask, is_causal, scale):
     """Scaled dot-product attention.   (B,Lq,D),(B,Lk,D),(B,Lk,Dv),(B,Lq,Lk)|None -> out (B,Lq,Dv), probs (B,Lq,Lk)
 
@@ -615,9 +685,7 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     A row with no allowed key gets probs 0 and out 0 (never NaN).
     """
     dtype = _float_dtype("attention_forward", q)
-    for name, array in (("q", q), ("k", k), ("v", v)):
-        if np.ndim(array) != 3:
-            raise ValueError(f"attention_forward: {name} must be 3-D (B, L, D), got shape {np.shape(array)}")
+    _check_attention_inputs("attention_forward", q, k, v)
     q, k, v = _prep(q, dtype), _prep(k, dtype), _prep(v, dtype)
     num_batch, num_queries, _ = q.shape
     num_keys = k.shape[1]
@@ -625,70 +693,26 @@ def attention_forward(q, k, v, mask, is_causal, scale):
         mask_array = np.ones((1, 1, 1), dtype=np.bool_)   # unused; keeps a single kernel signature
     else:
         mask_array = _prep_mask(mask, (num_batch, num_queries, num_keys))
-    out = np.empty((num_batch, num_queries, v.shape[2]), dtype=dtype)
-    probs = np.empty((num_batch, num_queries, num_keys), dtype=dtype)
-    _attention_forward_kernel(q, k, v, mask_array, mask is not None, bool(is_causal), dtype.type(scale), out, probs)
+    probs = np.matmul(q, k.swapaxes(-1, -2))               # (B,Lq,Lk) scores, BLAS
+    _run(_attention_softmax_kernel, _chunks(num_batch, num_queries * num_keys), probs, mask_array,
+         mask is not None, bool(is_causal), dtype.type(scale))
+    out = np.matmul(probs, v)                              # (B,Lq,Dv)
     return out, probs
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True)
-def _attention_backward_kernel(q, k, v, probs, gout, scale, gq, gk, gv):
-    # Per batch entry and query row i (P = probs, dP = gout v^T, dS = scale P (dP - <dP, P>)):
-    #   gq[i] = sum_j dS[i, j] k[j];  gk[j] += dS[i, j] q[i];  gv[j] += P[i, j] gout[i].
-    # Keys with P[i, j] = 0 (masked, causal) are skipped: their dS is exactly 0.
-    num_batch, num_queries, head_size = q.shape
-    num_keys = k.shape[1]
-    value_size = v.shape[2]
-    T = q.dtype.type
-    for b in prange(num_batch):
-        vt = np.empty((value_size, num_keys), dtype=q.dtype)          # (Dv,Lk) v transposed
-        dscore = np.empty(num_keys, dtype=q.dtype)                     # (Lk,) one row of dP, then dS
-        vb = v[b]
-        for j in range(num_keys):
-            for e in range(value_size):
-                vt[e, j] = vb[j, e]
-        qb = q[b]
-        kb = k[b]
+@njit(**_JIT)
+def _attention_softmax_backward_kernel(dprobs, probs, scale, start, stop):
+    # In place, row by row: dS = scale * P * (dP - <dP, P>); dprobs (B,Lq,Lk) holds dP on entry.
+    num_queries, num_keys = dprobs.shape[1], dprobs.shape[2]
+    for b in range(start, stop):
+        db = dprobs[b]
         pb = probs[b]
-        gob = gout[b]
-        gqb = gq[b]
-        gkb = gk[b]
-        gvb = gv[b]
-        for j in range(num_keys):
-            for d in range(head_size):
-                gkb[j, d] = T(0.0)
-            for e in range(value_size):
-                gvb[j, e] = T(0.0)
         for i in range(num_queries):
+            drow = db[i]
             prow = pb[i]
-            gorow = gob[i]
+            dot = _row_dot(drow, prow)
             for j in range(num_keys):
-                dscore[j] = T(0.0)
-            for e in range(value_size):
-                go = gorow[e]
-                vtrow = vt[e]
-                for j in range(num_keys):
-                    dscore[j] += go * vtrow[j]
-            dot = _row_dot(dscore, prow)
-            for j in range(num_keys):
-                dscore[j] = scale * (prow[j] * (dscore[j] - dot))
-            gqrow = gqb[i]
-            for d in range(head_size):
-                gqrow[d] = T(0.0)
-            qrow = qb[i]
-            for j in range(num_keys):
-                p = prow[j]
-                if p == T(0.0):
-                    continue
-                ds = dscore[j]
-                krow = kb[j]
-                gkrow = gkb[j]
-                for d in range(head_size):
-                    gqrow[d] += ds * krow[d]
-                    gkrow[d] += ds * qrow[d]
-                gvrow = gvb[j]
-                for e in range(value_size):
-                    gvrow[e] += p * gorow[e]
+                drow[j] = scale * (prow[j] * (drow[j] - dot))
 
 
 def attention_backward(q, k, v, probs, gout, scale):
@@ -697,34 +721,32 @@ def attention_backward(q, k, v, probs, gout, scale):
     -> gq (B,Lq,D), gk (B,Lk,D), gv (B,Lk,Dv). Masked keys (P = 0) and fully masked rows give zeros.
     """
     dtype = _float_dtype("attention_backward", q)
+    _check_attention_inputs("attention_backward", q, k, v)
     q, k, v = _prep(q, dtype), _prep(k, dtype), _prep(v, dtype)
     probs, gout = _prep(probs, dtype), _prep(gout, dtype)
-    gq = np.empty_like(q)
-    gk = np.empty_like(k)
-    gv = np.empty_like(v)
-    _attention_backward_kernel(q, k, v, probs, gout, dtype.type(scale), gq, gk, gv)
+    num_batch, num_queries, num_keys = probs.shape
+    gv = np.matmul(probs.swapaxes(-1, -2), gout)           # (B,Lk,Dv)
+    dscores = np.matmul(gout, v.swapaxes(-1, -2))          # (B,Lq,Lk) dP, becomes scale * dS
+    _run(_attention_softmax_backward_kernel, _chunks(num_batch, num_queries * num_keys), dscores, probs,
+         dtype.type(scale))
+    gq = np.matmul(dscores, k)                             # (B,Lq,D)
+    gk = np.matmul(dscores.swapaxes(-1, -2), q)            # (B,Lk,D)
     return gq, gk, gv
 
 
 # ------------------------------------------------------------------------ embedding backward
 
 
-@njit(parallel=True, cache=True)
-def _embedding_backward_kernel(ids, gy, gw, num_chunks):
-    # gw[ids[n], :] += gy[n, :]. The columns are split among threads (chunks of whole 64-byte
-    # cache lines), so no two threads write the same memory, and every element receives its
-    # additions in the order of n, as a serial scatter-add (np.add.at) does: results are identical.
-    num_features = gy.shape[1]
-    per_line = 64 // gy.itemsize
-    lines = (num_features + per_line - 1) // per_line
-    for chunk in prange(num_chunks):
-        start = min(num_features, (chunk * lines // num_chunks) * per_line)
-        stop = min(num_features, ((chunk + 1) * lines // num_chunks) * per_line)
-        for n in range(ids.shape[0]):
-            gyrow = gy[n]
-            gwrow = gw[ids[n]]
-            for c in range(start, stop):
-                gwrow[c] += gyrow[c]
+@njit(nogil=True, cache=True)
+def _embedding_backward_kernel(ids, gy, gw, start, stop):
+    # gw[ids[n], start:stop] += gy[n, start:stop]. Threads get disjoint column ranges (whole
+    # 64-byte cache lines), so no two threads write the same memory, and every element receives
+    # its additions in the order of n, as a serial scatter-add (np.add.at) does.
+    for n in range(ids.shape[0]):
+        gyrow = gy[n]
+        gwrow = gw[ids[n]]
+        for c in range(start, stop):
+            gwrow[c] += gyrow[c]
 
 
 def embedding_backward(ids, gy, num_embeddings):
@@ -738,6 +760,11 @@ def embedding_backward(ids, gy, num_embeddings):
     gy = _prep(gy, dtype)
     if ids.shape[0] != gy.shape[0]:
         raise ValueError(f"embedding_backward: {ids.shape[0]} ids but gy has {gy.shape[0]} rows")
-    gw = np.zeros((int(num_embeddings), gy.shape[1]), dtype=dtype)
-    _embedding_backward_kernel(ids, gy, gw, _num_chunks(gy.shape[1]))
+    num_features = gy.shape[1]
+    gw = np.zeros((int(num_embeddings), num_features), dtype=dtype)
+    per_line = 64 // gy.itemsize                            # elements in a cache line
+    lines = -(-num_features // per_line)
+    chunks = [(min(num_features, a * per_line), min(num_features, b * per_line))
+              for a, b in _chunks(lines, per_line * ids.shape[0])]
+    _run(_embedding_backward_kernel, chunks, ids, gy, gw)
     return gw

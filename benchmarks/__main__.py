@@ -1,0 +1,38 @@
+"""``python -m benchmarks COMMAND [options]``: run one benchmark; ``python -m benchmarks`` lists them.
+
+To add a benchmark, write ``benchmarks/NAME.py`` with ``main(argv: list[str]) -> int | None`` (argv
+excludes the command name; use argparse with ``prog="python -m benchmarks NAME"``) and add one
+line to ``COMMANDS``. Modules are imported only when their command runs, so a benchmark that
+needs PyTorch does not slow the others down.
+"""
+import importlib
+import sys
+
+# command name -> (module, one-line description)
+COMMANDS = {
+    "kernels": ("benchmarks.kernels", "fused kernels (numba vs numpy vs PyTorch CPU), forward+backward"),
+}
+
+
+def usage():
+    lines = ["usage: python -m benchmarks COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown benchmark {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
