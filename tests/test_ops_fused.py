@@ -17,7 +17,8 @@ import npgrad as ng
 from npgrad import functional as F
 from npgrad.testing import assert_gradients_close, attention_masks, class_targets, float_arrays, shapes
 
-FEW = settings(max_examples=8, deadline=None)
+# About half the profile's examples (8 by default; HYPOTHESIS_PROFILE=thorough gives 150).
+FEW = settings(max_examples=max(8, settings().max_examples // 2), deadline=None)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -285,7 +286,7 @@ def test_gradcheck_attention_dropout(inputs, p):
     assert_gradients_close(fn, [t(q), t(k), t(v)])
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=max(6, settings().max_examples // 4), deadline=None)
 @given(st.integers(0, 2**16), st.sampled_from([1, 2]), st.booleans(), st.sampled_from(["none", "pad", "causal"]),
        st.sampled_from([0.0, 0.4]))
 def test_gradcheck_multi_head_attention(seed, H, biases, mask_kind, p):
@@ -416,7 +417,7 @@ def test_cross_entropy_mean_over_no_target_is_nan_with_zero_gradient():
 def test_layer_norm_output_mean_zero_and_gradient_orthogonal_to_one_and_xhat(data):
     shape = data.draw(shapes(min_dims=1, max_dims=3, min_side=2, max_side=6))
     x = data.draw(float_arrays(shape=shape, min_value=-10, max_value=10, from_seed=True))
-    eps = 1e-12  # <gx, xhat> = 0 holds up to a factor eps / (var + eps)
+    eps = 0.0  # <gx, xhat> = rstd <h, xhat> eps / (var + eps): exactly 0 only without eps
     for residual in (None, data.draw(float_arrays(shape=shape, min_value=-3, max_value=3, from_seed=True))):
         xt, w = t(x), t(rng(1).standard_normal(shape[-1]))
         y = F.layer_norm(xt, None, None) if residual is None else F.add_layer_norm(xt, residual, None, None)

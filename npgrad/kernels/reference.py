@@ -82,8 +82,10 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     num_rows, num_classes = logits.shape
     eps = float(label_smoothing)
     row_max = logits.max(axis=-1)                                   # (N,)
-    shifted_exp = np.exp(logits - row_max[:, None])                 # (N,V)
+    shifted_exp = logits - row_max[:, None]                         # (N,V)
+    np.exp(shifted_exp, out=shifted_exp)
     lse = np.log(shifted_exp.sum(axis=-1))                          # (N,)
+    del shifted_exp                                                 # the big temporary, freed early
     lse += row_max
 
     ignored = target == ignore_index                                # (N,)
