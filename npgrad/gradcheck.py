@@ -571,3 +571,34 @@ def hvp(fn, x, v):
             return np.zeros_like(leaf.data)
         hv = _grad(g, leaf, grad_outputs=v, allow_unused=True)
     return np.zeros_like(leaf.data) if hv is None else hv
+
+
+def numerical_hessian(fn, x, eps=None):
+    """Central differences of the (first-order, plain backward) gradient of the scalar ``fn``.
+
+    ``H[..., j] ~ (grad fn(x + h e_j) - grad fn(x - h e_j)) / 2h``, shape ``x.shape + x.shape``,
+    float64. It uses only each primitive's ``backward``, never ``differentiable_backward``, so it is
+    an independent reference for :func:`hessian`.
+    """
+    base = _leaf_copy(x, "numerical_hessian").data
+    if eps is None:
+        eps = DEFAULT_EPS_LOW_PRECISION if base.dtype.itemsize < 8 else DEFAULT_EPS
+
+    def plain_gradient(point):
+        leaf = Tensor(point, requires_grad=True)
+        with enable_grad():
+            y = _scalar_output(fn, leaf, "numerical_hessian")
+            if not y.requires_grad:
+                return np.zeros(point.shape)
+            g = _grad(y, leaf, allow_unused=True)
+        return np.zeros(point.shape) if g is None else np.asarray(g, dtype=np.float64)
+
+    flat = base.reshape(-1)
+    columns = []
+    for j in range(base.size):
+        delta = np.zeros(base.size)
+        delta[j] = eps
+        plus, minus, step = _perturbed(flat, delta)
+        columns.append((plain_gradient(plus.reshape(base.shape)) - plain_gradient(minus.reshape(base.shape))).ravel()
+                       / step[j])
+    return np.array(columns).T.reshape(base.shape + base.shape)
