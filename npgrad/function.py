@@ -141,7 +141,7 @@ class Function:
         ctx = Context(cls)
         out = cls.forward(ctx, *arrays, **kwargs)
         if type(out) is not np.ndarray:
-            out = np.asarray(out)
+            out = _as_output_array(cls, out)
         if not (record and _state.grad_enabled):
             return Tensor._from_node(out, None)
 
@@ -155,6 +155,17 @@ class Function:
             # Remember which saved arrays are inputs or the output (by identity), for saved_tensors.
             ctx._sources = (tuple(map(id, arrays)), id(out))
         return Tensor._from_node(out, ctx)
+
+
+def _as_output_array(cls, out):
+    """forward's result as an ndarray (NumPy scalars are fine); a clear error for anything else."""
+    if isinstance(out, (np.ndarray, np.generic, int, float, bool)):
+        return np.asarray(out)
+    what = "a Tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+    raise TypeError(
+        f"{cls.__name__}.forward returned {what}: forward works on plain ndarrays and must return "
+        "exactly one ndarray (unwrap Tensors with .data; one Function per output)."
+    )
 
 
 Tensor = None  # set by npgrad.tensor (which imports this module) once the class exists

@@ -269,6 +269,8 @@ def _run_backward(outputs, grads, retain_graph=False, create_graph=False, inputs
                     continue
                 # Fast path: the usual gradient already has the input's shape and dtype.
                 if not (type(gi) is np.ndarray and gi.shape == shapes[i] and gi.dtype == dtypes[i]):
+                    if not create_graph and isinstance(gi, Tensor):
+                        gi = gi.data  # a backward that returned Tensors: only the values matter here
                     gi = _fit(gi, shapes[i], dtypes[i], fn, i)
                 pkey = id(parent)
                 prev = pending.get(pkey)
@@ -333,9 +335,12 @@ def _unbroadcast(g, shape, fn, index):
     return g.reshape(shape)
 
 
-def tensor(data, requires_grad=False, dtype=None):
-    """Make a Tensor. Keeps the array's dtype (float32 stays float32) unless ``dtype`` is given."""
-    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+def tensor(data, requires_grad=False, dtype=None, name=None):
+    """Make a Tensor. Keeps the array's dtype (float32 stays float32) unless ``dtype`` is given.
+
+    ``name`` is optional; gradcheck's error messages use it.
+    """
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, name=name)
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=None, allow_unused=False):

@@ -379,3 +379,39 @@ def test_grad_input_errors():
     y = ng.tensor(_rand(3), requires_grad=True) * 2
     with pytest.raises(RuntimeError, match="does not require grad"):
         ng.grad(y.sum(), ng.tensor(_rand(3)))
+
+
+def test_forward_must_return_one_ndarray():
+    class ReturnsTensor(ng.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return ng.tensor(a)
+
+    class ReturnsTuple(ng.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a, a
+
+    x = ng.tensor(_rand(2), requires_grad=True)
+    with pytest.raises(TypeError, match="ReturnsTensor.forward returned a Tensor"):
+        ReturnsTensor.apply(x)
+    with pytest.raises(TypeError, match="ReturnsTuple.forward returned a tuple"):
+        ReturnsTuple.apply(x)
+
+
+def test_numpy_scalar_forward_result_becomes_a_0d_tensor():
+    class Total(ng.Function):
+        @staticmethod
+        def forward(ctx, a):
+            ctx.shape = a.shape
+            return np.sum(a)            # a NumPy scalar, not an array
+
+        @staticmethod
+        def backward(ctx, g):
+            return np.broadcast_to(g, ctx.shape)
+
+    x = ng.tensor(_rand(3), requires_grad=True)
+    y = Total.apply(x)
+    assert isinstance(y.data, np.ndarray) and y.shape == ()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, np.ones(3))
