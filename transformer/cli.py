@@ -13,13 +13,27 @@ from pathlib import Path
 import numpy as np
 
 
+class UsageError(ValueError):
+    """A command was given arguments it cannot work with (reported as ``error: ...``, exit code 2)."""
+
+
 def _run_dir(config, override=None):
     return Path(override or config["run"].get("dir") or Path("runs") / Path(config["run"]["config_file"]).stem)
 
 
+# Data paths in a config are made absolute when it is loaded: the run's config.json (and every checkpoint) then
+# finds the data from any working directory.
+_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
+
+
 def _load(args):
     from .config import load_config, normalise_cli_overrides
-    return load_config(args.config, normalise_cli_overrides(args.overrides))
+    config = load_config(args.config, normalise_cli_overrides(args.overrides))
+    for key in _PATH_KEYS:
+        value = config["data"].get(key)
+        if isinstance(value, str) and value:
+            config["data"][key] = str(Path(value).expanduser().resolve())
+    return config
 
 
 def _resolve_checkpoint(path):
@@ -60,19 +74,13 @@ def load_model(checkpoint_dir, dtype=None):
 
 
 def _read_input(path):
-    from .evaluate import _read_lines
+    """Lines of a file (or standard input), split on newline only; invalid UTF-8 names the file and line."""
+    from .datasets import decode_lines
     if path in (None, "-"):
-        data = sys.stdin.buffer.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            line = data[:error.start].count(b"\n") + 1
-            raise SystemExit(f"error: standard input line {line} is not valid UTF-8")
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        return lines
-    return _read_lines(path)
+        data, name = sys.stdin.buffer.read(), "standard input"
+    else:
+        data, name = Path(path).read_bytes(), str(path)
+    return [line.rstrip("\r") for line in decode_lines(data, name)]
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -168,12 +176,14 @@ def cmd_evaluate(args):
 
 
 def _run_config_of(checkpoint):
-    train_state = checkpoint.train_state or {}
-    run_dir = checkpoint.directory.parent.parent
-    path = run_dir / "config.json"
+    """The run config saved in the checkpoint (older checkpoints: its run directory's config.json)."""
+    embedded = (checkpoint.train_state or {}).get("run_config")
+    if embedded:
+        return embedded
+    path = checkpoint.directory.parent.parent / "config.json"
     if path.is_file():
         return json.loads(path.read_text())
-    return train_state.get("run_config", {})
+    return {}
 
 
 def cmd_average(args):
@@ -183,10 +193,10 @@ def cmd_average(args):
     if args.run_dir:
         infos = CheckpointManager(Path(args.run_dir) / "checkpoints").checkpoints()
         if len(infos) < args.last:
-            raise SystemExit(f"error: {args.run_dir} has {len(infos)} checkpoints, {args.last} requested")
+            raise UsageError(f"{args.run_dir} has {len(infos)} checkpoints, {args.last} requested")
         dirs += [i.path for i in infos[-args.last:]]
     if not dirs:
-        raise SystemExit("error: give checkpoint directories or --run-dir with --last N")
+        raise UsageError("give checkpoint directories or --run-dir with --last N")
     write_averaged_checkpoint(dirs, args.output)
     return 0
 
@@ -283,7 +293,7 @@ def build_parser():
 
     q = sub.add_parser("evaluate", help="loss, perplexity, sacreBLEU and chrF on a split")
     q.add_argument("--checkpoint", required=True)
-    q.add_argument("--split", default="test")
+    q.add_argument("--split", default="test", choices=["train", "valid", "test"])
     q.add_argument("--beam", type=int, default=5)
     q.add_argument("--alpha", type=float, default=0.6)
     q.add_argument("--max-tokens", type=int, default=8000)
@@ -332,9 +342,15 @@ def main(argv=None):
         if not hasattr(args, "overrides"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = list(args.overrides) + unknown
+    from .datasets import ChecksumError, DownloadError
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError) as error:
+        # Bad configs, data, checkpoints and files are the user's to fix: one line saying what, no traceback.
+        # (ValueError covers DataValidationError, TokenizerError, CheckpointError and UnicodeDecodeError.)
         print(f"error: {error}", file=sys.stderr)
         return 2
 

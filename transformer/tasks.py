@@ -33,11 +33,17 @@ TOKENIZER_DEFAULTS = dict(kind="sentencepiece", vocab_size=8000, model_type="uni
                           seed=0)
 
 
+def _config_fields(config_class) -> set:
+    import dataclasses
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
 def tokenizer_files(directory: Path) -> dict:
     return {p.name: p for p in sorted(Path(directory).iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def _log(message, stream=sys.stderr):
+def _log(message, stream=None):
+    stream = stream if stream is not None else sys.stderr  # looked up now: the caller may have redirected it
     stream.write(message + "\n")
     stream.flush()
 
@@ -56,6 +62,8 @@ class TranslationTask:
         self.tok_dir = self.run_dir / "tokenizer"
         self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
         model_section = dict(config.get("model", {}))
+        # The vocabulary sizes come from the tokenizer, never from the config.
+        check_keys("model", model_section, _config_fields(TransformerConfig) - {"src_vocab_size", "tgt_vocab_size"})
         model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = TransformerConfig(src_vocab_size=self.src_tok.vocab_size,
                                               tgt_vocab_size=self.tgt_tok.vocab_size, **model_section)

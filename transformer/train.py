@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -105,6 +107,30 @@ class JsonLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(path, "a", encoding="utf-8")
 
+    @staticmethod
+    def rewind(path: Path, step: int) -> int:
+        """Keep only the records of steps <= ``step`` (a resume from checkpoint ``step``): a run killed after its
+        last checkpoint logged steps that the resumed run performs again, and a ``kill -9`` can leave half a
+        line. Rewritten atomically; returns the number of lines dropped."""
+        if not path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record.get("step", 0)) <= step
+            except (ValueError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            temporary = path.with_name(f".{path.name}.tmp")
+            temporary.write_text("".join(kept), encoding="utf-8")
+            os.replace(temporary, path)
+        return dropped
+
     def write(self, record: dict):
         self.handle.write(json.dumps(record, allow_nan=True) + "\n")
         self.handle.flush()
@@ -116,9 +142,10 @@ class JsonLog:
 class Progress:
     """One status line: rewritten in place on a terminal, a plain line per update otherwise."""
 
-    def __init__(self, stream=sys.stderr, total=None):
-        self.stream, self.total = stream, total
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, total=None):
+        # None: sys.stderr as it is now (a default bound at import would miss a later redirection)
+        self.stream, self.total = stream if stream is not None else sys.stderr, total
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def update(self, step, fields: dict):
         total = f"/{self.total}" if self.total else ""
@@ -139,7 +166,7 @@ class Progress:
 class Trainer:
     """Runs a task's training to its budget; see the module docstring for what it guarantees."""
 
-    def __init__(self, task, run_dir, settings: dict, resume=False, stream=sys.stderr):
+    def __init__(self, task, run_dir, settings: dict, resume=False, stream=None):
         self.task, self.s = task, settings
         self.run_dir = Path(run_dir)
         self.model = task.model
@@ -151,9 +178,20 @@ class Trainer:
                       "last_validated": 0, "stopped": None}
         self.progress = Progress(stream, settings["max_steps"] or None)
         self._stop_requested = False
+        self._resumed_from = None
         if resume:
             self._resume()
-        self.log = JsonLog(self.run_dir / "log.jsonl")
+        log_path = self.run_dir / "log.jsonl"
+        if resume:
+            JsonLog.rewind(log_path, self.state["step"])
+        elif (log_path.is_file() and log_path.stat().st_size) or self.manager.last() is not None:
+            # A fresh run in a used directory would mix its checkpoints and log records with the old run's
+            # (and the old run's best checkpoint would stay "best").
+            raise FileExistsError(f"{self.run_dir} already holds a training run ({log_path}); continue it with "
+                                  f"--resume, or choose another --run-dir")
+        self.log = JsonLog(log_path)
+        if self._resumed_from is not None:
+            self.log.write({"type": "resume", "step": self.state["step"], "checkpoint": str(self._resumed_from)})
 
     # ------------------------------------------------------------------ checkpoints
     def _rngs(self):
@@ -162,7 +200,9 @@ class Trainer:
         return rngs
 
     def save(self, metric=None):
-        train_state = dict(self.state, data=self.task.data_state())
+        # The run config rides along so that evaluate/translate find the data of any checkpoint, even a copied or
+        # averaged one far from its run directory.
+        train_state = dict(self.state, data=self.task.data_state(), run_config=getattr(self.task, "config", None))
         return self.manager.save(
             self.state["step"], self.model, self.model.config, metric=metric, optimizer=self.optimizer,
             scheduler=self.schedule, train_state=train_state, rng_states=self._rngs(),
@@ -172,14 +212,19 @@ class Trainer:
         last = self.manager.last()
         if last is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.manager.root} to resume from")
+        # A kill during a save leaves the staging directory of an unfinished checkpoint: never read, delete it.
+        for stale in self.manager.root.glob(".step-*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         checkpoint = self.manager.load_last()
         checkpoint.restore(self.model, self.optimizer, self.schedule)
         for name, rng in self._rngs().items():
             checkpoint.restore_rng(name, rng)
         train_state = dict(checkpoint.train_state)
         self.task.load_data_state(train_state.pop("data"))
+        train_state.pop("run_config", None)
         self.state.update(train_state)
         self.state["stopped"] = None
+        self._resumed_from = last
         self.progress.message(f"resumed from {last} at step {self.state['step']}")
 
     # ------------------------------------------------------------------ the loop
@@ -321,7 +366,7 @@ def _clock(seconds):
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def write_averaged_checkpoint(directories, output, stream=sys.stderr):
+def write_averaged_checkpoint(directories, output, stream=None):
     """Average the weights of several checkpoints of one run into a new checkpoint directory."""
     from .checkpoint import average_checkpoints, load_checkpoint
 
@@ -331,7 +376,7 @@ def write_averaged_checkpoint(directories, output, stream=sys.stderr):
     extra = dict(newest.extra_files)
     save_checkpoint(output, averaged, newest.config, train_state=newest.train_state, extra_files=extra,
                     metadata={"averaged": [str(d) for d in directories]})
-    stream.write(f"averaged {len(directories)} checkpoints into {output}\n")
+    (stream or sys.stderr).write(f"averaged {len(directories)} checkpoints into {output}\n")
     return Path(output)
 
 
