@@ -71,8 +71,9 @@ class MultiHeadAttention(nn.Module):
 
     ``positional``: None (positions were added to the embeddings), "relative" (Shaw et al.: per-layer
     tables, ``max_relative_distance`` k), "rope" or "alibi". Only self-attention takes a positional kind.
-    ``symmetric_alibi`` is informational: the bias -m|i-j| is the same formula for both; causal masking
-    is what makes it the paper's one-sided bias in decoders.
+    ALiBi uses one formula, -m_h |i - j|: with ``causal=True`` (decoder) only j <= i is visible, which is
+    the paper's bias; without (encoder) it is the symmetric variant (see positional.alibi_bias).
+    ``dropout`` applies to the attention weights, drawn from ``dropout_rng`` (the model shares one).
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0, *, self_attention=True, positional=None,
