@@ -286,12 +286,16 @@ class Adam(Optimizer):
 
     with ``t`` the number of updates this parameter has received (1 for the first). Note that
     ``eps`` is added after the bias correction of ``sqrt(v)``, as in PyTorch.
+
+    ``no_decay``: names of parameters (as given by ``named_parameters()``, or list positions as
+    strings) that get no weight decay, as a second PyTorch parameter group with
+    ``weight_decay=0`` would; nanoGPT exempts biases and LayerNorm weights (every 1-D parameter).
     """
 
     _state_arrays = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, no_decay=()):
         super().__init__(params, lr)
         who = type(self).__name__
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -300,18 +304,34 @@ class Adam(Optimizer):
                       _check_number(betas[1], "beta2", who, 0.0, 1.0))
         self.eps = _check_number(eps, "eps", who)
         self.weight_decay = _check_number(weight_decay, "weight_decay", who)
+        self._set_no_decay(no_decay)
+
+    def _set_no_decay(self, no_decay):
+        if isinstance(no_decay, str):
+            raise TypeError(f"{type(self).__name__}: no_decay must be a collection of parameter names, "
+                            f"not one string; wrap it: [{no_decay!r}]")
+        names = set(map(str, no_decay))
+        unknown = sorted(names - set(self.names))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: no_decay names unknown parameter(s) {unknown}; "
+                             f"the parameters are {self.names}")
+        self.no_decay = sorted(names)
+        self._decays = [name not in names for name in self.names]   # per parameter: apply weight decay?
 
     def _hyperparameters(self):
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "no_decay": list(self.no_decay)}
 
     def _set_hyperparameters(self, hp):
         self.lr = hp["lr"]
         self.betas = (float(hp["betas"][0]), float(hp["betas"][1]))
         self.eps, self.weight_decay = float(hp["eps"]), float(hp["weight_decay"])
+        self._set_no_decay(hp.get("no_decay", ()))   # absent in checkpoints written before it existed
 
     def _update(self, i, param, grad):
         beta1, beta2 = self.betas
-        lr, eps, wd = self.lr, self.eps, self.weight_decay
+        lr, eps = self.lr, self.eps
+        wd = self.weight_decay if self._decays[i] else 0.0
         a, b = self._scratch_for(self.params[i])
         st = self.state[i]
         if not st:
@@ -352,8 +372,8 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, no_decay=()):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_decay=no_decay)
 
 
 # ---------------------------------------------------------------------------------- clipping

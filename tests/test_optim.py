@@ -105,6 +105,36 @@ def test_adamw_with_zero_gradient_only_shrinks_the_weights():
     np.testing.assert_allclose(p.data, np.array([2.0, -4.0]) * (1 - 0.1 * 0.5), rtol=1e-15)
 
 
+@pytest.mark.parametrize("kind", ["AdamW", "Adam"])
+def test_no_decay_parameters_follow_the_rule_without_weight_decay(kind):
+    """nanoGPT's rule (decay 2-D weights, not biases/norms) as a no_decay name list: each parameter
+    follows the reference with its own weight decay, and the list survives a state-dict round trip."""
+    shapes = ((3, 4), (4,), (2, 3))
+    names = ["w", "b", "v"]
+    params = make_params(shapes=shapes)
+    start = [p.data.copy() for p in params]
+    grads = grad_sequence(params, 5)
+    opt = getattr(optim, kind)(list(zip(names, params)), lr=0.01, weight_decay=0.3, no_decay=["b"])
+    run(opt, params, grads)
+    for i, p in enumerate(params):
+        wd = 0.0 if names[i] == "b" else 0.3
+        expected = reference_adam(start[i], [g[i] for g in grads], 0.01, 0.9, 0.999, 1e-8, wd,
+                                  decoupled=kind == "AdamW")
+        np.testing.assert_allclose(p.data, expected, rtol=1e-12, atol=1e-14)
+    state = json.loads(json.dumps({k: v for k, v in opt.state_dict().items() if k != "arrays"}))
+    fresh = getattr(optim, kind)(list(zip(names, make_params(shapes=shapes))), lr=0.01, weight_decay=0.3)
+    fresh.load_state_dict({**state, "arrays": opt.state_dict()["arrays"]})
+    assert fresh.no_decay == ["b"] and fresh._decays == [True, False, True]
+
+
+def test_no_decay_refuses_unknown_names_and_a_bare_string():
+    params = list(zip(["w", "b"], make_params(shapes=((2, 2), (2,)))))
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['bias'\]"):
+        optim.AdamW(params, no_decay=["bias"])
+    with pytest.raises(TypeError, match="not one string"):
+        optim.AdamW(params, no_decay="b")
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(momentum=0.9),
