@@ -79,7 +79,10 @@ def build_optimizer(model, s):
     if kind == "adam":
         return optim.Adam(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"])
     if kind == "adamw":
-        return optim.AdamW(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"])
+        # nanoGPT's rule: decay the 2-D weights (matrices, embeddings), never biases or LayerNorm gains.
+        no_decay = [name for name, p in params if p.data.ndim < 2]
+        return optim.AdamW(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"],
+                           no_decay=no_decay)
     if kind == "sgd":
         return optim.SGD(params, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
     raise ValueError(f"[train] optimizer must be adam, adamw or sgd, got {kind!r}")
