@@ -348,9 +348,10 @@ def main(argv=None):
     except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError) as error:
+    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError, FloatingPointError) as error:
         # Bad configs, data, checkpoints and files are the user's to fix: one line saying what, no traceback.
-        # (ValueError covers DataValidationError, TokenizerError, CheckpointError and UnicodeDecodeError.)
+        # (ValueError covers DataValidationError, TokenizerError, CheckpointError and UnicodeDecodeError;
+        # FloatingPointError is a diverged training, whose message says what to change.)
         print(f"error: {error}", file=sys.stderr)
         return 2
 
