@@ -264,6 +264,7 @@ def test_decoding_records_nothing_under_no_grad():
 
 
 def test_default_backend_agrees_with_the_reference():
+    pytest.importorskip("numba")
     model = seq2seq("relative", norm_first=True)
     src, tgt = batch()
     reference = model(src, tgt)
