@@ -174,6 +174,9 @@ def test_kill_9_then_resume_is_bit_identical(reference, tmp_path):
     # The log written past the last checkpoint was replaced by the resumed run: still one record per step.
     records, train = train_records(tmp_path)
     assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    resumes = [r for r in records if r["type"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] in (killed_at - 1, killed_at)
+    assert records.index(resumes[0]) == resumes[0]["step"]  # right after the last kept step's record
     # No half-written checkpoint is left behind.
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
@@ -221,3 +224,17 @@ def test_time_budget_stops_training(tmp_path, capsys):
     _, train = train_records(tmp_path)
     assert len(train) == summary["step"]
     assert checkpoint_dir(tmp_path, summary["step"]).is_dir()  # the budget's end saves like any other
+
+
+def test_early_stopping_and_epoch_budget(tmp_path, capsys):
+    # lr 0: validation BLEU never improves on the first validation, so patience 2 stops at the third.
+    run_cli(train_args(tmp_path / "patience", "train.lr=0.0", "train.validate_every=1", "train.patience=2",
+                       "train.max_steps=50"))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["stopped"], summary["step"]) == ("early_stopping", 3)
+    # One epoch of the 22 training pairs is a few batches; the epoch budget stops after its last one.
+    run_cli(train_args(tmp_path / "epoch", "train.max_epochs=1", "train.max_steps=50"))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _, train = train_records(tmp_path / "epoch")
+    assert summary["stopped"] == "max_epochs" and 1 < summary["step"] < 50
+    assert [r["epoch"] for r in train] == [0] * (summary["step"] - 1) + [1]  # the epoch after the step's batch
