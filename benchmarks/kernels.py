@@ -297,6 +297,13 @@ def _memory_bandwidth(repeat):
     return 2 * src.nbytes / statistics.median(times) / 1e9
 
 
+def _threading_layer(numba):
+    try:
+        return numba.threading_layer()
+    except ValueError:      # no prange function ran (e.g. --only without the matmul rows)
+        return "not started"
+
+
 def _time_case(runs, repeat):
     names = list(runs)
     for run in runs.values():          # warm-up: compile, fill caches, let allocators settle
@@ -340,7 +347,8 @@ def main(argv=None):
     import numba
     from npgrad.kernels import numba_kernels, reference
 
-    numba.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)           # the matmul/bandwidth helpers below use prange
+    numba_kernels.set_num_threads(args.threads)   # the kernels' own thread pool
     torch = None
     if not args.no_torch:
         try:
@@ -373,7 +381,7 @@ def main(argv=None):
     meta = {
         "command": "python -m benchmarks kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": _machine(), "cpus": os.cpu_count(), "threads": args.threads,
-        "numba_threading_layer": numba.threading_layer(),
+        "numba_threading_layer": _threading_layer(numba),
         "versions": _versions(torch), "dtype": "float32", "repeat": args.repeat, "statistic": "median",
         "load_average_before": load_before, "load_average_after": _load_average(),
         "copy_bandwidth_GBps": bandwidth,
@@ -410,7 +418,8 @@ def _markdown(meta, rows):
     lines.append(f"2-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s; load average before "
                  f"{meta['load_average_before']}, after {meta['load_average_after']}; versions {meta['versions']}; "
                  f"machine {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads "
-                 f"(Numba layer {meta['numba_threading_layer']}); median of {meta['repeat']}.")
+                 f"(kernels: their own thread pool; Numba prange layer {meta['numba_threading_layer']} for the "
+                 f"matmul/bandwidth helpers); median of {meta['repeat']}.")
     return "\n".join(lines)
 
 

@@ -31,7 +31,9 @@ Why they are fast (measured in benchmarks/, figures in benchmarks/RESULTS.md):
 * rows (or attention batch entries) are split over both cores;
 * a vectorisable exp: Numba here has no Intel SVML, so ``np.exp`` inside a loop is a scalar libm
   call per element. ``_exp`` below is range reduction + polynomial (Cephes' expf / exp), written so
-  that LLVM turns the loop into AVX2/AVX-512 code; it is within ~1-2 ulp of libm's exp;
+  that LLVM turns the loop into AVX2/AVX-512 code; measured against a long-double exp over the whole
+  range, within 1 ulp in float32 (NumPy's own float32 exp: 2.4 ulp) and 1.7 ulp in float64 (the
+  float64 loop is not vectorised by this LLVM; it is used for correctness, not speed);
 * a vectorisable maximum: ``_fmax`` is LLVM's ``maxnum`` intrinsic, which the loop vectoriser turns
   into a SIMD max reduction (Python's ``max`` or ``a if a > b else b`` stay scalar).
 
@@ -123,7 +125,7 @@ def _times_two_factors(p, scale_a, scale_b):
 
 @njit(fastmath=_EXP_FLAGS)
 def _exp_float32(x):
-    """exp(x) for float32 x, within ~2 ulp of the correctly rounded value; loops calling it vectorise.
+    """exp(x) for float32 x, within 1 ulp of the exact value (measured); loops calling it vectorise.
 
     Cephes' expf: x = n ln2 + r with integer n and |r| <= ln2/2 (ln2 split in a part exact in
     float32 and a correction, so r is exact), exp(r) by a degree-7 minimax polynomial, times 2**n
@@ -157,7 +159,7 @@ def _exp_float32(x):
 
 @njit(fastmath=_EXP_FLAGS)
 def _exp_float64(x):
-    """exp(x) for float64 x, within ~1-2 ulp; loops calling it vectorise.
+    """exp(x) for float64 x, within 1.7 ulp of the exact value (measured).
 
     Cephes' exp: x = n ln2 + r, |r| <= ln2/2, exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)) (a Pade
     form), times 2**n as two normal factors (see _exp_float32). 0 below -746, +inf above 709.79.
@@ -425,7 +427,7 @@ def log_softmax_backward(out, gout):
 
 @njit(**_JIT)
 def _cross_entropy_forward_kernel(logits, target, ignore_index, smoothing, loss, lse, start, stop):
-    # Per row, one read of the logits from memory: max and sum (one pass), then the exp-sum (in
+    # Per row, one read of the logits from memory: the max, then the exp-sum and the sum (in
     # cache). loss = lse - (1-eps) x[t] - (eps/V) sum_j x[j]; 0 on ignored rows.
     num_classes = logits.shape[1]
     T = logits.dtype.type
@@ -433,12 +435,15 @@ def _cross_entropy_forward_kernel(logits, target, ignore_index, smoothing, loss,
     smooth_per_class = smoothing / T(num_classes)
     for n in range(start, stop):
         row = logits[n]
-        row_max = T(-np.inf)
+        row_max = _row_max(row)
+        # The exp-sum and the plain sum in one loop (two add reductions vectorise together; a max
+        # and an add reduction in one loop did not: measured 3.5x slower).
+        exp_sum = T(0.0)
         row_sum = T(0.0)
         for j in range(num_classes):
-            row_max = _fmax(row_max, row[j])
+            exp_sum += _exp(row[j] - row_max)
             row_sum += row[j]
-        row_lse = row_max + np.log(_row_exp_sum(row, row_max))
+        row_lse = row_max + np.log(exp_sum)
         lse[n] = row_lse
         t = target[n]
         if t == ignore_index:
