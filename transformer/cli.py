@@ -208,41 +208,26 @@ def cmd_sheet_summary(args):
 
 
 def cmd_lm_sample(args):
-    from . import search
+    from .tasks import lm_generate
     model, (tokenizer, _), _ = load_model(args.checkpoint)
-    prompt = args.prompt if args.prompt else "\n"
-    ids = tokenizer.encode([prompt])[0]
-    if not ids:
-        raise SystemExit("error: the prompt encodes to no tokens")
-    block = model.config.block_size
-    ids = ids[-(block - 1):] if args.max_new_tokens + len(ids) > block else ids
-    out = []
-    rng = np.random.default_rng(args.seed)
-    context = list(ids)
-    remaining = args.max_new_tokens
-    while remaining > 0:
-        # Slide the window when the context fills the block (a fresh cache per window).
-        room = block - len(context) + 1
-        n = min(remaining, max(room, 1))
-        new = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=args.temperature,
-                            top_k=args.top_k or None, top_p=args.top_p or None, rng=rng)
-        new = [int(t) for t in np.ravel(new)]
-        out += new
-        context = (context + new)[-(block // 2):]
-        remaining -= n
-    print(prompt + tokenizer.decode([out])[0])
+    _, new = lm_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
+                         seed=args.seed, use_cache=not args.no_cache)
+    print(args.prompt + tokenizer.decode([new])[0])
     return 0
 
 
 def cmd_lm_eval(args):
+    """Loss, perplexity and bits per token/character/byte of the model on a split; with ``--ngram N`` the
+    Kneser-Ney baseline (fitted on the training split) on the very same predicted tokens."""
     import math
-    from .datasets import load_text
     from .data import split_stream
-    from .evaluate import bits_per_token
     from .tasks import LM_DATA_DEFAULTS, load_lm_text, lm_split_loss
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint)
     run_config = _run_config_of(checkpoint)
     data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
+    if args.data_dir:
+        data["data_dir"] = args.data_dir
     if args.text:
         data["text_path"] = args.text
     text = load_lm_text(data)
@@ -252,16 +237,25 @@ def cmd_lm_eval(args):
     if args.max_tokens:
         split = split[:args.max_tokens]
     loss, count = lm_split_loss(model, split, model.config.block_size)
-    chars = len(tokenizer.decode([split.tolist()])[0])
-    result = {"model": "transformer", "split": args.split, "tokens": count, "loss": loss,
-              "perplexity": math.exp(loss), "bits_per_token": loss / math.log(2),
-              "bits_per_char": loss * count / max(chars, 1) / math.log(2)}
+    # Every token but the first of the split is predicted; bits per character/byte divide the same total
+    # by the characters/UTF-8 bytes those tokens spell.
+    predicted_text = tokenizer.decode([split[1:].tolist()])[0]
+    chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
+
+    def scores(mean_loss):
+        total_bits = mean_loss * count / math.log(2)
+        return {"loss": mean_loss, "perplexity": math.exp(mean_loss) if mean_loss < 709 else math.inf,
+                "bits_per_token": mean_loss / math.log(2), "bits_per_char": total_bits / chars,
+                "bits_per_byte": total_bits / n_bytes}
+
+    result = {"split": args.split, "tokens": count, "characters": chars, "bytes": n_bytes,
+              "tokenizer": tokenizer.config().get("kind"), "block_size": model.config.block_size,
+              "checkpoint": str(checkpoint.directory), "transformer": scores(loss)}
     if args.ngram:
         from .ngram import KneserNeyLM
         lm = KneserNeyLM(args.ngram, tokenizer.vocab_size).fit(train)
-        r = lm.evaluate(split)
-        result["ngram"] = {"order": args.ngram, "loss": r["loss"], "perplexity": r["perplexity"],
-                           "bits_per_token": r["loss"] / math.log(2)}
+        log_probs = lm.token_log_probs(split)[1:]                  # the same targets as the transformer's
+        result["ngram"] = {"order": args.ngram, **scores(float(-log_probs.mean()))}
     print(json.dumps(result, indent=2))
     return 0
 
@@ -319,13 +313,17 @@ def build_parser():
     q.add_argument("--top-k", type=int, default=0)
     q.add_argument("--top-p", type=float, default=0.0)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (no KV cache)")
 
     q = sub.add_parser("lm-eval", help="loss, perplexity and bits per character of a language model")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--split", default="val", choices=["train", "val"])
-    q.add_argument("--text", help="a text file instead of the run's corpus")
-    q.add_argument("--max-tokens", type=int, default=0)
-    q.add_argument("--ngram", type=int, default=0, help="also fit a Kneser-Ney n-gram model of this order")
+    q.add_argument("--text", help="a text file instead of the run's corpus (split by the run's train_fraction)")
+    q.add_argument("--data-dir", help="the corpus cache (default: the run's, or TRANSFORMER_DATA)")
+    q.add_argument("--max-tokens", type=int, default=0, help="only the first N tokens of the split")
+    q.add_argument("--ngram", type=int, default=0,
+                   help="also fit a Kneser-Ney n-gram model of this order on the training split and score it "
+                        "on the same tokens")
     return p
 
 

@@ -204,9 +204,9 @@ class LMTask:
         model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
+        check_lm_block_size(self.train_ids, self.val_ids, block, float(data["train_fraction"]))
         self.batcher = LMBatcher(self.train_ids, block_size=block, batch_size=int(settings["batch_size"]),
                                  seed=int(settings["seed"]), name="train")
-        LMBatcher(self.val_ids, block_size=block, batch_size=1, name="validation")  # checks the split is long enough
         self.model = LanguageModel(self.model_config) if build_model else None
         self.epoch = 0
 
@@ -260,9 +260,26 @@ def load_lm_text(data: dict) -> str:
     else:
         raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a "
                          "text_path")
+    if not text:
+        raise ValueError(f"{where}: the corpus is empty; a language model needs a text to learn from")
     if len(text) < 2:
-        raise ValueError(f"{where}: the corpus has {len(text)} character(s); a language model needs a real text")
+        raise ValueError(f"{where}: the corpus is one character ({text!r}); a language model needs a text "
+                         "(at least block_size + 1 characters in each split)")
+    if len(set(text)) < 2:
+        raise ValueError(f"{where}: the corpus is {len(text)} copies of one character ({text[0]!r}); there is "
+                         "nothing to predict")
     return text
+
+
+def check_lm_block_size(train_ids, val_ids, block_size, train_fraction):
+    """Each split must hold one window of ``block_size`` inputs plus the target after it."""
+    total = len(train_ids) + len(val_ids)
+    for name, ids in (("training", train_ids), ("validation", val_ids)):
+        if len(ids) <= block_size:
+            raise ValueError(
+                f"model.block_size={block_size} is too large for the {name} split: it has {len(ids)} tokens "
+                f"({total} in the corpus, train_fraction {train_fraction}) and a window needs block_size + 1 = "
+                f"{block_size + 1}; use a smaller block_size or a longer text")
 
 
 def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
@@ -282,13 +299,73 @@ def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
                                seed=int(tok["seed"]))[0]
 
 
-def lm_split_loss(model, ids, block_size):
-    """Exact mean loss over a whole split: non-overlapping windows, every token predicted once."""
+def encode_prompt(tokenizer, prompt: str) -> list:
+    """The prompt's token ids; a character outside a character vocabulary is named with its position."""
+    if isinstance(tokenizer, CharTokenizer):
+        for position, char in enumerate(prompt):
+            if char not in tokenizer.index:
+                raise ValueError(f"prompt: character {char!r} (U+{ord(char):04X}) at position {position} is not in "
+                                 f"the model's vocabulary of {tokenizer.vocab_size} characters")
+        if not prompt:
+            # nanoGPT starts from a newline; a vocabulary without one starts from its first character.
+            return [tokenizer.index.get("\n", 0)]
+        return tokenizer.encode([prompt])[0]
+    ids = tokenizer.encode([prompt])[0] if prompt else []
+    if not ids:
+        ids = tokenizer.encode(["\n"])[0] or [tokenizer.bos_id]
+    return ids
+
+
+def lm_generate(model, tokenizer, prompt="", max_new_tokens=500, temperature=0.8, top_k=None, top_p=None,
+                seed=0, use_cache=True):
+    """(prompt ids, new ids): ``max_new_tokens`` sampled continuations of ``prompt``, any length.
+
+    Within one window the KV cache (or, with ``use_cache=False``, full recomputation) feeds the
+    growing context; when the context fills ``block_size`` the window slides: a fresh cache is
+    primed with the last ``block_size // 2`` tokens. One seeded generator draws every token, so the
+    same seed gives the same text, with or without the cache.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    block = model.config.block_size
+    rng = np.random.default_rng(seed)
+    context = list(prompt_ids[-block:])
+    out = []
+    remaining = int(max_new_tokens)
+    while remaining > 0:
+        # search.sample feeds the prompt and all but the last new token: len(context) + n - 1 <= block.
+        n = min(remaining, block - len(context) + 1)
+        new = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=temperature,
+                            top_k=top_k, top_p=top_p, rng=rng, use_cache=use_cache)
+        new = [int(t) for t in np.ravel(new)]
+        out += new
+        remaining -= n
+        context = context + new
+        if len(context) >= block:
+            context = context[-(block // 2):]
+    return prompt_ids, out
+
+
+def lm_split_loss(model, ids, block_size, batch_size=32):
+    """Exact mean loss (nats per token) over a whole split, and the number of tokens predicted.
+
+    The windows of ``sequential_windows`` (non-overlapping, ``block_size`` long, the last one
+    shorter): every token but the first is predicted exactly once, from the tokens before it in its
+    window. Full windows go through the model ``batch_size`` at a time (B, L); the sum is float64.
+    """
+    windows = list(sequential_windows(ids, block_size))
+    if not windows:
+        raise ValueError(f"cannot evaluate a split of {len(ids)} token(s): at least 2 are needed")
     total, count = 0.0, 0
     model.eval()
     with ng.no_grad():
-        for x, y in sequential_windows(ids, block_size):
-            logits = model(x[None, :])
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y, reduction="sum").data)
+        full = [w for w in windows if w[0].size == block_size]
+        tail = [w for w in windows if w[0].size != block_size]
+        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
+        for group in groups:
+            x = np.stack([w[0] for w in group])                                  # (B, L)
+            y = np.stack([w[1] for w in group])                                  # (B, L)
+            logits = model(x)                                                    # (B, L, V)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                           reduction="sum").data)
             count += y.size
     return total / count, count
