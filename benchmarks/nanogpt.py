@@ -407,11 +407,10 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 c.step(x, y)
                 times[c.name].append(time.perf_counter() - t0)
-        if not args.json:
-            done = min(start + args.chunk, args.iters)
-            print(f"  {done}/{args.iters}  " + "  ".join(
-                f"{c.name} loss {c.losses[-1]:.4f} {1000 * sum(times[c.name][-args.chunk:]) / args.chunk:.1f} ms/it"
-                for c in contenders), file=sys.stderr, flush=True)
+        done = min(start + args.chunk, args.iters)              # progress on stderr; stdout has the result
+        print(f"  {done}/{args.iters}  " + "  ".join(
+            f"{c.name} loss {c.losses[-1]:.4f} {1000 * sum(times[c.name][-args.chunk:]) / args.chunk:.1f} ms/it"
+            for c in contenders), file=sys.stderr, flush=True)
     report["load_after"] = _load()
 
     results = {}

@@ -205,6 +205,25 @@ def test_split_loss_is_the_same_batched_or_window_by_window():
     assert batched == pytest.approx(numpy_token_losses(model, ids, 16).mean(), rel=1e-12)
 
 
+def test_sentencepiece_vocabulary_keeps_the_lines_and_round_trips(tmp_path):
+    """A subword LM: SentencePiece trained on the corpus; the stream keeps the newlines (one byte piece
+    between lines) so decoding the whole stream gives the text back."""
+    from transformer.tasks import decode_lm_ids, encode_lm_text
+    text = corpus_text(200)
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    config = {"data": {"text_path": str(path)}, "model": dict(TINY_MODEL),
+              "tokenizer": {"kind": "sentencepiece", "vocab_size": 300, "model_type": "bpe"}}
+    task = LMTask(config, tmp_path / "run", train_settings(dict(TINY_TRAIN)))
+    stream = np.concatenate([task.train_ids, task.val_ids])
+    assert task.model_config.vocab_size == task.tokenizer.vocab_size == 300
+    assert len(stream) < 0.6 * len(text)                     # subwords: fewer tokens than characters
+    assert decode_lm_ids(task.tokenizer, stream) == text
+    assert np.array_equal(encode_lm_text(task.tokenizer, text), stream)
+    newline = encode_prompt(task.tokenizer, "")
+    assert encode_prompt(task.tokenizer, "the cat\nthe")[-2] == newline[0]
+
+
 # ------------------------------------------------------------------------------------------------ errors
 def lm_task(tmp_path, text, **model):
     path = tmp_path / "corpus.txt"

@@ -208,12 +208,12 @@ def cmd_sheet_summary(args):
 
 
 def cmd_lm_sample(args):
-    from .tasks import lm_generate
+    from .tasks import decode_lm_ids, lm_generate
     model, (tokenizer, _), _ = load_model(args.checkpoint)
     _, new = lm_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
                          seed=args.seed, use_cache=not args.no_cache)
-    print(args.prompt + tokenizer.decode([new])[0])
+    print(args.prompt + decode_lm_ids(tokenizer, new))
     return 0
 
 
@@ -222,7 +222,7 @@ def cmd_lm_eval(args):
     Kneser-Ney baseline (fitted on the training split) on the very same predicted tokens."""
     import math
     from .data import split_stream
-    from .tasks import LM_DATA_DEFAULTS, load_lm_text, lm_split_loss
+    from .tasks import LM_DATA_DEFAULTS, decode_lm_ids, encode_lm_text, load_lm_text, lm_split_loss
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint)
     run_config = _run_config_of(checkpoint)
     data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
@@ -231,7 +231,7 @@ def cmd_lm_eval(args):
     if args.text:
         data["text_path"] = args.text
     text = load_lm_text(data)
-    ids = np.asarray(tokenizer.encode([text])[0], dtype=np.int64)
+    ids = encode_lm_text(tokenizer, text)
     train, val = split_stream(ids, float(data["train_fraction"]))
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
@@ -239,7 +239,7 @@ def cmd_lm_eval(args):
     loss, count = lm_split_loss(model, split, model.config.block_size)
     # Every token but the first of the split is predicted; bits per character/byte divide the same total
     # by the characters/UTF-8 bytes those tokens spell.
-    predicted_text = tokenizer.decode([split[1:].tolist()])[0]
+    predicted_text = decode_lm_ids(tokenizer, split[1:])
     chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
 
     def scores(mean_loss):

@@ -198,7 +198,7 @@ class LMTask:
         text = load_lm_text(data)
         self.tok_dir = self.run_dir / "tokenizer"
         self.tokenizer = prepare_lm_tokenizer(config, text, self.tok_dir)
-        ids = np.asarray(self.tokenizer.encode([text])[0], dtype=np.int64)
+        ids = encode_lm_text(self.tokenizer, text)
         self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
         model_section = dict(config.get("model", {}))
         model_section.setdefault("seed", int(settings["seed"]))
@@ -299,6 +299,38 @@ def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
                                seed=int(tok["seed"]))[0]
 
 
+def _newline_id(tokenizer):
+    """SentencePiece's byte piece for "\n" (``byte_fallback`` models have one), or None."""
+    processor = getattr(tokenizer, "processor", None)
+    if processor is None:
+        return None
+    piece_id = processor.piece_to_id("<0x0A>")
+    return None if piece_id == processor.unk_id() else piece_id
+
+
+def encode_lm_text(tokenizer, text: str) -> np.ndarray:
+    """A text as one int64 token stream. Characters map one to one; SentencePiece encodes line by line
+    and joins the lines with its newline byte piece, because its normalisation turns a newline inside
+    a text into a space and the line structure (verse, speakers) is part of what the model learns."""
+    newline = _newline_id(tokenizer)
+    if newline is None:
+        return np.asarray(tokenizer.encode([text])[0], dtype=np.int64)
+    lines = text.split("\n")
+    stream = []
+    for i, ids in enumerate(tokenizer.encode(lines)):
+        stream += ids
+        if i + 1 < len(lines):
+            stream.append(newline)
+    return np.asarray(stream, dtype=np.int64)
+
+
+def decode_lm_ids(tokenizer, ids) -> str:
+    """The text of a token stream (the inverse of ``encode_lm_text``, up to SentencePiece's
+    normalisation: each line after a newline piece loses the space SentencePiece puts before it)."""
+    text = tokenizer.decode([[int(i) for i in ids]])[0]
+    return text.replace("\n ", "\n") if _newline_id(tokenizer) is not None else text
+
+
 def encode_prompt(tokenizer, prompt: str) -> list:
     """The prompt's token ids; a character outside a character vocabulary is named with its position."""
     if isinstance(tokenizer, CharTokenizer):
@@ -310,9 +342,10 @@ def encode_prompt(tokenizer, prompt: str) -> list:
             # nanoGPT starts from a newline; a vocabulary without one starts from its first character.
             return [tokenizer.index.get("\n", 0)]
         return tokenizer.encode([prompt])[0]
-    ids = tokenizer.encode([prompt])[0] if prompt else []
+    ids = encode_lm_text(tokenizer, prompt).tolist() if prompt else []
     if not ids:
-        ids = tokenizer.encode(["\n"])[0] or [tokenizer.bos_id]
+        newline = _newline_id(tokenizer)
+        ids = [newline if newline is not None else tokenizer.bos_id]
     return ids
 
 
