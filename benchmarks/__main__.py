@@ -11,6 +11,8 @@ import sys
 # command name -> (module, one-line description)
 COMMANDS = {
     "kernels": ("benchmarks.kernels", "fused kernels (numba vs numpy vs PyTorch CPU), forward+backward"),
+    "step": ("benchmarks.step", "full training step (seq2seq, LM) vs the same model in PyTorch; peak memory"),
+    "decode": ("benchmarks.decode", "greedy and beam-5 decoding with and without the KV cache"),
 }
 
 
