@@ -95,6 +95,29 @@ def test_a_tiny_corpus_trains_and_its_loss_falls(trained):
     assert (run_dir / "checkpoints").is_dir() and (run_dir / "tokenizer" / "tokenizer.json").is_file()
 
 
+def test_lm_run_stopped_and_resumed_is_bit_identical(tmp_path):
+    """The translation machinery (checkpoint, exact resume) serves the LM: the window generator, the
+    dropout generator and AdamW's moments all carry over."""
+    from transformer.checkpoint import load_checkpoint
+    text_path = tmp_path / "corpus.txt"
+    text_path.write_text(corpus_text(60))
+    train = dict(max_steps=6, lr_schedule="constant", validate_every=3, eval_iters=1)
+    config = write_config(tmp_path / "c.toml", text_path, model=dict(dropout=0.1, n_layers=1), train=train)
+    states = {}
+    for name, stops in (("straight", [6]), ("resumed", [3, 6])):
+        for i, stop in enumerate(stops):
+            args = ["lm-train", "--config", str(config), "--run-dir", str(tmp_path / name),
+                    f"train.max_steps={stop}"] + (["--resume"] if i else [])
+            assert cli.main(args) == 0
+        states[name] = load_checkpoint(tmp_path / name / "checkpoints" / "step-000000006").model_state
+    assert states["straight"].keys() == states["resumed"].keys()
+    for key, value in states["straight"].items():
+        assert value.tobytes() == states["resumed"][key].tobytes(), key
+    first = [r["loss"] for r in read_log(tmp_path / "straight") if r["type"] == "train"]
+    again = [r["loss"] for r in read_log(tmp_path / "resumed") if r["type"] == "train"]
+    assert first == again and len(first) == 6
+
+
 def test_adamw_decays_only_two_dimensional_weights():
     """nanoGPT's rule through the trainer's optimizer builder: biases and LayerNorm gains never decay."""
     model = LanguageModel(LMConfig(vocab_size=11, **{**TINY_MODEL, "bias": True}))
