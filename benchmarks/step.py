@@ -21,7 +21,7 @@ Timing: both models live in this process; every repetition runs one step of each
 first, and the table reports medians and the ratio npgrad / PyTorch (the machine is shared and drifts,
 so only steps measured side by side are compared). Peak resident memory: each contender runs a few
 steps alone in a fresh subprocess (``python -m benchmarks.step --worker CONFIG CONTENDER``) and reports
-its ``ru_maxrss``, so neither pollutes the other's figure; the resident size right after imports and
+its peak resident size (VmHWM), so neither pollutes the other's figure; the resident size right after imports and
 model construction is printed beside it (PyTorch's runtime alone is a few hundred MiB).
 """
 from __future__ import annotations
@@ -310,6 +310,15 @@ def _pin_blas_threads(threads, argv):
 
 
 def _maxrss_mib():
+    """Peak resident size of this process. VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a
+    worker forked from the (large) benchmark process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0                         # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # Linux: KiB
 
 
