@@ -192,9 +192,11 @@ def numpy_token_losses(model, ids, block_size):
 
 def test_lm_eval_perplexity_is_exp_of_the_mean_token_loss(trained, capsys):
     run_dir, text_path = trained
-    code, out, err = run(capsys, "lm-eval", "--checkpoint", run_dir, "--ngram", 3)
+    block = TINY_MODEL["block_size"]
+    code, out, err = run(capsys, "lm-eval", "--checkpoint", run_dir, "--ngram", 3, "--stride", block)
     assert code == 0, err
     result = json.loads(out)
+    assert (result["block_size"], result["stride"]) == (block, block)         # non-overlapping windows
     model, (tokenizer, _), _ = cli.load_model(run_dir)
     ids = np.asarray(tokenizer.encode([text_path.read_text()])[0])
     _, val = split_stream(ids, 0.9)
@@ -216,6 +218,40 @@ def test_lm_eval_perplexity_is_exp_of_the_mean_token_loss(trained, capsys):
     assert result["ngram"]["loss"] == pytest.approx(baseline, rel=1e-9)
     assert result["ngram"]["perplexity"] == pytest.approx(math.exp(baseline), rel=1e-9)
     assert 1.0 < result["ngram"]["perplexity"] < tokenizer.vocab_size
+
+
+def test_lm_eval_slides_its_window_by_default(trained, capsys):
+    run_dir, _ = trained
+    losses, tokens = {}, set()
+    for stride in ([], ["--stride", 16], ["--stride", 4]):
+        code, out, err = run(capsys, "lm-eval", "--checkpoint", run_dir, *stride)
+        assert code == 0, err
+        result = json.loads(out)
+        losses[result["stride"]] = result["transformer"]["loss"]
+        tokens.add(result["tokens"])
+        assert "ngram" not in result
+    assert set(losses) == {8, 16, 4}                         # default: block_size // 2
+    assert len(tokens) == 1                                  # the same tokens, scored with different contexts
+    assert len(set(losses.values())) == 3
+
+
+def test_sliding_split_loss_with_stride_1_gives_every_token_its_full_context():
+    """Brute force: token t predicted from exactly the min(t, L) tokens before it, one forward each."""
+    import npgrad as ng
+    model, tokenizer = float64_model_and_tokenizer(seed=4)
+    ids = np.asarray(tokenizer.encode([corpus_text(3)])[0])[:40]
+    L = TINY_MODEL["block_size"]
+    expected = []
+    with ng.no_grad():
+        for t in range(1, len(ids)):
+            logits = model(ids[max(0, t - L):t][None, :]).data[0, -1]
+            expected.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[ids[t]])
+    loss, count = lm_split_loss(model, ids, L, stride=1, batch_size=7)
+    assert count == len(ids) - 1
+    assert loss == pytest.approx(np.mean(expected), rel=1e-12)
+    assert lm_split_loss(model, ids, L, stride=L)[0] == pytest.approx(lm_split_loss(model, ids, L)[0], rel=1e-14)
+    with pytest.raises(ValueError, match="stride must be between 1 and block_size=16, got 17"):
+        lm_split_loss(model, ids, L, stride=17)
 
 
 def test_split_loss_is_the_same_batched_or_window_by_window():

@@ -236,7 +236,9 @@ def cmd_lm_eval(args):
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
         split = split[:args.max_tokens]
-    loss, count = lm_split_loss(model, split, model.config.block_size)
+    block = model.config.block_size
+    stride = args.stride or max(block // 2, 1)
+    loss, count = lm_split_loss(model, split, block, stride=stride)
     # Every token but the first of the split is predicted; bits per character/byte divide the same total
     # by the characters/UTF-8 bytes those tokens spell.
     predicted_text = decode_lm_ids(tokenizer, split[1:])
@@ -249,7 +251,7 @@ def cmd_lm_eval(args):
                 "bits_per_byte": total_bits / n_bytes}
 
     result = {"split": args.split, "tokens": count, "characters": chars, "bytes": n_bytes,
-              "tokenizer": tokenizer.config().get("kind"), "block_size": model.config.block_size,
+              "tokenizer": tokenizer.config().get("kind"), "block_size": block, "stride": stride,
               "checkpoint": str(checkpoint.directory), "transformer": scores(loss)}
     if args.ngram:
         from .ngram import KneserNeyLM
@@ -321,6 +323,10 @@ def build_parser():
     q.add_argument("--text", help="a text file instead of the run's corpus (split by the run's train_fraction)")
     q.add_argument("--data-dir", help="the corpus cache (default: the run's, or TRANSFORMER_DATA)")
     q.add_argument("--max-tokens", type=int, default=0, help="only the first N tokens of the split")
+    q.add_argument("--stride", type=int, default=0,
+                   help="windows of block_size tokens start every STRIDE tokens and each token is scored once, "
+                        "so every token after the first window has at least block_size - STRIDE tokens of context "
+                        "(default block_size // 2; block_size gives non-overlapping windows, as in training)")
     q.add_argument("--ngram", type=int, default=0,
                    help="also fit a Kneser-Ney n-gram model of this order on the training split and score it "
                         "on the same tokens")

@@ -378,27 +378,55 @@ def lm_generate(model, tokenizer, prompt="", max_new_tokens=500, temperature=0.8
     return prompt_ids, out
 
 
-def lm_split_loss(model, ids, block_size, batch_size=32):
-    """Exact mean loss (nats per token) over a whole split, and the number of tokens predicted.
+def lm_eval_windows(num_tokens, block_size, stride=None):
+    """[(start, length, first_scored)]: the windows that score every token of a stream but the first once.
 
-    The windows of ``sequential_windows`` (non-overlapping, ``block_size`` long, the last one
-    shorter): every token but the first is predicted exactly once, from the tokens before it in its
-    window. Full windows go through the model ``batch_size`` at a time (B, L); the sum is float64.
+    Window ``ids[start:start+length]`` predicts ``ids[start+1:start+length+1]``; only its positions
+    ``>= first_scored`` count (the earlier ones were scored by the previous window). ``stride=None`` or
+    ``block_size``: non-overlapping windows (``sequential_windows``; context 0..L-1, as in training).
+    A smaller stride slides the window, so every token after the first window is predicted from at
+    least ``block_size - stride`` tokens of context (the usual sliding-window perplexity).
     """
-    windows = list(sequential_windows(ids, block_size))
-    if not windows:
+    stride = block_size if stride is None else int(stride)
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride must be between 1 and block_size={block_size}, got {stride}")
+    windows, scored_until, start = [], 0, 0      # targets 1..scored_until are scored
+    while scored_until < num_tokens - 1:
+        length = min(block_size, num_tokens - 1 - start)
+        windows.append((start, length, scored_until - start))
+        scored_until = start + length
+        start += stride
+    return windows
+
+
+def lm_split_loss(model, ids, block_size, batch_size=32, stride=None):
+    """Mean loss (nats per token) over a whole split, and the number of tokens predicted (len - 1).
+
+    Every token but the first is predicted exactly once, from the tokens before it in its window
+    (``lm_eval_windows``: non-overlapping by default, sliding with ``stride``). Windows of equal
+    length go through the model ``batch_size`` at a time (B, L); the sum is float64.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) < 2:
         raise ValueError(f"cannot evaluate a split of {len(ids)} token(s): at least 2 are needed")
+    windows = lm_eval_windows(len(ids), block_size, stride)
+    by_length = {}
+    for window in windows:
+        by_length.setdefault(window[1], []).append(window)
     total, count = 0.0, 0
     model.eval()
     with ng.no_grad():
-        full = [w for w in windows if w[0].size == block_size]
-        tail = [w for w in windows if w[0].size != block_size]
-        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
-        for group in groups:
-            x = np.stack([w[0] for w in group])                                  # (B, L)
-            y = np.stack([w[1] for w in group])                                  # (B, L)
-            logits = model(x)                                                    # (B, L, V)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                           reduction="sum").data)
-            count += y.size
+        for length, group in by_length.items():
+            for i in range(0, len(group), batch_size):
+                chunk = group[i:i + batch_size]
+                offsets = np.arange(length)
+                x = np.stack([ids[start + offsets] for start, _, _ in chunk])     # (B, L)
+                y = np.stack([ids[start + 1 + offsets] for start, _, _ in chunk])  # (B, L)
+                logits = model(x)                                                  # (B, L, V)
+                losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                         reduction="none").data.reshape(len(chunk), length)
+                scored = offsets[None, :] >= np.array([first for _, _, first in chunk])[:, None]  # (B, L)
+                total += float(losses.astype(np.float64)[scored].sum())
+                count += int(scored.sum())
+    assert count == len(ids) - 1, (count, len(ids))
     return total / count, count
