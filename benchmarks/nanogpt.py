@@ -1,6 +1,6 @@
 """nanoGPT's CPU recipe on tiny Shakespeare, trained by npgrad and by PyTorch side by side.
 
-    python -m benchmarks.nanogpt [--iters 2000] [--json] [--threads 2] [--data-dir DIR]
+    python -m benchmarks nanogpt [--iters 2000] [--json] [--threads 2] [--init ours|nanogpt] [--data-dir DIR]
 
 The recipe (nanoGPT's README, "I only have a macbook"; configs/shakespeare_char.toml): characters,
 4 layers, 4 heads, width 128, context 64, batch 12, 2000 iterations, no dropout, no biases,
@@ -10,9 +10,10 @@ at the last iteration, gradient clipping at 1.0.
 
 Both contenders train the identical model from the identical start on the identical batches:
 
-* the weights are drawn once with NumPy (nanoGPT's init: N(0, 0.02), residual projections
-  N(0, 0.02 / sqrt(2 n_layers)), LayerNorm gains 1; ``--init ours`` keeps npgrad's Xavier init)
-  and copied into both models;
+* the weights are drawn once with NumPy and copied into both models: by default npgrad's own
+  ``LanguageModel`` init (what ``lm-train`` trains: embeddings N(0, 0.02), projections
+  Xavier-uniform, seeded by the config's seed), or with ``--init nanogpt`` nanoGPT's
+  ``_init_weights`` (every matrix N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layers)));
 * the training windows come from one seeded ``LMBatcher`` stream, drawn before timing;
 * the learning rate of every update comes from the same ``WarmupCosineSchedule`` formula;
 * npgrad uses the project's own optimizer and schedule builders (``transformer.train``) with the
@@ -62,13 +63,14 @@ def _load():
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.nanogpt", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks nanogpt", description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=2000, help="training iterations (the cosine decays over them)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/Numba/PyTorch threads for both contenders")
     p.add_argument("--chunk", type=int, default=50, help="iterations per turn when alternating contenders")
     p.add_argument("--eval-iters", type=int, default=20, help="batches per split for nanoGPT's loss estimate")
     p.add_argument("--seed", type=int, default=1337, help="weights and batches (nanoGPT's seed)")
-    p.add_argument("--init", choices=["nanogpt", "ours"], default="nanogpt")
+    p.add_argument("--init", choices=["ours", "nanogpt"], default="ours",
+                   help="npgrad's LanguageModel init (as lm-train) or nanoGPT's N(0, 0.02) init")
     p.add_argument("--config", default="shakespeare_char", help="the recipe's config (model and train sections)")
     p.add_argument("--data-dir", help="cache directory holding tinyshakespeare/ (default TRANSFORMER_DATA)")
     p.add_argument("--no-torch", action="store_true", help="run npgrad alone")
