@@ -289,7 +289,9 @@ def _accumulate_leaf(leaf, g, create_graph):
         # .grad becomes a Tensor whose graph can be differentiated again.
         leaf.grad = g if leaf.grad is None else leaf.grad + g
     elif leaf.grad is None:
-        leaf.grad = np.array(g, dtype=leaf.data.dtype, copy=True)  # never alias a gradient buffer
+        # A fresh C-ordered copy: never alias a gradient buffer, and keep the layout of the
+        # parameter (a GEMM may hand back a transposed view; optimizers stream over .grad).
+        leaf.grad = np.array(g, dtype=leaf.data.dtype, copy=True, order="C")
     elif isinstance(leaf.grad, Tensor):
         # A create_graph gradient from an earlier backward: continue with a fresh plain array
         # (never write into that Tensor's array, which the user may hold).
