@@ -5,6 +5,8 @@ from .tensor import Tensor, enable_grad, grad, is_grad_enabled, no_grad, tensor
 from . import ops  # noqa: F401  (attaches Tensor operators and methods)
 from .ops.shape import concatenate, stack, where
 from . import functional
+from . import nn, optim
+from .nn import manual_seed
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck, hessian, hvp, jacobian, numerical_hessian, numerical_jacobian
 
 __version__ = "0.1.0"
@@ -13,4 +15,5 @@ __all__ = [
     "Tensor", "tensor", "Function", "Context", "no_grad", "enable_grad", "is_grad_enabled", "grad",
     "set_backend", "get_backend", "use_backend", "concatenate", "stack", "where", "functional",
     "gradcheck", "gradgradcheck", "GradcheckError", "jacobian", "numerical_jacobian", "hessian", "numerical_hessian", "hvp",
+    "nn", "optim", "manual_seed",
 ]

@@ -46,9 +46,12 @@ _default_generator = np.random.default_rng(0)
 
 
 def manual_seed(seed: int) -> np.random.Generator:
-    """Reseed the module-level default generator (used where an initialiser gets ``rng=None``)."""
+    """Reseed the default generators: initialisers' (``rng=None``) and dropout's (``F.dropout``/attention
+    dropout with ``rng=None``). Also ``ng.manual_seed``."""
     global _default_generator
+    from .ops.elementwise import manual_seed as seed_dropout
     _default_generator = np.random.default_rng(seed)
+    seed_dropout(seed)
     return _default_generator
 
 
@@ -643,8 +646,8 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.1, rng=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not (0.0 <= p < 1.0):
-            raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not (0.0 <= p <= 1.0):
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         if rng is None:
             rng = np.random.default_rng(int(_default_generator.integers(2 ** 63)))

@@ -289,8 +289,8 @@ def test_constructor_arguments_are_checked():
         nn.Linear(2, 3, rng="seed")
     with pytest.raises(ValueError, match="padding_idx"):
         nn.Embedding(5, 2, padding_idx=5)
-    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\)"):
-        nn.Dropout(1.0)
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\]"):
+        nn.Dropout(1.5)
     with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
         nn.LayerNorm(4, dtype=np.float16)
 

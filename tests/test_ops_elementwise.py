@@ -198,9 +198,13 @@ def test_dropout_identity_cases_and_errors():
     x = ng.tensor(np.ones((3, 4)), requires_grad=True)
     assert F.dropout(x, 0.0) is x
     assert F.dropout(x, 0.7, training=False) is x
-    for bad in (-0.1, 1.0, 1.5, float("nan"), "0.1", None):
-        with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\)"):
+    for bad in (-0.1, 1.5, float("nan"), "0.1", None):
+        with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\]"):
             F.dropout(x, bad)
+    # p = 1 drops everything, as in PyTorch: zeros and a zero gradient.
+    y = F.dropout(x, 1.0)
+    y.sum().backward()
+    assert not y.data.any() and not x.grad.any()
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         F.dropout(x, 0.5, rng=np.random.RandomState(0))
 

@@ -56,14 +56,22 @@ def _resolve_checkpoint(path):
     raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
 
 
-def load_model(checkpoint_dir, dtype=None):
-    """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory)."""
+def load_model(checkpoint_dir, kind=None):
+    """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory).
+
+    ``kind`` ("translation" or "lm"), when given, refuses the other kind of checkpoint with a clear error.
+    """
     from .checkpoint import load_checkpoint
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
     checkpoint = load_checkpoint(_resolve_checkpoint(checkpoint_dir))
     config = dict(checkpoint.config)
-    if "vocab_size" in config:
+    found = "lm" if "vocab_size" in config else "translation"
+    if kind is not None and kind != found:
+        use = "lm-sample / lm-eval" if found == "lm" else "translate / evaluate"
+        raise ValueError(f"{checkpoint.directory} is a {'language-model' if found == 'lm' else 'translation'} "
+                         f"checkpoint; use {use} with it")
+    if found == "lm":
         model = LanguageModel(LMConfig.from_dict(config))
     else:
         model = Transformer(TransformerConfig.from_dict(config))
@@ -102,10 +110,11 @@ def _train(args, task_class):
     seed_everything(settings["seed"])
     run_dir = _run_dir(config, args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     task = task_class(config, run_dir, settings)
     print(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}", file=sys.stderr)
     trainer = Trainer(task, run_dir, settings, resume=args.resume)
+    # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     state = trainer.run()
     print(json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"],
                       "run_dir": str(run_dir)}))
@@ -124,7 +133,7 @@ def cmd_lm_train(args):
 
 def cmd_translate(args):
     from .tasks import translate_sentences
-    model, (src_tok, tgt_tok), _ = load_model(args.checkpoint)
+    model, (src_tok, tgt_tok), _ = load_model(args.checkpoint, kind="translation")
     lines = _read_input(args.input)
     out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
                               alpha=args.alpha)
@@ -142,7 +151,7 @@ def cmd_evaluate(args):
     from .tasks import DATA_DEFAULTS, TranslationTask, load_corpus, translate_sentences
     import npgrad as ng
     from npgrad import functional as F
-    model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint)
+    model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
     run_config = _run_config_of(checkpoint)
     data = {**DATA_DEFAULTS, **run_config.get("data", {})}
     if args.data_dir:
@@ -209,7 +218,7 @@ def cmd_sheet_summary(args):
 
 def cmd_lm_sample(args):
     from .tasks import decode_lm_ids, lm_generate
-    model, (tokenizer, _), _ = load_model(args.checkpoint)
+    model, (tokenizer, _), _ = load_model(args.checkpoint, kind="lm")
     _, new = lm_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
                          seed=args.seed, use_cache=not args.no_cache)
@@ -223,7 +232,7 @@ def cmd_lm_eval(args):
     import math
     from .data import split_stream
     from .tasks import LM_DATA_DEFAULTS, decode_lm_ids, encode_lm_text, load_lm_text, lm_split_loss
-    model, (tokenizer, _), checkpoint = load_model(args.checkpoint)
+    model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="lm")
     run_config = _run_config_of(checkpoint)
     data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
     if args.data_dir:

@@ -219,7 +219,9 @@ class Trainer:
         for stale in self.manager.root.glob(".step-*.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         checkpoint = self.manager.load_last()
+        configured = self.schedule.state_dict()
         checkpoint.restore(self.model, self.optimizer, self.schedule)
+        self._apply_changed_schedule(configured)
         for name, rng in self._rngs().items():
             checkpoint.restore_rng(name, rng)
         train_state = dict(checkpoint.train_state)
@@ -229,6 +231,20 @@ class Trainer:
         self.state["stopped"] = None
         self._resumed_from = last
         self.progress.message(f"resumed from {last} at step {self.state['step']}")
+
+    def _apply_changed_schedule(self, configured):
+        """Resuming with the same config continues exactly; where the schedule's settings in the config differ
+        from the checkpoint's (e.g. a longer cosine decay for more steps), the config wins, at the saved step,
+        and the change is said (never silently ignored)."""
+        restored = self.schedule.state_dict()
+        changed = {k: v for k, v in configured.items() if k not in ("step_num", "type") and restored.get(k) != v}
+        if restored.get("type") != configured.get("type"):
+            raise ValueError(f"--resume: the checkpoint's schedule is {restored.get('type')}, the config asks for "
+                             f"{configured.get('type')}; resume with the run's own train.lr_schedule")
+        if changed:
+            self.schedule.load_state_dict({**restored, **changed})
+            self.progress.message("resume: schedule settings changed by the config: " + ", ".join(
+                f"{k} {restored.get(k)} -> {v}" for k, v in changed.items()))
 
     # ------------------------------------------------------------------ the loop
     def _on_sigint(self, signum, frame):

@@ -34,7 +34,8 @@ def _check_dropout(op, dropout_p, training, rng):
     if not training or dropout_p == 0.0:
         return 0.0, None
     if rng is None:
-        rng = np.random.default_rng()
+        from .elementwise import default_rng
+        rng = default_rng()                  # seeded; ng.manual_seed reseeds it
     elif not isinstance(rng, np.random.Generator):
         raise TypeError(f"{op}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
     return dropout_p, rng

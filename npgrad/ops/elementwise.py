@@ -411,9 +411,16 @@ _KEEP_LEVELS = 1 << _KEEP_BITS
 
 
 def manual_seed(seed):
-    """Reseed the module's default dropout generator (used when dropout gets rng=None)."""
+    """Reseed the default dropout generator (used when dropout or attention dropout gets rng=None).
+
+    ``ng.manual_seed`` calls this together with npgrad.nn's initialiser generator."""
     global _default_rng
     _default_rng = np.random.default_rng(seed)
+
+
+def default_rng():
+    """The generator dropout uses when given rng=None (see manual_seed)."""
+    return _default_rng
 
 
 def _keep_mask(rng, shape, p):
@@ -460,13 +467,16 @@ class Dropout(Function):
 def dropout(x, p=0.5, training=True, rng=None):
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
 
-    Returns x itself when ``training`` is False or p == 0. ``rng`` is an np.random.Generator
-    (same seed, same mask); None uses the module's default generator (see :func:`manual_seed`).
+    Returns x itself when ``training`` is False or p == 0, and zeros (with a zero gradient) when p == 1,
+    as PyTorch does. ``rng`` is an np.random.Generator (same seed, same mask); None uses the module's
+    default generator (see :func:`manual_seed`).
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: p must be a probability in [0, 1), got {p!r}")
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
     if not training or p == 0:
         return x
+    if p == 1:
+        return x * 0.0
     if rng is None:
         rng = _default_rng
     if not isinstance(rng, np.random.Generator):
