@@ -1,7 +1,7 @@
 """Numba kernels: the same functions, signatures and results as reference.py, jitted and fused.
 
 Every public function here is a thin Python wrapper with exactly the signature of its NumPy twin
-in reference.py (see notes/KERNELS.md). The wrapper
+in reference.py. The wrapper
 
 * checks the dtype (float32 or float64; the output keeps it) and copies strided, read-only or
   mixed-dtype input to one C-contiguous array of that dtype, so each jitted kernel is compiled for

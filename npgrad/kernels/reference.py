@@ -1,8 +1,7 @@
 """Pure-NumPy reference kernels: the readable twins of the Numba kernels (numba_kernels.py).
 
 Each function works on plain ndarrays; the derivative it implements is derived in the Function
-that calls it (npgrad/ops/). Signatures are shared with numba_kernels.py exactly (see
-notes/KERNELS.md). Conventions:
+that calls it (npgrad/ops/). Signatures are shared with numba_kernels.py exactly. Conventions:
 
 * The row kernels take 2-D arrays: N rows (every leading axis flattened by the op) of V or C
   entries. The attention kernels take 3-D arrays whose first axis B is every leading axis

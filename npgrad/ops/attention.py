@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from ..function import Function
+from .elementwise import _keep_mask
 from ..kernels import K
 from .softmax import as_float_array, softmax
 
@@ -64,7 +65,7 @@ def _attention_core_forward(q, k, v, mask, is_causal, scale, dropout_p, rng):
     out, probs = K.attention_forward(q, k, v, mask, is_causal, scale)
     if dropout_p == 0.0:
         return out, probs, None
-    keep = rng.random(probs.shape, dtype=probs.dtype) >= dropout_p     # (B,Lq,Lk) bool, P(keep) = 1 - p
+    keep = _keep_mask(rng, probs.shape, dropout_p)                      # (B,Lq,Lk) bool, P(keep) = 1 - p
     out = np.matmul(_dropped(probs, keep, dropout_p), v)               # the kernel's P V is replaced
     return out, probs, keep
 
