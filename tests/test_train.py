@@ -135,9 +135,10 @@ def test_resume_without_the_rng_states_would_differ(reference, tmp_path, monkeyp
 
 
 # ------------------------------------------------------------------------------------------------ real processes
-def start_training(run_dir, *overrides):
+def start_training(run_dir, *overrides, hold_at_step=0):
+    # hold_at_step: the loop waits after that step until signalled, so the signal lands at a known step.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               NPGRAD_BACKEND=SUBPROCESS_BACKEND)
+               NPGRAD_BACKEND=SUBPROCESS_BACKEND, TRANSFORMER_HOLD_AT_STEP=str(hold_at_step))
     return subprocess.Popen([sys.executable, "-m", "transformer", *train_args(run_dir, *overrides)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -159,7 +160,7 @@ def wait_for_steps(process, run_dir, steps, timeout=120.0):
 
 def test_kill_9_then_resume_is_bit_identical(reference, tmp_path):
     # Long budget so the kill lands mid-run; the resumed run is cut back to STEPS by its own budget.
-    process = start_training(tmp_path, "train.max_steps=1000")
+    process = start_training(tmp_path, "train.max_steps=1000", hold_at_step=3)
     wait_for_steps(process, tmp_path, 3)
     process.send_signal(signal.SIGKILL)
     process.communicate()
@@ -182,7 +183,7 @@ def test_kill_9_then_resume_is_bit_identical(reference, tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes(reference, tmp_path):
-    process = start_training(tmp_path, "train.max_steps=1000", "train.checkpoint_every=1000")
+    process = start_training(tmp_path, "train.max_steps=1000", "train.checkpoint_every=1000", hold_at_step=2)
     wait_for_steps(process, tmp_path, 2)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

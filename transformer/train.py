@@ -181,6 +181,9 @@ class Trainer:
                       "last_validated": 0, "stopped": None}
         self.progress = Progress(stream, settings["max_steps"] or None)
         self._stop_requested = False
+        # For crash tests: TRANSFORMER_HOLD_AT_STEP=N makes the loop wait after step N (and its checkpoint)
+        # until it is signalled, so a test can kill -9 or Ctrl-C it at a known step instead of racing it.
+        self._hold_at_step = int(os.environ.get("TRANSFORMER_HOLD_AT_STEP") or 0)
         self._resumed_from = None
         if resume:
             self._resume()
@@ -231,6 +234,11 @@ class Trainer:
         self.state["stopped"] = None
         self._resumed_from = last
         self.progress.message(f"resumed from {last} at step {self.state['step']}")
+
+    def _hold(self):
+        """Wait here until signalled (Ctrl-C continues to a clean stop; kill -9 just ends the process)."""
+        while not self._stop_requested:
+            time.sleep(0.01)
 
     def _apply_changed_schedule(self, configured):
         """Resuming with the same config continues exactly; where the schedule's settings in the config differ
@@ -347,6 +355,8 @@ class Trainer:
                 elif st["step"] % checkpoint_every == 0:
                     self.save()
                     saved_at = st["step"]
+                if st["step"] == self._hold_at_step:
+                    self._hold()
             if st["step"] > 0 and st["last_validated"] != st["step"] and st["stopped"] != "interrupted":
                 self._validate_and_save()
             elif st["step"] != saved_at:
