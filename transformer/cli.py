@@ -43,17 +43,13 @@ def _resolve_checkpoint(path):
     if (path / MANIFEST).is_file():
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    for mode in ("max", "min"):
-        manager = CheckpointManager(root, mode=mode)
-        infos = manager.checkpoints()
-        if infos:
-            with_metric = [i for i in infos if i.metric is not None]
-            if with_metric:
-                kind = json.loads((infos[-1].path / MANIFEST).read_text()).get("config", {})
-                lm = "vocab_size" in kind
-                return CheckpointManager(root, mode="min" if lm else "max").best()
-            return infos[-1].path
-    raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
+    infos = CheckpointManager(root).checkpoints()
+    if not infos:
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
+    # The best by the run's validation metric: BLEU (higher is better) for translation, loss for a language model.
+    language_model = "vocab_size" in json.loads((infos[-1].path / MANIFEST).read_text()).get("config", {})
+    best = CheckpointManager(root, mode="min" if language_model else "max").best()
+    return best if best is not None else infos[-1].path
 
 
 def load_model(checkpoint_dir, kind=None):
