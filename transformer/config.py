@@ -11,7 +11,8 @@ import copy
 import tomllib
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The reference configs ship inside the package (also reachable as configs/ at the top of the repository).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 SECTIONS = ("data", "tokenizer", "model", "train", "run")
 
