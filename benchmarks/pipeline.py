@@ -1,0 +1,96 @@
+"""The real training pipeline's throughput against the bare training step on the same batches (issue 5).
+
+``python -m benchmarks pipeline [--config multi30k_de_en] [--steps 6] [--threads 1] [--json]``
+
+Builds the translation task of a config exactly as ``python -m transformer train`` does (corpus, SentencePiece,
+token-bucketed batches), then alternates, step by step on the same model:
+
+* pipeline: ``Trainer.train_step`` (fetching and padding the next batch included) plus what the loop adds around it
+  (the JSON-lines record, the progress bookkeeping), i.e. one iteration of ``Trainer.run`` without validation and
+  checkpoints;
+* bare: forward, backward and the Adam update on a batch that was collated beforehand.
+
+Both draw from the same token-bucketed stream (the bare side's batch is fetched outside its timing), so the ratio of
+their median target tokens/s is the pipeline's efficiency. Target: >= 90%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="multi30k_de_en")
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per contender")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+
+    import numpy as np
+    import npgrad as ng
+    from transformer.config import load_config
+    from transformer.tasks import TranslationTask
+    from transformer.train import JsonLog, Trainer, train_settings
+
+    config = load_config(args.config, ["train.max_steps=1000", "train.max_minutes=0"])
+    settings = train_settings(config["train"])
+    run_dir = tempfile.mkdtemp(prefix="pipeline-bench-")
+    task = TranslationTask(config, run_dir, settings)
+    trainer = Trainer(task, run_dir, settings, stream=sys.stderr)
+    trainer.log = JsonLog(trainer.run_dir / "log.jsonl")
+    model, optimizer = trainer.model, trainer.optimizer
+    model.train()
+
+    def bare_step(batch):
+        optimizer.zero_grad()
+        loss = task.loss(model, batch, label_smoothing=settings["label_smoothing"])
+        (loss * (1.0 / batch.num_tgt_tokens)).backward()
+        optimizer.step()
+
+    def pipeline_step():
+        loss, tokens, lr, _ = trainer.train_step()
+        trainer.state["step"] += 1
+        trainer.log.write({"type": "train", "step": trainer.state["step"], "loss": loss, "lr": lr, "tokens": tokens})
+        return tokens
+
+    # Warm-up (Numba compilation, first-touch of buffers).
+    pipeline_step()
+    bare_step(task.next_batch())
+    pipe_rates, bare_rates, fetch_ms = [], [], []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        tokens = pipeline_step()
+        pipe_rates.append(tokens / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        batch = task.next_batch()
+        fetch_ms.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        bare_step(batch)
+        bare_rates.append(batch.num_tgt_tokens / (time.perf_counter() - t0))
+    trainer.log.close()
+    result = {
+        "config": args.config, "threads": args.threads, "steps": args.steps,
+        "pipeline_tok_per_s": statistics.median(pipe_rates), "bare_tok_per_s": statistics.median(bare_rates),
+        "efficiency": statistics.median(pipe_rates) / statistics.median(bare_rates),
+        "batch_fetch_ms_median": statistics.median(fetch_ms), "load_average": os.getloadavg(),
+        "versions": {"numpy": np.__version__, "npgrad": ng.__version__},
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"pipeline {result['pipeline_tok_per_s']:,.0f} tok/s, bare step {result['bare_tok_per_s']:,.0f} tok/s: "
+              f"efficiency {100 * result['efficiency']:.1f}% (target >= 90%); fetching+padding a batch "
+              f"{result['batch_fetch_ms_median']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
