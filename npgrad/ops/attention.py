@@ -401,3 +401,116 @@ def multi_head_attention(query, key, value, num_heads, w_q, w_k, w_v, w_o, b_q=N
     return MultiHeadAttention.apply(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
                                     num_heads=num_heads, mask=mask, is_causal=bool(is_causal),
                                     dropout_p=dropout_p, rng=rng)
+
+
+# ----------------------------------------------------------------- packed self-attention (fused q/k/v)
+
+
+def _packed_heads(qkv, batch, length, num_heads):
+    """(B, L, 3C) -> (3, B, H, L, D) view: part p (0 q, 1 k, 2 v), head h = columns p*C + h*D .. + D-1."""
+    head_size = qkv.shape[-1] // (3 * num_heads)
+    return qkv.reshape((batch, length, 3, num_heads, head_size)).transpose(2, 0, 3, 1, 4)
+
+
+class PackedSelfAttention(Function):
+    r"""Multi-head self-attention on a packed q/k/v projection: (B, L, 3C) -> merged heads (B, L, C).
+
+    qkv is the output of one fused projection x @ [w_q | w_k | w_v] laid out as [q | k | v] along
+    the last axis, heads in order within each part. With the head split
+        split(qkv)[p, b, h, i, d] = qkv[b, i, p C + h D + d]        (p = 0 q, 1 k, 2 v)
+    and the head merge  merge(O)[b, i, h D + d] = O[b, h, i, d], the forward is
+        out = merge(attention(split(qkv)[0], split(qkv)[1], split(qkv)[2]))
+    with attention per (b, h) as in ScaledDotProductAttention (mask, causal order, dropout).
+
+    Backward, g = dL/dout (B, L, C). split and merge are permutations of entries (each output entry
+    is exactly one input entry), so their VJPs are the inverse permutations:
+        dL/dO = merge^{-1}(g) = g reshaped (B, L, H, D), transposed to (B, H, L, D)
+        dL/dQ, dL/dK, dL/dV = attention VJP at dL/dO (see ScaledDotProductAttention)
+        dL/dqkv = split^{-1}(stack(dL/dQ, dL/dK, dL/dV)): each of the three lands in its own
+                  columns of one (B, L, 3C) buffer.
+    Every entry of qkv feeds exactly one of Q, K, V, so the buffer is written once per entry: no
+    zero-filled scatter per part and no sum of three full-size gradients, which is what splitting
+    with three index ops costs.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads=1, mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+        op = "packed_self_attention"
+        qkv = as_float_array(op, qkv, "qkv")
+        if qkv.ndim != 3:
+            raise ValueError(f"{op}: qkv must have shape (B, L, 3C), got {qkv.shape}")
+        batch, length, packed_width = qkv.shape
+        if (not isinstance(num_heads, (int, np.integer)) or num_heads < 1
+                or packed_width % (3 * num_heads)):
+            raise ValueError(f"{op}: num_heads={num_heads!r} must be a positive integer and 3 * num_heads must "
+                             f"divide the packed width {packed_width} (qkv of shape {qkv.shape})")
+        head_size = packed_width // (3 * num_heads)
+        scale = 1.0 / math.sqrt(head_size) if scale is None else float(scale)
+        mask = _mask_array(op, mask, (batch, num_heads, length, length))
+
+        # One copy into the kernels' layout; q, k, v are contiguous (B*H, L, D) views of it.
+        heads = np.ascontiguousarray(_packed_heads(qkv, batch, length, num_heads))   # (3, B, H, L, D)
+        q3, k3, v3 = (heads[p].reshape(batch * num_heads, length, head_size) for p in range(3))
+        mask3 = None if mask is None else mask.reshape(batch * num_heads, length, length)
+        out, probs, keep = _attention_core_forward(q3, k3, v3, mask3, is_causal, scale, dropout_p, rng)
+
+        ctx.save_for_backward(qkv, heads, probs, *(() if keep is None else (keep,)))
+        ctx.num_heads, ctx.scale, ctx.dropout_p = num_heads, scale, dropout_p
+        ctx.mask, ctx.is_causal = mask, is_causal
+        return _merge_heads(out.reshape(batch, num_heads, length, head_size))             # (B, L, C)
+
+    @staticmethod
+    def backward(ctx, g):
+        qkv, heads, probs, *keep = ctx.saved
+        keep = keep[0] if keep else None
+        _, batch, num_heads, length, head_size = heads.shape
+        q3, k3, v3 = (heads[p].reshape(batch * num_heads, length, head_size) for p in range(3))
+        g_heads = _split_heads(g, batch, length, num_heads)                             # (B, H, L, D) view
+        g3 = np.ascontiguousarray(g_heads).reshape(q3.shape)                           # (B*H, L, D)
+        grads = _attention_core_backward(q3, k3, v3, probs, keep, ctx.dropout_p, g3, ctx.scale)
+
+        g_qkv = np.empty(qkv.shape, dtype=qkv.dtype)                                   # (B, L, 3C)
+        g_parts = _packed_heads(g_qkv, batch, length, num_heads)                       # (3, B, H, L, D) view
+        for p, g_part in enumerate(grads):                                             # each column once
+            g_parts[p] = g_part.reshape(batch, num_heads, length, head_size)
+        return g_qkv
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        # The same VJP with Tensor ops: split (views + index), attention VJP with the probabilities
+        # recomputed in the graph, then the inverse permutation (stack + transpose + reshape).
+        from .shape import stack
+
+        qkv, *_ = ctx.saved_tensors
+        batch, length, packed_width = qkv.shape
+        num_heads = ctx.num_heads
+        parts = _packed_heads(qkv, batch, length, num_heads)                           # (3, B, H, L, D)
+        q, k, v = parts[0], parts[1], parts[2]
+        probs = _attention_probs_tensor(q, k, ctx.mask, ctx.is_causal, ctx.scale)      # (B, H, L, L)
+        keep_scale = None
+        if len(ctx.saved) > 3:
+            keep = ctx.saved[3]
+            keep_scale = _dropped(np.ones(keep.shape, dtype=probs.dtype), keep, ctx.dropout_p)
+            keep_scale = keep_scale.reshape(probs.shape)
+        g_heads = _split_heads(g, batch, length, num_heads)                            # (B, H, L, D)
+        g_q, g_k, g_v = _attention_vjp(q, k, v, probs, keep_scale, g_heads, ctx.scale)
+        g_parts = stack([g_q, g_k, g_v], axis=0)                                       # (3, B, H, L, D)
+        return g_parts.transpose(1, 3, 0, 2, 4).reshape((batch, length, packed_width))
+
+
+def packed_self_attention(qkv, num_heads, mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None,
+                          training=True):
+    """Multi-head self-attention on a fused q/k/v projection, before the output projection.
+
+    qkv (B, L, 3C): [q | k | v] along the last axis (as ``x @ w_qkv`` with w_qkv (C, 3C) = [w_q | w_k | w_v]),
+    head h of each part = its features h*D..(h+1)*D-1, D = C / H. Returns the merged heads (B, L, C):
+    concat_h softmax(scale q_h k_h^T, over allowed keys) v_h. ``mask``: boolean, broadcastable to
+    (B, H, L, L), True = may attend (a (B, 1, 1, L) padding mask, an (L, L) mask); ``is_causal``,
+    ``scale`` (default 1/sqrt(D)), ``dropout_p``, ``rng``, ``training`` as in
+    :func:`scaled_dot_product_attention`. Equal to splitting qkv into heads, calling
+    scaled_dot_product_attention and merging, with a backward that writes the q, k and v gradients
+    into one (B, L, 3C) buffer.
+    """
+    dropout_p, rng = _check_dropout("packed_self_attention", dropout_p, training, rng)
+    return PackedSelfAttention.apply(qkv, num_heads=num_heads, mask=mask, is_causal=bool(is_causal),
+                                     scale=scale, dropout_p=dropout_p, rng=rng)
