@@ -130,6 +130,112 @@ def test_embedding_backward_equals_the_reference(num_ids, num_embeddings, featur
     np.testing.assert_array_equal(gw, expected)    # same order of additions as np.add.at: identical
 
 
+# ----------------------------------------------------------------------------------- gelu
+
+approximations = st.sampled_from(["none", "tanh"])
+
+
+@FEW
+@given(shape=st.lists(st.integers(0, 7), max_size=3), dtype=dtypes, seed=seeds, approximate=approximations)
+def test_gelu_equals_the_reference(shape, dtype, seed, approximate):
+    # Any shape: 0-d, empty, 1- to 3-D (the kernels flatten).
+    x, gy = data(seed, tuple(shape), dtype), data(seed + 1, tuple(shape), dtype, 1.0)
+    assert_close(N.gelu_forward(x, approximate), R.gelu_forward(x, approximate), dtype, "gelu_forward")
+    assert_close(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate), dtype, "gelu_backward")
+
+
+def _terms_scale(x, gy):
+    """|gy| (Phi(x) + |x| phi(x)): the magnitude of the terms that cancel into the exact GELU's gx."""
+    x64 = x.astype(np.float64)
+    return np.abs(gy) * (R.normal_cdf(x64) + np.abs(x64) * np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi))
+
+
+def test_gelu_exact_float32_is_within_a_few_ulp_of_the_reference():
+    # Same rational erf in the same Horner order; only FMA contraction differs. Absolute in Phi
+    # (as the reference's 1 + erf is), so the bound on y is a few ulp of |x| (or of 1 near 0).
+    x = np.linspace(-12, 12, 48001).astype(np.float32)
+    gy = data(1, x.shape, np.float32, 1.0)
+    eps = np.finfo(np.float32).eps
+    error = np.abs(N.gelu_forward(x, "none") - R.gelu_forward(x, "none"))
+    assert np.all(error <= 4 * eps * (np.abs(x) + 1)), np.max(error / (eps * (np.abs(x) + 1)))
+    error = np.abs(N.gelu_backward(x, gy, "none") - R.gelu_backward(x, gy, "none"))
+    assert np.all(error <= 4 * eps * (_terms_scale(x, gy) + np.abs(gy)))
+
+
+def test_gelu_exact_float64_matches_codys_erf_relatively_also_in_the_tail():
+    # Cody's erfc ported into the kernel: relative 1e-12 wherever the result is a normal number
+    # (x > -37.5), where (1 + erf) / 2 would have no correct digit below x ~ -8.
+    x = np.concatenate([np.linspace(-40, 40, 40001), [-0.46875 * np.sqrt(2), 4 * np.sqrt(2), -4 * np.sqrt(2)]])
+    gy = data(2, x.shape, np.float64, 1.0)
+    y, expected = N.gelu_forward(x, "none"), R.gelu_forward(x, "none")
+    normal = np.abs(expected) > np.finfo(np.float64).tiny
+    assert np.count_nonzero(normal & (x < -30)) > 1000
+    np.testing.assert_allclose(y[normal], expected[normal], rtol=1e-12, atol=0)
+    assert np.all(np.abs(y[~normal]) <= 1e-300)
+    gx, expected = N.gelu_backward(x, gy, "none"), R.gelu_backward(x, gy, "none")
+    # (exp(-x^2/2) reaches the subnormals near x = -38.6: absolute there)
+    assert np.all(np.abs(gx - expected) <= 1e-12 * _terms_scale(x, gy) + np.finfo(np.float64).tiny)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_tanh_kernel_is_relatively_accurate_where_one_plus_tanh_cancels(dtype):
+    # y = x / (1 + exp(-2u)) in the kernel: relative accuracy for x < 0, where the reference's
+    # x/2 (1 + tanh u) keeps only an absolute one. Compared with the formula in long double.
+    low = -9.0 if dtype == np.float32 else -20.0            # exp(-2u) stays finite: y is a normal number
+    x = np.linspace(low, 3.0, 24001).astype(dtype)
+    xl = x.astype(np.longdouble)
+    u = np.sqrt(np.longdouble(2) / np.pi) * (xl + np.longdouble(0.044715) * xl ** 3)
+    exact = xl / (1 + np.exp(-2 * u))
+    nonzero = x != 0
+    relative = np.abs(N.gelu_forward(x, "tanh") - exact)[nonzero] / np.abs(exact[nonzero])
+    # The problem's conditioning for x << 0: |x dy/dx / y| ~ |x d(2u)/dx| ~ 6|u| (u ~ x^3), i.e. an
+    # ulp of x (or of u) moves y by ~6|u| ulp (up to ~900 ulp at x = -20 in float64).
+    allowed = 2 * np.finfo(dtype).eps * (1 + 6 * np.abs(u[nonzero]))
+    assert np.all(relative <= allowed), np.max(relative / allowed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_special_values_strided_inputs_and_errors(dtype):
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30], dtype)
+    gy = np.ones_like(x)
+    for approximate in ("none", "tanh"):
+        with np.errstate(all="ignore"):
+            y, expected = N.gelu_forward(x, approximate), R.gelu_forward(x, approximate)
+            np.testing.assert_array_equal(y, expected)                              # NaN where NaN, signs of 0
+            assert np.array_equal(np.signbit(y), np.signbit(expected), equal_nan=True)
+            np.testing.assert_array_equal(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate))
+        base = data(3, (5, 8), dtype)
+        for view in (base[:, ::2], base.T, base[::-1]):                            # strided views
+            g = np.broadcast_to(data(4, (1,) + view.shape[1:], dtype), view.shape)  # zero stride, read-only
+            assert_close(N.gelu_forward(view, approximate), R.gelu_forward(view, approximate), dtype, "strided")
+            assert_close(N.gelu_backward(view, g, approximate), R.gelu_backward(view, g, approximate), dtype, "strided")
+        before = base.copy()
+        N.gelu_forward(base, approximate), N.gelu_backward(base, base, approximate)
+        np.testing.assert_array_equal(base, before)                                 # inputs never modified
+    for module in (N, R):
+        with pytest.raises(ValueError, match="gelu_forward: approximate must be 'none' or 'tanh'"):
+            module.gelu_forward(x, "fast")
+    with pytest.raises(ValueError, match="gelu_backward: shapes must match"):
+        N.gelu_backward(x, gy[:3], "none")
+    with pytest.raises(TypeError, match="gelu_forward: expected a float32 or float64 array"):
+        N.gelu_forward(np.arange(3), "none")
+
+
+def test_gelu_threaded_split_gives_the_single_thread_result():
+    x, gy = data(5, (300, 700), np.float32), data(6, (300, 700), np.float32)    # > 2**15 elements a thread
+    results = {}
+    try:
+        for threads in (1, 2, 3):
+            N.set_num_threads(threads)
+            results[threads] = [N.gelu_forward(x, a) for a in ("none", "tanh")] + \
+                               [N.gelu_backward(x, gy, a) for a in ("none", "tanh")]
+    finally:
+        N.set_num_threads(None)
+    for threads in (2, 3):
+        for single, split in zip(results[1], results[threads]):
+            np.testing.assert_array_equal(split, single)                           # elements are independent
+
+
 # ----------------------------------------------------------------------------- attention
 
 
@@ -380,7 +486,7 @@ def test_environment_variable_and_lazy_numba_import():
 
 
 @pytest.mark.parametrize("case", ["softmax", "log_softmax", "cross_entropy", "layer_norm", "add_layer_norm",
-                                  "attention", "embedding"])
+                                  "attention", "embedding", "gelu", "gelu_tanh"])
 def test_gradcheck_passes_through_the_ops_on_numba_kernels(case, restore_backend):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 5))
@@ -398,6 +504,8 @@ def test_gradcheck_passes_through_the_ops_on_numba_kernels(case, restore_backend
                       [rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 3, 3)),
                        rng.standard_normal((2, 2, 3, 2))]),
         "embedding": (lambda w: F.embedding(ids, w), [rng.standard_normal((5, 4))]),
+        "gelu": (lambda x: F.gelu(x), [x * 2]),
+        "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), [x * 2]),
     }
     fn, inputs = functions[case]
     ng.set_backend("numba")

@@ -55,11 +55,14 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from . import reference as _REF   # shared constants (erf coefficients), one home
+
 __all__ = [
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "cross_entropy_forward", "cross_entropy_backward",
     "layer_norm_forward", "layer_norm_backward", "add_layer_norm_forward",
-    "attention_forward", "attention_backward", "embedding_backward", "set_num_threads", "get_num_threads",
+    "attention_forward", "attention_backward", "embedding_backward", "gelu_forward", "gelu_backward",
+    "set_num_threads", "get_num_threads",
 ]
 
 # Not 'nnan'/'ninf' (see the module docstring), nor 'afn' (approximate libm functions).
@@ -792,3 +795,203 @@ def embedding_backward(ids, gy, num_embeddings):
               for a, b in _chunks(lines, per_line * ids.shape[0])]
     _run(_embedding_backward_kernel, chunks, ids, gy, gw)
     return gw
+
+
+# ------------------------------------------------------------------------------------- gelu
+#
+# One pass over memory: x (and gy) read once, y (or gx) written once; the reference needs ~16
+# whole-array NumPy passes for the float32 erf alone. The backward recomputes Phi (or the tanh)
+# from x instead of reading a saved copy, which costs less than the extra memory traffic.
+#
+# float32 exact: the reference's rational erf (Eigen's/XLA's minimax fit on [-4, 4]), the same
+# coefficients in the same Horner order; branch-free, so LLVM vectorises the loop (with _exp's
+# polynomial exp in the backward). Measured at (768, 512), 1 thread: forward 0.65 ms, backward
+# 1.2 ms; the reference 5.4 and 8.3 ms. float64 exact: Cody's three intervals as in the reference, with
+# the polynomial exp: branches, so scalar code, but still one pass. tanh: 1 + tanh(u) = 2 / (1 +
+# exp(-2u)), so y = x / (1 + exp(-2u)) with the vectorisable exp (Numba's np.tanh is a scalar libm
+# call here) — which is also free of the reference's cancellation in 1 + tanh(u) for x < 0.
+
+_GELU_TANH_2K = 2.0 * _REF._TANH_K
+# error_model="numpy": a float division by zero gives inf/NaN as in NumPy. Numba's default (Python's
+# ZeroDivisionError) puts a branch to an exception on every division, and the loop does not
+# vectorise (measured: the float32 kernels compiled to scalar code).
+_GELU_SCALAR_JIT = dict(fastmath=_EXP_FLAGS, error_model="numpy")
+_GELU_JIT = dict(_JIT, error_model="numpy")
+
+
+@njit(**_GELU_SCALAR_JIT)
+def _erf_float32(z):
+    """erf(z), float32: x P(x^2) / Q(x^2) on x = z clipped to [-4, 4] (reference._erf_float32)."""
+    a, b = _REF._ERF32_ALPHA, _REF._ERF32_BETA
+    x = min(max(z, np.float32(-4.0)), np.float32(4.0))     # NaN stays NaN
+    xx = x * x
+    num = np.float32(a[6]) * xx
+    num = (num + np.float32(a[5])) * xx
+    num = (num + np.float32(a[4])) * xx
+    num = (num + np.float32(a[3])) * xx
+    num = (num + np.float32(a[2])) * xx
+    num = (num + np.float32(a[1])) * xx
+    num = (num + np.float32(a[0])) * x
+    den = np.float32(b[4]) * xx
+    den = (den + np.float32(b[3])) * xx
+    den = (den + np.float32(b[2])) * xx
+    den = (den + np.float32(b[1])) * xx
+    den = den + np.float32(b[0])
+    return num / den
+
+
+@njit(**_GELU_SCALAR_JIT)
+def _exp_minus_square_float64(y):
+    """exp(-y^2) with y^2 split so that its rounding error is not amplified (Cody's trick)."""
+    yr = np.floor(y * 16.0) / 16.0
+    return _exp_float64(-yr * yr) * _exp_float64(-(y - yr) * (y + yr))
+
+
+@njit(**_GELU_SCALAR_JIT)
+def _erfc_float64(z):
+    """erfc(z), float64: Cody's rational approximations as in reference.erfc (relative accuracy,
+    also in the tail); 0 beyond 27.3, where erfc < 2.5e-324 rounds to 0."""
+    a, b, c, d, p, q = _REF._ERF_A, _REF._ERF_B, _REF._ERF_C, _REF._ERF_D, _REF._ERF_P, _REF._ERF_Q
+    y = abs(z)
+    if y <= 0.46875:
+        zz = z * z
+        num = a[4] * zz
+        den = zz
+        for i in range(3):
+            num = (num + a[i]) * zz
+            den = (den + b[i]) * zz
+        return 1.0 - z * (num + a[3]) / (den + b[3])
+    if y <= 4.0:
+        num = c[8] * y
+        den = y
+        for i in range(7):
+            num = (num + c[i]) * y
+            den = (den + d[i]) * y
+        r = _exp_minus_square_float64(y) * ((num + c[7]) / (den + d[7]))
+    elif y < 27.3:
+        inv = 1.0 / (y * y)
+        num = p[5] * inv
+        den = inv
+        for i in range(4):
+            num = (num + p[i]) * inv
+            den = (den + q[i]) * inv
+        r = inv * (num + p[4]) / (den + q[4])
+        r = (_REF._INV_SQRT_PI - r) / y
+        r = _exp_minus_square_float64(y) * r
+    elif y == y:
+        r = 0.0                                              # also y = inf
+    else:
+        return z                                             # NaN
+    return 2.0 - r if z < 0.0 else r
+
+
+@njit(**_GELU_SCALAR_JIT)
+def _normal_cdf_float32(x):
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2, as reference.normal_cdf in float32."""
+    return (_erf_float32(x * np.float32(_REF._SQRT_HALF)) + np.float32(1.0)) * np.float32(0.5)
+
+
+@njit(**_GELU_SCALAR_JIT)
+def _normal_cdf_float64(x):
+    """Phi(x) = erfc(-x / sqrt 2) / 2, as reference.normal_cdf in float64 (accurate in the left tail)."""
+    return 0.5 * _erfc_float64(x * -_REF._SQRT_HALF)
+
+
+def _normal_cdf(x):
+    """Phi(x) in x's own float type (dispatches to _normal_cdf_float32 / _normal_cdf_float64)."""
+    raise NotImplementedError("_normal_cdf is only callable from jitted code")
+
+
+@overload(_normal_cdf, jit_options=_GELU_SCALAR_JIT)
+def _normal_cdf_overload(x):
+    if x == types.float32:
+        return lambda x: _normal_cdf_float32(x)
+    if x == types.float64:
+        return lambda x: _normal_cdf_float64(x)
+    return None
+
+
+@njit(**_GELU_JIT)
+def _gelu_exact_forward_kernel(x, y, start, stop):
+    # x, y (n,) flattened: y = x Phi(x).
+    for i in range(start, stop):
+        v = x[i]
+        y[i] = v * _normal_cdf(v)
+
+
+@njit(**_GELU_JIT)
+def _gelu_exact_backward_kernel(x, gy, gx, start, stop):
+    # gx = gy (Phi(x) + x phi(x)),  phi(x) = exp(-x^2/2) / sqrt(2 pi).
+    T = x.dtype.type
+    minus_half = T(-0.5)
+    inv_sqrt_2pi = T(_REF._INV_SQRT_2PI)
+    for i in range(start, stop):
+        v = x[i]
+        pdf = _exp(minus_half * v * v) * inv_sqrt_2pi
+        gx[i] = gy[i] * (v * pdf + _normal_cdf(v))
+
+
+@njit(**_GELU_JIT)
+def _gelu_tanh_forward_kernel(x, y, start, stop):
+    # y = x/2 (1 + tanh u) = x / (1 + exp(-2u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
+    T = x.dtype.type
+    two_k, c, one = T(_GELU_TANH_2K), T(_REF._TANH_C), T(1.0)
+    for i in range(start, stop):
+        v = x[i]
+        e = _exp(-two_k * (v + c * (v * v * v)))             # exp(-2u); inf for very negative x: y = -0
+        y[i] = v / (one + e)
+
+
+@njit(**_GELU_JIT)
+def _gelu_tanh_backward_kernel(x, gy, gx, start, stop):
+    # With s = (1 + t)/2 = 1 / (1 + exp(-2u)):  1 - t^2 = 4 s (1 - s), so
+    # dy/dx = s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    # 1 - s = exp(-2u) s, without cancellation as s -> 1 (and 1 where exp(-2u) overflows, s = 0).
+    T = x.dtype.type
+    two_k, k, c, c3, one = T(_GELU_TANH_2K), T(_REF._TANH_K), T(_REF._TANH_C), T(3.0 * _REF._TANH_C), T(1.0)
+    for i in range(start, stop):
+        v = x[i]
+        v2 = v * v
+        e = _exp(-two_k * (v + c * (v2 * v)))
+        s = one / (one + e)
+        s_complement = e * s
+        if e == T(np.inf):
+            s_complement = one
+        dy = s + (v + v) * s * s_complement * k * (one + c3 * v2)
+        gx[i] = gy[i] * dy
+
+
+_GELU_KERNELS = {
+    "none": (_gelu_exact_forward_kernel, _gelu_exact_backward_kernel),
+    "tanh": (_gelu_tanh_forward_kernel, _gelu_tanh_backward_kernel),
+}
+
+
+def _gelu_kernels(op, approximate):
+    kernels = _GELU_KERNELS.get(approximate) if isinstance(approximate, str) else None
+    if kernels is None:
+        raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return kernels
+
+
+def gelu_forward(x, approximate):
+    """GELU of an array of any shape: x Phi(x) ("none") or x/2 (1 + tanh(...)) ("tanh").   x -> y"""
+    forward_kernel, _ = _gelu_kernels("gelu_forward", approximate)
+    dtype = _float_dtype("gelu_forward", x)
+    shape = np.shape(x)
+    x = _prep(x, dtype)                             # (n,) for a 0-d x: reshaped back below
+    y = np.empty_like(x)
+    _run(forward_kernel, _chunks(x.size, 1), x.reshape(-1), y.reshape(-1))
+    return y.reshape(shape)
+
+
+def gelu_backward(x, gy, approximate):
+    """gx = gy * dy/dx of gelu_forward, recomputed from x (reference.gelu_backward).   x, gy -> gx"""
+    _, backward_kernel = _gelu_kernels("gelu_backward", approximate)
+    dtype = _float_dtype("gelu_backward", x)
+    _check_same_shape("gelu_backward", x=x, gy=gy)
+    shape = np.shape(x)
+    x, gy = _prep(x, dtype), _prep(gy, dtype)
+    gx = np.empty_like(x)
+    _run(backward_kernel, _chunks(x.size, 1), x.reshape(-1), gy.reshape(-1), gx.reshape(-1))
+    return gx.reshape(shape)
