@@ -199,6 +199,23 @@ def _embedding_build(rng, kernels, torch):
     return runs
 
 
+def _gelu_build(rng, kernels, torch):
+    x = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)        # (N, 4C) the MLP's hidden layer
+    g = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)
+
+    def make(module):
+        def run():
+            module.gelu_forward(x, "none")
+            return module.gelu_backward(x, g, "none")
+        return run
+
+    runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
+    if torch is not None:
+        xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
+        runs["torch"] = lambda: torch.autograd.grad(torch.nn.functional.gelu(xt), xt, gt)
+    return runs
+
+
 # --- the matmul decision: is a Numba kernel worth having for batched / 2-D products?
 
 _numba_bmm = None
@@ -268,6 +285,7 @@ CASES = [
     Case("attention_h8d32_pad", f"B={BATCH} H=8 D=32 L={LENGTH}x{LENGTH} padding mask", _attention_case(8, 32, False)),
     Case("attention_h8d32_causal", f"B={BATCH} H=8 D=32 L={LENGTH}x{LENGTH} causal", _attention_case(8, 32, True)),
     Case("embedding", f"{EMBED_IDS} ids -> {EMBED_VOCAB}x{FEATURES} (gather + scatter-add)", _embedding_build),
+    Case("gelu", f"{ROWS}x{4 * FEATURES} exact (erf)", _gelu_build),
     Case("matmul_batched_tiny", f"{BATCH * 4}x({LENGTH}x64 @ 64x{LENGTH}) forward only", _batched_matmul_build),
     Case("matmul_2d", f"{ROWS}x{FEATURES} @ {FEATURES}x{4 * FEATURES} forward only", _matmul_2d_build),
 ]
