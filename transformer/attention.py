@@ -8,7 +8,11 @@ Two computation paths give the same function:
 
 * the fused path (no positional term inside attention: sinusoidal, learned, and rope once q and k are
   rotated) calls ``F.scaled_dot_product_attention``: scores, mask, softmax, dropout and the weighted sum
-  in one primitive with a hand-written backward;
+  in one primitive with a hand-written backward. Self-attention without a cache and without a positional
+  kind (the training step) goes one step further: ``F.packed_self_attention`` takes the fused q/k/v
+  projection (B, T, 3C) as it is and returns the merged heads (B, T, C), so the head split/merge and the
+  q/k/v gradients' assembly are inside the primitive (RoPE rotates the q and k parts in the packed layout
+  first, see ``_rotate_packed``);
 * the explicit path (relative positions and ALiBi, which need the scores before the softmax) spells the
   same steps with npgrad ops: matmul, + bias, masked_fill, F.softmax, dropout, matmul.
 
@@ -31,7 +35,8 @@ import npgrad as ng
 from npgrad import functional as F
 from npgrad import nn
 
-from .positional import RelativePositionEmbedding, RotaryEmbedding, alibi_bias, alibi_slopes
+from .positional import (RelativePositionEmbedding, Rotary, RotaryEmbedding, alibi_bias, alibi_slopes,
+                         rotary_tables)
 
 ATTENTION_POSITIONAL = (None, "relative", "rope", "alibi")
 
@@ -119,6 +124,27 @@ class MultiHeadAttention(nn.Module):
         heads = heads.transpose(2, 0, 3, 1, 4)                                    # (n, B, H, L, D)
         return [heads[i] for i in range(n_parts)]
 
+    def _rotate_packed(self, qkv):
+        """RoPE on the q and k parts of a packed (B, T, 3C) projection at positions 0 .. T-1, in its layout.
+
+        Viewed as (B, T, 3H, D), every head is rotated by the same Rotary op with (T, 3H, D/2) tables:
+        RoPE's cos/sin for the 2H query and key heads and the identity (cos 1, sin 0) for the H value
+        heads, so no split and no re-assembly of the three parts is needed.
+        """
+        batch, length, _ = qkv.shape
+        rotary, heads, half = self.rotary, self.n_heads, self.head_dim // 2
+        if length <= rotary.cos.shape[0]:
+            cos, sin = (t.data if isinstance(t, ng.Tensor) else t for t in (rotary.cos, rotary.sin))
+            cos, sin = cos[:length], sin[:length]                                     # (T, D/2)
+        else:
+            cos, sin = rotary_tables(np.arange(length), self.head_dim, rotary.base, qkv.dtype)
+        cos3 = np.ones((length, 3 * heads, half), dtype=qkv.dtype)                   # (T, 3H, D/2)
+        sin3 = np.zeros((length, 3 * heads, half), dtype=qkv.dtype)
+        cos3[:, :2 * heads] = cos[:, None, :]
+        sin3[:, :2 * heads] = sin[:, None, :]
+        rotated = Rotary.apply(qkv.reshape(batch, length, 3 * heads, self.head_dim), cos3, sin3)
+        return rotated.reshape(batch, length, 3 * self.d_model)
+
     def _merge(self, heads):
         """(B, H, T, D) -> (B, T, C)."""
         batch, _, length, _ = heads.shape
@@ -134,6 +160,16 @@ class MultiHeadAttention(nn.Module):
         ``key_mask`` (B, 1, 1, K) bool True = real key (None: all real); ``causal``: key j visible to
         query i only if j <= i.
         """
+        if self.self_attention and cache is None and self.positional in (None, "rope"):
+            # Training and full-sequence scoring: one primitive from the fused projection to the merged
+            # heads, whose backward writes the q/k/v gradients into one (B, T, 3C) buffer.
+            qkv = F.linear(x, self.qkv.weight, self.qkv.bias)                          # (B, T, 3C)
+            if self.positional == "rope":
+                qkv = self._rotate_packed(qkv)
+            heads = F.packed_self_attention(
+                qkv, self.n_heads, mask=key_mask, is_causal=causal,
+                scale=self.scale, dropout_p=self.dropout_p, rng=self.dropout_rng, training=self.training)
+            return F.linear(heads, self.out_proj.weight, self.out_proj.bias)                # (B, T, C)
         if self.self_attention:
             q, k, v = self._split(F.linear(x, self.qkv.weight, self.qkv.bias), 3)
             offset = 0
@@ -154,9 +190,10 @@ class MultiHeadAttention(nn.Module):
             else:
                 if memory is None:
                     raise ValueError("cross-attention needs the encoder output (memory) or a filled cache")
-                k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
                 if cache is not None:
-                    cache["k"], cache["v"] = k, v
+                    k, v = self._memory_keys_values(memory, cache)
+                else:
+                    k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
             offset = 0
         heads = self._attend(q, k, v, key_mask, causal, offset)                  # (B, H, T, D)
         return F.linear(self._merge(heads), self.out_proj.weight, self.out_proj.bias)
@@ -165,8 +202,21 @@ class MultiHeadAttention(nn.Module):
         """Cross-attention: compute the encoder keys/values once per sentence into ``cache``."""
         if self.self_attention:
             raise RuntimeError("precompute_memory is for cross-attention")
-        cache["k"], cache["v"] = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+        self._memory_keys_values(memory, cache)
         return cache
+
+    def _memory_keys_values(self, memory, cache):
+        """Encoder keys and values (B, H, S, D) into ``cache``; returns them.
+
+        The split heads are strided views of the (B, S, 2C) projection, which the attention primitive
+        would copy into its (B*H, S, D) layout at every decoding step; without gradients (decoding) they
+        are made contiguous once here instead. With gradients the views stay (they carry the graph).
+        """
+        k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+        if not ng.is_grad_enabled():
+            k, v = ng.Tensor(np.ascontiguousarray(k.data)), ng.Tensor(np.ascontiguousarray(v.data))
+        cache["k"], cache["v"] = k, v
+        return k, v
 
     # ------------------------------------------------------------------ attention proper
     def _attend(self, q, k, v, key_mask, causal, offset):
