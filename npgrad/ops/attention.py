@@ -173,10 +173,14 @@ class ScaledDotProductAttention(Function):
         scale = 1.0 / math.sqrt(head_size) if scale is None else float(scale)
         mask = _mask_array(op, mask, lead + (num_queries, num_keys))
 
-        # (B,Lq,D), (B,Lk,D), (B,Lk,Dv), (B,Lq,Lk): views unless broadcasting forces a copy
-        q3 = np.broadcast_to(q, lead + q.shape[-2:]).reshape(batch, num_queries, head_size)
-        k3 = np.broadcast_to(k, lead + k.shape[-2:]).reshape(batch, num_keys, head_size)
-        v3 = np.broadcast_to(v, lead + v.shape[-2:]).reshape(batch, num_keys, value_size)
+        # (B,Lq,D), (B,Lk,D), (B,Lk,Dv), (B,Lq,Lk): views unless broadcasting forces a copy. An input
+        # that already has the leading axes is not passed through broadcast_to: its read-only view would
+        # make the Numba kernels copy even a contiguous input (they take writeable arrays only).
+        def rows(a, length, size):
+            full = a if a.shape[:-2] == lead else np.broadcast_to(a, lead + a.shape[-2:])
+            return full.reshape(batch, length, size)
+
+        q3, k3, v3 = rows(q, num_queries, head_size), rows(k, num_keys, head_size), rows(v, num_keys, value_size)
         mask3 = None if mask is None else mask.reshape(batch, num_queries, num_keys)
         out, probs, keep = _attention_core_forward(q3, k3, v3, mask3, is_causal, scale, dropout_p, rng)
 
