@@ -140,8 +140,13 @@ approximations = st.sampled_from(["none", "tanh"])
 def test_gelu_equals_the_reference(shape, dtype, seed, approximate):
     # Any shape: 0-d, empty, 1- to 3-D (the kernels flatten).
     x, gy = data(seed, tuple(shape), dtype), data(seed + 1, tuple(shape), dtype, 1.0)
-    assert_close(N.gelu_forward(x, approximate), R.gelu_forward(x, approximate), dtype, "gelu_forward")
-    assert_close(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate), dtype, "gelu_backward")
+    # Relative to the terms that cancel (x Phi(x) with Phi near 0 for x << 0): an array holding only tail values
+    # (a 0-d x = -5, say) has a tiny output that both twins compute to the same absolute, not relative, accuracy.
+    scale_y = float(np.max(np.abs(x)) + 1.0) if x.size else 0.0
+    scale_g = float(np.max(np.abs(gy) * (np.abs(x) + 1.0))) if x.size else 0.0
+    assert_close(N.gelu_forward(x, approximate), R.gelu_forward(x, approximate), dtype, "gelu_forward", scale_y)
+    assert_close(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate), dtype, "gelu_backward",
+                 scale_g)
 
 
 def _terms_scale(x, gy):
