@@ -38,21 +38,10 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 
-
-def _machine():
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return model
+from benchmarks.kernels import _machine
 
 
 def _load():
