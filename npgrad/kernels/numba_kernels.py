@@ -723,7 +723,9 @@ def attention_forward(q, k, v, mask, is_causal, scale):
         mask_array = np.ones((1, 1, 1), dtype=np.bool_)   # unused; keeps a single kernel signature
     else:
         mask_array = _prep_mask(mask, (num_batch, num_queries, num_keys))
-    probs = np.matmul(q, k.swapaxes(-1, -2))               # (B,Lq,Lk) scores, BLAS
+    # k^T copied to C order first: np.matmul with the transposed view is ~2x slower at small heads
+    # (measured (48, 64, 32) float32, 1 thread: 270 us vs 125 us including the copy).
+    probs = np.matmul(q, np.ascontiguousarray(k.swapaxes(-1, -2)))   # (B,Lq,Lk) scores, BLAS
     _run(_attention_softmax_kernel, _chunks(num_batch, num_queries * num_keys), probs, mask_array,
          mask is not None, bool(is_causal), dtype.type(scale))
     out = np.matmul(probs, v)                              # (B,Lq,Dv)
