@@ -41,8 +41,6 @@ import platform
 import sys
 import time
 
-from benchmarks.kernels import _machine
-
 
 def _load():
     try:
@@ -65,6 +63,22 @@ def parse_args(argv):
     p.add_argument("--no-torch", action="store_true", help="run npgrad alone")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p.parse_args(argv)
+
+
+def set_threads(threads):
+    """Ask OpenBLAS, OpenMP and Numba for ``threads`` threads; they read it once, when numpy/numba load.
+
+    A module that imports numpy before this runs silently leaves OpenBLAS at one thread per core, which on
+    this shared machine made npgrad's matrix products 5-7x slower (a 480 ms iteration instead of 75 ms),
+    so an already imported numpy with a different setting is an error, not a measurement.
+    """
+    wanted = str(threads)
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    if "numpy" in sys.modules and os.environ.get("OPENBLAS_NUM_THREADS") != wanted:
+        raise SystemExit(f"numpy was imported before the benchmark could set {threads} BLAS thread(s): "
+                         f"run it as `OPENBLAS_NUM_THREADS={threads} python -m benchmarks ...`")
+    for name in names:
+        os.environ.setdefault(name, wanted)
 
 
 # ------------------------------------------------------------------------------------ shared set-up
@@ -332,11 +346,10 @@ class _ScheduleFormula:
 # ------------------------------------------------------------------------------------ main
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads = str(args.threads)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, threads)           # only effective if numpy is not imported yet
+    set_threads(args.threads)
     import numpy as np
     import numba
+    from benchmarks.kernels import _machine
     from transformer.config import load_config
     from transformer.model import LMConfig
     from transformer.train import train_settings

@@ -66,8 +66,8 @@ def _torch_gemm_linear(torch):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    from benchmarks.nanogpt import set_threads
+    set_threads(args.threads)
     try:
         import torch
     except ImportError:
