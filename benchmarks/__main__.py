@@ -15,6 +15,7 @@ COMMANDS = {
     "decode": ("benchmarks.decode", "greedy and beam-5 decoding with and without the KV cache"),
     "pipeline": ("benchmarks.pipeline", "the real training pipeline's tokens/s vs the bare step on the same batches"),
     "nanogpt": ("benchmarks.nanogpt", "nanoGPT's CPU recipe, 2000 iterations, npgrad vs PyTorch: wall time, val loss"),
+    "allocator": ("benchmarks.allocator", "glibc malloc defaults vs npgrad.retain_freed_memory() on one training step"),
     "nanogpt-split": ("benchmarks.nanogpt_split",
                       "the nanoGPT iteration by phase: npgrad, npgrad with PyTorch's GEMMs, PyTorch"),
 }

@@ -352,11 +352,12 @@ def worker(name, contender, steps, threads):
     return 0
 
 
-def measure_memory(name, contender, steps, threads):
+def measure_memory(name, contender, steps, threads, retain_freed_memory=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--worker", name, contender,
-                           "--steps", str(steps), "--threads", str(threads)],
+                           "--steps", str(steps), "--threads", str(threads)]
+                          + (["--retain-freed-memory"] if retain_freed_memory else []),
                           capture_output=True, text=True, cwd=root, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -393,10 +394,16 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="npgrad.retain_freed_memory() first (glibc malloc keeps freed blocks; both contenders)")
     args = parser.parse_args(argv)
 
     _pin_blas_threads(args.threads, ["-m", "benchmarks", "step"] + list(sys.argv[2:] if argv is None else argv))
     _set_threads(args.threads)
+    if args.retain_freed_memory:
+        from npgrad.allocator import retain_freed_memory
+        if not retain_freed_memory():
+            parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
     torch = None if args.no_torch else _import_torch(args.threads)
     if torch is None and not args.json:
         print("PyTorch not installed: timing npgrad alone (pip install '.[bench]' for the comparison)")
@@ -413,7 +420,7 @@ def main(argv=None):
             # Ratio of each side-by-side pair, then its median: robust to drift between repetitions.
             row["median_pair_ratio"] = statistics.median(a / b for a, b in zip(samples["npgrad"], samples["torch"]))
         if not args.no_memory:
-            row["memory"] = {c: measure_memory(name, c, args.memory_steps, args.threads)
+            row["memory"] = {c: measure_memory(name, c, args.memory_steps, args.threads, args.retain_freed_memory)
                              for c in (["npgrad", "torch"] if torch is not None else ["npgrad"])}
             mem = row["memory"]
             if torch is not None and "peak_rss_MiB" in mem["npgrad"] and "peak_rss_MiB" in mem["torch"]:
@@ -455,7 +462,11 @@ def _worker_main(argv):
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "CONTENDER"), required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retain-freed-memory", action="store_true")
     args = parser.parse_args(argv)
+    if args.retain_freed_memory:
+        from npgrad.allocator import retain_freed_memory
+        retain_freed_memory()
     return worker(args.worker[0], args.worker[1], args.steps, args.threads)
 
 

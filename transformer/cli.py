@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -352,6 +353,11 @@ def main(argv=None):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = list(args.overrides) + unknown
     from .datasets import ChecksumError, DownloadError
+    if os.environ.get("TRANSFORMER_RETAIN_MEMORY", "1") != "0":
+        # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
+        # fresh ones each step (npgrad/allocator.py: a Multi30k step 1.03-1.37x faster).
+        from npgrad.allocator import retain_freed_memory
+        retain_freed_memory()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C

@@ -1,0 +1,78 @@
+"""glibc malloc defaults vs ``npgrad.retain_freed_memory()`` on the same training step, alternating in one process.
+
+    python -m benchmarks allocator [--config seq2seq|lm] [--rounds 5] [--steps 2] [--json]
+
+The step is ``benchmarks step``'s npgrad step (same model and batches). Each round runs ``--steps`` timed steps in
+each mode (the order alternates between rounds), after one untimed step that lets the heap settle into the mode;
+the mode is switched with ``mallopt`` (defaults: 128 KiB mmap and trim thresholds, i.e. every large array is a
+fresh ``mmap``; retained: 1 GiB, as ``retain_freed_memory`` sets). Reported: median step time and median minor page
+faults per step in each mode. Linux with glibc only.
+"""
+import argparse
+import ctypes
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks allocator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=["seq2seq", "lm"], default="seq2seq")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per mode per round")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from benchmarks.nanogpt import set_threads
+    set_threads(args.threads)
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        print("allocator: needs glibc's mallopt (Linux)", file=sys.stderr)
+        return 2
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+
+    def set_mode(retain):
+        threshold = (1 << 30) if retain else (128 << 10)
+        if mallopt(-3, threshold) != 1 or mallopt(-1, threshold) != 1:       # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+            raise SystemExit("allocator: mallopt refused the setting")
+
+    from benchmarks.step import ours_step_fn
+    step, _ = ours_step_fn(args.config)
+    for _ in range(2):
+        step()                                                                 # compile kernels, fill Adam state
+    times = {"default": [], "retained": []}
+    faults = {"default": [], "retained": []}
+    load_before = os.getloadavg()
+    for round_ in range(args.rounds):
+        modes = ("default", "retained") if round_ % 2 == 0 else ("retained", "default")
+        for mode in modes:
+            set_mode(mode == "retained")
+            step()
+            for _ in range(args.steps):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                start = time.perf_counter()
+                step()
+                times[mode].append(time.perf_counter() - start)
+                faults[mode].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    report = {"config": args.config, "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
+              "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+              "median_step_s": {m: statistics.median(v) for m, v in times.items()},
+              "median_faults_per_step": {m: statistics.median(v) for m, v in faults.items()},
+              "step_s": times}
+    report["speedup"] = report["median_step_s"]["default"] / report["median_step_s"]["retained"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for mode in times:
+            print(f"{mode:<9} median step {report['median_step_s'][mode] * 1e3:8.1f} ms   "
+                  f"median page faults a step {report['median_faults_per_step'][mode]:>8.0f}")
+        print(f"speed-up {report['speedup']:.3f}; load {report['load_before']} -> {report['load_after']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
