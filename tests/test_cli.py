@@ -168,6 +168,9 @@ def assert_clean_error(code, err, *fragments):
     ("train.max_steps", ["section.key=value"]),                     # no value
     ("max_steps=3", ["must name its section", "train.max_steps"]),  # no section
     ("trian.max_steps=3", ["unknown section", "trian"]),
+    ("train.max_steps=abc", ["[train] max_steps must be a number", "'abc'"]),
+    ("train.batch_size=2.5", ["[train] batch_size must be a whole number"]),
+    ("train.lr=true", ["[train] lr must be a number"]),
 ])
 def test_bad_config_keys_and_overrides(tmp_path, capsys, override, fragments):
     code, _, err = run(capsys, "train", *config_args(tmp_path, override))
@@ -177,6 +180,32 @@ def test_bad_config_keys_and_overrides(tmp_path, capsys, override, fragments):
 def test_override_flag_without_value(tmp_path, capsys):
     code, _, err = run(capsys, "train", *config_args(tmp_path), "--train.max_steps")
     assert_clean_error(code, err, "--train.max_steps", "no value")
+
+
+def test_override_flags_with_separate_values(tmp_path, capsys):
+    # "--section.key value" is the same override as "section.key=value", in any position and any number.
+    code, out, err = run(capsys, "train", "--train.max_steps", 2, *config_args(tmp_path),
+                         "--train.validate_every", 1, "--model.norm_first", "true")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 2 and saved["train"]["validate_every"] == 1
+    assert saved["model"]["norm_first"] is True
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 2
+
+
+def test_resume_keeps_the_runs_overrides(trained, tmp_path, capsys):
+    # The run was started with train.max_steps=4; resuming without repeating it must not fall back to the
+    # config file's budget, and an override given with --resume applies on top (here: a longer budget).
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir)
+    code, out, err = run(capsys, "train", "--config", TINY_CONFIG, "--run-dir", run_dir, "--resume")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 4
+    code, out, err = run(capsys, "train", "--config", TINY_CONFIG, "--run-dir", run_dir, "--resume",
+                         "train.max_steps=6")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 6
+    assert json.loads((run_dir / "config.json").read_text())["train"]["max_steps"] == 6
 
 
 def test_unknown_config_file(tmp_path, capsys):

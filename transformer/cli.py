@@ -103,9 +103,15 @@ def cmd_prepare(args):
 def _train(args, task_class):
     from .train import Trainer, seed_everything, train_settings
     config = _load(args)
+    run_dir = _run_dir(config, args.run_dir)
+    if args.resume and (run_dir / "config.json").is_file():
+        # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
+        # resuming must not silently fall back to the config file's values for what the run was started with.
+        from .config import apply_overrides, normalise_cli_overrides
+        saved = json.loads((run_dir / "config.json").read_text())
+        config = apply_overrides(saved, normalise_cli_overrides(args.overrides))
     settings = train_settings(config["train"])
     seed_everything(settings["seed"])
-    run_dir = _run_dir(config, args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = task_class(config, run_dir, settings)
     print(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}", file=sys.stderr)
@@ -345,8 +351,14 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train
 
 
 def main(argv=None):
-    from .config import ConfigError
+    from .config import ConfigError, normalise_cli_overrides
     parser = build_parser()
+    try:
+        # "--train.max_steps 100" -> "train.max_steps=100" before argparse sees (and splits) the pair.
+        argv = normalise_cli_overrides(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         if not hasattr(args, "overrides"):

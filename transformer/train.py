@@ -65,6 +65,15 @@ TRAIN_DEFAULTS = dict(
 def train_settings(section: dict) -> dict:
     check_keys("train", section, TRAIN_DEFAULTS)
     settings = {**TRAIN_DEFAULTS, **section}
+    for key, default in TRAIN_DEFAULTS.items():
+        # A number where the defaults have one (an override like train.max_steps=abc arrives as a string).
+        value = settings[key]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"[train] {key} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+                and not value.is_integer():
+            raise ValueError(f"[train] {key} must be a whole number, got {value!r}")
     for key in ("accumulate", "validate_every", "keep_last", "log_every"):
         if int(settings[key]) < 1:
             raise ValueError(f"[train] {key} must be >= 1, got {settings[key]}")
