@@ -4,8 +4,10 @@
 
 The step is ``benchmarks step``'s npgrad step (same model and batches). Each round runs ``--steps`` timed steps in
 each mode (the order alternates between rounds), after one untimed step that lets the heap settle into the mode;
-the mode is switched with ``mallopt`` (defaults: 128 KiB mmap and trim thresholds, i.e. every large array is a
-fresh ``mmap``; retained: 1 GiB, as ``retain_freed_memory`` sets). Reported: median step time and median minor page
+the mode is switched with ``mallopt`` ("default": 128 KiB mmap and trim thresholds, glibc's initial values, pinned —
+which turns off glibc's own raising of the mmap threshold (up to 32 MiB) after a large free, so the baseline is
+somewhat more pessimistic than an untouched process for arrays between 128 KiB and 32 MiB; larger ones, such as the
+seq2seq logits, are mmapped either way; "retained": 1 GiB, as ``retain_freed_memory`` sets). Reported: median step time and median minor page
 faults per step in each mode. Linux with glibc only.
 """
 import argparse

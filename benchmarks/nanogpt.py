@@ -74,11 +74,12 @@ def set_threads(threads):
     """
     wanted = str(threads)
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-    if "numpy" in sys.modules and os.environ.get("OPENBLAS_NUM_THREADS") != wanted:
-        raise SystemExit(f"numpy was imported before the benchmark could set {threads} BLAS thread(s): "
-                         f"run it as `OPENBLAS_NUM_THREADS={threads} python -m benchmarks ...`")
+    for module, name in (("numpy", "OPENBLAS_NUM_THREADS"), ("numba", "NUMBA_NUM_THREADS")):
+        if module in sys.modules and os.environ.get(name) != wanted:
+            raise SystemExit(f"{module} was imported before the benchmark could set {threads} thread(s): "
+                             f"run it as `{name}={threads} python -m benchmarks ...`")
     for name in names:
-        os.environ.setdefault(name, wanted)
+        os.environ[name] = wanted                     # --threads wins over whatever the environment says
 
 
 # ------------------------------------------------------------------------------------ shared set-up

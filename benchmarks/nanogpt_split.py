@@ -32,7 +32,10 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=1, help="BLAS/Numba/PyTorch threads")
     p.add_argument("--data-dir", help="cache directory holding tinyshakespeare/ (default TRANSFORMER_DATA)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.iters <= args.chunk:
+        p.error("--iters must exceed --chunk (the first chunk is not counted)")
+    return args
 
 
 def _torch_gemm_linear(torch):

@@ -466,7 +466,8 @@ def _worker_main(argv):
     args = parser.parse_args(argv)
     if args.retain_freed_memory:
         from npgrad.allocator import retain_freed_memory
-        retain_freed_memory()
+        if not retain_freed_memory():
+            parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
     return worker(args.worker[0], args.worker[1], args.steps, args.threads)
 
 

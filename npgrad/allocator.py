@@ -4,10 +4,11 @@ Why: a training step allocates and frees the same large arrays every step; at th
 (B*T, V) logits and their gradient alone are ~130 MB each. glibc's malloc serves every block above its mmap
 threshold with a fresh ``mmap`` and unmaps it on ``free`` (and trims the heap top above its trim threshold), so each
 step the kernel hands out, page-faults in and zeroes the same memory again. Measured on the seq2seq reference step
-(``python -m benchmarks allocator``, benchmarks/RESULTS.md "Allocator"): ~60,000 page faults a step by default, ~0
-after :func:`retain_freed_memory`; the step 1.03-1.37x faster in three runs (median 1.10; the more the machine is
-loaded, the more the faults cost), with the same peak memory (1204 vs 1213 MiB: the freed blocks are reused for the
-next step's arrays of the same sizes rather than held on top of them).
+(``python -m benchmarks allocator``, benchmarks/RESULTS.md "Allocator"; fixed-shape batches, load ~2): ~60,000 page
+faults a step with 128 KiB thresholds, ~0 after :func:`retain_freed_memory`; the step 1.03-1.37x faster in three
+runs, with the same peak memory on that benchmark (1204 vs 1213 MiB: the freed blocks are reused for the next
+step's arrays of the same sizes rather than held on top of them). Real training has varying batch shapes, where
+fragmentation could hold more memory than before; that has not been measured.
 
 The price: memory freed after the peak is not returned to the OS until the process ends (it is reused by later
 allocations). That suits a process whose job is training or decoding, which is why the ``transformer`` command
@@ -29,8 +30,9 @@ _applied = False
 def retain_freed_memory():
     """Raise glibc malloc's mmap and trim thresholds to 1 GiB for this process. -> True if now in effect.
 
-    Returns False (and changes nothing) where it does not apply: not Linux, or a C library without a working
-    ``mallopt`` (musl's returns 0). Idempotent. Results of any computation are unaffected; only where freed
+    Returns False where it does not apply: not Linux, a C library without a working ``mallopt`` (musl's returns
+    0), or a glibc that refuses a 1 GiB threshold (mallopt(3) documents a 32 MiB cap on 64-bit; glibc 2.36 here
+    accepts it). Idempotent. Results of any computation are unaffected; only where freed
     memory goes changes.
     """
     global _applied

@@ -1,5 +1,9 @@
 import os
 
+# The CLI tests call transformer.cli.main in this process: keep glibc's malloc defaults for the whole
+# session (npgrad.retain_freed_memory has its own subprocess test), so results never depend on test order.
+os.environ.setdefault("TRANSFORMER_RETAIN_MEMORY", "0")
+
 from hypothesis import HealthCheck, settings
 
 # Fast by default (the whole suite must stay under a few minutes on 2 cores);

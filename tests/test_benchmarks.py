@@ -17,7 +17,7 @@ def _run(code, **env_overrides):
 def test_set_threads_refuses_numpy_loaded_with_another_setting():
     result = _run("import numpy\nfrom benchmarks.nanogpt import set_threads\nset_threads(1)")
     assert result.returncode != 0
-    assert "numpy was imported before the benchmark could set 1 BLAS thread(s)" in result.stderr
+    assert "numpy was imported before the benchmark could set 1 thread(s)" in result.stderr
 
 
 def test_set_threads_before_numpy_sets_every_library():
@@ -31,3 +31,11 @@ def test_set_threads_before_numpy_sets_every_library():
 def test_set_threads_accepts_numpy_loaded_with_the_same_setting():
     result = _run("import numpy\nfrom benchmarks.nanogpt import set_threads\nset_threads(1)", OPENBLAS_NUM_THREADS="1")
     assert result.returncode == 0, result.stderr
+
+
+def test_set_threads_overrides_the_environment():
+    code = ("import os\nfrom benchmarks.nanogpt import set_threads\nset_threads(1)\n"
+            "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['NUMBA_NUM_THREADS'])")
+    result = _run(code, OPENBLAS_NUM_THREADS="4", NUMBA_NUM_THREADS="4")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1"]

@@ -280,3 +280,13 @@ def test_missing_checkpoint(tmp_path, capsys):
 def test_average_needs_enough_checkpoints(trained, tmp_path, capsys):
     code, _, err = run(capsys, "average", "--run-dir", trained, "--last", 5, "--output", tmp_path / "avg")
     assert_clean_error(code, err, "has 2 checkpoints, 5 requested")
+
+
+def test_override_normalisation_leaves_option_values_alone():
+    from transformer.config import ConfigError, normalise_cli_overrides
+    argv = ["lm-sample", "--prompt", "--Enter ROMEO. Hi", "--max-new-tokens", "10", "--output", "x.y"]
+    assert normalise_cli_overrides(argv) == argv
+    assert normalise_cli_overrides(["train", "--train.lr", "1e-3", "--model.norm_first=true"]) == \
+        ["train", "train.lr=1e-3", "model.norm_first=true"]
+    with pytest.raises(ConfigError, match="no value"):
+        normalise_cli_overrides(["train", "--data.corpus", "--resume"])     # never swallows the next option

@@ -29,7 +29,10 @@ _PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
 
 def _load(args):
     from .config import load_config, normalise_cli_overrides
-    config = load_config(args.config, normalise_cli_overrides(args.overrides))
+    return _absolute_paths(load_config(args.config, normalise_cli_overrides(args.overrides)))
+
+
+def _absolute_paths(config):
     for key in _PATH_KEYS:
         value = config["data"].get(key)
         if isinstance(value, str) and value:
@@ -109,7 +112,9 @@ def _train(args, task_class):
         # resuming must not silently fall back to the config file's values for what the run was started with.
         from .config import apply_overrides, normalise_cli_overrides
         saved = json.loads((run_dir / "config.json").read_text())
-        config = apply_overrides(saved, normalise_cli_overrides(args.overrides))
+        config = _absolute_paths(apply_overrides(saved, normalise_cli_overrides(args.overrides)))
+        print(f"resuming with {run_dir / 'config.json'} (the run's own configuration; overrides on this command "
+              "line apply on top, edits to the config file do not)", file=sys.stderr)
     settings = train_settings(config["train"])
     seed_everything(settings["seed"])
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ and a bare word that is not valid TOML is taken as a string (``data.corpus=tatoe
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 
@@ -73,15 +74,22 @@ def apply_overrides(config: dict, overrides) -> dict:
     return config
 
 
+_OVERRIDE_FLAG = re.compile(r"--[A-Za-z_]\w*\.[A-Za-z_]\w*(=|$)")
+
+
 def normalise_cli_overrides(argv):
-    """``--train.max_steps 100`` -> ``train.max_steps=100``; ``train.max_steps=100`` is kept."""
+    """``--train.max_steps 100`` -> ``train.max_steps=100``; ``train.max_steps=100`` is kept.
+
+    Only items shaped like an override flag (``--section.key`` or ``--section.key=value``) are touched, so an option
+    value such as a prompt "--Enter ROMEO. Hi" passes through; a flag's separate value may not itself be an option.
+    """
     out, i = [], 0
     while i < len(argv):
         item = argv[i]
-        if item.startswith("--") and "." in item.split("=")[0]:
+        if _OVERRIDE_FLAG.match(item):
             if "=" in item:
                 out.append(item[2:])
-            elif i + 1 < len(argv):
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 out.append(f"{item[2:]}={argv[i + 1]}")
                 i += 1
             else:

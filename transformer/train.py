@@ -71,9 +71,10 @@ def train_settings(section: dict) -> dict:
         if isinstance(default, (int, float)) and not isinstance(default, bool) and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"[train] {key} must be a number, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
-                and not value.is_integer():
-            raise ValueError(f"[train] {key} must be a whole number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"[train] {key} must be a whole number, got {value!r}")
+            settings[key] = int(value)                   # max_steps = 2e3 -> 2000
     for key in ("accumulate", "validate_every", "keep_last", "log_every"):
         if int(settings[key]) < 1:
             raise ValueError(f"[train] {key} must be >= 1, got {settings[key]}")

@@ -723,9 +723,15 @@ def attention_forward(q, k, v, mask, is_causal, scale):
         mask_array = np.ones((1, 1, 1), dtype=np.bool_)   # unused; keeps a single kernel signature
     else:
         mask_array = _prep_mask(mask, (num_batch, num_queries, num_keys))
-    # k^T copied to C order first: np.matmul with the transposed view is ~2x slower at small heads
-    # (measured (48, 64, 32) float32, 1 thread: 270 us vs 125 us including the copy).
-    probs = np.matmul(q, np.ascontiguousarray(k.swapaxes(-1, -2)))   # (B,Lq,Lk) scores, BLAS
+    # np.matmul with k's transposed view vs a C-ordered copy of k^T first, float32, 1 thread (measured):
+    # the copy wins for training-size blocks with small heads ((B,L,L,D) = (48,64,64,32): 0.80x the time,
+    # (144,128,128,32): 0.76x) and loses elsewhere ((640,25,25,64): 1.7x; one query per row, as in cached
+    # decoding: 2.3-5.3x). So copy only in the measured winning region.
+    head_size = q.shape[2]
+    k_t = k.swapaxes(-1, -2)
+    if num_queries >= 64 and head_size <= 32:
+        k_t = np.ascontiguousarray(k_t)
+    probs = np.matmul(q, k_t)                              # (B,Lq,Lk) scores, BLAS
     _run(_attention_softmax_kernel, _chunks(num_batch, num_queries * num_keys), probs, mask_array,
          mask is not None, bool(is_causal), dtype.type(scale))
     out = np.matmul(probs, v)                              # (B,Lq,Dv)
