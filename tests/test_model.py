@@ -252,6 +252,36 @@ def test_reorder_follows_beams(positional):
         state.reorder(np.array([0, 5]))
 
 
+def test_reorder_within_sources_keeps_the_cross_cache():
+    """A reorder that keeps every row's source (beam search within a sentence) reuses the cross-attention arrays
+    instead of gathering them, and decoding still continues exactly; one that changes sources gathers them."""
+    model = seq2seq()
+    src, tgt = batch()
+    expand = np.array([1, 1, 0])                        # sentence 1 gets two rows (beams), sentence 0 one
+    targets = tgt[expand].copy()
+    targets[1, 1:] = np.array([5, 6, 7, 8])             # the two beams of sentence 1 follow different prefixes
+    swap = np.array([1, 0, 2])                          # the beams of sentence 1 trade places: sources unchanged
+    full = model(src[expand[swap]], targets[swap]).data
+    with ng.no_grad():
+        memory, src_real = model.encode(src)
+        state = model.start_decoding(memory, src_real)
+        state.reorder(expand)
+        for t in range(2):
+            model.decode_step(targets[:, t], state)
+        cross = [dict(cache["cross"]) for cache in state.caches]
+        mask = state.memory_key_mask
+        state.reorder(swap)
+        assert all(cache["cross"][name] is cross[layer][name]
+                   for layer, cache in enumerate(state.caches) for name in cross[layer])
+        assert state.memory_key_mask is mask
+        for t in range(2, targets.shape[1]):
+            np.testing.assert_allclose(model.decode_step(targets[swap, t], state).data, full[:, t], atol=1e-9, rtol=0)
+        state.reorder(np.array([2]))                    # sentence 1 finished: only sentence 0's row stays
+        assert state.caches[0]["cross"]["k"].shape[0] == 1
+        np.testing.assert_array_equal(state.caches[0]["cross"]["k"].data, cross[0]["k"].data[2:3])
+        np.testing.assert_array_equal(state.source_row, [0])
+
+
 def test_decoding_records_nothing_under_no_grad():
     model = seq2seq()
     src, tgt = batch()

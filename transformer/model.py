@@ -172,6 +172,10 @@ class DecoderState:
         self.memory_key_mask = memory_key_mask
         self.target_real = np.ones((batch_size, 0), dtype=bool)
         self.step = 0
+        # The original batch row each row's cross-attention keys/values and memory mask were gathered from.
+        # Rows with the same source hold identical copies, so a reorder that maps every row to a row of the
+        # same source (beam search following its hypotheses within a sentence) leaves them as they are.
+        self.source_row = np.arange(batch_size)
 
     @property
     def batch_size(self):
@@ -188,12 +192,19 @@ class DecoderState:
         if index.size and (index.min() < 0 or index.max() >= self.batch_size):
             bad = int(index[(index < 0) | (index >= self.batch_size)][0])
             raise IndexError(f"DecoderState.reorder: index {bad} out of range for batch size {self.batch_size}")
+        new_source_row = self.source_row[index]
+        # Same source in every row: the per-source arrays would be gathered into themselves, so keep them
+        # (saves copying all cross-attention keys/values, (B', H, S, D) per layer, at every beam step).
+        sources_unchanged = np.array_equal(new_source_row, self.source_row)
         for cache in self.caches:
-            for part in cache.values():
+            for kind, part in cache.items():
+                if kind == "cross" and sources_unchanged:
+                    continue
                 for name, value in part.items():
                     part[name] = value[index]
-        if self.memory_key_mask is not None:
+        if self.memory_key_mask is not None and not sources_unchanged:
             self.memory_key_mask = self.memory_key_mask[index]
+        self.source_row = new_source_row
         self.target_real = self.target_real[index]
         return self
 
