@@ -11,7 +11,6 @@ seq2seq logits, are mmapped either way; "retained": 1 GiB, as ``retain_freed_mem
 faults per step in each mode. Linux with glibc only.
 """
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -30,17 +29,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from benchmarks.nanogpt import set_threads
     set_threads(args.threads)
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        print("allocator: needs glibc's mallopt (Linux)", file=sys.stderr)
-        return 2
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    from npgrad import allocator
 
     def set_mode(retain):
-        threshold = (1 << 30) if retain else (128 << 10)
-        if mallopt(-3, threshold) != 1 or mallopt(-1, threshold) != 1:       # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-            raise SystemExit("allocator: mallopt refused the setting")
+        if not allocator.set_malloc_thresholds(allocator._THRESHOLD if retain else 128 << 10):
+            raise SystemExit("allocator: needs glibc's mallopt (Linux), and it refused the setting")
 
     from benchmarks.step import ours_step_fn
     step, _ = ours_step_fn(args.config)

@@ -309,6 +309,12 @@ def _pin_blas_threads(threads, argv):
     os.execve(sys.executable, [sys.executable] + argv, env)
 
 
+def _retain_freed_memory(parser):
+    from npgrad.allocator import retain_freed_memory
+    if not retain_freed_memory():
+        parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
+
+
 def _maxrss_mib():
     """Peak resident size of this process. VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec, so a
     worker forked from the (large) benchmark process would report the parent's peak."""
@@ -401,9 +407,7 @@ def main(argv=None):
     _pin_blas_threads(args.threads, ["-m", "benchmarks", "step"] + list(sys.argv[2:] if argv is None else argv))
     _set_threads(args.threads)
     if args.retain_freed_memory:
-        from npgrad.allocator import retain_freed_memory
-        if not retain_freed_memory():
-            parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
+        _retain_freed_memory(parser)
     torch = None if args.no_torch else _import_torch(args.threads)
     if torch is None and not args.json:
         print("PyTorch not installed: timing npgrad alone (pip install '.[bench]' for the comparison)")
@@ -465,9 +469,7 @@ def _worker_main(argv):
     parser.add_argument("--retain-freed-memory", action="store_true")
     args = parser.parse_args(argv)
     if args.retain_freed_memory:
-        from npgrad.allocator import retain_freed_memory
-        if not retain_freed_memory():
-            parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
+        _retain_freed_memory(parser)
     return worker(args.worker[0], args.worker[1], args.steps, args.threads)
 
 

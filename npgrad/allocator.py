@@ -36,8 +36,17 @@ def retain_freed_memory():
     memory goes changes.
     """
     global _applied
-    if _applied:
-        return True
+    if not _applied:
+        _applied = set_malloc_thresholds(_THRESHOLD)
+    return _applied
+
+
+def set_malloc_thresholds(threshold):
+    """glibc ``mallopt``: mmap and trim thresholds both to ``threshold`` bytes. -> True if glibc accepted both.
+
+    The mechanism behind :func:`retain_freed_memory`; ``benchmarks/allocator.py`` also uses it to switch back to
+    glibc's initial 128 KiB for its A/B. False (nothing changed) off Linux or without a working ``mallopt``.
+    """
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -46,5 +55,4 @@ def retain_freed_memory():
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    _applied = mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, _THRESHOLD) == 1
-    return _applied
+    return mallopt(_M_MMAP_THRESHOLD, int(threshold)) == 1 and mallopt(_M_TRIM_THRESHOLD, int(threshold)) == 1

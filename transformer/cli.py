@@ -28,8 +28,8 @@ _PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
 
 
 def _load(args):
-    from .config import load_config, normalise_cli_overrides
-    return _absolute_paths(load_config(args.config, normalise_cli_overrides(args.overrides)))
+    from .config import load_config
+    return _absolute_paths(load_config(args.config, args.overrides))     # overrides: normalised by main()
 
 
 def _absolute_paths(config):
@@ -110,9 +110,9 @@ def _train(args, task_class):
     if args.resume and (run_dir / "config.json").is_file():
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
-        from .config import apply_overrides, normalise_cli_overrides
+        from .config import apply_overrides
         saved = json.loads((run_dir / "config.json").read_text())
-        config = _absolute_paths(apply_overrides(saved, normalise_cli_overrides(args.overrides)))
+        config = _absolute_paths(apply_overrides(saved, args.overrides))
         print(f"resuming with {run_dir / 'config.json'} (the run's own configuration; overrides on this command "
               "line apply on top, edits to the config file do not)", file=sys.stderr)
     settings = train_settings(config["train"])

@@ -68,10 +68,11 @@ def train_settings(section: dict) -> dict:
     for key, default in TRAIN_DEFAULTS.items():
         # A number where the defaults have one (an override like train.max_steps=abc arrives as a string).
         value = settings[key]
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                isinstance(value, bool) or not isinstance(value, (int, float))):
+        if type(default) not in (int, float):                        # lists, strings (and no bool defaults)
+            continue
+        if type(value) not in (int, float):                          # bool is an int subclass: refused too
             raise ValueError(f"[train] {key} must be a number, got {value!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        if type(default) is int and type(value) is float:
             if not value.is_integer():
                 raise ValueError(f"[train] {key} must be a whole number, got {value!r}")
             settings[key] = int(value)                   # max_steps = 2e3 -> 2000
