@@ -3,7 +3,6 @@ from .allocator import retain_freed_memory
 from .function import Context, Function
 from .kernels import get_backend, set_backend, use_backend
 from .tensor import Tensor, enable_grad, grad, is_grad_enabled, no_grad, tensor
-from . import ops  # noqa: F401  (attaches Tensor operators and methods)
 from .ops.shape import concatenate, stack, where
 from . import functional
 from . import nn, optim

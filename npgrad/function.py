@@ -28,12 +28,61 @@ Second derivatives (``create_graph=True``): a primitive may also define
 ``differentiable_backward(ctx, grad)``, the same derivative written with Tensor operations so
 that the backward pass itself is recorded. There ``grad`` is a Tensor and ``ctx.saved_tensors``
 returns the saved arrays as Tensors connected to the graph.
+
+Layering: ``tensor.py -> ops/* -> function.py``. This module sits below the primitives and never
+imports :mod:`npgrad.tensor`: it knows tensors through :class:`TensorBase`, the storage that
+:class:`npgrad.tensor.Tensor` extends with its operators and methods. ``Tensor`` is registered with
+:func:`set_tensor_class` when it is defined, and ``apply`` makes its outputs of that class (as
+HIPS autograd's tracer makes an ``ArrayBox`` after ``ArrayBox.register``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _state
+
+
+class TensorBase:
+    """What the graph machinery needs of a tensor: its array, whether a gradient flows to it, its node.
+
+    ``data`` is the wrapped ndarray; ``grad_fn`` the :class:`Context` that produced it (None for a
+    leaf or a constant). :class:`npgrad.tensor.Tensor` is the class users see; it adds the
+    constructor, the operators and ``backward``. Test against this class (``isinstance(x,
+    TensorBase)``) where a module below ``tensor.py`` needs to recognise a tensor.
+    """
+
+    __slots__ = ("data", "requires_grad", "grad", "grad_fn", "name", "__weakref__")
+
+    @classmethod
+    def _from_node(cls, data, ctx):
+        """Wrap an ndarray without checks: the output of ``ctx`` (or, with ctx None, a constant)."""
+        t = cls.__new__(cls)
+        t.data = data
+        t.requires_grad = ctx is not None
+        t.grad = None
+        t.grad_fn = ctx
+        t.name = None
+        return t
+
+
+_tensor_class: type[TensorBase] = TensorBase   # npgrad.tensor registers Tensor (set_tensor_class)
+
+
+def set_tensor_class(cls: type[TensorBase]) -> None:
+    """Make :meth:`Function.apply` and :attr:`Context.saved_tensors` return instances of ``cls``.
+
+    Called once, by :mod:`npgrad.tensor` right after it defines ``Tensor`` (a subclass of
+    :class:`TensorBase`), so that this module needs no import of the class above it.
+    """
+    global _tensor_class
+    if not (isinstance(cls, type) and issubclass(cls, TensorBase)):
+        raise TypeError(f"set_tensor_class: expected a subclass of TensorBase, got {cls!r}")
+    _tensor_class = cls
+
+
+def constant(array) -> TensorBase:
+    """A tensor holding ``array`` (an ndarray) outside any graph: no gradient flows to it."""
+    return _tensor_class._from_node(array, None)
 
 
 class Context:
@@ -76,17 +125,17 @@ class Context:
                 continue
             key = id(arr)  # saved arrays are alive since forward, so equal ids mean the same object
             if key == out_id:
-                out.append(Tensor._from_node(arr, self))
+                out.append(_tensor_class._from_node(arr, self))
             elif key in arg_ids:
                 parent = self.parents[arg_ids.index(key)]
                 if parent is None:
-                    out.append(Tensor(arr))
+                    out.append(constant(arr))
                 elif type(parent) is Context:
-                    out.append(Tensor._from_node(arr, parent))
+                    out.append(_tensor_class._from_node(arr, parent))
                 else:
                     out.append(parent)  # a leaf: itself
             else:
-                out.append(Tensor(arr))
+                out.append(constant(arr))
         return tuple(out)
 
     def _check_not_released(self):
@@ -131,7 +180,7 @@ class Function:
         arrays = []
         record = False
         for a in args:
-            if isinstance(a, Tensor):
+            if isinstance(a, TensorBase):
                 arrays.append(a.data)
                 if a.requires_grad:
                     record = True
@@ -143,10 +192,10 @@ class Function:
         if type(out) is not np.ndarray:
             out = _as_output_array(cls, out)
         if not (record and _state.grad_enabled):
-            return Tensor._from_node(out, None)
+            return _tensor_class._from_node(out, None)
 
         parents = tuple([(a if a.grad_fn is None else a.grad_fn)
-                         if isinstance(a, Tensor) and a.requires_grad else None for a in args])
+                         if isinstance(a, TensorBase) and a.requires_grad else None for a in args])
         ctx.parents = parents
         ctx.needs_input_grad = tuple([p is not None for p in parents])
         ctx.input_shapes = tuple([getattr(x, "shape", ()) for x in arrays])
@@ -154,18 +203,16 @@ class Function:
         if ctx.saved and cls.differentiable_backward is not None:
             # Remember which saved arrays are inputs or the output (by identity), for saved_tensors.
             ctx._sources = (tuple(map(id, arrays)), id(out))
-        return Tensor._from_node(out, ctx)
+        return _tensor_class._from_node(out, ctx)
 
 
 def _as_output_array(cls, out):
     """forward's result as an ndarray (NumPy scalars are fine); a clear error for anything else."""
     if isinstance(out, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(out)
-    what = "a Tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+    what = "a Tensor" if isinstance(out, TensorBase) else f"a {type(out).__name__}"
     raise TypeError(
         f"{cls.__name__}.forward returned {what}: forward works on plain ndarrays and must return "
         "exactly one ndarray (unwrap Tensors with .data; one Function per output)."
     )
 
-
-Tensor = None  # set by npgrad.tensor (which imports this module) once the class exists

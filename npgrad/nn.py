@@ -32,6 +32,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from . import functional as F
+from .ops.elementwise import manual_seed as seed_dropout
 from .tensor import Tensor
 
 __all__ = [
@@ -49,7 +51,6 @@ def manual_seed(seed: int) -> np.random.Generator:
     """Reseed the default generators: initialisers' (``rng=None``) and dropout's (``F.dropout``/attention
     dropout with ``rng=None``). Also ``ng.manual_seed``."""
     global _default_generator
-    from .ops.elementwise import manual_seed as seed_dropout
     _default_generator = np.random.default_rng(seed)
     seed_dropout(seed)
     return _default_generator
@@ -522,13 +523,6 @@ class Module:
 
 
 # ---------------------------------------------------------------------------------- layers
-def _functional():
-    # Imported lazily: npgrad.functional is assembled from ops modules that may import later.
-    from . import functional as F
-
-    return F
-
-
 class Linear(Module):
     """``y = x @ weight + bias`` with ``weight`` of shape ``(in_features, out_features)``.
 
@@ -552,7 +546,7 @@ class Linear(Module):
 
     def forward(self, x):
         # x (..., in) -> (..., out)
-        return _functional().linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -594,7 +588,6 @@ class Embedding(Module):
 
     def forward(self, ids):
         # ids (...) integer -> (..., dim)
-        F = _functional()
         out = F.embedding(ids, self.weight)
         if self.padding_idx is None:
             return out
@@ -627,7 +620,7 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.dim, dtype=dt))
 
     def forward(self, x):
-        return _functional().layer_norm(x, self.weight, self.bias, eps=self.eps)
+        return F.layer_norm(x, self.weight, self.bias, eps=self.eps)
 
     def extra_repr(self):
         return f"{self.dim}, eps={self.eps}"
@@ -656,7 +649,7 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
-        return _functional().dropout(x, self.p, training=True, rng=self.rng)
+        return F.dropout(x, self.p, training=True, rng=self.rng)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -666,7 +659,7 @@ class ReLU(Module):
     """``max(x, 0)`` as a module (for Sequential)."""
 
     def forward(self, x):
-        return _functional().relu(x)
+        return F.relu(x)
 
 
 class GELU(Module):
@@ -679,7 +672,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
-        return _functional().gelu(x, approximate=self.approximate)
+        return F.gelu(x, approximate=self.approximate)
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"

@@ -13,12 +13,17 @@ once, after every consumer of its output has contributed its gradient.
 from __future__ import annotations
 
 import contextlib
+from typing import Union
 
 import numpy as np
 
 from . import _state
-from . import function as _function
-from .function import Context
+from .function import Context, TensorBase, set_tensor_class
+from .ops import elementwise as _elementwise
+from .ops import shape as _shape
+from .ops.arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub
+from .ops.elementwise import Exp, Log, Relu, Sqrt, Tanh
+from .ops.reduce import Max, Mean, Sum
 
 
 class no_grad(contextlib.ContextDecorator):
@@ -53,16 +58,25 @@ def is_grad_enabled():
 
 _FLOAT_KINDS = ("f",)
 
+# What the binary operators accept besides a Tensor: NumPy arrays and Python/NumPy scalars (constants).
+Operand = Union["Tensor", np.ndarray, float, int, np.generic]
+Axis = Union[int, tuple, None]   # a reduction's axes: None (all), an int (negative counts from the end), a tuple
 
-class Tensor:
-    """An ndarray with an optional gradient and a link to the primitive that produced it."""
 
-    __slots__ = ("data", "requires_grad", "grad", "grad_fn", "name", "__weakref__")
+class Tensor(TensorBase):
+    """An ndarray with an optional gradient and a link to the primitive that produced it.
+
+    Every operator and method below is a thin call of one primitive in :mod:`npgrad.ops`, where
+    its forward, backward and derivative live; NumPy broadcasting applies, and the gradient is
+    summed back to each input's shape.
+    """
+
+    __slots__ = ()
     # Make NumPy defer to our reflected operators: ``ndarray * Tensor`` -> ``Tensor.__rmul__``.
     __array_ufunc__ = None
 
-    def __init__(self, data, requires_grad=False, dtype=None, name=None):
-        if isinstance(data, Tensor):
+    def __init__(self, data, requires_grad: bool = False, dtype=None, name: str | None = None):
+        if isinstance(data, TensorBase):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
         if requires_grad and arr.dtype.kind not in _FLOAT_KINDS:
@@ -77,23 +91,13 @@ class Tensor:
         self.grad_fn = None
         self.name = name
 
-    @classmethod
-    def _from_node(cls, data, ctx):
-        """Wrap an ndarray without checks: the output of ``ctx`` (or, with ctx None, a constant)."""
-        t = cls.__new__(cls)
-        t.data = data
-        t.requires_grad = ctx is not None
-        t.grad = None
-        t.grad_fn = ctx
-        t.name = None
-        return t
-
     # ------------------------------------------------------------------ basic properties
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
-    is_leaf = property(lambda self: self.grad_fn is None)
+    shape = property(lambda self: self.data.shape, doc="The shape of ``data``.")
+    dtype = property(lambda self: self.data.dtype, doc="The dtype of ``data`` (float32/float64 for variables).")
+    ndim = property(lambda self: self.data.ndim, doc="The number of axes of ``data``.")
+    size = property(lambda self: self.data.size, doc="The number of elements of ``data``.")
+    is_leaf = property(lambda self: self.grad_fn is None,
+                       doc="True for a tensor the user made (or a constant); False for an op's output.")
 
     def __len__(self):
         return len(self.data)
@@ -107,7 +111,7 @@ class Tensor:
             extra = ", requires_grad=True"
         return f"tensor({body}, dtype={self.dtype}{extra})"
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         return self.data
 
     def item(self):
@@ -116,17 +120,17 @@ class Tensor:
     def tolist(self):
         return self.data.tolist()
 
-    def detach(self):
+    def detach(self) -> Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def requires_grad_(self, flag=True):
+    def requires_grad_(self, flag: bool = True) -> Tensor:
         if flag and self.data.dtype.kind not in _FLOAT_KINDS:
             raise TypeError(f"requires_grad=True needs a floating-point array, got dtype {self.dtype}")
         self.requires_grad = bool(flag)
         return self
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.grad = None
 
     def __bool__(self):
@@ -138,8 +142,154 @@ class Tensor:
     def __int__(self):
         return int(self.data)
 
+    # ------------------------------------------------------------------ arithmetic (ops/arithmetic.py)
+    def __add__(self, other: Operand) -> Tensor:
+        """self + other (Add)."""
+        return Add.apply(self, other)
+
+    def __radd__(self, other: Operand) -> Tensor:
+        """other + self (Add)."""
+        return Add.apply(other, self)
+
+    def __sub__(self, other: Operand) -> Tensor:
+        """self - other (Sub)."""
+        return Sub.apply(self, other)
+
+    def __rsub__(self, other: Operand) -> Tensor:
+        """other - self (Sub)."""
+        return Sub.apply(other, self)
+
+    def __mul__(self, other: Operand) -> Tensor:
+        """self * other (Mul)."""
+        return Mul.apply(self, other)
+
+    def __rmul__(self, other: Operand) -> Tensor:
+        """other * self (Mul)."""
+        return Mul.apply(other, self)
+
+    def __truediv__(self, other: Operand) -> Tensor:
+        """self / other (Div)."""
+        return Div.apply(self, other)
+
+    def __rtruediv__(self, other: Operand) -> Tensor:
+        """other / self (Div)."""
+        return Div.apply(other, self)
+
+    def __pow__(self, exponent: Operand) -> Tensor:
+        """self ** exponent (Pow); the exponent may be a constant or a Tensor."""
+        return Pow.apply(self, exponent)
+
+    def __rpow__(self, base: Operand) -> Tensor:
+        """base ** self (Pow)."""
+        return Pow.apply(base, self)
+
+    def __neg__(self) -> Tensor:
+        """-self (Neg)."""
+        return Neg.apply(self)
+
+    def __pos__(self) -> Tensor:
+        """+self: self itself."""
+        return self
+
+    def __matmul__(self, other: Operand) -> Tensor:
+        """self @ other (MatMul): batched over leading axes, 1-D operands promoted as NumPy does."""
+        return MatMul.apply(self, other)
+
+    def __rmatmul__(self, other: Operand) -> Tensor:
+        """other @ self (MatMul)."""
+        return MatMul.apply(other, self)
+
+    # ------------------------------------------------------------------ comparisons: boolean data, no gradient
+    def __lt__(self, other: Operand) -> Tensor:
+        """self < other elementwise, as a boolean Tensor (data: no gradient, as in PyTorch)."""
+        return Tensor(np.less(self.data, _data(other)))
+
+    def __le__(self, other: Operand) -> Tensor:
+        """self <= other elementwise, as a boolean Tensor (no gradient)."""
+        return Tensor(np.less_equal(self.data, _data(other)))
+
+    def __gt__(self, other: Operand) -> Tensor:
+        """self > other elementwise, as a boolean Tensor (no gradient)."""
+        return Tensor(np.greater(self.data, _data(other)))
+
+    def __ge__(self, other: Operand) -> Tensor:
+        """self >= other elementwise, as a boolean Tensor (no gradient)."""
+        return Tensor(np.greater_equal(self.data, _data(other)))
+
+    def eq(self, other: Operand) -> Tensor:
+        """self == other elementwise, as a boolean Tensor (no gradient). ``==`` itself stays identity."""
+        return Tensor(np.equal(self.data, _data(other)))
+
+    # ------------------------------------------------------------------ reductions (ops/reduce.py)
+    def sum(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Sum over ``axis`` (None: all axes; an int, negative int or tuple) (Sum)."""
+        return Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Mean over ``axis`` (Mean)."""
+        return Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: Axis = None, keepdims: bool = False) -> Tensor:
+        """Maximum over ``axis``; tied maxima share the gradient equally (Max)."""
+        return Max.apply(self, axis=axis, keepdims=keepdims)
+
+    # ------------------------------------------------------------------ shape (ops/shape.py)
+    def reshape(self, *shape) -> Tensor:
+        """The same elements in a new shape: ``x.reshape(2, 3)``, ``x.reshape((2, 3))``; -1 infers one axis."""
+        return _shape.reshape(self, *shape)
+
+    def transpose(self, *axes) -> Tensor:
+        """Axes permuted: ``x.transpose()`` reverses them, ``x.transpose(1, 0, 2)`` or ``x.transpose((1, 0, 2))``."""
+        return _shape.transpose(self, *axes)
+
+    def swapaxes(self, axis1: int, axis2: int) -> Tensor:
+        """Axes ``axis1`` and ``axis2`` exchanged."""
+        return _shape.swapaxes(self, axis1, axis2)
+
+    def broadcast_to(self, shape) -> Tensor:
+        """Broadcast to ``shape`` (NumPy rules); the gradient is summed back."""
+        return _shape.broadcast_to(self, shape)
+
+    @property
+    def T(self) -> Tensor:
+        """All axes reversed, as NumPy's ``.T``."""
+        return _shape.transpose(self)
+
+    def __getitem__(self, key) -> Tensor:
+        """``x[key]``: ints, slices, None, Ellipsis, integer arrays, boolean masks (Tensors allowed)."""
+        return _shape.getitem(self, key)
+
+    def masked_fill(self, mask, value) -> Tensor:
+        """self with ``value`` where ``mask`` (boolean, broadcastable to self) is True; gradient 0 there."""
+        return _shape.masked_fill(self, mask, value)
+
+    # ------------------------------------------------------------------ elementwise (ops/elementwise.py)
+    def exp(self) -> Tensor:
+        """e ** self (Exp)."""
+        return Exp.apply(self)
+
+    def log(self) -> Tensor:
+        """Natural logarithm (Log)."""
+        return Log.apply(self)
+
+    def tanh(self) -> Tensor:
+        """Hyperbolic tangent (Tanh)."""
+        return Tanh.apply(self)
+
+    def sqrt(self) -> Tensor:
+        """Square root (Sqrt)."""
+        return Sqrt.apply(self)
+
+    def relu(self) -> Tensor:
+        """max(self, 0) (Relu)."""
+        return Relu.apply(self)
+
+    def astype(self, dtype) -> Tensor:
+        """self as ``dtype``: differentiable between float dtypes; any other target gives plain data."""
+        return _elementwise.astype(self, dtype)
+
     # ------------------------------------------------------------------ autograd
-    def backward(self, grad=None, retain_graph=False, create_graph=False):
+    def backward(self, grad=None, retain_graph: bool = False, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
 
         ``grad`` defaults to 1 for a single-element tensor; any other output needs an explicit
@@ -153,7 +303,13 @@ class Tensor:
         grad = _root_grad(self, grad, create_graph)
         _run_backward([self], [grad], retain_graph=retain_graph or create_graph, create_graph=create_graph)
 
-    # Operators and methods are attached in npgrad/ops/__init__.py (one place per primitive).
+
+set_tensor_class(Tensor)  # Function.apply makes its outputs Tensors (function.py cannot import this module)
+
+
+def _data(x):
+    """The array inside a Tensor; anything else as it is."""
+    return x.data if isinstance(x, TensorBase) else x
 
 
 def _root_grad(t, grad, create_graph):
@@ -302,18 +458,12 @@ def _accumulate_leaf(leaf, g, create_graph):
 
 def _fit(g, shape, dtype, fn, index):
     """Sum a broadcast gradient back to the input's shape, and keep the input's dtype."""
-    is_tensor = isinstance(g, Tensor)
-    if not is_tensor:
+    if not isinstance(g, Tensor):
         g = np.asarray(g)
     if tuple(g.shape) != tuple(shape):
         g = _unbroadcast(g, shape, fn, index)
     if dtype is not None and g.dtype != dtype:
-        if is_tensor:
-            from .ops.elementwise import astype
-
-            g = astype(g, dtype)  # a differentiable cast: create_graph gradients stay connected
-        else:
-            g = g.astype(dtype)
+        g = g.astype(dtype)  # on a Tensor, a differentiable cast: create_graph gradients stay connected
     return g
 
 
@@ -328,11 +478,7 @@ def _unbroadcast(g, shape, fn, index):
             f"whose shape is {shape}; the gradient must have the input's shape (or broadcast to it)."
         )
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1)
-    if isinstance(g, Tensor):
-        if axes:
-            g = g.sum(axis=axes, keepdims=True)
-        return g.reshape(shape)
-    if axes:
+    if axes:  # the same calls on an ndarray and on a (create_graph) Tensor
         g = g.sum(axis=axes, keepdims=True)
     return g.reshape(shape)
 
@@ -381,5 +527,3 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=No
             result[i] = np.array(r.data if isinstance(r, Tensor) else r, dtype=t.dtype, copy=True)
     return result[0] if single_input else tuple(result)
 
-
-_function.Tensor = Tensor  # function.py wraps outputs in Tensors without importing this module

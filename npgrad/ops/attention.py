@@ -19,9 +19,10 @@ import math
 
 import numpy as np
 
-from ..function import Function
-from .elementwise import _keep_mask
+from ..function import Function, TensorBase
 from ..kernels import K
+from .elementwise import _keep_mask, default_rng
+from .shape import stack
 from .softmax import as_float_array, softmax
 
 
@@ -35,7 +36,6 @@ def _check_dropout(op, dropout_p, training, rng):
     if not training or dropout_p == 0.0:
         return 0.0, None
     if rng is None:
-        from .elementwise import default_rng
         rng = default_rng()                  # seeded; ng.manual_seed reseeds it
     elif not isinstance(rng, np.random.Generator):
         raise TypeError(f"{op}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
@@ -44,11 +44,9 @@ def _check_dropout(op, dropout_p, training, rng):
 
 def _mask_array(op, mask, expected_shape):
     """The boolean mask broadcast (a view, no copy) to ``expected_shape``, or None; clear errors."""
-    from ..tensor import Tensor
-
     if mask is None:
         return None
-    if isinstance(mask, Tensor):
+    if isinstance(mask, TensorBase):
         mask = mask.data
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
@@ -483,8 +481,6 @@ class PackedSelfAttention(Function):
     def differentiable_backward(ctx, g):
         # The same VJP with Tensor ops: split (views + index), attention VJP with the probabilities
         # recomputed in the graph, then the inverse permutation (stack + transpose + reshape).
-        from .shape import stack
-
         qkv, *_ = ctx.saved_tensors
         batch, length, packed_width = qkv.shape
         num_heads = ctx.num_heads

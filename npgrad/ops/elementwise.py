@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorBase, constant
 from ..kernels import K
 from ..kernels.reference import (  # noqa: F401  (erf, erfc, normal_cdf: re-exported)
     _INV_SQRT_2PI, _TANH_C, _TANH_K, erf, erfc, normal_cdf)
@@ -112,11 +112,9 @@ class Relu(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from ..tensor import Tensor
-
         (y,) = ctx.saved
         # [x > 0] is piecewise constant: a constant factor, its own derivative is 0 almost everywhere.
-        return g * Tensor(y > 0)
+        return g * (y > 0)
 
 
 def exp(x):
@@ -273,9 +271,7 @@ class Dropout(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from ..tensor import Tensor
-
-        return g * Tensor(ctx.keep) * ctx.scale
+        return g * ctx.keep * ctx.scale
 
 
 def dropout(x, p=0.5, training=True, rng=None):
@@ -318,10 +314,8 @@ class Cast(Function):
 
 def astype(x, dtype):
     """x as ``dtype``; differentiable between float dtypes. A non-float target gives plain data."""
-    from ..tensor import Tensor
-
     dtype = np.dtype(dtype)
-    data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    data = x.data if isinstance(x, TensorBase) else np.asarray(x)
     if dtype.kind != "f" or data.dtype.kind != "f":
-        return Tensor(data.astype(dtype))     # integers/booleans are data: no gradient through them
+        return constant(data.astype(dtype))   # integers/booleans are data: no gradient through them
     return Cast.apply(x, dtype=dtype)

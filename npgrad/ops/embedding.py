@@ -6,8 +6,9 @@ in the kernels (``K.embedding_backward``) because it is a hot path of every trai
 """
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorBase
 from ..kernels import K
+from .shape import IndexScatter
 
 
 def _check_ids(ids, num_embeddings):
@@ -55,17 +56,13 @@ class Embedding(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from .shape import IndexScatter
-
         # The scatter is linear in g; its own derivative is the gather again (shape.Index).
         return None, IndexScatter.apply(g, key=(ctx.ids,), shape=ctx.input_shapes[1])
 
 
 def embedding(ids, weight):
     """Rows of ``weight`` (V, C) selected by integer ``ids`` (array or Tensor, any shape) -> ids.shape + (C,)."""
-    from ..tensor import Tensor
-
-    if isinstance(ids, Tensor):
+    if isinstance(ids, TensorBase):
         ids = ids.data
     ids = np.asarray(ids)
     return Embedding.apply(ids, weight)

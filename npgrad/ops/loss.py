@@ -1,9 +1,9 @@
 """Cross-entropy: log-softmax + negative log-likelihood fused, with label smoothing and ignore_index."""
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorBase
 from ..kernels import K
-from .softmax import as_float_array
+from .softmax import as_float_array, softmax
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -60,8 +60,6 @@ class CrossEntropy(Function):
         # The same formula with Tensor ops, so that the gradient can be differentiated again:
         # p = softmax(x) is recomputed as a graph node (lse is a constant, not connected to x).
         # The smoothed target q is a constant here; materialising it is fine off the hot path.
-        from .softmax import softmax
-
         logits, target_rows, _ = ctx.saved_tensors
         target_rows = target_rows.data
         num_rows, num_classes = target_rows.shape[0], logits.shape[-1]
@@ -105,9 +103,7 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     Errors: a target out of [0, V) that is not ``ignore_index`` raises IndexError naming the first
     bad position, its value and V; mismatched shapes raise ValueError naming both.
     """
-    from ..tensor import Tensor
-
-    logits_data = logits.data if isinstance(logits, Tensor) else logits
+    logits_data = logits.data if isinstance(logits, TensorBase) else logits
     logits_data = as_float_array("cross_entropy", logits_data, "logits")
     target = _check_target(logits_data, target, ignore_index)
     if reduction not in REDUCTIONS:
@@ -115,7 +111,7 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     label_smoothing = float(label_smoothing)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not isinstance(logits, Tensor):
+    if not isinstance(logits, TensorBase):
         logits = logits_data
     return CrossEntropy.apply(logits, target, ignore_index=int(ignore_index),
                               label_smoothing=label_smoothing, reduction=reduction)
@@ -123,9 +119,7 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
 
 def _check_target(logits, target, ignore_index):
     """The target as an int64 ndarray of shape logits.shape[:-1], or a clear error."""
-    from ..tensor import Tensor
-
-    if isinstance(target, Tensor):
+    if isinstance(target, TensorBase):
         target = target.data
     target = np.asarray(target)
     if logits.ndim == 0:

@@ -9,6 +9,7 @@ copy of the input's size is made until a consumer actually combines it with some
 import numpy as np
 
 from ..function import Function
+from .shape import broadcast_to
 
 
 def normalize_axis(axis, ndim, op="reduce"):
@@ -61,8 +62,6 @@ class Sum(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from .shape import broadcast_to
-
         shape = ctx.input_shapes[0]
         return broadcast_to(_expand(g, shape, ctx.axes), shape)
 
@@ -98,8 +97,6 @@ class Mean(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from .shape import broadcast_to
-
         shape = ctx.input_shapes[0]
         n = _count(shape, ctx.axes)
         scaled = g * (1.0 / n) if n else g
@@ -147,11 +144,9 @@ class Max(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        from ..tensor import Tensor
-
         shape = ctx.input_shapes[0]
         hit, count = Max._weights(ctx)
         # The tie weights are piecewise constant in x: their derivative is zero almost everywhere.
-        weights = Tensor(hit / count)
+        weights = hit / count
         return _expand(g, shape, ctx.axes) * weights
 

@@ -7,19 +7,11 @@ the same movements written with these very primitives, which makes them differen
 """
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorBase
 
 
 def _data(x):
-    from ..tensor import Tensor
-
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _is_tensor(x):
-    from ..tensor import Tensor
-
-    return isinstance(x, Tensor)
+    return x.data if isinstance(x, TensorBase) else x
 
 
 # ---------------------------------------------------------------------------------- reshape
@@ -258,7 +250,7 @@ def getitem(x, key):
 # ---------------------------------------------------------------------------------- concatenate / stack
 
 def _check_tensors(op, tensors):
-    if isinstance(tensors, (np.ndarray,)) or _is_tensor(tensors):
+    if isinstance(tensors, (np.ndarray, TensorBase)):
         raise TypeError(f"{op}: expected a sequence of tensors, got a single {type(tensors).__name__}")
     tensors = list(tensors)
     if not tensors:

@@ -1,0 +1,128 @@
+"""npgrad's modules import one another in one direction only: tensor.py -> ops/* -> function.py -> kernels.
+
+Read from the source with ``ast`` (every import statement, at module level or inside a function),
+so a late import that only hides a cycle at run time is caught as well.
+"""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "npgrad"
+
+
+def _module_name(path):
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules():
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(importer, is_package, node, known):
+    """The npgrad modules an import statement loads: the module and its parent packages, except npgrad
+    itself and the importer's own packages (those are already being imported when the importer runs)."""
+    if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+    else:
+        if node.level:
+            base = importer.split(".") if is_package else importer.split(".")[:-1]
+            base = base[:len(base) - (node.level - 1)]
+            prefix = ".".join(base + ([node.module] if node.module else []))
+        else:
+            prefix = node.module or ""
+        targets = [f"{prefix}.{alias.name}" if f"{prefix}.{alias.name}" in known else prefix for alias in node.names]
+    loaded = set()
+    own_packages = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 1)}
+    for target in targets:
+        parts = target.split(".")
+        for i in range(2, len(parts) + 1):      # npgrad.ops.shape loads npgrad.ops and npgrad.ops.shape
+            name = ".".join(parts[:i])
+            if name in known and name not in own_packages:
+                loaded.add(name)
+    return loaded
+
+
+def _import_graph():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                edges |= _resolve(name, path.name == "__init__.py", node, modules)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def _find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_graph_is_read_from_the_source():
+    graph = _import_graph()
+    assert "npgrad.tensor" in graph and "npgrad.ops.elementwise" in graph
+    assert {"npgrad.ops.arithmetic", "npgrad.function"} <= graph["npgrad.tensor"] | {
+        m for dep in graph["npgrad.tensor"] for m in graph[dep]}
+    assert "npgrad.function" in graph["npgrad.ops.elementwise"]
+
+
+def test_npgrad_imports_have_no_cycle():
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("lower", ["npgrad.function", "npgrad.ops", "npgrad.kernels"])
+def test_lower_layers_do_not_import_the_layers_above(lower):
+    graph = _import_graph()
+    above = {"npgrad.tensor", "npgrad.nn", "npgrad.functional", "npgrad.optim", "npgrad.gradcheck"}
+    for name, deps in graph.items():
+        if name == lower or name.startswith(lower + "."):
+            assert not deps & above, f"{name} imports {sorted(deps & above)}"
+
+
+def test_an_ops_module_imports_on_its_own():
+    code = ("import sys, numpy as np\n"
+            "import npgrad.ops.elementwise as e\n"
+            "assert 'npgrad.tensor' in sys.modules\n"     # npgrad/__init__ runs first, as for any submodule
+            "y = e.exp(np.zeros(2))\n"
+            "assert type(y).__name__ == 'Tensor' and hasattr(y, 'backward')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_tensor_methods_are_in_the_class_body():
+    import npgrad as ng
+
+    for name in ("__add__", "__radd__", "__matmul__", "sum", "mean", "max", "reshape", "transpose", "swapaxes",
+                 "T", "__getitem__", "masked_fill", "exp", "log", "tanh", "sqrt", "relu", "astype", "eq", "__lt__"):
+        assert name in vars(ng.Tensor), f"Tensor.{name} is not defined in the class body"
+        assert vars(ng.Tensor)[name].__doc__, f"Tensor.{name} has no docstring"
