@@ -168,7 +168,7 @@ def assert_clean_error(code, err, *fragments):
     ("train.max_steps", ["section.key=value"]),                     # no value
     ("max_steps=3", ["must name its section", "train.max_steps"]),  # no section
     ("trian.max_steps=3", ["unknown section", "trian"]),
-    ("train.max_steps=abc", ["[train] max_steps must be a number", "'abc'"]),
+    ("train.max_steps=abc", ["[train] max_steps must be a whole number >= 0", "'abc'"]),
     ("train.batch_size=2.5", ["[train] batch_size must be a whole number"]),
     ("train.lr=true", ["[train] lr must be a number"]),
 ])

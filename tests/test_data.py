@@ -409,7 +409,7 @@ def test_resume_from_state_dict_continues_exactly():
 
 def test_too_long_example_and_bad_arguments():
     dataset = D.TranslationDataset([[4] * 50], [[5] * 3])
-    with pytest.raises(ValueError, match=r"example 0 is 51 tokens.*max_tokens=32"):
+    with pytest.raises(ValueError, match=r"sentence 1 of the set is 51 sub-word tokens.*max_tokens=32"):
         D.BatchIterator(dataset, max_tokens=32).batches(0)
     with pytest.raises(ValueError, match="max_tokens must be positive"):
         D.BatchIterator(dataset, max_tokens=0)
@@ -420,7 +420,7 @@ def test_too_long_example_and_bad_arguments():
 def test_subword_length_limit_reports_or_refuses():
     src = [[4] * 3, [4] * 9, [4] * 2]
     tgt = [[5] * 3, [5] * 2, [5] * 9]
-    with pytest.raises(D.DataValidationError, match=r"2 of 3 pairs are longer than max_len=8.*pairs 2, 3 \(1-based"):
+    with pytest.raises(D.DataValidationError, match=r"2 of 3 pairs are longer than 8 sub-word tokens.*lines 2, 3 \(1-based"):
         D.limit_subword_length(src, tgt, max_len=8)
     kept_src, kept_tgt, report = D.limit_subword_length(src, tgt, max_len=8, on_bad="filter")
     assert kept_src == [[4] * 3] and kept_tgt == [[5] * 3]

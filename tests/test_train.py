@@ -4,7 +4,7 @@
   Ctrl-C, then ``--resume``) end with bit-identical weights AND optimizer moments, with dropout on (so the RNG
   state matters) and with gradient accumulation.
 - The JSON-lines log: one train record per step (also across a kill and a resume), every line valid JSON.
-- The time budget stops training; Ctrl-C saves a checkpoint and exits with 130.
+- The time budget stops training; Ctrl-C saves a checkpoint and exits with 130, SIGTERM likewise with 143.
 """
 from __future__ import annotations
 
@@ -182,18 +182,21 @@ def test_kill_9_then_resume_is_bit_identical(reference, tmp_path):
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes(reference, tmp_path):
+@pytest.mark.parametrize("signum, code, stopped", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_and_resumes(reference, tmp_path, signum, code, stopped):
+    # SIGTERM is what `timeout`, `kill` and job schedulers send: treated like Ctrl-C, it must not lose the run.
     process = start_training(tmp_path, "train.max_steps=1000", "train.checkpoint_every=1000", hold_at_step=2)
     wait_for_steps(process, tmp_path, 2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["stopped"] == "interrupted"
+    assert summary["stopped"] == stopped
     stopped_at = summary["step"]
     assert 2 <= stopped_at < STEPS
-    # checkpoint_every is 1000: the only checkpoint is the one Ctrl-C wrote, at the step it stopped.
+    # checkpoint_every is 1000: the only checkpoint is the one the signal wrote, at the step it stopped.
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [checkpoint_dir(tmp_path, stopped_at).name]
 
     with ng.use_backend(SUBPROCESS_BACKEND):

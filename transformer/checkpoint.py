@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import fsync_path, write_durable
+
 FORMAT = "npgrad-checkpoint"
 VERSION = 1
 MANIFEST = "checkpoint.json"
@@ -151,21 +153,6 @@ def _safe_dtype(text):
 
 
 # ============================================================================================== file helpers
-def _fsync_path(path, directory=False):
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _file_record(path):
     data = Path(path).read_bytes()
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -175,7 +162,7 @@ def _write_safetensors(path, tensors, kind):
     from safetensors.numpy import save_file
     tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "content": kind})
-    _fsync_path(path)
+    fsync_path(path)
 
 
 _SAFETENSORS_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "U64", "I64", "F64",
@@ -317,9 +304,9 @@ def _replace_directory(new, target):
         old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
         os.rename(new, target)
-        _fsync_path(parent, directory=True)
+        fsync_path(parent, directory=True)
         shutil.rmtree(old)
-    _fsync_path(parent, directory=True)
+    fsync_path(parent, directory=True)
 
 
 # ============================================================================================== save / load
@@ -427,18 +414,42 @@ def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=Non
             written.append(OPTIMIZER_FILE)
         for name, source in extra.items():
             shutil.copyfile(source, staging / name)
-            _fsync_path(staging / name)
+            fsync_path(staging / name)
             written.append(name)
         manifest["files"] = {name: _file_record(staging / name) for name in written}
         manifest["tensor_order"] = {MODEL_FILE: list(weights), OPTIMIZER_FILE: list(optimizer_arrays)}
         # The manifest goes last: a directory with a complete manifest has all its files.
-        _write_bytes(staging / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8"))
-        _fsync_path(staging, directory=True)
+        write_durable(staging / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8"))
+        fsync_path(staging, directory=True)
         _replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def check_average_output(output, overwrite=False):
+    """Refuse an ``average`` output that would destroy something: a training checkpoint (its optimizer state and
+    data position are what lets a run resume), any other existing file or directory, a name a run's checkpoint
+    manager would take for one of its own; an earlier average only with ``overwrite``."""
+    target = Path(output)
+    if CheckpointManager._PATTERN.match(target.name) and target.parent.name == "checkpoints":
+        raise FileExistsError(f"average --output {target}: a run would take this name for one of its training "
+                              "checkpoints (and try to resume from weights only); choose another --output")
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not (target / MANIFEST).is_file():
+        raise FileExistsError(f"average --output {target} exists and is not a checkpoint; refusing to replace it")
+    try:
+        _, manifest = _read_manifest(target)
+        averaged = "averaged" in (_decode(manifest.get("metadata") or {}, str(target)) or {})
+    except (CheckpointError, OSError):
+        averaged = False
+    if not averaged:
+        raise FileExistsError(f"average --output {target} is a training checkpoint; averaging into it would replace "
+                              "it with weights only and the run could no longer resume. Choose another --output")
+    if not overwrite:
+        raise FileExistsError(f"average --output {target} already holds an average; pass --overwrite to replace it")
 
 
 def check_config(saved, expected, ignore=NON_ARCHITECTURE_KEYS, where="checkpoint"):

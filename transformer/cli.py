@@ -9,13 +9,24 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic
+
 
 class UsageError(ValueError):
     """A command was given arguments it cannot work with (reported as ``error: ...``, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises UsageError (one ``error:`` line, exit 2) instead of exiting, so every
+    mistake, in an option or in a config, is reported the same way."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
 
 
 def _run_dir(config, override=None):
@@ -65,16 +76,18 @@ def load_model(checkpoint_dir, kind=None):
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
     checkpoint = load_checkpoint(_resolve_checkpoint(checkpoint_dir))
-    config = dict(checkpoint.config)
+    config = checkpoint.config
+    if not isinstance(config, dict):
+        raise ValueError(f"{checkpoint.directory}: the manifest's model config is not a mapping")
     found = "lm" if "vocab_size" in config else "translation"
     if kind is not None and kind != found:
         use = "lm-sample / lm-eval" if found == "lm" else "translate / evaluate"
         raise ValueError(f"{checkpoint.directory} is a {'language-model' if found == 'lm' else 'translation'} "
                          f"checkpoint; use {use} with it")
-    if found == "lm":
-        model = LanguageModel(LMConfig.from_dict(config))
-    else:
-        model = Transformer(TransformerConfig.from_dict(config))
+    # Every key must be there, with its type: a missing n_heads must never quietly become today's default.
+    where = f"{checkpoint.directory}/manifest.json config"
+    config_class = LMConfig if found == "lm" else TransformerConfig
+    model = (LanguageModel if found == "lm" else Transformer)(config_class.from_dict(config, strict=True, where=where))
     model.load_state_dict(checkpoint.model_state)
     model.eval()
     tokenizers = load_tokenizers(checkpoint.directory)
@@ -104,10 +117,14 @@ def cmd_prepare(args):
 
 
 def _train(args, task_class):
-    from .train import Trainer, seed_everything, train_settings
+    from .train import EXIT_CODES, Trainer, check_fresh_run_dir, seed_everything, train_settings
     config = _load(args)
     run_dir = _run_dir(config, args.run_dir)
-    if args.resume and (run_dir / "config.json").is_file():
+    if args.resume and not (run_dir / "config.json").is_file():
+        # Checked before anything is created: a mistyped directory must not become a new run (nor train a tokenizer).
+        raise UsageError(f"--resume: {run_dir} holds no training run to resume (no config.json, no checkpoint); "
+                         "check the --run-dir, or start a new run without --resume")
+    if args.resume:
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
         from .config import apply_overrides
@@ -117,16 +134,18 @@ def _train(args, task_class):
               "line apply on top, edits to the config file do not)", file=sys.stderr)
     settings = train_settings(config["train"])
     seed_everything(settings["seed"])
+    if not args.resume:
+        check_fresh_run_dir(run_dir)       # before the corpus is read and a tokenizer trained
     run_dir.mkdir(parents=True, exist_ok=True)
     task = task_class(config, run_dir, settings)
     print(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}", file=sys.stderr)
     trainer = Trainer(task, run_dir, settings, resume=args.resume)
     # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
     state = trainer.run()
     print(json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"],
                       "run_dir": str(run_dir)}))
-    return 130 if state["stopped"] == "interrupted" else 0
+    return EXIT_CODES.get(state["stopped"], 0)
 
 
 def cmd_train(args):
@@ -145,18 +164,19 @@ def cmd_translate(args):
     lines = _read_input(args.input)
     out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
                               alpha=args.alpha)
-    stream = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    for line in out:
-        stream.write(line.replace("\n", " ") + "\n")
+    text = "".join(line.replace("\n", " ") + "\n" for line in out)
     if args.output:
-        stream.close()
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
 def cmd_evaluate(args):
     from .data import TranslationDataset, evaluation_batches
     from .evaluate import bleu, chrf, perplexity, write_human_eval_sheet
-    from .tasks import DATA_DEFAULTS, TranslationTask, load_corpus, translate_sentences
+    from .datasets import file_identity
+    from .tasks import DATA_DEFAULTS, load_corpus, translate_sentences, truncate_for_model
     import npgrad as ng
     from npgrad import functional as F
     model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
@@ -165,10 +185,14 @@ def cmd_evaluate(args):
     if args.data_dir:
         data["data_dir"] = args.data_dir
     corpus = load_corpus(data)
+    _check_same_data(checkpoint, file_identity(corpus.files), args.allow_changed_data)
     pairs = corpus[args.split]
     if args.limit:
-        pairs.src, pairs.tgt = pairs.src[:args.limit], pairs.tgt[:args.limit]
-    dataset = TranslationDataset(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt))
+        pairs = pairs.subset(range(min(args.limit, len(pairs))))
+    if len(pairs) == 0:
+        raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
+    dataset = TranslationDataset(*truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt),
+                                                     model.config, pairs))
     total, tokens = 0.0, 0
     with ng.no_grad():
         for batch in evaluation_batches(dataset, args.max_tokens):
@@ -184,12 +208,29 @@ def cmd_evaluate(args):
               "chrf": c.score, "chrf_signature": c.signature, "beam": args.beam,
               "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
-        Path(args.hypotheses).write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        write_atomic(args.hypotheses, "\n".join(hyps) + "\n")
     if args.sheet:
         write_human_eval_sheet(args.sheet, pairs.src, pairs.tgt, hyps)
         result["sheet"] = args.sheet
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _check_same_data(checkpoint, current, allow_changed):
+    """Refuse to score a checkpoint on data other than its run's (the splits would silently differ); with
+    ``--allow-changed-data`` say what changed and go on."""
+    from .datasets import identity_changes
+    recorded = (checkpoint.train_state or {}).get("data_files")
+    if not recorded:
+        return                                   # a checkpoint written before data identities were recorded
+    changes = identity_changes(recorded, current)
+    if not changes:
+        return
+    text = "the data differs from what the run trained on: " + "; ".join(changes)
+    if not allow_changed:
+        raise UsageError(f"{checkpoint.directory}: {text}. The splits (and scores) would not be the run's; restore "
+                         "the files, point --data-dir at the run's copy, or pass --allow-changed-data")
+    print(f"warning: {text} (--allow-changed-data)", file=sys.stderr)
 
 
 def _run_config_of(checkpoint):
@@ -204,9 +245,10 @@ def _run_config_of(checkpoint):
 
 
 def cmd_average(args):
-    from .checkpoint import CheckpointManager
+    from .checkpoint import CheckpointManager, check_average_output
     from .train import write_averaged_checkpoint
     dirs = list(args.checkpoints)
+    check_average_output(args.output, overwrite=args.overwrite)       # before any checkpoint is read
     if args.run_dir:
         infos = CheckpointManager(Path(args.run_dir) / "checkpoints").checkpoints()
         if len(infos) < args.last:
@@ -214,7 +256,7 @@ def cmd_average(args):
         dirs += [i.path for i in infos[-args.last:]]
     if not dirs:
         raise UsageError("give checkpoint directories or --run-dir with --last N")
-    write_averaged_checkpoint(dirs, args.output)
+    write_averaged_checkpoint(dirs, args.output, overwrite=args.overwrite)
     return 0
 
 
@@ -239,7 +281,8 @@ def cmd_lm_eval(args):
     Kneser-Ney baseline (fitted on the training split) on the very same predicted tokens."""
     import math
     from .data import split_stream
-    from .tasks import LM_DATA_DEFAULTS, decode_lm_ids, encode_lm_text, load_lm_text, lm_split_loss
+    from .datasets import file_identity
+    from .tasks import LM_DATA_DEFAULTS, decode_lm_ids, encode_lm_text, load_lm_text, lm_split_loss, lm_text_path
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="lm")
     run_config = _run_config_of(checkpoint)
     data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
@@ -247,7 +290,10 @@ def cmd_lm_eval(args):
         data["data_dir"] = args.data_dir
     if args.text:
         data["text_path"] = args.text
-    text = load_lm_text(data)
+    path = lm_text_path(data)
+    if not args.text:                            # --text asks for another text on purpose
+        _check_same_data(checkpoint, file_identity([path]), args.allow_changed_data)
+    text = load_lm_text(data, path)
     ids = encode_lm_text(tokenizer, text)
     train, val = split_stream(ids, float(data["train_fraction"]))
     split = {"train": train, "val": val}[args.split]
@@ -280,15 +326,26 @@ def cmd_lm_eval(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="transformer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Number
+    p = _Parser(prog="transformer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback behind an error message")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def number(q, flag, spec, default, help=None):
+        # Every numeric option is checked by the same table-driven rule as config numbers (config.Number).
+        q.add_argument(flag, type=spec.option(flag), default=default,
+                       help=(help + "; " if help else "") + f"{spec.describe()} (default {default})")
 
     def with_config(q):
         q.add_argument("--config", required=True, help="a file or a name in configs/ (e.g. multi30k_de_en)")
         q.add_argument("--run-dir", help="where checkpoints, logs and tokenizers go (default runs/CONFIG)")
         q.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
         return q
+
+    def decoding(q):
+        number(q, "--beam", Number(int, 1, 1000), 5, "beam size (1: greedy)")
+        number(q, "--alpha", NON_NEGATIVE, 0.6, "length penalty ((5+len)/6)^alpha")
+        number(q, "--max-tokens", POSITIVE_INT, 8000, "sub-word tokens per decoding batch")
 
     with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
     q = with_config(sub.add_parser("train", help="train a translation model"))
@@ -300,26 +357,25 @@ def build_parser():
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--input", help="a file (default: standard input)")
     q.add_argument("--output", help="a file (default: standard output)")
-    q.add_argument("--beam", type=int, default=5)
-    q.add_argument("--alpha", type=float, default=0.6, help="length penalty ((5+len)/6)^alpha")
-    q.add_argument("--max-tokens", type=int, default=8000)
+    decoding(q)
 
     q = sub.add_parser("evaluate", help="loss, perplexity, sacreBLEU and chrF on a split")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    q.add_argument("--beam", type=int, default=5)
-    q.add_argument("--alpha", type=float, default=0.6)
-    q.add_argument("--max-tokens", type=int, default=8000)
-    q.add_argument("--limit", type=int, default=0, help="only the first N sentences")
+    decoding(q)
+    number(q, "--limit", NON_NEGATIVE_INT, 0, "only the first N sentences (0: all)")
     q.add_argument("--data-dir")
+    q.add_argument("--allow-changed-data", action="store_true",
+                   help="evaluate even if the corpus files differ from those the run trained on (warns)")
     q.add_argument("--hypotheses", help="write the detokenised hypotheses here")
     q.add_argument("--sheet", help="write a human-evaluation CSV sheet here")
 
     q = sub.add_parser("average", help="average the weights of several checkpoints")
     q.add_argument("checkpoints", nargs="*")
     q.add_argument("--run-dir")
-    q.add_argument("--last", type=int, default=5)
-    q.add_argument("--output", required=True)
+    number(q, "--last", POSITIVE_INT, 5, "with --run-dir: its last N checkpoints")
+    q.add_argument("--output", required=True, help="a new directory (never a training checkpoint)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier output of average")
 
     q = sub.add_parser("sheet-summary", help="summarise a filled human-evaluation sheet")
     q.add_argument("sheet")
@@ -327,11 +383,11 @@ def build_parser():
     q = sub.add_parser("lm-sample", help="sample text from a language model")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--prompt", default="")
-    q.add_argument("--max-new-tokens", type=int, default=500)
-    q.add_argument("--temperature", type=float, default=0.8)
-    q.add_argument("--top-k", type=int, default=0)
-    q.add_argument("--top-p", type=float, default=0.0)
-    q.add_argument("--seed", type=int, default=0)
+    number(q, "--max-new-tokens", NON_NEGATIVE_INT, 500)
+    number(q, "--temperature", NON_NEGATIVE, 0.8, "0: greedy")
+    number(q, "--top-k", NON_NEGATIVE_INT, 0, "0: off")
+    number(q, "--top-p", Number(float, 0, 1), 0.0, "0: off")
+    number(q, "--seed", NON_NEGATIVE_INT, 0)
     q.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (no KV cache)")
 
     q = sub.add_parser("lm-eval", help="loss, perplexity and bits per character of a language model")
@@ -339,14 +395,15 @@ def build_parser():
     q.add_argument("--split", default="val", choices=["train", "val"])
     q.add_argument("--text", help="a text file instead of the run's corpus (split by the run's train_fraction)")
     q.add_argument("--data-dir", help="the corpus cache (default: the run's, or TRANSFORMER_DATA)")
-    q.add_argument("--max-tokens", type=int, default=0, help="only the first N tokens of the split")
-    q.add_argument("--stride", type=int, default=0,
-                   help="windows of block_size tokens start every STRIDE tokens and each token is scored once, "
-                        "so every token after the first window has at least block_size - STRIDE tokens of context "
-                        "(default block_size // 2; block_size gives non-overlapping windows, as in training)")
-    q.add_argument("--ngram", type=int, default=0,
-                   help="also fit a Kneser-Ney n-gram model of this order on the training split and score it "
-                        "on the same tokens")
+    q.add_argument("--allow-changed-data", action="store_true",
+                   help="evaluate even if the corpus file differs from the one the run trained on (warns)")
+    number(q, "--max-tokens", NON_NEGATIVE_INT, 0, "only the first N tokens of the split (0: all)")
+    number(q, "--stride", NON_NEGATIVE_INT, 0,
+           "windows of block_size tokens start every STRIDE tokens and each token is scored once, so every token "
+           "after the first window has at least block_size - STRIDE tokens of context (0: block_size // 2; "
+           "block_size gives non-overlapping windows, as in training)")
+    number(q, "--ngram", NON_NEGATIVE_INT, 0,
+           "also fit a Kneser-Ney n-gram model of this order on the training split and score it on the same tokens")
     return p
 
 
@@ -357,33 +414,36 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train
 
 def main(argv=None):
     from .config import ConfigError, normalise_cli_overrides
-    parser = build_parser()
+    from .datasets import ChecksumError, DownloadError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
         # "--train.max_steps 100" -> "train.max_steps=100" before argparse sees (and splits) the pair.
-        argv = normalise_cli_overrides(sys.argv[1:] if argv is None else list(argv))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        if not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        args.overrides = list(args.overrides) + unknown
-    from .datasets import ChecksumError, DownloadError
-    if os.environ.get("TRANSFORMER_RETAIN_MEMORY", "1") != "0":
-        # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
-        # fresh ones each step (npgrad/allocator.py: a Multi30k step 1.03-1.37x faster).
-        from npgrad.allocator import retain_freed_memory
-        retain_freed_memory()
-    try:
+        argv = normalise_cli_overrides(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            if not hasattr(args, "overrides"):
+                raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
+            args.overrides = list(args.overrides) + unknown
+        if os.environ.get("TRANSFORMER_RETAIN_MEMORY", "1") != "0":
+            # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
+            # fresh ones each step (npgrad/allocator.py: a Multi30k step 1.03-1.37x faster).
+            from npgrad.allocator import retain_freed_memory
+            retain_freed_memory()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError, FloatingPointError) as error:
-        # Bad configs, data, checkpoints and files are the user's to fix: one line saying what, no traceback.
-        # (ValueError covers DataValidationError, TokenizerError, CheckpointError and UnicodeDecodeError;
-        # FloatingPointError is a diverged training, whose message says what to change.)
+    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError, FloatingPointError, MemoryError) as error:
+        # Bad configs, data, checkpoints and files are the user's to fix: one line saying what, no traceback
+        # (--debug shows it). ValueError covers UsageError, DataValidationError, TokenizerError, CheckpointError and
+        # UnicodeDecodeError; FloatingPointError is a diverged training, whose message says what to change.
+        if debug:
+            traceback.print_exc()
+        if isinstance(error, MemoryError):
+            error = f"out of memory ({error or 'an allocation failed'}); use a smaller batch (--max-tokens, " \
+                    "train.max_tokens) or beam (--beam)"
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -104,3 +104,120 @@ def check_keys(section: str, given: dict, allowed) -> None:
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ConfigError(f"[{section}]: unknown key(s) {unknown}; known keys: {sorted(allowed)}")
+
+
+# ------------------------------------------------------------------------------------------------ numbers and ranges
+# Every number a user gives (a config key, an override, a command-line option, a model config read from a
+# checkpoint) is checked here, against one table, with the allowed range in the message.
+
+class Number:
+    """A numeric setting's type and allowed range: ``Number(int, 1)`` is a whole number >= 1,
+    ``Number(float, 0, 1, hi_open=True)`` a number in [0, 1), ``Number(float, 0, lo_open=True)`` one > 0."""
+
+    def __init__(self, kind, lo=None, hi=None, *, lo_open=False, hi_open=False):
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+
+    def describe(self) -> str:
+        what = "a whole number" if self.kind is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo}"
+        if self.hi is not None:
+            return f"{what} {'<' if self.hi_open else '<='} {self.hi}"
+        return what
+
+    def check(self, where: str, value):
+        """``value`` as an int/float, or ConfigError: '{where} must be {range}, got {value!r}'."""
+        bad = ConfigError(f"{where} must be {self.describe()}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):   # bool is an int: refused too
+            if hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 and value.dtype.kind in "iuf":
+                value = value.item()                                       # a NumPy scalar
+            else:
+                raise bad
+        if self.kind is int:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ConfigError(f"{where} must be {self.describe()} (a whole number), got {value!r}")
+                value = int(value)                                         # max_steps = 2e3 -> 2000
+        else:
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise bad
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            raise bad
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            raise bad
+        return value
+
+    def option(self, flag: str):
+        """An argparse ``type=`` for a command-line option (argparse's message names the flag; this one the range)."""
+        import argparse
+
+        def parse(text):
+            try:
+                return self.check(flag, parse_number(text))
+            except (ValueError, ConfigError):
+                raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+        parse.__name__ = flag
+        return parse
+
+
+def parse_number(text: str):
+    """'5' -> 5, '2.5' / '1e-3' -> float; anything else raises ValueError."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+POSITIVE_INT, NON_NEGATIVE_INT = Number(int, 1), Number(int, 0)
+POSITIVE, NON_NEGATIVE = Number(float, 0, lo_open=True), Number(float, 0)
+PROBABILITY_BELOW_1 = Number(float, 0, 1, hi_open=True)          # dropout, label smoothing, betas
+FRACTION_OPEN = Number(float, 0, 1, lo_open=True, hi_open=True)  # a split between two non-empty parts
+
+# section -> key -> Number. Keys missing here are not numbers (strings, booleans, lists checked elsewhere).
+RANGES = {
+    "train": dict(
+        lr=NON_NEGATIVE, min_lr=NON_NEGATIVE, warmup_steps=NON_NEGATIVE_INT, eps=POSITIVE,
+        momentum=PROBABILITY_BELOW_1, weight_decay=NON_NEGATIVE, label_smoothing=PROBABILITY_BELOW_1,
+        clip_norm=NON_NEGATIVE, accumulate=POSITIVE_INT, max_tokens=POSITIVE_INT, batch_size=POSITIVE_INT,
+        max_steps=NON_NEGATIVE_INT, max_epochs=NON_NEGATIVE_INT, max_minutes=NON_NEGATIVE,
+        validate_every=POSITIVE_INT, checkpoint_every=NON_NEGATIVE_INT, keep_last=POSITIVE_INT,
+        patience=NON_NEGATIVE_INT, log_every=POSITIVE_INT, seed=NON_NEGATIVE_INT, eval_iters=POSITIVE_INT,
+        bleu_beam=POSITIVE_INT, bleu_max_sentences=NON_NEGATIVE_INT, decode_max_tokens=POSITIVE_INT),
+    "data": dict(
+        src_column=NON_NEGATIVE_INT, tgt_column=NON_NEGATIVE_INT, split_seed=NON_NEGATIVE_INT,
+        max_tokens=NON_NEGATIVE_INT, max_chars=NON_NEGATIVE_INT, max_ratio=NON_NEGATIVE,
+        train_fraction=FRACTION_OPEN),                       # valid_size/test_size: a count or a fraction
+    "tokenizer": dict(
+        vocab_size=Number(int, 8), character_coverage=Number(float, 0, 1, lo_open=True),
+        input_sentence_size=POSITIVE_INT, seed=NON_NEGATIVE_INT),
+    "model": dict(
+        src_vocab_size=POSITIVE_INT, tgt_vocab_size=POSITIVE_INT, vocab_size=POSITIVE_INT,
+        d_model=POSITIVE_INT, n_heads=POSITIVE_INT, d_ff=POSITIVE_INT, num_encoder_layers=POSITIVE_INT,
+        num_decoder_layers=POSITIVE_INT, n_layers=POSITIVE_INT, max_len=Number(int, 2), block_size=POSITIVE_INT,
+        max_relative_distance=POSITIVE_INT, dropout=PROBABILITY_BELOW_1, attention_dropout=PROBABILITY_BELOW_1,
+        pad_id=NON_NEGATIVE_INT, unk_id=NON_NEGATIVE_INT, bos_id=NON_NEGATIVE_INT, eos_id=NON_NEGATIVE_INT,
+        seed=NON_NEGATIVE_INT, init_std=POSITIVE),
+}
+
+
+def check_numbers(section: str, values: dict) -> dict:
+    """``values`` with every key of ``RANGES[section]`` checked (and whole floats made ints); None is left alone
+    (an optional setting that is off)."""
+    ranges = RANGES[section]
+    out = dict(values)
+    for key, value in values.items():
+        if key in ranges and value is not None:
+            out[key] = ranges[key].check(f"[{section}] {key}", value)
+    return out
+
+
+def check_split_size(where: str, value):
+    """A split size: a whole count >= 0, or a fraction in [0, 1)."""
+    if isinstance(value, float):
+        if 0.0 <= value < 1.0:
+            return value
+        raise ConfigError(f"{where} must be a whole count >= 0 or a fraction in [0, 1), got {value!r}")
+    return Number(int, 0).check(where + " (a count, or a fraction in [0, 1))", value)

@@ -71,6 +71,8 @@ class ValidationReport:
     kept: int = 0
     stripped: int = 0  # pairs whose leading/trailing whitespace was removed (kept, just cleaned)
     dropped: dict[str, list[int]] = field(default_factory=dict)
+    kept_lines: list[int] = field(default_factory=list, repr=False)  # the line of each kept pair, in order
+    message: str = ""                                                 # what was dropped and why, in words
 
     @property
     def num_dropped(self) -> int:
@@ -163,6 +165,7 @@ def validate_pairs(
         if reason is None:
             src_kept.append(s_clean)
             tgt_kept.append(t_clean)
+            report.kept_lines.append(line_numbers[i])
         else:
             report.dropped.setdefault(reason, []).append(line_numbers[i])
     report.kept = len(src_kept)
@@ -324,29 +327,39 @@ class TranslationDataset:
 
 def limit_subword_length(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], *, max_len: int,
                          on_bad: str = "error", name: str = "train", src_eos: bool = True,
+                         line_numbers: Sequence[int] | None = None, origin: str = "", why: str = "",
                          ) -> tuple[list, list, ValidationReport]:
-    """Keep pairs whose padded lengths (source + EOS, target + BOS/EOS) fit ``max_len`` (the model's maximum
-    positions); the rest raise ``DataValidationError`` or are dropped and reported, like ``validate_pairs``.
-    Apply it to the training split only: evaluation sets must stay complete."""
+    """Keep pairs whose padded lengths (source + EOS, target + BOS/EOS) fit ``max_len`` sub-words (what a batch or
+    the model's position table holds, as ``why`` says); the rest raise ``DataValidationError`` or are dropped and
+    reported, like ``validate_pairs``, with their 1-based ``line_numbers`` in ``origin`` (default: position in the
+    split). Apply it to the training split only: evaluation sets must stay complete."""
     if on_bad not in ON_BAD_CHOICES:
         raise ValueError(f"on_bad must be one of {ON_BAD_CHOICES}, got {on_bad!r}")
     if len(src_ids) != len(tgt_ids):
         raise ValueError(f"limit_subword_length: {len(src_ids)} source sentences but {len(tgt_ids)} targets")
-    report = ValidationReport(name=f"{name} (subword length <= {max_len})", total=len(src_ids))
+    if line_numbers is None:
+        line_numbers = range(1, len(src_ids) + 1)
+    where = f" of {origin}" if origin else " (1-based, in the split)"
+    limit = f"{max_len} sub-word tokens with special tokens" + (f" ({why})" if why else "")
+    report = ValidationReport(name=f"{name} (at most {limit})", total=len(src_ids))
     kept_src, kept_tgt = [], []
     for i, (x, y) in enumerate(zip(src_ids, tgt_ids)):
         if len(x) + int(src_eos) > max_len or len(y) + 1 > max_len:
-            report.dropped.setdefault(REASON_TOO_MANY_SUBWORDS, []).append(i + 1)
+            report.dropped.setdefault(REASON_TOO_MANY_SUBWORDS, []).append(line_numbers[i])
         else:
             kept_src.append(x)
             kept_tgt.append(y)
+            report.kept_lines.append(line_numbers[i])
     report.kept = len(kept_src)
-    if report.dropped and on_bad == "error":
+    if report.dropped:
         lines = report.dropped[REASON_TOO_MANY_SUBWORDS]
-        raise DataValidationError(
-            f"{name}: {len(lines)} of {report.total} pairs are longer than max_len={max_len} subword tokens (with "
-            f"special tokens), pairs {_format_lines(lines, 5).split(' ', 1)[1]} (1-based, in the split); raise max_len or set on_bad='filter' to drop them")
-    log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
+        report.message = (f"{name}: {len(lines)} of {report.total} pairs are longer than {limit}: "
+                          f"{_format_lines(lines, 5)}{where}")
+        if on_bad == "error":
+            raise DataValidationError(f"{report.message}; shorten or remove them, or set data.on_bad='filter' to "
+                                      "drop them")
+        report.message += "; dropped"
+        log.info("%s", report.message)          # the caller says it (the training command prints it)
     return kept_src, kept_tgt, report
 
 
@@ -377,8 +390,9 @@ def pack_batches(order: np.ndarray, sizes: np.ndarray, max_tokens: int,
         size = int(sizes[index])
         if size > max_tokens:
             raise ValueError(
-                f"example {int(index)} is {size} tokens long (with special tokens), more than max_tokens={max_tokens}; "
-                f"raise max_tokens or filter long pairs (validate_pairs max_tokens)")
+                f"sentence {int(index) + 1} of the set is {size} sub-word tokens long (with special tokens), more than "
+                f"a batch of max_tokens={max_tokens} holds; raise the batch size in tokens (--max-tokens, or "
+                f"train.max_tokens / train.decode_max_tokens)")
         count = pos - start + 1
         new_longest = max(longest, size)
         if count > 1 and (new_longest * count > max_tokens or (max_sentences is not None and count > max_sentences)):
@@ -493,11 +507,12 @@ class BatchIterator:
         self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
 
 
-def evaluation_batches(dataset: TranslationDataset, max_tokens: int) -> list[Batch]:
+def evaluation_batches(dataset: TranslationDataset, max_tokens: int,
+                       max_sentences: int | None = None) -> list[Batch]:
     """All of ``dataset`` in length-sorted batches (no shuffling); ``batch.indices`` map rows back to the order."""
     return [dataset.collate(indices) for indices in
             batch_order(dataset.src_lengths, dataset.tgt_lengths, max_tokens=max_tokens, seed=0, epoch=0,
-                        shuffle=False)]
+                        shuffle=False, max_sentences=max_sentences)]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -213,10 +213,21 @@ class ParallelText:
     tgt: list[str]
     src_lang: str = "src"
     tgt_lang: str = "tgt"
+    lines: list[int] | None = None   # lines[i]: the 1-based line of pair i in ``origin`` (None: i + 1)
+    origin: str = ""                 # the file(s) the pairs were read from, for messages
 
     def __post_init__(self):
         if len(self.src) != len(self.tgt):
             raise ValueError(f"ParallelText: {len(self.src)} source sentences but {len(self.tgt)} target sentences")
+        if self.lines is not None and len(self.lines) != len(self.src):
+            raise ValueError(f"ParallelText: {len(self.src)} pairs but {len(self.lines)} line numbers")
+
+    def line_of(self, i: int) -> int:
+        return self.lines[i] if self.lines is not None else i + 1
+
+    def subset(self, indices) -> "ParallelText":
+        return ParallelText([self.src[i] for i in indices], [self.tgt[i] for i in indices], self.src_lang,
+                            self.tgt_lang, [self.line_of(i) for i in indices], self.origin)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -229,6 +240,7 @@ class Corpus:
     splits: dict[str, ParallelText]
     reports: dict[str, ValidationReport] = field(default_factory=dict)
     name: str = "corpus"
+    files: list[Path] = field(default_factory=list)   # what was read: its identity is recorded in a run
 
     def __getitem__(self, split: str) -> ParallelText:
         if split not in self.splits:
@@ -295,9 +307,7 @@ def split_corpus(pairs: ParallelText, *, valid_size: int | float = 0.05, test_si
     pair_split = assignment[group_ids]  # (N,)
     result = {}
     for name, code in (("train", 0), ("valid", 1), ("test", 2)):
-        keep = np.flatnonzero(pair_split == code)
-        result[name] = ParallelText([pairs.src[i] for i in keep], [pairs.tgt[i] for i in keep],
-                                    pairs.src_lang, pairs.tgt_lang)
+        result[name] = pairs.subset(np.flatnonzero(pair_split == code))
     if len(result["train"]) == 0:
         raise ValueError(f"splitting {total} pairs left no training pairs; use smaller valid/test sizes")
     return result
@@ -316,7 +326,7 @@ def load_parallel_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike
     src, tgt, report = validate_pairs(src_lines, tgt_lines, name=name or f"{src_path.name} / {tgt_path.name}",
                                       src_name=str(src_path), tgt_name=str(tgt_path),
                                       **validation.for_split(split))
-    return ParallelText(src, tgt, src_lang, tgt_lang), report
+    return ParallelText(src, tgt, src_lang, tgt_lang, report.kept_lines, f"{src_path} / {tgt_path}"), report
 
 
 def read_tsv_pairs(raw_lines: Sequence[str | None], name: str, *, src_column: int, tgt_column: int,
@@ -340,7 +350,7 @@ def read_tsv_pairs(raw_lines: Sequence[str | None], name: str, *, src_column: in
     src_kept, tgt_kept, report = validate_pairs(src, tgt, name=name, src_name=f"{name} column {src_column + 1}",
                                                 tgt_name=f"{name} column {tgt_column + 1}", malformed=malformed,
                                                 **validation.for_split(split))
-    return ParallelText(src_kept, tgt_kept, src_lang, tgt_lang), report
+    return ParallelText(src_kept, tgt_kept, src_lang, tgt_lang, report.kept_lines, name), report
 
 
 def load_tsv(path: str | os.PathLike, *, src_column: int = 0, tgt_column: int = 1, src_lang: str = "src",
@@ -359,8 +369,9 @@ def _split_then_validate(pairs_raw: ParallelText, validation: ValidationOptions,
     splits = split_corpus(pairs_raw, valid_size=valid_size, test_size=test_size, seed=seed)
     train = splits["train"]
     src, tgt, report = validate_pairs(train.src, train.tgt, name=f"{name} train (length limits)",
+                                      line_numbers=[train.line_of(i) for i in range(len(train))],
                                       **validation.for_split("train"))
-    splits["train"] = ParallelText(src, tgt, train.src_lang, train.tgt_lang)
+    splits["train"] = ParallelText(src, tgt, train.src_lang, train.tgt_lang, report.kept_lines, train.origin)
     return Corpus(splits=splits, reports={"train": report}, name=name)
 
 
@@ -386,6 +397,7 @@ def load_parallel_corpus(*, src_path=None, tgt_path=None, tsv_path=None, src_col
         raise ValueError("load_parallel_corpus needs tsv_path, or both src_path and tgt_path")
     corpus = _split_then_validate(pairs, validation, name, valid_size=valid_size, test_size=test_size, seed=seed)
     corpus.reports = {"all": first_report, **corpus.reports}
+    corpus.files = [Path(p) for p in ((tsv_path,) if tsv_path is not None else (src_path, tgt_path))]
     return corpus
 
 
@@ -422,7 +434,7 @@ def load_multi30k(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: F
                                             paths[f"multi30k/{split_file}.{tgt}.gz"], src_lang=src, tgt_lang=tgt,
                                             name=f"multi30k {split}", validation=validation, split=split)
         splits[split], reports[split] = pairs, report
-    return Corpus(splits=splits, reports=reports, name=f"multi30k {src}-{tgt}")
+    return Corpus(splits=splits, reports=reports, name=f"multi30k {src}-{tgt}", files=list(paths.values()))
 
 
 def load_tatoeba(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: Fetcher | None = None,
@@ -450,6 +462,7 @@ def load_tatoeba(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: Fe
     corpus = _split_then_validate(pairs, validation, f"tatoeba {src}-{tgt}", valid_size=valid_size,
                                   test_size=test_size, seed=seed)
     corpus.reports = {"all": first_report, **corpus.reports}
+    corpus.files = [Path(archive)]
     return corpus
 
 
@@ -475,6 +488,28 @@ def load_text(path: str | os.PathLike) -> str:
     except UnicodeDecodeError as error:
         line = raw[:error.start].count(b"\n") + 1
         raise TextDecodeError(f"{path}: line {line} is not valid UTF-8 ({error.reason})") from None
+
+
+def file_identity(paths) -> dict:
+    """{file name: {"bytes", "sha256"}} of the files a run read, recorded in its checkpoints so that a later
+    evaluate or resume can tell whether it still reads the same data (keyed by name: a copy of the cache elsewhere
+    is the same data)."""
+    return {Path(p).name: {"bytes": Path(p).stat().st_size, "sha256": sha256_of(Path(p))} for p in paths}
+
+
+def identity_changes(recorded: dict, current: dict) -> list[str]:
+    """What differs between two ``file_identity`` records, in words (empty: the same data)."""
+    changes = []
+    for name in sorted(set(recorded) | set(current)):
+        before, now = recorded.get(name), current.get(name)
+        if before is None:
+            changes.append(f"{name} was not read by the run")
+        elif now is None:
+            changes.append(f"{name} (read by the run) is not read now")
+        elif before != now:
+            changes.append(f"{name} changed ({before['bytes']} bytes, sha256 {before['sha256'][:12]}... when the run "
+                           f"read it; now {now['bytes']} bytes, sha256 {now['sha256'][:12]}...)")
+    return changes
 
 
 def load_translation_corpus(name: str, src: str, tgt: str, *, data_dir=None, validation=None, seed: int = 0,

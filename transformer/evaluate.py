@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from .files import write_atomic
 
 SHEET_COLUMNS = ("id", "source", "reference", "hypothesis", "adequacy", "fluency")
 SCORE_COLUMNS = ("adequacy", "fluency")
@@ -145,16 +148,12 @@ def write_human_eval_sheet(path: str | os.PathLike, sources: Sequence[str], refe
     order = np.random.default_rng(seed).permutation(count)
     if sample_size is not None:
         order = order[:sample_size]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SHEET_COLUMNS)
-        for index in order:
-            writer.writerow([ids[index], sources[index], references[index], hypotheses[index], "", ""])
-    os.replace(temporary, path)
-    return path
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(SHEET_COLUMNS)
+    for index in order:
+        writer.writerow([ids[index], sources[index], references[index], hypotheses[index], "", ""])
+    return write_atomic(path, handle.getvalue())
 
 
 def summarise_sheet(path: str | os.PathLike) -> dict:

@@ -34,6 +34,7 @@ from npgrad import functional as F
 from npgrad import nn
 
 from .attention import init_linear
+from .config import ConfigError, check_numbers
 from .layers import ACTIVATIONS, DecoderLayer, EncoderLayer, layer_norm, make_layer_norm
 from .positional import (
     POSITIONAL_KINDS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_positional_kind,
@@ -45,33 +46,41 @@ DTYPES = ("float32", "float64")
 # ====================================================================================== configs
 
 class _ConfigMixin:
-    """to_dict / from_dict (JSON-safe), shared by both configs."""
+    """to_dict / from_dict (JSON-safe) and the checks shared by both configs."""
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d, strict=False, where=None):
+        """The config of a dict. ``strict=True`` (a config read from a checkpoint) requires every key, so a missing
+        one can never silently take today's default (and change the model); types are checked either way."""
+        who = where or cls.__name__
         if not hasattr(d, "keys"):
-            raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(d).__name__}")
+            raise ValueError(f"{who}: the model config must be a mapping, got {type(d).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in d if k not in fields)
         if unknown:
-            raise ValueError(
-                f"{cls.__name__}.from_dict: unknown key(s) {unknown}; the known keys are {sorted(fields)}")
+            raise ValueError(f"{who}: unknown key(s) {unknown}; the known keys are {sorted(fields)}")
         required = [name for name, f in fields.items()
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+                    if strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)]
         missing = [k for k in required if k not in d]
         if missing:
-            raise ValueError(f"{cls.__name__}.from_dict: missing required key(s) {missing}")
-        return cls(**dict(d))
+            raise ValueError(f"{who}: missing required key(s) {missing}" + (
+                " (a checkpoint's config must hold every key; it was written by other code or edited)"
+                if strict else ""))
+        for name, value in d.items():
+            _check_field_type(who, name, fields[name].type, value)
+        try:
+            return cls(**dict(d))
+        except ConfigError as error:
+            raise ValueError(f"{who}: {error}") from None
 
-    def _check_common(self, name, vocab_sizes):
+    def _check_common(self):
         who = type(self).__name__
-        for field, value in vocab_sizes + [("d_model", self.d_model), ("n_heads", self.n_heads),
-                                           ("d_ff", self.d_ff)]:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"{who}: {field} must be a positive integer, got {value!r}")
+        for field in dataclasses.fields(self):
+            _check_field_type(who, field.name, field.type, getattr(self, field.name))
+        check_numbers("model", self.to_dict())
         if self.d_model % self.n_heads:
             raise ValueError(f"{who}: d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         check_positional_kind(self.positional)
@@ -81,10 +90,19 @@ class _ConfigMixin:
             raise ValueError(f"{who}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{who}: dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for field in ("dropout", "attention_dropout"):
-            p = getattr(self, field)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{who}: {field} must be in [0, 1), got {p!r}")
+
+
+# The annotation (a string under ``from __future__ import annotations``) -> the types a value may have.
+_FIELD_TYPES = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating), "bool": (bool, np.bool_),
+                "str": (str,), "Optional[int]": (int, np.integer, type(None))}
+
+
+def _check_field_type(who, name, annotation, value):
+    allowed = _FIELD_TYPES[annotation]
+    if not isinstance(value, allowed) or (isinstance(value, (bool, np.bool_)) and bool not in allowed):
+        kind = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+                "Optional[int]": "a whole number or null"}[annotation]
+        raise ValueError(f"{who}: {name} must be {kind}, got {value!r}")
 
 
 @dataclass
@@ -115,8 +133,7 @@ class TransformerConfig(_ConfigMixin):
     seed: int = 0
 
     def __post_init__(self):
-        self._check_common("TransformerConfig", [("src_vocab_size", self.src_vocab_size),
-                                                 ("tgt_vocab_size", self.tgt_vocab_size)])
+        self._check_common()
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 f"TransformerConfig: share_embeddings needs one vocabulary, but src_vocab_size="
@@ -152,8 +169,7 @@ class LMConfig(_ConfigMixin):
     def __post_init__(self):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        self._check_common("LMConfig", [("vocab_size", self.vocab_size), ("n_layers", self.n_layers),
-                                        ("block_size", self.block_size)])
+        self._check_common()
 
 
 # ====================================================================================== decoding state

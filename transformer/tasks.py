@@ -7,6 +7,7 @@ generators for exact resume, and the files a checkpoint must carry (the tokenize
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ import npgrad as ng
 from npgrad import functional as F
 
 from . import search
-from .config import check_keys
-from .data import BatchIterator, LMBatcher, TranslationDataset, evaluation_batches, sequential_windows, split_stream
-from .datasets import ValidationOptions, load_text, load_translation_corpus, resolve_data_dir
+from .config import ConfigError, check_keys, check_numbers, check_split_size
+from .data import (
+    ON_BAD_CHOICES, BatchIterator, DataValidationError, LMBatcher, TranslationDataset, evaluation_batches, limit_subword_length,
+    split_stream,
+)
+from .datasets import ValidationOptions, file_identity, load_text, load_translation_corpus
+from .files import write_atomic
 from .evaluate import bleu, chrf
 from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
 from .tokenizer import CharTokenizer, load_tokenizers, train_sentencepiece
@@ -54,27 +59,50 @@ class TranslationTask:
 
     def __init__(self, config: dict, run_dir, settings: dict, build_model=True):
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
-        data = {**DATA_DEFAULTS, **config.get("data", {})}
-        check_keys("data", config.get("data", {}), DATA_DEFAULTS)
-        self.data_cfg = data
+        self.data_cfg = data = data_settings(config.get("data", {}))
         self.corpus = load_corpus(data)
+        self.data_files = file_identity(self.corpus.files)
         _log(self.corpus.summary())
+        if len(self.corpus["valid"]) == 0:
+            raise ConfigError(f"{self.corpus.name}: the validation split is empty (data.valid_size="
+                              f"{data['valid_size']}); validation (BLEU, the best checkpoint, early stopping) needs "
+                              "at least one pair: set data.valid_size to a count >= 1 or a fraction > 0")
         self.tok_dir = self.run_dir / "tokenizer"
         self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
-        model_section = dict(config.get("model", {}))
+        model_section = check_numbers("model", config.get("model", {}))
         # The vocabulary sizes come from the tokenizer, never from the config.
         check_keys("model", model_section, _config_fields(TransformerConfig) - {"src_vocab_size", "tgt_vocab_size"})
         model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = TransformerConfig(src_vocab_size=self.src_tok.vocab_size,
                                               tgt_vocab_size=self.tgt_tok.vocab_size, **model_section)
-        self.train_set = self.encode(self.corpus["train"])
+        self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
         self.valid_set = self.encode(self.corpus["valid"])
         self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]),
                                      seed=int(settings["seed"]))
         self.model = Transformer(self.model_config) if build_model else None
 
+    def encode_training(self, pairs, on_bad):
+        """The training pairs as sub-words, without those no batch or position table can hold: longer than
+        ``train.max_tokens`` (a batch's padded size) or, with learned positions, than ``model.max_len``; they are
+        dropped and reported with their file lines (``data.on_bad = "error"`` refuses them instead)."""
+        src_ids, tgt_ids = self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt)
+        limit, why = int(self.settings["max_tokens"]), f"train.max_tokens={int(self.settings['max_tokens'])}"
+        if self.model_config.positional == "learned" and self.model_config.max_len < limit:
+            limit, why = self.model_config.max_len, f"model.max_len={self.model_config.max_len} learned positions"
+        lines = [pairs.line_of(i) for i in range(len(pairs))]
+        src_ids, tgt_ids, report = limit_subword_length(src_ids, tgt_ids, max_len=limit, on_bad=on_bad,
+                                                        name="train", line_numbers=lines, origin=pairs.origin, why=why)
+        if report.message:
+            _log(f"warning: {report.message}")
+        if not src_ids:
+            raise DataValidationError(f"no training pair is left: {report.message}; raise the limit ({why})")
+        return TranslationDataset(src_ids, tgt_ids)
+
     def encode(self, pairs):
-        return TranslationDataset(self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt))
+        """Evaluation pairs as sub-words, each side cut to what the model's positions hold (evaluation sets are
+        never filtered: every reference counts; the cut is said)."""
+        src_ids, tgt_ids = self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt)
+        return TranslationDataset(*truncate_for_model(src_ids, tgt_ids, self.model_config, pairs))
 
     @property
     def epoch(self):
@@ -121,6 +149,32 @@ class TranslationTask:
         return tokenizer_files(self.tok_dir)
 
 
+def data_settings(section: dict) -> dict:
+    """The [data] section over the defaults, its keys and numbers checked."""
+    check_keys("data", section, DATA_DEFAULTS)
+    data = check_numbers("data", {**DATA_DEFAULTS, **section})
+    for key in ("valid_size", "test_size"):
+        data[key] = check_split_size(f"[data] {key}", data[key])
+    if data["on_bad"] not in ON_BAD_CHOICES:
+        raise ConfigError(f"[data] on_bad must be one of {', '.join(ON_BAD_CHOICES)}, got {data['on_bad']!r}")
+    return data
+
+
+def truncate_for_model(src_ids, tgt_ids, model_config, pairs=None):
+    """Cut each side to ``max_len - 1`` sub-words (+ EOS / BOS fills the table) when the model has learned
+    positions; says how many pairs were cut. Returns the (src_ids, tgt_ids) lists."""
+    if model_config.positional != "learned":
+        return src_ids, tgt_ids
+    keep = model_config.max_len - 1
+    cut = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) > keep or len(y) > keep]
+    if cut:
+        where = f"line {pairs.line_of(cut[0])} of {pairs.origin}" if pairs is not None and pairs.origin else \
+            f"pair {cut[0] + 1}"
+        _log(f"note: {len(cut)} evaluation pair(s) longer than model.max_len={model_config.max_len} sub-words were "
+             f"cut to fit the positions (first: {where})")
+    return [x[:keep] for x in src_ids], [y[:keep] for y in tgt_ids]
+
+
 def load_corpus(data: dict):
     validation = ValidationOptions(max_tokens=data["max_tokens"] or None, max_chars=data["max_chars"] or None,
                                    max_ratio=data["max_ratio"] or None, on_bad=data["on_bad"])
@@ -136,19 +190,51 @@ def load_corpus(data: dict):
                                    validation=validation, seed=int(data["split_seed"]), **paths)
 
 
-def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
-    """Load the run's tokenizers, training them from the training split the first time."""
+def tokenizer_settings(config: dict, **defaults) -> dict:
+    """The [tokenizer] section over the defaults, its keys and numbers checked."""
     section = config.get("tokenizer", {})
     check_keys("tokenizer", section, TOKENIZER_DEFAULTS)
-    tok = {**TOKENIZER_DEFAULTS, **section}
+    return check_numbers("tokenizer", {**TOKENIZER_DEFAULTS, **defaults, **section})
+
+
+# The [tokenizer] settings a run's tokenizer was trained with, beside it: the tokenizer directory is the one source
+# of truth, and a later command whose settings differ (a prepare override not repeated, an override on --resume) is
+# refused instead of training with one tokenizer while config.json records another.
+TOKENIZER_SETTINGS_FILE = "settings.json"
+
+
+def check_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
+    path = tok_dir / TOKENIZER_SETTINGS_FILE
+    if not path.is_file():
+        return                                           # a tokenizer saved before settings were recorded
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    changed = [f"{key}={saved.get(key)!r} (this command: {tok.get(key)!r})" for key in sorted(set(saved) | set(tok))
+               if saved.get(key) != tok.get(key)]
+    if changed:
+        raise ConfigError(f"{tok_dir} holds the run's tokenizer, trained with tokenizer." + ", tokenizer.".join(changed)
+                          + "; a run keeps the tokenizer it was prepared with: repeat those settings, or use another "
+                          "--run-dir for a new tokenizer")
+
+
+def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
+    write_atomic(tok_dir / TOKENIZER_SETTINGS_FILE, json.dumps(tok, indent=2, sort_keys=True) + "\n")
+
+
+def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
+    """Load the run's tokenizers (refusing settings other than theirs), training them from the training split the
+    first time."""
+    tok = tokenizer_settings(config)
     if (tok_dir / "tokenizer.json").is_file():
+        check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)
     _log(f"training SentencePiece ({tok['model_type']}, {tok['vocab_size']}, joint={tok['joint']}) into {tok_dir}")
-    return train_sentencepiece(train_pairs.src, train_pairs.tgt, tok_dir, joint=bool(tok["joint"]),
-                               vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
-                               normalization_rule=tok["normalization_rule"],
-                               character_coverage=float(tok["character_coverage"]),
-                               input_sentence_size=int(tok["input_sentence_size"]), seed=int(tok["seed"]))
+    tokenizers = train_sentencepiece(train_pairs.src, train_pairs.tgt, tok_dir, joint=bool(tok["joint"]),
+                                     vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
+                                     normalization_rule=tok["normalization_rule"],
+                                     character_coverage=float(tok["character_coverage"]),
+                                     input_sentence_size=int(tok["input_sentence_size"]), seed=int(tok["seed"]))
+    record_tokenizer_settings(tok_dir, tok)
+    return tokenizers
 
 
 def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8000, alpha=0.6,
@@ -168,8 +254,11 @@ def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8
              f"(first: line {long_inputs[0] + 1})")
     dataset = TranslationDataset([encoded[i][:limit - 1] for i in keep], [[] for _ in keep])
     model.eval()
+    # A beam multiplies a batch's rows by its size: a batch holds at most max_tokens // beam sentences, so a large
+    # beam decodes in smaller batches instead of running out of memory (beam 5 with 8000 tokens: unchanged).
+    max_sentences = max(1, max_tokens // beam) if beam > 1 else None
     with ng.no_grad():
-        for batch in evaluation_batches(dataset, max_tokens):
+        for batch in evaluation_batches(dataset, max_tokens, max_sentences):
             if beam <= 1:
                 result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
                 token_lists = result.tokens
@@ -194,13 +283,15 @@ class LMTask:
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         section = config.get("data", {})
         check_keys("data", section, LM_DATA_DEFAULTS)
-        data = {**LM_DATA_DEFAULTS, **section}
-        text = load_lm_text(data)
+        data = check_numbers("data", {**LM_DATA_DEFAULTS, **section})
+        path = lm_text_path(data)
+        text = load_lm_text(data, path)
+        self.data_files = file_identity([path])
         self.tok_dir = self.run_dir / "tokenizer"
         self.tokenizer = prepare_lm_tokenizer(config, text, self.tok_dir)
         ids = encode_lm_text(self.tokenizer, text)
         self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
-        model_section = dict(config.get("model", {}))
+        model_section = check_numbers("model", config.get("model", {}))
         model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
@@ -249,17 +340,20 @@ class LMTask:
         return tokenizer_files(self.tok_dir)
 
 
-def load_lm_text(data: dict) -> str:
+def lm_text_path(data: dict) -> Path:
+    """The file a language model's [data] section names (tiny Shakespeare: fetched into the cache if missing)."""
     if data["text_path"]:
-        text = load_text(data["text_path"])
-        where = data["text_path"]
-    elif data["corpus"] == "tinyshakespeare":
-        from .datasets import load_tinyshakespeare
-        text = load_tinyshakespeare(data_dir=data["data_dir"] or None)
-        where = "tiny Shakespeare"
-    else:
-        raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a "
-                         "text_path")
+        return Path(data["text_path"])
+    if data["corpus"] == "tinyshakespeare":
+        from .datasets import TINYSHAKESPEARE_URL, fetch
+        return fetch("tinyshakespeare/input.txt", TINYSHAKESPEARE_URL + "input.txt", data_dir=data["data_dir"] or None)
+    raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a text_path")
+
+
+def load_lm_text(data: dict, path: Path | None = None) -> str:
+    path = path or lm_text_path(data)
+    text = load_text(path)
+    where = str(path)
     if not text:
         raise ValueError(f"{where}: the corpus is empty; a language model needs a text to learn from")
     if len(text) < 2:
@@ -283,20 +377,23 @@ def check_lm_block_size(train_ids, val_ids, block_size, train_fraction):
 
 
 def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
-    section = config.get("tokenizer", {})
-    check_keys("tokenizer", section, TOKENIZER_DEFAULTS)
-    tok = {**TOKENIZER_DEFAULTS, "kind": "char", **section}
+    tok = tokenizer_settings(config, kind="char")
     if (tok_dir / "tokenizer.json").is_file():
+        check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)[0]
     tok_dir.mkdir(parents=True, exist_ok=True)
     if tok["kind"] == "char":
         tokenizer = CharTokenizer.from_text(text)
         tokenizer.save(tok_dir)
-        return tokenizer
-    lines = [line for line in text.splitlines() if line.strip()]
-    return train_sentencepiece(lines, None, tok_dir, vocab_size=int(tok["vocab_size"]),
-                               model_type=tok["model_type"], normalization_rule=tok["normalization_rule"],
-                               seed=int(tok["seed"]))[0]
+    elif tok["kind"] == "sentencepiece":
+        lines = [line for line in text.splitlines() if line.strip()]
+        tokenizer = train_sentencepiece(lines, None, tok_dir, vocab_size=int(tok["vocab_size"]),
+                                        model_type=tok["model_type"], normalization_rule=tok["normalization_rule"],
+                                        seed=int(tok["seed"]))[0]
+    else:
+        raise ConfigError(f"[tokenizer] kind must be char or sentencepiece, got {tok['kind']!r}")
+    record_tokenizer_settings(tok_dir, tok)
+    return tokenizer
 
 
 def _newline_id(tokenizer):

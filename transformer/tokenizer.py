@@ -33,6 +33,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
+from .files import write_atomic
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_IDS = {"pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
 METADATA_FILE = "tokenizer.json"
@@ -153,8 +155,8 @@ def _train_one(sentences: Iterable[str], directory: Path, prefix: str, *, vocab_
     vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
                     for i in range(processor.get_piece_size()))
     # Write beside the target, then rename: a crash never leaves half a model under the real name.
-    _write_atomic(directory / f"{prefix}.model", model.getvalue())
-    _write_atomic(directory / f"{prefix}.vocab", vocab.encode("utf-8"))
+    write_atomic(directory / f"{prefix}.model", model.getvalue())
+    write_atomic(directory / f"{prefix}.vocab", vocab.encode("utf-8"))
     return SentencePieceTokenizer(directory / f"{prefix}.model", options)
 
 
@@ -297,14 +299,8 @@ def save_tokenizers(source, target, directory: str | os.PathLike) -> None:
                                                    "src": source.config(), "tgt": target.config()})
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)
-
-
 def _write_json_atomic(path: Path, value) -> None:
-    _write_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _read_json(path: Path) -> dict:

@@ -29,7 +29,8 @@ import npgrad as ng
 from npgrad import optim
 
 from .checkpoint import CheckpointManager, save_checkpoint
-from .config import check_keys
+from .files import write_atomic
+from .config import PROBABILITY_BELOW_1, ConfigError, check_keys, check_numbers
 
 TRAIN_DEFAULTS = dict(
     optimizer="adam",            # adam | adamw | sgd
@@ -63,25 +64,37 @@ TRAIN_DEFAULTS = dict(
 
 
 def train_settings(section: dict) -> dict:
+    """The [train] section over the defaults, every number checked against its range (config.RANGES)."""
     check_keys("train", section, TRAIN_DEFAULTS)
-    settings = {**TRAIN_DEFAULTS, **section}
-    for key, default in TRAIN_DEFAULTS.items():
-        # A number where the defaults have one (an override like train.max_steps=abc arrives as a string).
-        value = settings[key]
-        if type(default) not in (int, float):                        # lists, strings (and no bool defaults)
-            continue
-        if type(value) not in (int, float):                          # bool is an int subclass: refused too
-            raise ValueError(f"[train] {key} must be a number, got {value!r}")
-        if type(default) is int and type(value) is float:
-            if not value.is_integer():
-                raise ValueError(f"[train] {key} must be a whole number, got {value!r}")
-            settings[key] = int(value)                   # max_steps = 2e3 -> 2000
-    for key in ("accumulate", "validate_every", "keep_last", "log_every"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"[train] {key} must be >= 1, got {settings[key]}")
+    settings = check_numbers("train", {**TRAIN_DEFAULTS, **section})
+    betas = settings["betas"]
+    if not isinstance(betas, list) or len(betas) != 2:
+        raise ConfigError(f"[train] betas must be a list of two numbers in [0, 1), got {betas!r}")
+    settings["betas"] = [PROBABILITY_BELOW_1.check(f"[train] betas[{i}]", b) for i, b in enumerate(betas)]
+    for key, choices in (("optimizer", ("adam", "adamw", "sgd")), ("lr_schedule", ("inverse_sqrt", "cosine", "constant"))):
+        if settings[key] not in choices:
+            raise ConfigError(f"[train] {key} must be one of {', '.join(choices)}, got {settings[key]!r}")
     if settings["max_steps"] <= 0 and settings["max_epochs"] <= 0 and settings["max_minutes"] <= 0:
-        raise ValueError("[train] needs a budget: set max_steps, max_epochs or max_minutes (all are 0)")
+        raise ConfigError("[train] needs a budget: set max_steps, max_epochs or max_minutes (all are 0)")
     return settings
+
+
+# How a training process ends, as its exit code: a signal's stop saves a checkpoint first, then exits as shells and
+# schedulers expect (128 + the signal's number).
+EXIT_CODES = {"interrupted": 130, "terminated": 143}
+
+
+def check_fresh_run_dir(run_dir) -> None:
+    """A new run must not mix its log and checkpoints with an earlier run's; say how to go on instead."""
+    run_dir = Path(run_dir)
+    log_path = run_dir / "log.jsonl"
+    has_log = log_path.is_file() and log_path.stat().st_size > 0
+    if CheckpointManager(run_dir / "checkpoints").last() is not None:
+        raise FileExistsError(f"{run_dir} already holds a training run with checkpoints; continue it with --resume, "
+                              "or choose another --run-dir")
+    if has_log:
+        raise FileExistsError(f"{run_dir} holds a training run that stopped before its first checkpoint ({log_path}); "
+                              "start it again from step 0 with --resume, or choose another --run-dir")
 
 
 def build_optimizer(model, s):
@@ -140,9 +153,7 @@ class JsonLog:
             else:
                 dropped += 1
         if dropped:
-            temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_text("".join(kept), encoding="utf-8")
-            os.replace(temporary, path)
+            write_atomic(path, "".join(kept))
         return dropped
 
     def write(self, record: dict):
@@ -196,16 +207,20 @@ class Trainer:
         # until it is signalled, so a test can kill -9 or Ctrl-C it at a known step instead of racing it.
         self._hold_at_step = int(os.environ.get("TRANSFORMER_HOLD_AT_STEP") or 0)
         self._resumed_from = None
-        if resume:
-            self._resume()
+        self._stop_signal = None
         log_path = self.run_dir / "log.jsonl"
         if resume:
+            if self.manager.last() is not None:
+                self._resume()
+            else:
+                # Stopped before its first checkpoint: nothing to restore, and a fresh start is exactly the run.
+                self.progress.message(f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
+                                      "its first one); starting it again from step 0")
             JsonLog.rewind(log_path, self.state["step"])
-        elif (log_path.is_file() and log_path.stat().st_size) or self.manager.last() is not None:
+        else:
             # A fresh run in a used directory would mix its checkpoints and log records with the old run's
             # (and the old run's best checkpoint would stay "best").
-            raise FileExistsError(f"{self.run_dir} already holds a training run ({log_path}); continue it with "
-                                  f"--resume, or choose another --run-dir")
+            check_fresh_run_dir(self.run_dir)
         self.log = JsonLog(log_path)
         if self._resumed_from is not None:
             self.log.write({"type": "resume", "step": self.state["step"], "checkpoint": str(self._resumed_from)})
@@ -219,7 +234,8 @@ class Trainer:
     def save(self, metric=None):
         # The run config rides along so that evaluate/translate find the data of any checkpoint, even a copied or
         # averaged one far from its run directory.
-        train_state = dict(self.state, data=self.task.data_state(), run_config=getattr(self.task, "config", None))
+        train_state = dict(self.state, data=self.task.data_state(), run_config=getattr(self.task, "config", None),
+                           data_files=getattr(self.task, "data_files", None))
         return self.manager.save(
             self.state["step"], self.model, self.model.config, metric=metric, optimizer=self.optimizer,
             scheduler=self.schedule, train_state=train_state, rng_states=self._rngs(),
@@ -239,6 +255,14 @@ class Trainer:
         for name, rng in self._rngs().items():
             checkpoint.restore_rng(name, rng)
         train_state = dict(checkpoint.train_state)
+        recorded, current = train_state.pop("data_files", None), getattr(self.task, "data_files", None)
+        if recorded and current is not None:
+            from .datasets import identity_changes
+            changes = identity_changes(recorded, current)
+            if changes:
+                raise ValueError(f"--resume: the data differs from what {last} trained on: {'; '.join(changes)}. "
+                                 "The saved position in the data refers to the old data; restore the files, or start "
+                                 "a new run on the new data")
         self.task.load_data_state(train_state.pop("data"))
         train_state.pop("run_config", None)
         self.state.update(train_state)
@@ -266,17 +290,21 @@ class Trainer:
                 f"{k} {restored.get(k)} -> {v}" for k, v in changed.items()))
 
     # ------------------------------------------------------------------ the loop
-    def _on_sigint(self, signum, frame):
-        if self._stop_requested:  # a second Ctrl-C: stop now
+    def _on_stop_signal(self, signum, frame):
+        """Ctrl-C (SIGINT) and SIGTERM (what ``timeout``, ``kill`` and job schedulers send) finish the step, save a
+        checkpoint and stop; a second signal aborts at once without saving."""
+        if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
-        self.progress.message("Ctrl-C: finishing this step, saving a checkpoint, then exiting "
-                              "(press again to abort without saving)")
+        self._stop_signal = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.progress.message(f"{name}: finishing this step, saving a checkpoint, then exiting "
+                              "(signal again to abort without saving)")
 
     def _budget_reason(self, start_time, start_elapsed):
         s, st = self.s, self.state
         if self._stop_requested:
-            return "interrupted"
+            return "terminated" if self._stop_signal == signal.SIGTERM else "interrupted"
         if s["max_steps"] and st["step"] >= s["max_steps"]:
             return "max_steps"
         if s["max_epochs"] and self.task.epoch >= s["max_epochs"]:
@@ -322,7 +350,8 @@ class Trainer:
     def run(self):
         s, st = self.s, self.state
         self.model.train()
-        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        previous_handlers = {signum: signal.signal(signum, self._on_stop_signal)
+                             for signum in (signal.SIGINT, signal.SIGTERM)}
         start_time, start_elapsed = time.perf_counter(), st["elapsed"]
         window_tokens, window_time = 0, 0.0
         checkpoint_every = int(s["checkpoint_every"] or s["validate_every"])
@@ -368,12 +397,13 @@ class Trainer:
                     saved_at = st["step"]
                 if st["step"] == self._hold_at_step:
                     self._hold()
-            if st["step"] > 0 and st["last_validated"] != st["step"] and st["stopped"] != "interrupted":
+            if st["step"] > 0 and st["last_validated"] != st["step"] and st["stopped"] not in EXIT_CODES:
                 self._validate_and_save()
             elif st["step"] != saved_at:
                 self.save()
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             self.log.close()
         self.progress.message(f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
                               f"{st['best']}; checkpoints in {self.manager.root}")
@@ -406,10 +436,12 @@ def _clock(seconds):
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def write_averaged_checkpoint(directories, output, stream=None):
-    """Average the weights of several checkpoints of one run into a new checkpoint directory."""
-    from .checkpoint import average_checkpoints, load_checkpoint
+def write_averaged_checkpoint(directories, output, stream=None, overwrite=False):
+    """Average the weights of several checkpoints of one run into a new checkpoint directory (never over a
+    training checkpoint or anything else not made by averaging; over an earlier average with ``overwrite``)."""
+    from .checkpoint import average_checkpoints, check_average_output, load_checkpoint
 
+    check_average_output(output, overwrite=overwrite)
     directories = [Path(d) for d in directories]
     averaged = average_checkpoints(directories)
     newest = load_checkpoint(directories[-1])

@@ -454,6 +454,10 @@ def _cross_entropy_forward_kernel(logits, target, ignore_index, smoothing, loss,
         t = target[n]
         if t == ignore_index:
             loss[n] = T(0.0)
+        elif smoothing == T(0.0):
+            # Without smoothing the sum is not part of the loss: a -inf logit (a masked vocabulary entry)
+            # must not enter it as 0 * -inf = NaN (the NumPy twin skips the term the same way).
+            loss[n] = row_lse - row[t]
         else:
             loss[n] = row_lse - keep * row[t] - smooth_per_class * row_sum
 
