@@ -290,3 +290,18 @@ def test_override_normalisation_leaves_option_values_alone():
         ["train", "train.lr=1e-3", "model.norm_first=true"]
     with pytest.raises(ConfigError, match="no value"):
         normalise_cli_overrides(["train", "--data.corpus", "--resume"])     # never swallows the next option
+
+
+def test_score_and_sheet_summary_print_json_and_refuse_mismatched_files(tmp_path, capsys):
+    (tmp_path / "hyps.txt").write_text("A man rides a bike.\nTwo dogs play.\n", encoding="utf-8")
+    (tmp_path / "refs.txt").write_text("only one line\n", encoding="utf-8")
+    code, _, err = run(capsys, "score", "--hyps", tmp_path / "hyps.txt", "--refs", tmp_path / "refs.txt")
+    assert_clean_error(code, err, "2 hypotheses", "1 lines")
+    (tmp_path / "refs.txt").write_text("A man rides a bike.\nTwo dogs play in the snow.\n", encoding="utf-8")
+    code, out, err = run(capsys, "score", "--hyps", tmp_path / "hyps.txt", "--refs", tmp_path / "refs.txt", "--json")
+    assert code == 0, err
+    assert set(json.loads(out)) == {"bleu", "bleu_signature", "chrf", "chrf_signature", "sentences"}
+    (tmp_path / "sheet.csv").write_text("id,source,reference,hypothesis,adequacy,fluency\n0,a,b,c,4,5\n1,a,b,c,,3\n")
+    code, out, err = run(capsys, "sheet-summary", tmp_path / "sheet.csv", "--json")
+    assert code == 0, err
+    assert json.loads(out)["mean"] == {"adequacy": 4.0, "fluency": 4.0}

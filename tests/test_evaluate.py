@@ -1,4 +1,5 @@
-"""sacreBLEU scores, perplexity and the human-evaluation sheet (transformer.evaluate)."""
+"""sacreBLEU scores, perplexity and the human-evaluation sheet (transformer.evaluate, and the commands that print
+them: sheet-summary, score)."""
 
 import csv
 import math
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
+from transformer import cli
 from transformer import evaluate as E
 
 REFS = ["A man is riding a red bicycle.", "Two dogs are playing in the snow.", "A woman reads a book."]
@@ -110,7 +112,7 @@ def test_summarise_filled_sheet(tmp_path, capsys):
     assert summary["rated"] == {"adequacy": 3, "fluency": 3} and summary["unrated"] == {"adequacy": 1, "fluency": 1}
     assert summary["mean"]["adequacy"] == pytest.approx(4.0) and summary["mean"]["fluency"] == pytest.approx(11 / 3)
     assert summary["histogram"]["adequacy"] == {"1": 0, "2": 0, "3": 1, "4": 1, "5": 1}
-    assert E.main(["summarise", str(path)]) == 0
+    assert cli.main(["sheet-summary", str(path)]) == 0
     assert "adequacy  mean 4.00 over 3 rated (1 unrated)" in capsys.readouterr().out
 
 
@@ -129,7 +131,7 @@ def test_summarise_missing_columns(tmp_path, capsys):
     path.write_text("id,source,reference,hypothesis,adequacy\n0,a,b,c,4\n", encoding="utf-8")
     with pytest.raises(E.SheetError, match=r"missing column\(s\) \['fluency'\]"):
         E.summarise_sheet(path)
-    assert E.main(["summarise", str(path)]) == 2
+    assert cli.main(["sheet-summary", str(path)]) == 2
     assert "missing column" in capsys.readouterr().err
 
 
@@ -137,6 +139,6 @@ def test_score_command(tmp_path, capsys):
     hyps, refs = tmp_path / "hyps.txt", tmp_path / "refs.txt"
     hyps.write_text("\n".join(HYPS) + "\n", encoding="utf-8")
     refs.write_text("\n".join(REFS) + "\n", encoding="utf-8")
-    assert E.main(["score", "--hyps", str(hyps), "--refs", str(refs)]) == 0
+    assert cli.main(["score", "--hyps", str(hyps), "--refs", str(refs)]) == 0
     out = capsys.readouterr().out
     assert f"BLEU = {E.bleu(HYPS, REFS).score:.2f}" in out and "tok:13a" in out

@@ -1,6 +1,6 @@
 """Command line: ``python -m transformer COMMAND`` (also the ``transformer`` console script).
 
-Translation:  prepare, train, translate, evaluate, average, sheet-summary
+Translation:  prepare, train, translate, evaluate, score, average, sheet-summary
 Language modelling:  lm-train, lm-sample, lm-eval
 """
 from __future__ import annotations
@@ -173,15 +173,11 @@ def cmd_translate(args):
 
 
 def cmd_evaluate(args):
-    from .data import TranslationDataset, evaluation_batches
-    from .evaluate import bleu, chrf, perplexity, write_human_eval_sheet
     from .datasets import file_identity
-    from .tasks import DATA_DEFAULTS, load_corpus, translate_sentences, truncate_for_model
-    import npgrad as ng
-    from npgrad import functional as F
+    from .evaluate import write_human_eval_sheet
+    from .tasks import DATA_DEFAULTS, evaluate_translation, load_corpus
     model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
-    run_config = _run_config_of(checkpoint)
-    data = {**DATA_DEFAULTS, **run_config.get("data", {})}
+    data = {**DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
     corpus = load_corpus(data)
@@ -191,28 +187,25 @@ def cmd_evaluate(args):
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
     if len(pairs) == 0:
         raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
-    dataset = TranslationDataset(*truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt),
-                                                     model.config, pairs))
-    total, tokens = 0.0, 0
-    with ng.no_grad():
-        for batch in evaluation_batches(dataset, args.max_tokens):
-            logits = model(batch.src, batch.tgt_in)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
-                                           ignore_index=model.config.pad_id, reduction="sum").data)
-            tokens += batch.num_tgt_tokens
-    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=args.beam, max_tokens=args.max_tokens,
-                               alpha=args.alpha)
-    b, c = bleu(hyps, [pairs.tgt]), chrf(hyps, [pairs.tgt])
-    result = {"split": args.split, "sentences": len(hyps), "loss": total / tokens,
-              "perplexity": perplexity(total, tokens), "bleu": b.score, "bleu_signature": b.signature,
-              "chrf": c.score, "chrf_signature": c.signature, "beam": args.beam,
-              "checkpoint": str(checkpoint.directory)}
+    scores, hyps = evaluate_translation(model, src_tok, tgt_tok, pairs, beam=args.beam, alpha=args.alpha,
+                                        max_tokens=args.max_tokens)
+    result = {"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
         write_atomic(args.hypotheses, "\n".join(hyps) + "\n")
     if args.sheet:
         write_human_eval_sheet(args.sheet, pairs.src, pairs.tgt, hyps)
         result["sheet"] = args.sheet
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_score(args):
+    """sacreBLEU BLEU and chrF of a file of detokenised hypotheses against a file of references."""
+    from .evaluate import translation_scores
+    scores = translation_scores(_read_input(args.hyps), _read_input(args.refs))
+    print(json.dumps(scores, indent=2) if args.json else
+          f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}\nchrF = {scores['chrf']:.2f}  "
+          f"{scores['chrf_signature']}")
     return 0
 
 
@@ -262,7 +255,8 @@ def cmd_average(args):
 
 def cmd_sheet_summary(args):
     from .evaluate import format_sheet_summary, summarise_sheet
-    print(format_sheet_summary(summarise_sheet(args.sheet)))
+    summary = summarise_sheet(args.sheet)
+    print(json.dumps(summary, indent=2) if args.json else format_sheet_summary(summary))
     return 0
 
 
@@ -279,13 +273,11 @@ def cmd_lm_sample(args):
 def cmd_lm_eval(args):
     """Loss, perplexity and bits per token/character/byte of the model on a split; with ``--ngram N`` the
     Kneser-Ney baseline (fitted on the training split) on the very same predicted tokens."""
-    import math
     from .data import split_stream
     from .datasets import file_identity
-    from .tasks import LM_DATA_DEFAULTS, decode_lm_ids, encode_lm_text, load_lm_text, lm_split_loss, lm_text_path
+    from .tasks import LM_DATA_DEFAULTS, encode_lm_text, evaluate_lm, load_lm_text, lm_text_path
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="lm")
-    run_config = _run_config_of(checkpoint)
-    data = {**LM_DATA_DEFAULTS, **run_config.get("data", {})}
+    data = {**LM_DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
     if args.text:
@@ -293,35 +285,12 @@ def cmd_lm_eval(args):
     path = lm_text_path(data)
     if not args.text:                            # --text asks for another text on purpose
         _check_same_data(checkpoint, file_identity([path]), args.allow_changed_data)
-    text = load_lm_text(data, path)
-    ids = encode_lm_text(tokenizer, text)
-    train, val = split_stream(ids, float(data["train_fraction"]))
+    train, val = split_stream(encode_lm_text(tokenizer, load_lm_text(data, path)), float(data["train_fraction"]))
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
         split = split[:args.max_tokens]
-    block = model.config.block_size
-    stride = args.stride or max(block // 2, 1)
-    loss, count = lm_split_loss(model, split, block, stride=stride)
-    # Every token but the first of the split is predicted; bits per character/byte divide the same total
-    # by the characters/UTF-8 bytes those tokens spell.
-    predicted_text = decode_lm_ids(tokenizer, split[1:])
-    chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
-
-    def scores(mean_loss):
-        total_bits = mean_loss * count / math.log(2)
-        return {"loss": mean_loss, "perplexity": math.exp(mean_loss) if mean_loss < 709 else math.inf,
-                "bits_per_token": mean_loss / math.log(2), "bits_per_char": total_bits / chars,
-                "bits_per_byte": total_bits / n_bytes}
-
-    result = {"split": args.split, "tokens": count, "characters": chars, "bytes": n_bytes,
-              "tokenizer": tokenizer.config().get("kind"), "block_size": block, "stride": stride,
-              "checkpoint": str(checkpoint.directory), "transformer": scores(loss)}
-    if args.ngram:
-        from .ngram import KneserNeyLM
-        lm = KneserNeyLM(args.ngram, tokenizer.vocab_size).fit(train)
-        log_probs = lm.token_log_probs(split)[1:]                  # the same targets as the transformer's
-        result["ngram"] = {"order": args.ngram, **scores(float(-log_probs.mean()))}
-    print(json.dumps(result, indent=2))
+    result = evaluate_lm(model, tokenizer, split, stride=args.stride, ngram=args.ngram, ngram_train_ids=train)
+    print(json.dumps({"split": args.split, **result, "checkpoint": str(checkpoint.directory)}, indent=2))
     return 0
 
 
@@ -379,6 +348,12 @@ def build_parser():
 
     q = sub.add_parser("sheet-summary", help="summarise a filled human-evaluation sheet")
     q.add_argument("sheet")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    q = sub.add_parser("score", help="sacreBLEU BLEU and chrF of a file of detokenised hypotheses")
+    q.add_argument("--hyps", required=True, help="one hypothesis per line (- for standard input)")
+    q.add_argument("--refs", required=True, help="one reference per line")
+    q.add_argument("--json", action="store_true")
 
     q = sub.add_parser("lm-sample", help="sample text from a language model")
     q.add_argument("--checkpoint", required=True)
@@ -408,7 +383,7 @@ def build_parser():
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train, "translate": cmd_translate,
-            "evaluate": cmd_evaluate, "average": cmd_average, "sheet-summary": cmd_sheet_summary,
+            "evaluate": cmd_evaluate, "score": cmd_score, "average": cmd_average, "sheet-summary": cmd_sheet_summary,
             "lm-sample": cmd_lm_sample, "lm-eval": cmd_lm_eval}
 
 

@@ -10,19 +10,15 @@
 - Human evaluation: ``write_human_eval_sheet`` writes a CSV with columns ``id, source, reference, hypothesis,
   adequacy, fluency`` (the last two empty, to be scored 1-5), rows shuffled with a seed so raters do not see corpus
   order, ``id`` being the sentence's 0-based position in the test set so the scores can be mapped back.
-  ``summarise_sheet`` reads a filled sheet and reports means and counts; ``python -m transformer.evaluate
-  summarise SHEET.csv`` prints them.
+  ``summarise_sheet`` reads a filled sheet and reports means and counts; ``python -m transformer sheet-summary
+  SHEET.csv`` prints them.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -116,8 +112,19 @@ def mean_loss(total_loss, total_tokens) -> float:
 
 def perplexity(total_loss, total_tokens) -> float:
     """``exp(total_loss / total_tokens)``; ``inf`` when it overflows a float64 (a model that has not learned)."""
-    mean = mean_loss(total_loss, total_tokens)
-    return math.exp(mean) if mean < 709.0 else math.inf
+    return _exp_or_inf(mean_loss(total_loss, total_tokens))
+
+
+def _exp_or_inf(mean: float) -> float:
+    return math.exp(mean) if mean < 709.0 else math.inf     # exp(709.8) is the largest float64
+
+
+def lm_scores(mean: float, tokens: int, characters: int, n_bytes: int) -> dict:
+    """A language model's mean loss (nats per token over ``tokens`` predictions) as loss, perplexity and bits per
+    token, per character and per UTF-8 byte of the text those tokens spell (the same total bits, divided)."""
+    total_bits = mean * tokens / math.log(2)
+    return {"loss": mean, "perplexity": _exp_or_inf(mean), "bits_per_token": mean / math.log(2),
+            "bits_per_char": total_bits / characters, "bits_per_byte": total_bits / n_bytes}
 
 
 def bits_per_token(total_loss, total_tokens) -> float:
@@ -206,42 +213,3 @@ def format_sheet_summary(summary: dict) -> str:
         lines.append(f"{column:9s} mean {mean_text} over {summary['rated'][column]} rated "
                      f"({summary['unrated'][column]} unrated)  [{histogram}]")
     return "\n".join(lines)
-
-
-def _read_lines(path: str) -> list[str]:
-    """Lines split on newline only (``str.splitlines`` would also split on U+2028 and friends inside a sentence)."""
-    text = Path(path).read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m transformer.evaluate summarise SHEET.csv [--json]`` and ``score --hyps F --refs F``."""
-    parser = argparse.ArgumentParser(prog="python -m transformer.evaluate")
-    commands = parser.add_subparsers(dest="command", required=True)
-    summarise = commands.add_parser("summarise", help="summarise a filled human-evaluation sheet")
-    summarise.add_argument("sheet")
-    summarise.add_argument("--json", action="store_true")
-    score = commands.add_parser("score", help="sacreBLEU BLEU and chrF of a detokenised hypothesis file")
-    score.add_argument("--hyps", required=True)
-    score.add_argument("--refs", required=True)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "summarise":
-            summary = summarise_sheet(args.sheet)
-            print(json.dumps(summary, indent=2) if args.json else format_sheet_summary(summary))
-        else:
-            hyps, refs = _read_lines(args.hyps), _read_lines(args.refs)
-            scores = translation_scores(hyps, refs)
-            print(f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}")
-            print(f"chrF = {scores['chrf']:.2f}  {scores['chrf_signature']}")
-    except (SheetError, ValueError, TypeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

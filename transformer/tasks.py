@@ -8,7 +8,6 @@ generators for exact resume, and the files a checkpoint must carry (the tokenize
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .data import (
 )
 from .datasets import ValidationOptions, file_identity, load_text, load_translation_corpus
 from .files import write_atomic
-from .evaluate import bleu, chrf
+from .evaluate import lm_scores, perplexity, translation_scores
 from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
 from .tokenizer import CharTokenizer, load_tokenizers, train_sentencepiece
 
@@ -116,24 +115,18 @@ class TranslationTask:
         return batch.num_tgt_tokens
 
     def loss(self, model, batch, label_smoothing=0.0):
-        logits = model(batch.src, batch.tgt_in)                                  # (B, T, V)
-        V = logits.shape[-1]
-        return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1), ignore_index=model.config.pad_id,
-                               label_smoothing=label_smoothing, reduction="sum")
+        return translation_loss(model, batch, label_smoothing)
 
     def validate(self, model, settings):
-        total, tokens = 0.0, 0
-        for batch in evaluation_batches(self.valid_set, int(settings["decode_max_tokens"])):
-            total += float(self.loss(model, batch).data)
-            tokens += batch.num_tgt_tokens
-        metrics = {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 50.0))}
+        total, tokens = corpus_loss(model, self.valid_set, int(settings["decode_max_tokens"]))
+        metrics = {"valid_loss": total / tokens, "valid_ppl": perplexity(total, tokens)}
         limit = int(settings["bleu_max_sentences"]) or len(self.valid_set)
         subset = self.corpus["valid"]
         sources, references = subset.src[:limit], subset.tgt[:limit]
         hyps = translate_sentences(model, self.src_tok, self.tgt_tok, sources, beam=int(settings["bleu_beam"]),
                                    max_tokens=int(settings["decode_max_tokens"]))
-        metrics["valid_bleu"] = bleu(hyps, [references]).score
-        metrics["valid_chrf"] = chrf(hyps, [references]).score
+        scores = translation_scores(hyps, [references])
+        metrics["valid_bleu"], metrics["valid_chrf"] = scores["bleu"], scores["chrf"]
         return metrics
 
     def data_state(self):
@@ -147,6 +140,39 @@ class TranslationTask:
 
     def extra_files(self):
         return tokenizer_files(self.tok_dir)
+
+
+def translation_loss(model, batch, label_smoothing=0.0):
+    """The summed target cross-entropy of a batch (padding ignored): a scalar Tensor."""
+    logits = model(batch.src, batch.tgt_in)                                      # (B, T, V)
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1), ignore_index=model.config.pad_id,
+                           label_smoothing=label_smoothing, reduction="sum")
+
+
+def corpus_loss(model, dataset, max_tokens) -> tuple[float, int]:
+    """(summed cross-entropy, target tokens) of a whole ``TranslationDataset``, without smoothing or gradients."""
+    total, tokens = 0.0, 0
+    model.eval()
+    with ng.no_grad():
+        for batch in evaluation_batches(dataset, max_tokens):
+            total += float(translation_loss(model, batch).data)
+            tokens += batch.num_tgt_tokens
+    return total, tokens
+
+
+def evaluate_translation(model, src_tok, tgt_tok, pairs, *, beam=5, alpha=0.6, max_tokens=8000):
+    """What ``evaluate`` reports for some pairs (a ``ParallelText``): loss and perplexity of the references, and
+    sacreBLEU/chrF (with signatures) of the decoded hypotheses. Returns (scores, hypotheses)."""
+    if len(pairs) == 0:
+        raise ValueError("there are no sentence pairs to evaluate")
+    dataset = TranslationDataset(*truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt),
+                                                     model.config, pairs))
+    total, tokens = corpus_loss(model, dataset, max_tokens)
+    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha)
+    scores = {"loss": total / tokens, "perplexity": perplexity(total, tokens),
+              **translation_scores(hyps, [pairs.tgt]), "beam": beam}
+    return scores, hyps
 
 
 def data_settings(section: dict) -> dict:
@@ -494,6 +520,26 @@ def lm_eval_windows(num_tokens, block_size, stride=None):
         scored_until = start + length
         start += stride
     return windows
+
+
+def evaluate_lm(model, tokenizer, ids, *, stride=None, ngram=0, ngram_train_ids=None) -> dict:
+    """What ``lm-eval`` reports for a token stream: loss, perplexity and bits per token/character/byte of the model
+    (every token but the first predicted once, ``lm_split_loss``); with ``ngram`` the Kneser-Ney baseline of that
+    order, fitted on ``ngram_train_ids``, on the very same predicted tokens."""
+    block = model.config.block_size
+    stride = stride or max(block // 2, 1)
+    loss, count = lm_split_loss(model, ids, block, stride=stride)
+    # Bits per character/byte divide the same total by the characters/UTF-8 bytes the predicted tokens spell.
+    predicted_text = decode_lm_ids(tokenizer, ids[1:])
+    chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
+    result = {"tokens": count, "characters": chars, "bytes": n_bytes, "tokenizer": tokenizer.config().get("kind"),
+              "block_size": block, "stride": stride, "transformer": lm_scores(loss, count, chars, n_bytes)}
+    if ngram:
+        from .ngram import KneserNeyLM
+        lm = KneserNeyLM(ngram, tokenizer.vocab_size).fit(ngram_train_ids)
+        log_probs = lm.token_log_probs(ids)[1:]                  # the same targets as the transformer's
+        result["ngram"] = {"order": ngram, **lm_scores(float(-log_probs.mean()), count, chars, n_bytes)}
+    return result
 
 
 def lm_split_loss(model, ids, block_size, batch_size=32, stride=None):
