@@ -44,7 +44,7 @@ def main(argv=None):
     settings = train_settings(config["train"])
     run_dir = tempfile.mkdtemp(prefix="pipeline-bench-")
     task = TranslationTask(config, run_dir, settings)
-    trainer = Trainer(task, run_dir, settings, stream=sys.stderr)
+    trainer = Trainer(task, run_dir, settings)
     trainer.log = JsonLog(trainer.run_dir / "log.jsonl")
     model, optimizer = trainer.model, trainer.optimizer
     model.train()

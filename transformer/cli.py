@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .console import configure as configure_output, log
 from .files import write_atomic
 
 
@@ -130,15 +131,15 @@ def _train(args, task_class):
         from .config import apply_overrides
         saved = json.loads((run_dir / "config.json").read_text())
         config = _absolute_paths(apply_overrides(saved, args.overrides))
-        print(f"resuming with {run_dir / 'config.json'} (the run's own configuration; overrides on this command "
-              "line apply on top, edits to the config file do not)", file=sys.stderr)
+        log.info(f"resuming with {run_dir / 'config.json'} (the run's own configuration; overrides on this command "
+                 "line apply on top, edits to the config file do not)")
     settings = train_settings(config["train"])
     seed_everything(settings["seed"])
     if not args.resume:
         check_fresh_run_dir(run_dir)       # before the corpus is read and a tokenizer trained
     run_dir.mkdir(parents=True, exist_ok=True)
     task = task_class(config, run_dir, settings)
-    print(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}", file=sys.stderr)
+    log.info(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}")
     trainer = Trainer(task, run_dir, settings, resume=args.resume)
     # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
@@ -163,7 +164,7 @@ def cmd_translate(args):
     model, (src_tok, tgt_tok), _ = load_model(args.checkpoint, kind="translation")
     lines = _read_input(args.input)
     out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
-                              alpha=args.alpha)
+                              alpha=args.alpha, progress=True)
     text = "".join(line.replace("\n", " ") + "\n" for line in out)
     if args.output:
         write_atomic(args.output, text)
@@ -188,7 +189,7 @@ def cmd_evaluate(args):
     if len(pairs) == 0:
         raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
     scores, hyps = evaluate_translation(model, src_tok, tgt_tok, pairs, beam=args.beam, alpha=args.alpha,
-                                        max_tokens=args.max_tokens)
+                                        max_tokens=args.max_tokens, progress=True)
     result = {"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
         write_atomic(args.hypotheses, "\n".join(hyps) + "\n")
@@ -223,7 +224,7 @@ def _check_same_data(checkpoint, current, allow_changed):
     if not allow_changed:
         raise UsageError(f"{checkpoint.directory}: {text}. The splits (and scores) would not be the run's; restore "
                          "the files, point --data-dir at the run's copy, or pass --allow-changed-data")
-    print(f"warning: {text} (--allow-changed-data)", file=sys.stderr)
+    log.warning(f"{text} (--allow-changed-data)")
 
 
 def _run_config_of(checkpoint):
@@ -401,6 +402,7 @@ def main(argv=None):
             if not hasattr(args, "overrides"):
                 raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
             args.overrides = list(args.overrides) + unknown
+        configure_output()
         if os.environ.get("TRANSFORMER_RETAIN_MEMORY", "1") != "0":
             # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
             # fresh ones each step (npgrad/allocator.py: a Multi30k step 1.03-1.37x faster).

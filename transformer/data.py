@@ -359,7 +359,7 @@ def limit_subword_length(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Seq
             raise DataValidationError(f"{report.message}; shorten or remove them, or set data.on_bad='filter' to "
                                       "drop them")
         report.message += "; dropped"
-        log.info("%s", report.message)          # the caller says it (the training command prints it)
+        log.warning("%s", report.message)
     return kept_src, kept_tgt, report
 
 

@@ -8,7 +8,6 @@ generators for exact resume, and the files a checkpoint must carry (the tokenize
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import npgrad as ng
 from npgrad import functional as F
 
 from . import search
+from .console import log, track
 from .config import ConfigError, check_keys, check_numbers, check_split_size
 from .data import (
     ON_BAD_CHOICES, BatchIterator, DataValidationError, LMBatcher, TranslationDataset, evaluation_batches, limit_subword_length,
@@ -46,12 +46,6 @@ def tokenizer_files(directory: Path) -> dict:
     return {p.name: p for p in sorted(Path(directory).iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
-def _log(message, stream=None):
-    stream = stream if stream is not None else sys.stderr  # looked up now: the caller may have redirected it
-    stream.write(message + "\n")
-    stream.flush()
-
-
 # ============================================================================================ translation
 class TranslationTask:
     metric, metric_mode = "valid_bleu", "max"
@@ -60,8 +54,7 @@ class TranslationTask:
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         self.data_cfg = data = data_settings(config.get("data", {}))
         self.corpus = load_corpus(data)
-        self.data_files = file_identity(self.corpus.files)
-        _log(self.corpus.summary())
+        self.data_files = file_identity(self.corpus.files)     # (validation logged a report of each split)
         if len(self.corpus["valid"]) == 0:
             raise ConfigError(f"{self.corpus.name}: the validation split is empty (data.valid_size="
                               f"{data['valid_size']}); validation (BLEU, the best checkpoint, early stopping) needs "
@@ -91,8 +84,6 @@ class TranslationTask:
         lines = [pairs.line_of(i) for i in range(len(pairs))]
         src_ids, tgt_ids, report = limit_subword_length(src_ids, tgt_ids, max_len=limit, on_bad=on_bad,
                                                         name="train", line_numbers=lines, origin=pairs.origin, why=why)
-        if report.message:
-            _log(f"warning: {report.message}")
         if not src_ids:
             raise DataValidationError(f"no training pair is left: {report.message}; raise the limit ({why})")
         return TranslationDataset(src_ids, tgt_ids)
@@ -150,26 +141,28 @@ def translation_loss(model, batch, label_smoothing=0.0):
                            label_smoothing=label_smoothing, reduction="sum")
 
 
-def corpus_loss(model, dataset, max_tokens) -> tuple[float, int]:
+def corpus_loss(model, dataset, max_tokens, progress=False) -> tuple[float, int]:
     """(summed cross-entropy, target tokens) of a whole ``TranslationDataset``, without smoothing or gradients."""
     total, tokens = 0.0, 0
     model.eval()
+    batches = evaluation_batches(dataset, max_tokens)
     with ng.no_grad():
-        for batch in evaluation_batches(dataset, max_tokens):
+        for batch in track(batches, "scoring the references") if progress else batches:
             total += float(translation_loss(model, batch).data)
             tokens += batch.num_tgt_tokens
     return total, tokens
 
 
-def evaluate_translation(model, src_tok, tgt_tok, pairs, *, beam=5, alpha=0.6, max_tokens=8000):
+def evaluate_translation(model, src_tok, tgt_tok, pairs, *, beam=5, alpha=0.6, max_tokens=8000, progress=False):
     """What ``evaluate`` reports for some pairs (a ``ParallelText``): loss and perplexity of the references, and
     sacreBLEU/chrF (with signatures) of the decoded hypotheses. Returns (scores, hypotheses)."""
     if len(pairs) == 0:
         raise ValueError("there are no sentence pairs to evaluate")
     dataset = TranslationDataset(*truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt),
                                                      model.config, pairs))
-    total, tokens = corpus_loss(model, dataset, max_tokens)
-    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha)
+    total, tokens = corpus_loss(model, dataset, max_tokens, progress)
+    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha,
+                               progress=progress)
     scores = {"loss": total / tokens, "perplexity": perplexity(total, tokens),
               **translation_scores(hyps, [pairs.tgt]), "beam": beam}
     return scores, hyps
@@ -196,7 +189,7 @@ def truncate_for_model(src_ids, tgt_ids, model_config, pairs=None):
     if cut:
         where = f"line {pairs.line_of(cut[0])} of {pairs.origin}" if pairs is not None and pairs.origin else \
             f"pair {cut[0] + 1}"
-        _log(f"note: {len(cut)} evaluation pair(s) longer than model.max_len={model_config.max_len} sub-words were "
+        log.info(f"note: {len(cut)} evaluation pair(s) longer than model.max_len={model_config.max_len} sub-words were "
              f"cut to fit the positions (first: {where})")
     return [x[:keep] for x in src_ids], [y[:keep] for y in tgt_ids]
 
@@ -253,7 +246,7 @@ def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
     if (tok_dir / "tokenizer.json").is_file():
         check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)
-    _log(f"training SentencePiece ({tok['model_type']}, {tok['vocab_size']}, joint={tok['joint']}) into {tok_dir}")
+    log.info(f"training SentencePiece ({tok['model_type']}, {tok['vocab_size']}, joint={tok['joint']}) into {tok_dir}")
     tokenizers = train_sentencepiece(train_pairs.src, train_pairs.tgt, tok_dir, joint=bool(tok["joint"]),
                                      vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
                                      normalization_rule=tok["normalization_rule"],
@@ -264,8 +257,9 @@ def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
 
 
 def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8000, alpha=0.6,
-                        max_len_a=1.5, max_len_b=10):
-    """Detokenised translations of raw source sentences, in the input order (empty input -> empty output)."""
+                        max_len_a=1.5, max_len_b=10, progress=False):
+    """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
+    ``progress`` shows a progress bar (plain lines when standard error is not a terminal)."""
     sentences = list(sentences)
     outputs = [""] * len(sentences)
     encoded = src_tok.encode([s.strip() for s in sentences])
@@ -276,15 +270,16 @@ def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8
     # Over-long inputs are cut to what the positional table holds (said on stderr, never dropped).
     long_inputs = [i for i in keep if len(encoded[i]) + 1 > limit]
     if long_inputs:
-        _log(f"note: {len(long_inputs)} input line(s) longer than {limit} tokens were truncated "
+        log.info(f"note: {len(long_inputs)} input line(s) longer than {limit} tokens were truncated "
              f"(first: line {long_inputs[0] + 1})")
     dataset = TranslationDataset([encoded[i][:limit - 1] for i in keep], [[] for _ in keep])
     model.eval()
     # A beam multiplies a batch's rows by its size: a batch holds at most max_tokens // beam sentences, so a large
     # beam decodes in smaller batches instead of running out of memory (beam 5 with 8000 tokens: unchanged).
     max_sentences = max(1, max_tokens // beam) if beam > 1 else None
+    batches = evaluation_batches(dataset, max_tokens, max_sentences)
     with ng.no_grad():
-        for batch in evaluation_batches(dataset, max_tokens, max_sentences):
+        for batch in track(batches, "translating") if progress else batches:
             if beam <= 1:
                 result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
                 token_lists = result.tokens

@@ -19,7 +19,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import npgrad as ng
 from npgrad import optim
 
 from .checkpoint import CheckpointManager, save_checkpoint
+from .console import Progress, clock, log
 from .files import write_atomic
 from .config import PROBABILITY_BELOW_1, ConfigError, check_keys, check_numbers
 
@@ -164,34 +164,10 @@ class JsonLog:
         self.handle.close()
 
 
-class Progress:
-    """One status line: rewritten in place on a terminal, a plain line per update otherwise."""
-
-    def __init__(self, stream=None, total=None):
-        # None: sys.stderr as it is now (a default bound at import would miss a later redirection)
-        self.stream, self.total = stream if stream is not None else sys.stderr, total
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def update(self, step, fields: dict):
-        total = f"/{self.total}" if self.total else ""
-        text = f"step {step}{total} | " + " | ".join(f"{k} {v}" for k, v in fields.items())
-        if self.tty:
-            self.stream.write("\r" + text[:200].ljust(100))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def message(self, text):
-        if self.tty:
-            self.stream.write("\n")
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
 class Trainer:
     """Runs a task's training to its budget; see the module docstring for what it guarantees."""
 
-    def __init__(self, task, run_dir, settings: dict, resume=False, stream=None):
+    def __init__(self, task, run_dir, settings: dict, resume=False):
         self.task, self.s = task, settings
         self.run_dir = Path(run_dir)
         self.model = task.model
@@ -201,7 +177,6 @@ class Trainer:
                                          mode=task.metric_mode)
         self.state = {"step": 0, "tokens": 0, "elapsed": 0.0, "best": None, "bad_validations": 0,
                       "last_validated": 0, "stopped": None}
-        self.progress = Progress(stream, settings["max_steps"] or None)
         self._stop_requested = False
         # For crash tests: TRANSFORMER_HOLD_AT_STEP=N makes the loop wait after step N (and its checkpoint)
         # until it is signalled, so a test can kill -9 or Ctrl-C it at a known step instead of racing it.
@@ -214,7 +189,7 @@ class Trainer:
                 self._resume()
             else:
                 # Stopped before its first checkpoint: nothing to restore, and a fresh start is exactly the run.
-                self.progress.message(f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
+                log.info(f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
                                       "its first one); starting it again from step 0")
             JsonLog.rewind(log_path, self.state["step"])
         else:
@@ -268,7 +243,7 @@ class Trainer:
         self.state.update(train_state)
         self.state["stopped"] = None
         self._resumed_from = last
-        self.progress.message(f"resumed from {last} at step {self.state['step']}")
+        log.info(f"resumed from {last} at step {self.state['step']}")
 
     def _hold(self):
         """Wait here until signalled (Ctrl-C continues to a clean stop; kill -9 just ends the process)."""
@@ -286,7 +261,7 @@ class Trainer:
                              f"{configured.get('type')}; resume with the run's own train.lr_schedule")
         if changed:
             self.schedule.load_state_dict({**restored, **changed})
-            self.progress.message("resume: schedule settings changed by the config: " + ", ".join(
+            log.info("resume: schedule settings changed by the config: " + ", ".join(
                 f"{k} {restored.get(k)} -> {v}" for k, v in changed.items()))
 
     # ------------------------------------------------------------------ the loop
@@ -298,7 +273,7 @@ class Trainer:
         self._stop_requested = True
         self._stop_signal = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self.progress.message(f"{name}: finishing this step, saving a checkpoint, then exiting "
+        log.info(f"{name}: finishing this step, saving a checkpoint, then exiting "
                               "(signal again to abort without saving)")
 
     def _budget_reason(self, start_time, start_elapsed):
@@ -353,6 +328,7 @@ class Trainer:
         previous_handlers = {signum: signal.signal(signum, self._on_stop_signal)
                              for signum in (signal.SIGINT, signal.SIGTERM)}
         start_time, start_elapsed = time.perf_counter(), st["elapsed"]
+        progress = Progress("step", total=s["max_steps"] or None, every=int(s["log_every"]), initial=st["step"])
         window_tokens, window_time = 0, 0.0
         checkpoint_every = int(s["checkpoint_every"] or s["validate_every"])
         saved_at = st["step"]
@@ -380,11 +356,11 @@ class Trainer:
                     raise FloatingPointError(
                         f"training loss became {loss} at step {st['step']} (lr {lr:.3g}); lower the learning rate "
                         f"or enable clipping (train.clip_norm); the last good checkpoint is {self.manager.last()}")
-                if st["step"] % int(s["log_every"]) == 0 or st["step"] == 1:
-                    self.progress.update(st["step"], {
-                        "loss": f"{loss:.4f}", "lr": f"{lr:.3g}",
-                        "tok/s": f"{window_tokens / window_time:,.0f}" if window_time else "-",
-                        "epoch": self.task.epoch, "elapsed": _clock(st["elapsed"])})
+                # A bar on a terminal, else a line every log_every steps; tok/s over the steps since the last line.
+                progress.update(1, loss=f"{loss:.4f}", lr=f"{lr:.3g}",
+                                **{"tok/s": f"{window_tokens / window_time:,.0f}" if window_time else "-"},
+                                epoch=self.task.epoch, elapsed=clock(st["elapsed"]))
+                if st["step"] % int(s["log_every"]) == 0:
                     window_tokens, window_time = 0, 0.0
                 if st["step"] % int(s["validate_every"]) == 0:
                     if self._validate_and_save():
@@ -402,10 +378,11 @@ class Trainer:
             elif st["step"] != saved_at:
                 self.save()
         finally:
+            progress.close()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.log.close()
-        self.progress.message(f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
+        log.info(f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
                               f"{st['best']}; checkpoints in {self.manager.root}")
         return dict(st)
 
@@ -423,7 +400,7 @@ class Trainer:
         st["last_validated"] = st["step"]
         self.log.write({"type": "valid", "step": st["step"], **metrics, "best": st["best"],
                         "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(st["elapsed"], 3)})
-        self.progress.message("valid @ step {}: {}{}".format(
+        log.info("valid @ step {}: {}{}".format(
             st["step"], ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()),
             " (best)" if improved else ""))
         self.save(metric=value)
@@ -431,12 +408,7 @@ class Trainer:
         return patience > 0 and st["bad_validations"] >= patience
 
 
-def _clock(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def write_averaged_checkpoint(directories, output, stream=None, overwrite=False):
+def write_averaged_checkpoint(directories, output, overwrite=False):
     """Average the weights of several checkpoints of one run into a new checkpoint directory (never over a
     training checkpoint or anything else not made by averaging; over an earlier average with ``overwrite``)."""
     from .checkpoint import average_checkpoints, check_average_output, load_checkpoint
@@ -448,7 +420,7 @@ def write_averaged_checkpoint(directories, output, stream=None, overwrite=False)
     extra = dict(newest.extra_files)
     save_checkpoint(output, averaged, newest.config, train_state=newest.train_state, extra_files=extra,
                     metadata={"averaged": [str(d) for d in directories]})
-    (stream or sys.stderr).write(f"averaged {len(directories)} checkpoints into {output}\n")
+    log.info(f"averaged {len(directories)} checkpoints into {output}")
     return Path(output)
 
 
