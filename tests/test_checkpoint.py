@@ -11,6 +11,7 @@ import pytest
 import npgrad as ng
 from npgrad import optim
 from transformer import checkpoint as ckpt
+from transformer import files
 from transformer.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from transformer.model import Transformer, TransformerConfig
 
@@ -152,7 +153,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, trained, mo
 def test_replacing_a_checkpoint(tmp_path, trained, monkeypatch, exchange):
     cfg, model, opt, _ = trained
     if not exchange:
-        monkeypatch.setattr(ckpt, "_rename_exchange", lambda a, b: False)     # the two-rename fallback
+        monkeypatch.setattr(files, "_rename_exchange", lambda a, b: False)     # the two-rename fallback
     path = save_checkpoint(tmp_path / "ck", model, cfg, train_state={"step": 1})
     save_checkpoint(path, model, cfg, train_state={"step": 2})
     assert load_checkpoint(path).train_state == {"step": 2}
@@ -162,8 +163,8 @@ def test_replacing_a_checkpoint(tmp_path, trained, monkeypatch, exchange):
 def test_crash_between_the_two_fallback_renames_is_explained(tmp_path, trained, monkeypatch):
     cfg, model, _, _ = trained
     path = save_checkpoint(tmp_path / "ck", model, cfg)
-    monkeypatch.setattr(ckpt, "_rename_exchange", lambda a, b: False)
-    real_rename, calls = ckpt.os.rename, []
+    monkeypatch.setattr(files, "_rename_exchange", lambda a, b: False)
+    real_rename, calls = files.os.rename, []
 
     def rename_then_crash(a, b):
         calls.append((a, b))
@@ -171,10 +172,10 @@ def test_crash_between_the_two_fallback_renames_is_explained(tmp_path, trained, 
             raise OSError("simulated power loss")
         real_rename(a, b)
 
-    monkeypatch.setattr(ckpt.os, "rename", rename_then_crash)
+    monkeypatch.setattr(files.os, "rename", rename_then_crash)
     with pytest.raises(OSError):
         save_checkpoint(path, model, cfg)
-    monkeypatch.setattr(ckpt.os, "rename", real_rename)
+    monkeypatch.setattr(files.os, "rename", real_rename)
     with pytest.raises(FileNotFoundError, match=r"interrupted save left the previous checkpoint at .*\.ck\.old-"):
         load_checkpoint(path)
     old = next(tmp_path.glob(".ck.old-*"))

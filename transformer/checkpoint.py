@@ -8,12 +8,8 @@ A checkpoint is a directory::
     optimizer.safetensors    the optimizer's arrays (Adam moments...), when an optimizer was given
     <name>                   extra files copied beside (tokenizer model/vocabulary...)
 
-Nothing is pickled. Non-array state is JSON with a few tagged forms so that the round trip is exact:
-``{"__int__": "123..."}`` for integers beyond 2**53 (PCG64 states are 128-bit; other JSON readers would round them),
-``{"__float__": "nan"}`` for non-finite floats (strict JSON has none), ``{"__tuple__": [...]}``,
-``{"__dict__": [[key, value], ...]}`` for dicts whose keys are not plain strings, ``{"__numpy__": dtype, "value": v}``
-for NumPy scalars, ``{"__array__": {dtype, shape, base64}}`` for small arrays inline (e.g. an MT19937 key) and
-``{"__tensor__": name}`` for an array stored in ``optimizer.safetensors``. Python's float repr round-trips exactly.
+Nothing is pickled. Non-array state is JSON with a few tagged forms so that the round trip is exact
+(``transformer/jsonstate.py``).
 
 Writes are atomic: the whole checkpoint is written into a temporary sibling directory, every file and the directory are
 fsynced, then it is renamed into place. An existing checkpoint is replaced by an atomic exchange of the two directories
@@ -27,18 +23,11 @@ The only parsers involved are ``json`` and safetensors' header/byte reader: noth
 """
 from __future__ import annotations
 
-import base64
-import ctypes
-import errno
 import hashlib
 import json
-import os
 import re
 import shutil
-import struct
-import sys
 import tempfile
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -47,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import fsync_path, write_durable
+from .files import fsync_path, replace_directory, write_durable
+from .jsonstate import StateError, decode_state, encode_state
 
 FORMAT = "npgrad-checkpoint"
 VERSION = 1
@@ -55,7 +45,6 @@ MANIFEST = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 _RESERVED = {MANIFEST, MODEL_FILE, OPTIMIZER_FILE}
-_EXACT_INT_LIMIT = 2 ** 53
 # Config keys that do not change the weights' meaning: ignored by default when a config is checked on load.
 NON_ARCHITECTURE_KEYS = ("dropout", "attention_dropout", "seed")
 
@@ -64,92 +53,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, foreign or inconsistent (the message names the file)."""
 
 
-# ============================================================================================== JSON encoding (exact)
-def _encode(value, where, tensor_sink=None):
-    """Plain JSON for ``value``; arrays go to ``tensor_sink`` (name -> array) when given, else inline base64.
-
-    ``where`` is the path of the value, used in tensor names and in error messages.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.generic) and not isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biuf":
-            raise TypeError(f"checkpoint: cannot store {where} = {value!r} (NumPy scalar of dtype {value.dtype})")
-        return {"__numpy__": value.dtype.str, "value": _encode(value.item(), where)}
-    if isinstance(value, int):
-        return {"__int__": str(value)} if abs(value) > _EXACT_INT_LIMIT else value
-    if isinstance(value, float):
-        return value if np.isfinite(value) else {"__float__": repr(value)}
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufc" or value.dtype.hasobject:
-            raise TypeError(f"checkpoint: cannot store array {where} of dtype {value.dtype} (numbers and bools only)")
-        if tensor_sink is not None:
-            name = where
-            while name in tensor_sink:
-                name += "_"
-            tensor_sink[name] = np.ascontiguousarray(value)
-            return {"__tensor__": name}
-        data = np.ascontiguousarray(value)
-        return {"__array__": {"dtype": data.dtype.str, "shape": list(data.shape),
-                              "base64": base64.b64encode(data.tobytes()).decode("ascii")}}
-    if isinstance(value, Mapping):
-        items = list(value.items())
-        if all(isinstance(k, str) and not k.startswith("__") for k, _ in items):
-            return {k: _encode(v, f"{where}.{k}", tensor_sink) for k, v in items}
-        return {"__dict__": [[_encode(k, where), _encode(v, f"{where}.{k}", tensor_sink)] for k, v in items]}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]}
-    if isinstance(value, list):
-        return [_encode(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]
-    raise TypeError(f"checkpoint: cannot store {where} of type {type(value).__name__} "
-                    "(allowed: None, bool, int, float, str, list, tuple, dict, NumPy arrays and scalars)")
-
-
-def _decode(value, where, tensors=None):
-    """Inverse of :func:`_encode`. ``where`` names the JSON file in errors."""
-    if isinstance(value, list):
-        return [_decode(v, where, tensors) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if len(value) >= 1 and all(k.startswith("__") for k in value) or "__numpy__" in value:
-        try:
-            if "__int__" in value:
-                return int(value["__int__"])
-            if "__float__" in value:
-                text = value["__float__"]
-                if text not in ("nan", "inf", "-inf"):
-                    raise ValueError(f"bad float tag {text!r}")
-                return float(text)
-            if "__tuple__" in value:
-                return tuple(_decode(v, where, tensors) for v in value["__tuple__"])
-            if "__dict__" in value:
-                return {_decode(k, where): _decode(v, where, tensors) for k, v in value["__dict__"]}
-            if "__numpy__" in value:
-                dtype = _safe_dtype(value["__numpy__"])
-                return dtype.type(_decode(value["value"], where))
-            if "__array__" in value:
-                spec = value["__array__"]
-                dtype = _safe_dtype(spec["dtype"])
-                raw = base64.b64decode(spec["base64"], validate=True)
-                return np.frombuffer(raw, dtype=dtype).reshape(spec["shape"]).copy()
-            if "__tensor__" in value:
-                name = value["__tensor__"]
-                if tensors is None or name not in tensors:
-                    raise KeyError(f"array {name!r} is not in {OPTIMIZER_FILE}")
-                return tensors[name]
-        except CheckpointError:
-            raise
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{where}: malformed tagged value {str(value)[:120]}: {exc}") from None
-        raise CheckpointError(f"{where}: unknown tagged value {str(value)[:120]}")
-    return {k: _decode(v, where, tensors) for k, v in value.items()}
-
-
-def _safe_dtype(text):
-    dtype = np.dtype(str(text))           # a dtype string is parsed, never evaluated
-    if dtype.kind not in "biufc" or dtype.hasobject:
-        raise ValueError(f"dtype {text!r} is not a numeric dtype")
-    return dtype
+def _decoded(value, where, tensors=None):
+    """``jsonstate.decode_state``, its errors as CheckpointError (naming the manifest)."""
+    try:
+        return decode_state(value, where, tensors)
+    except StateError as error:
+        raise CheckpointError(str(error)) from None
 
 
 # ============================================================================================== file helpers
@@ -163,10 +72,6 @@ def _write_safetensors(path, tensors, kind):
     tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "content": kind})
     fsync_path(path)
-
-
-_SAFETENSORS_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "U64", "I64", "F64",
-                       "F8_E4M3", "F8_E5M2", "C64"}
 
 
 def _sniff_foreign(data):
@@ -183,62 +88,35 @@ def _sniff_foreign(data):
 
 
 def _read_safetensors(path, expected=None, order=None):
-    """Arrays of the safetensors file ``path`` (writable copies), after checking everything about it.
+    """Arrays of the safetensors file ``path`` (writable copies), after checking it against the manifest.
 
-    ``expected``: the {"bytes", "sha256"} record from the manifest; ``order``: the tensor names in the order they were
-    given to save (safetensors sorts its header). Errors name the file and say what is wrong.
+    ``expected``: the {"bytes", "sha256"} record from the manifest (size and checksum catch truncation and
+    corruption; safetensors' own parser checks the header and offsets); ``order``: the tensor names in the order they
+    were given to save (safetensors sorts its header). Errors name the file and say what is wrong.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
     data = path.read_bytes()
-    size = len(data)
     foreign = _sniff_foreign(data)
     if foreign:
         raise CheckpointError(f"{path}: not a safetensors file: it is {foreign}")
-    if size < 8:
-        raise CheckpointError(f"{path}: truncated or not safetensors: {size} bytes, shorter than the 8-byte header "
-                              "length")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > size - 8:
-        raise CheckpointError(f"{path}: truncated or not safetensors: the header claims {header_len} bytes, the file "
-                              f"holds {size - 8} after the length field")
-    try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a safetensors file: its header is not valid JSON ({exc})") from None
-    body = size - 8 - header_len
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: not a safetensors file: bad header entry for {name!r}") from None
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if end > body:
-            raise CheckpointError(f"{path}: truncated: tensor {name!r} needs data bytes up to {end}, the file holds "
-                                  f"only {body} (expected size {8 + header_len + end} bytes or more, got {size})")
     if expected is not None:
-        if size != expected["bytes"]:
-            raise CheckpointError(f"{path}: size {size} bytes, the manifest says {expected['bytes']} (truncated or "
-                                  "replaced)")
+        if len(data) != expected["bytes"]:
+            raise CheckpointError(f"{path}: size {len(data)} bytes, the manifest says {expected['bytes']}: truncated "
+                                  "or not safetensors (replaced by another file)")
         if hashlib.sha256(data).hexdigest() != expected["sha256"]:
             raise CheckpointError(f"{path}: SHA-256 checksum mismatch with the manifest (corrupted or replaced)")
     from safetensors.numpy import load
     try:
         arrays = load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type; restate it with the file name
-        raise CheckpointError(f"{path}: unreadable safetensors file: {exc}") from None
-    names = [name for name in header if name != "__metadata__"]
+        raise CheckpointError(f"{path}: truncated or not safetensors: {exc}") from None
     if order is not None:
-        if sorted(order) != sorted(names) or set(arrays) != set(names):
-            raise CheckpointError(f"{path}: holds tensors {sorted(names)}, the manifest lists {sorted(order)}")
-        names = order
-    return OrderedDict((name, np.array(arrays[name], copy=True)) for name in names)
+        if sorted(order) != sorted(arrays):
+            raise CheckpointError(f"{path}: holds tensors {sorted(arrays)}, the manifest lists {sorted(order)}")
+        return OrderedDict((name, np.array(arrays[name], copy=True)) for name in order)
+    return OrderedDict((name, np.array(array, copy=True)) for name, array in sorted(arrays.items()))
 
 
 def _read_manifest(directory):
@@ -274,41 +152,6 @@ def _read_manifest(directory):
 
 
 # ============================================================================================== atomic replace
-def _rename_exchange(a, b):
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False when unsupported here."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
-        return False
-    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
-
-
-def _replace_directory(new, target):
-    """Put the complete directory ``new`` at ``target``; an existing ``target`` is removed only afterwards."""
-    parent = target.parent
-    if not target.exists():
-        os.rename(new, target)
-    elif _rename_exchange(new, target):
-        shutil.rmtree(new)                     # ``new`` now holds the previous checkpoint
-    else:
-        old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-        os.rename(new, target)
-        fsync_path(parent, directory=True)
-        shutil.rmtree(old)
-    fsync_path(parent, directory=True)
-
-
 # ============================================================================================== save / load
 def _config_dict(config):
     if config is None:
@@ -385,17 +228,17 @@ def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=Non
     if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
         raise FileExistsError(f"save_checkpoint: {target} exists and is not a checkpoint directory; refusing to "
                               "replace it")
-    config = _encode(_config_dict(config_dict), "config")
+    config = encode_state(_config_dict(config_dict), "config")
     weights = _model_state(model)
     manifest = {"format": FORMAT, "version": VERSION, "config": config, "files": {}}
     optimizer_arrays = OrderedDict()
     manifest["optimizer"] = (None if optimizer is None
-                             else _encode(optimizer.state_dict(), "optimizer", optimizer_arrays))
-    manifest["scheduler"] = None if scheduler is None else _encode(scheduler.state_dict(), "scheduler")
-    manifest["train_state"] = None if train_state is None else _encode(dict(train_state), "train_state")
-    manifest["rng_states"] = {name: _encode(_rng_record(name, rng), f"rng_states.{name}")
+                             else encode_state(optimizer.state_dict(), "optimizer", optimizer_arrays))
+    manifest["scheduler"] = None if scheduler is None else encode_state(scheduler.state_dict(), "scheduler")
+    manifest["train_state"] = None if train_state is None else encode_state(dict(train_state), "train_state")
+    manifest["rng_states"] = {name: encode_state(_rng_record(name, rng), f"rng_states.{name}")
                               for name, rng in (rng_states or {}).items()}
-    manifest["metadata"] = _encode(dict(metadata or {}), "metadata")
+    manifest["metadata"] = encode_state(dict(metadata or {}), "metadata")
     extra = {}
     for name, source in (extra_files or {}).items():
         _check_extra_name(name)
@@ -421,7 +264,7 @@ def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=Non
         # The manifest goes last: a directory with a complete manifest has all its files.
         write_durable(staging / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8"))
         fsync_path(staging, directory=True)
-        _replace_directory(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -442,7 +285,7 @@ def check_average_output(output, overwrite=False):
         raise FileExistsError(f"average --output {target} exists and is not a checkpoint; refusing to replace it")
     try:
         _, manifest = _read_manifest(target)
-        averaged = "averaged" in (_decode(manifest.get("metadata") or {}, str(target)) or {})
+        averaged = "averaged" in (_decoded(manifest.get("metadata") or {}, str(target)) or {})
     except (CheckpointError, OSError):
         averaged = False
     if not averaged:
@@ -456,7 +299,7 @@ def check_config(saved, expected, ignore=NON_ARCHITECTURE_KEYS, where="checkpoin
     """Raise CheckpointError listing every key where ``saved`` and ``expected`` configs differ (``ignore`` skipped)."""
     if hasattr(expected, "to_dict"):
         expected = expected.to_dict()
-    expected = _decode(_encode(dict(expected), "config"), "config")   # same normal form as a loaded config
+    expected = _decoded(encode_state(dict(expected), "config"), "config")   # same normal form as a loaded config
     problems = []
     for key in sorted(set(saved) | set(expected)):
         if key in ignore:
@@ -548,7 +391,7 @@ def load_checkpoint(directory, expected_config=None, ignore_config_keys=NON_ARCH
     files = manifest["files"]
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise CheckpointError(f"{where}: the manifest lists no {MODEL_FILE}")
-    config = _decode(manifest["config"], where)
+    config = _decoded(manifest["config"], where)
     if expected_config is not None:
         check_config(config, expected_config, ignore_config_keys, where=str(directory))
     model_state = _read_safetensors(directory / MODEL_FILE, files[MODEL_FILE], _tensor_order(manifest, MODEL_FILE))
@@ -558,7 +401,7 @@ def load_checkpoint(directory, expected_config=None, ignore_config_keys=NON_ARCH
             raise CheckpointError(f"{where}: optimizer state present but {OPTIMIZER_FILE} is not listed")
         arrays = _read_safetensors(directory / OPTIMIZER_FILE, files[OPTIMIZER_FILE],
                                    _tensor_order(manifest, OPTIMIZER_FILE))
-        optimizer_state = _decode(manifest["optimizer"], where, arrays)
+        optimizer_state = _decoded(manifest["optimizer"], where, arrays)
     extra = {}
     for name in manifest.get("extra_files", []):
         path = directory / name
@@ -573,15 +416,15 @@ def load_checkpoint(directory, expected_config=None, ignore_config_keys=NON_ARCH
         extra[name] = path
     rng_states = {}
     for name, entry in (manifest.get("rng_states") or {}).items():
-        entry = _decode(entry, where)
+        entry = _decoded(entry, where)
         if not isinstance(entry, dict) or entry.get("kind") not in _RNG_KINDS:
             raise CheckpointError(f"{where}: RNG state {name!r} is malformed")
         rng_states[name] = entry
     return Checkpoint(
         directory=directory, config=config, model_state=model_state, optimizer_state=optimizer_state,
-        scheduler_state=_decode(manifest.get("scheduler"), where),
-        train_state=_decode(manifest.get("train_state"), where), rng_states=rng_states, extra_files=extra,
-        metadata=_decode(manifest.get("metadata") or {}, where))
+        scheduler_state=_decoded(manifest.get("scheduler"), where),
+        train_state=_decoded(manifest.get("train_state"), where), rng_states=rng_states, extra_files=extra,
+        metadata=_decoded(manifest.get("metadata") or {}, where))
 
 
 def _load_weights(directory):
@@ -682,7 +525,7 @@ class CheckpointManager:
                 continue
             try:
                 _, manifest = _read_manifest(child)
-                metadata = _decode(manifest.get("metadata") or {}, str(child))
+                metadata = _decoded(manifest.get("metadata") or {}, str(child))
             except (CheckpointError, OSError) as exc:
                 warnings.warn(f"CheckpointManager: skipping {child}: {exc}")
                 continue
