@@ -35,6 +35,7 @@ import npgrad as ng
 from npgrad import functional as F
 from npgrad import nn
 
+from .data import causal_mask
 from .positional import (RelativePositionEmbedding, Rotary, RotaryEmbedding, alibi_bias, alibi_slopes,
                          rotary_tables)
 
@@ -60,11 +61,6 @@ def init_linear(linear, rng, blocks=1):
         [xavier_uniform(rng, fan_in, block, dtype=linear.weight.dtype) for _ in range(blocks)], axis=1)
     if getattr(linear, "bias", None) is not None:
         linear.bias.data[...] = 0
-
-
-def causal_mask(query_len, key_len, query_offset=0):
-    """(T, K) bool: query i = query_offset + row may see key j iff j <= i."""
-    return np.arange(key_len)[None, :] <= (np.arange(query_offset, query_offset + query_len)[:, None])
 
 
 class MultiHeadAttention(nn.Module):

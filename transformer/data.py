@@ -225,9 +225,12 @@ def mask_from_ids(ids: np.ndarray, pad_id: int = PAD_ID) -> np.ndarray:
     return np.asarray(ids) != pad_id
 
 
-def causal_mask(length: int) -> np.ndarray:
-    """Boolean (T, T): position t may attend to positions <= t."""
-    return np.tril(np.ones((length, length), dtype=bool))
+def causal_mask(query_len: int, key_len: int | None = None, query_offset: int = 0) -> np.ndarray:
+    """Boolean (T, K), the one causal mask of the package: query row r (position ``query_offset + r``) may attend to
+    key j iff j <= its position. ``causal_mask(T)`` is the square (T, T) mask of a whole sequence; an offset serves
+    incremental decoding (T new queries after ``query_offset`` cached keys)."""
+    key_len = query_len if key_len is None else key_len
+    return np.arange(key_len)[None, :] <= np.arange(query_offset, query_offset + query_len)[:, None]
 
 
 def attention_masks(src_mask: np.ndarray, tgt_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
