@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,8 +212,9 @@ def _check_extra_name(name):
                          f"hidden, not one of {sorted(_RESERVED)})")
 
 
-def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=None, train_state=None, rng_states=None,
-                    extra_files=None, metadata=None):
+def save_checkpoint(directory: str | os.PathLike, model: Any, config_dict: Any, optimizer: Any = None,
+                    scheduler: Any = None, train_state: dict | None = None, rng_states: dict | None = None,
+                    extra_files: dict[str, str | os.PathLike] | None = None, metadata: dict | None = None) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     model: an npgrad Module (``state_dict()``) or a state dict name -> array. config_dict: the model config (a dict
@@ -271,7 +274,7 @@ def save_checkpoint(directory, model, config_dict, optimizer=None, scheduler=Non
     return target
 
 
-def check_average_output(output, overwrite=False):
+def check_average_output(output: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse an ``average`` output that would destroy something: a training checkpoint (its optimizer state and
     data position are what lets a run resume), any other existing file or directory, a name a run's checkpoint
     manager would take for one of its own; an earlier average only with ``overwrite``."""
@@ -378,7 +381,8 @@ class Checkpoint:
         return np.random.Generator(bit_generator)
 
 
-def load_checkpoint(directory, expected_config=None, ignore_config_keys=NON_ARCHITECTURE_KEYS):
+def load_checkpoint(directory: str | os.PathLike, expected_config: Any = None,
+                    ignore_config_keys: Sequence[str] = NON_ARCHITECTURE_KEYS) -> Checkpoint:
     """Read and verify a checkpoint directory written by :func:`save_checkpoint`; returns a :class:`Checkpoint`.
 
     Every file is checked (format, size and SHA-256 against the manifest) before use; problems raise
@@ -442,7 +446,7 @@ def _tensor_order(manifest, file):
     return order
 
 
-def average_checkpoints(directories):
+def average_checkpoints(directories: Sequence[str | os.PathLike]) -> OrderedDict[str, np.ndarray]:
     """Element-wise mean of the model weights of several checkpoints (e.g. the last N), as a state dict.
 
     Float weights are averaged in float64 and cast back to their dtype; integer/bool arrays must be identical.
@@ -493,17 +497,17 @@ class CheckpointManager:
 
     _PATTERN = re.compile(r"^step-(\d+)$")
 
-    def __init__(self, root, keep_last=5, mode="min"):
+    def __init__(self, root: str | os.PathLike, keep_last: int = 5, mode: str = "min"):
         if not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"CheckpointManager: keep_last must be an integer >= 1, got {keep_last!r}")
         if mode not in ("min", "max"):
             raise ValueError(f"CheckpointManager: mode must be 'min' or 'max', got {mode!r}")
         self.root, self.keep_last, self.mode = Path(root), keep_last, mode
 
-    def path_for(self, step):
+    def path_for(self, step: int) -> Path:
         return self.root / f"step-{int(step):09d}"
 
-    def save(self, step, model, config_dict, metric=None, **kwargs):
+    def save(self, step: int, model: Any, config_dict: Any, metric: float | None = None, **kwargs: Any) -> Path:
         """Save checkpoint ``step`` (kwargs as :func:`save_checkpoint`), then prune; returns its path."""
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"CheckpointManager.save: step must be a non-negative integer, got {step!r}")
@@ -514,7 +518,7 @@ class CheckpointManager:
         self.prune()
         return path
 
-    def checkpoints(self):
+    def checkpoints(self) -> list[CheckpointInfo]:
         """Readable checkpoints under root, oldest step first (unreadable ones are skipped with a warning)."""
         infos = []
         if not self.root.is_dir():
@@ -532,37 +536,37 @@ class CheckpointManager:
             infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric")))
         return sorted(infos, key=lambda info: info.step)
 
-    def last(self):
+    def last(self) -> Path | None:
         infos = self.checkpoints()
         return infos[-1].path if infos else None
 
-    def best(self):
+    def best(self) -> Path | None:
         scored = [info for info in self.checkpoints() if info.metric is not None]
         if not scored:
             return None
         sign = 1.0 if self.mode == "min" else -1.0
         return min(scored, key=lambda info: (sign * info.metric, info.step)).path
 
-    def load_last(self, **kwargs):
+    def load_last(self, **kwargs: Any) -> Checkpoint:
         path = self.last()
         if path is None:
             raise FileNotFoundError(f"CheckpointManager: no checkpoint under {self.root}")
         return load_checkpoint(path, **kwargs)
 
-    def load_best(self, **kwargs):
+    def load_best(self, **kwargs: Any) -> Checkpoint:
         path = self.best()
         if path is None:
             raise FileNotFoundError(f"CheckpointManager: no checkpoint with a metric under {self.root}")
         return load_checkpoint(path, **kwargs)
 
-    def average_last(self, n):
+    def average_last(self, n: int) -> OrderedDict[str, np.ndarray]:
         """State dict averaging the weights of the last ``n`` checkpoints."""
         infos = self.checkpoints()
         if len(infos) < n:
             raise ValueError(f"CheckpointManager: {n} checkpoints requested, {len(infos)} under {self.root}")
         return average_checkpoints([info.path for info in infos[-n:]])
 
-    def prune(self):
+    def prune(self) -> None:
         """Delete checkpoints that are neither among the last ``keep_last`` nor the best."""
         infos = self.checkpoints()
         keep = {info.path for info in infos[-self.keep_last:]}

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def _resolve_checkpoint(path):
     return best if best is not None else infos[-1].path
 
 
-def load_model(checkpoint_dir, kind=None):
+def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory).
 
     ``kind`` ("translation" or "lm"), when given, refuses the other kind of checkpoint with a clear error.
@@ -388,7 +389,7 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train
             "lm-sample": cmd_lm_sample, "lm-eval": cmd_lm_eval}
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError, normalise_cli_overrides
     from .datasets import ChecksumError, DownloadError
     argv = list(sys.argv[1:] if argv is None else argv)

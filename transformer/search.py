@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 import npgrad as ng
+
+if TYPE_CHECKING:
+    from .model import LanguageModel, Transformer
 
 
 # ----------------------------------------------------------------------------------------------------- small helpers
@@ -100,7 +103,7 @@ def _topk_sorted(scores, k):
     return top
 
 
-def length_penalty(length, alpha):
+def length_penalty(length: int | np.ndarray, alpha: float) -> float | np.ndarray:
     """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); a score is divided by it."""
     return ((5.0 + np.asarray(length, dtype=np.float64)) / 6.0) ** alpha
 
@@ -210,7 +213,8 @@ class GreedyOutput(NamedTuple):
     ended: np.ndarray   # (B,) bool: True = the sentence ended with EOS, False = cut at its length limit
 
 
-def greedy(model, src, max_len=200, max_len_a=0.0, max_len_b=None, use_cache=True):
+def greedy(model: Transformer, src: np.ndarray, max_len: int = 200, max_len_a: float = 0.0,
+           max_len_b: int | None = None, use_cache: bool = True) -> GreedyOutput:
     """Greedy decoding of a batch of source sentences with an encoder-decoder ``model``.
 
     At every step each live sentence takes its most probable token (ties to the lowest id); a sentence stops when it
@@ -261,8 +265,9 @@ class Hypothesis(NamedTuple):
     ended: bool              # True = finished with EOS, False = finalised at the length limit
 
 
-def beam_search(model, src, beam_size=4, max_len=200, alpha=0.6, nbest=1, max_len_a=0.0, max_len_b=None,
-                early_stopping=False, use_cache=True):
+def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len: int = 200, alpha: float = 0.6,
+                nbest: int = 1, max_len_a: float = 0.0, max_len_b: int | None = None, early_stopping: bool = False,
+                use_cache: bool = True) -> list[list[Hypothesis]]:
     """Batched beam search with the GNMT length penalty; returns, per sentence, its ``nbest`` best hypotheses.
 
     The B sentences are decoded together as B*K rows of the decoder state (``reorder`` repeats each sentence's cache
@@ -408,7 +413,8 @@ def _check_sampling_args(temperature, top_k, top_p, max_new_tokens):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
-def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> np.ndarray:
     """Sampling distribution (N, V) float64 from logits (N, V): temperature, then top-k, then top-p (nucleus).
 
     - temperature: logits / temperature (> 0; 0 is handled by the caller as argmax).
@@ -436,8 +442,9 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return probs
 
 
-def sample(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None, seed=None,
-           use_cache=True):
+def sample(model: LanguageModel, prompt_ids: np.ndarray, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, rng: np.random.Generator | None = None,
+           seed: int | None = None, use_cache: bool = True) -> np.ndarray:
     """Sample ``max_new_tokens`` continuations of ``prompt_ids`` (B, P) (or (P,)) from a language model.
 
     Returns the new tokens only, (B, max_new_tokens) int64 (or (max_new_tokens,) for a 1-D prompt).

@@ -8,6 +8,8 @@ generators for exact resume, and the files a checkpoint must carry (the tokenize
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,14 @@ from . import search
 from .console import log, track
 from .config import ConfigError, check_keys, check_numbers, check_split_size
 from .data import (
-    ON_BAD_CHOICES, BatchIterator, DataValidationError, LMBatcher, TranslationDataset, evaluation_batches, limit_subword_length,
-    split_stream,
+    ON_BAD_CHOICES, Batch, BatchIterator, DataValidationError, LMBatcher, TranslationDataset, evaluation_batches,
+    limit_subword_length, split_stream,
 )
-from .datasets import ValidationOptions, file_identity, load_text, load_translation_corpus
+from .datasets import Corpus, ParallelText, ValidationOptions, file_identity, load_text, load_translation_corpus
 from .files import write_atomic
 from .evaluate import lm_scores, perplexity, translation_scores
 from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
-from .tokenizer import CharTokenizer, load_tokenizers, train_sentencepiece
+from .tokenizer import CharTokenizer, Tokenizer, load_tokenizers, train_sentencepiece
 
 DATA_DEFAULTS = dict(corpus="multi30k", src="de", tgt="en", data_dir="", src_path="", tgt_path="", tsv_path="",
                      src_column=0, tgt_column=1, valid_size=0.05, test_size=0.05, split_seed=0,
@@ -50,7 +52,7 @@ def tokenizer_files(directory: Path) -> dict:
 class TranslationTask:
     metric, metric_mode = "valid_bleu", "max"
 
-    def __init__(self, config: dict, run_dir, settings: dict, build_model=True):
+    def __init__(self, config: dict, run_dir: str | os.PathLike, settings: dict, build_model: bool = True):
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         self.data_cfg = data = data_settings(config.get("data", {}))
         self.corpus = load_corpus(data)
@@ -133,7 +135,7 @@ class TranslationTask:
         return tokenizer_files(self.tok_dir)
 
 
-def translation_loss(model, batch, label_smoothing=0.0):
+def translation_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0) -> ng.Tensor:
     """The summed target cross-entropy of a batch (padding ignored): a scalar Tensor."""
     logits = model(batch.src, batch.tgt_in)                                      # (B, T, V)
     V = logits.shape[-1]
@@ -141,7 +143,8 @@ def translation_loss(model, batch, label_smoothing=0.0):
                            label_smoothing=label_smoothing, reduction="sum")
 
 
-def corpus_loss(model, dataset, max_tokens, progress=False) -> tuple[float, int]:
+def corpus_loss(model: Transformer, dataset: TranslationDataset, max_tokens: int,
+                progress: bool = False) -> tuple[float, int]:
     """(summed cross-entropy, target tokens) of a whole ``TranslationDataset``, without smoothing or gradients."""
     total, tokens = 0.0, 0
     model.eval()
@@ -153,7 +156,9 @@ def corpus_loss(model, dataset, max_tokens, progress=False) -> tuple[float, int]
     return total, tokens
 
 
-def evaluate_translation(model, src_tok, tgt_tok, pairs, *, beam=5, alpha=0.6, max_tokens=8000, progress=False):
+def evaluate_translation(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, pairs: ParallelText, *,
+                         beam: int = 5, alpha: float = 0.6, max_tokens: int = 8000,
+                         progress: bool = False) -> tuple[dict, list[str]]:
     """What ``evaluate`` reports for some pairs (a ``ParallelText``): loss and perplexity of the references, and
     sacreBLEU/chrF (with signatures) of the decoded hypotheses. Returns (scores, hypotheses)."""
     if len(pairs) == 0:
@@ -194,7 +199,7 @@ def truncate_for_model(src_ids, tgt_ids, model_config, pairs=None):
     return [x[:keep] for x in src_ids], [y[:keep] for y in tgt_ids]
 
 
-def load_corpus(data: dict):
+def load_corpus(data: dict) -> Corpus:
     validation = ValidationOptions(max_tokens=data["max_tokens"] or None, max_chars=data["max_chars"] or None,
                                    max_ratio=data["max_ratio"] or None, on_bad=data["on_bad"])
     paths = {}
@@ -239,7 +244,7 @@ def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
     write_atomic(tok_dir / TOKENIZER_SETTINGS_FILE, json.dumps(tok, indent=2, sort_keys=True) + "\n")
 
 
-def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
+def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -> tuple[Tokenizer, Tokenizer]:
     """Load the run's tokenizers (refusing settings other than theirs), training them from the training split the
     first time."""
     tok = tokenizer_settings(config)
@@ -256,8 +261,9 @@ def prepare_tokenizers(config: dict, train_pairs, tok_dir: Path):
     return tokenizers
 
 
-def translate_sentences(model, src_tok, tgt_tok, sentences, beam=1, max_tokens=8000, alpha=0.6,
-                        max_len_a=1.5, max_len_b=10, progress=False):
+def translate_sentences(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, sentences: Sequence[str],
+                        beam: int = 1, max_tokens: int = 8000, alpha: float = 0.6, max_len_a: float = 1.5,
+                        max_len_b: int = 10, progress: bool = False) -> list[str]:
     """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
     ``progress`` shows a progress bar (plain lines when standard error is not a terminal)."""
     sentences = list(sentences)
@@ -300,7 +306,7 @@ LM_DATA_DEFAULTS = dict(corpus="tinyshakespeare", data_dir="", text_path="", tra
 class LMTask:
     metric, metric_mode = "val_loss", "min"
 
-    def __init__(self, config: dict, run_dir, settings: dict, build_model=True):
+    def __init__(self, config: dict, run_dir: str | os.PathLike, settings: dict, build_model: bool = True):
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         section = config.get("data", {})
         check_keys("data", section, LM_DATA_DEFAULTS)
@@ -397,7 +403,7 @@ def check_lm_block_size(train_ids, val_ids, block_size, train_fraction):
                 f"{block_size + 1}; use a smaller block_size or a longer text")
 
 
-def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path):
+def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
     tok = tokenizer_settings(config, kind="char")
     if (tok_dir / "tokenizer.json").is_file():
         check_tokenizer_settings(tok_dir, tok)
@@ -426,7 +432,7 @@ def _newline_id(tokenizer):
     return None if piece_id == processor.unk_id() else piece_id
 
 
-def encode_lm_text(tokenizer, text: str) -> np.ndarray:
+def encode_lm_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """A text as one int64 token stream. Characters map one to one; SentencePiece encodes line by line
     and joins the lines with its newline byte piece, because its normalisation turns a newline inside
     a text into a space and the line structure (verse, speakers) is part of what the model learns."""
@@ -442,14 +448,14 @@ def encode_lm_text(tokenizer, text: str) -> np.ndarray:
     return np.asarray(stream, dtype=np.int64)
 
 
-def decode_lm_ids(tokenizer, ids) -> str:
+def decode_lm_ids(tokenizer: Tokenizer, ids: Sequence[int] | np.ndarray) -> str:
     """The text of a token stream (the inverse of ``encode_lm_text``, up to SentencePiece's
     normalisation: each line after a newline piece loses the space SentencePiece puts before it)."""
     text = tokenizer.decode([[int(i) for i in ids]])[0]
     return text.replace("\n ", "\n") if _newline_id(tokenizer) is not None else text
 
 
-def encode_prompt(tokenizer, prompt: str) -> list:
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """The prompt's token ids; a character outside a character vocabulary is named with its position."""
     if isinstance(tokenizer, CharTokenizer):
         for position, char in enumerate(prompt):
@@ -467,8 +473,9 @@ def encode_prompt(tokenizer, prompt: str) -> list:
     return ids
 
 
-def lm_generate(model, tokenizer, prompt="", max_new_tokens=500, temperature=0.8, top_k=None, top_p=None,
-                seed=0, use_cache=True):
+def lm_generate(model: LanguageModel, tokenizer: Tokenizer, prompt: str = "", max_new_tokens: int = 500,
+                temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                use_cache: bool = True) -> tuple[list[int], list[int]]:
     """(prompt ids, new ids): ``max_new_tokens`` sampled continuations of ``prompt``, any length.
 
     Within one window the KV cache (or, with ``use_cache=False``, full recomputation) feeds the
@@ -517,7 +524,8 @@ def lm_eval_windows(num_tokens, block_size, stride=None):
     return windows
 
 
-def evaluate_lm(model, tokenizer, ids, *, stride=None, ngram=0, ngram_train_ids=None) -> dict:
+def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, ids: np.ndarray, *, stride: int | None = None,
+                ngram: int = 0, ngram_train_ids: np.ndarray | None = None) -> dict:
     """What ``lm-eval`` reports for a token stream: loss, perplexity and bits per token/character/byte of the model
     (every token but the first predicted once, ``lm_split_loss``); with ``ngram`` the Kneser-Ney baseline of that
     order, fitted on ``ngram_train_ids``, on the very same predicted tokens."""
@@ -537,7 +545,8 @@ def evaluate_lm(model, tokenizer, ids, *, stride=None, ngram=0, ngram_train_ids=
     return result
 
 
-def lm_split_loss(model, ids, block_size, batch_size=32, stride=None):
+def lm_split_loss(model: LanguageModel, ids: np.ndarray, block_size: int, batch_size: int = 32,
+                  stride: int | None = None) -> tuple[float, int]:
     """Mean loss (nats per token) over a whole split, and the number of tokens predicted (len - 1).
 
     Every token but the first is predicted exactly once, from the tokens before it in its window

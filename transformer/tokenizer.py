@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Union
 
 import sentencepiece as spm
 
@@ -158,6 +158,10 @@ def _train_one(sentences: Iterable[str], directory: Path, prefix: str, *, vocab_
     write_atomic(directory / f"{prefix}.model", model.getvalue())
     write_atomic(directory / f"{prefix}.vocab", vocab.encode("utf-8"))
     return SentencePieceTokenizer(directory / f"{prefix}.model", options)
+
+
+# Either kind, where a function takes any tokenizer.
+Tokenizer = Union["SentencePieceTokenizer", "CharTokenizer"]
 
 
 def train_sentencepiece(src_sentences: Iterable[str], tgt_sentences: Iterable[str] | None,

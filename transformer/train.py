@@ -20,17 +20,24 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 import npgrad as ng
-from npgrad import optim
+from npgrad import nn, optim
 
 from .checkpoint import CheckpointManager, save_checkpoint
 from .console import Progress, clock, log
 from .files import write_atomic
 from .config import PROBABILITY_BELOW_1, ConfigError, check_keys, check_numbers
+
+if TYPE_CHECKING:
+    from .tasks import LMTask, TranslationTask
+
+    Task = Union[TranslationTask, LMTask]
 
 TRAIN_DEFAULTS = dict(
     optimizer="adam",            # adam | adamw | sgd
@@ -84,7 +91,7 @@ def train_settings(section: dict) -> dict:
 EXIT_CODES = {"interrupted": 130, "terminated": 143}
 
 
-def check_fresh_run_dir(run_dir) -> None:
+def check_fresh_run_dir(run_dir: str | os.PathLike) -> None:
     """A new run must not mix its log and checkpoints with an earlier run's; say how to go on instead."""
     run_dir = Path(run_dir)
     log_path = run_dir / "log.jsonl"
@@ -97,7 +104,7 @@ def check_fresh_run_dir(run_dir) -> None:
                               "start it again from step 0 with --resume, or choose another --run-dir")
 
 
-def build_optimizer(model, s):
+def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
     params = list(model.named_parameters())
     kind = s["optimizer"]
     if kind == "adam":
@@ -112,7 +119,7 @@ def build_optimizer(model, s):
     raise ValueError(f"[train] optimizer must be adam, adamw or sgd, got {kind!r}")
 
 
-def build_schedule(optimizer, s, total_steps):
+def build_schedule(optimizer: optim.Optimizer, s: dict, total_steps: int) -> optim.LRSchedule:
     kind = s["lr_schedule"]
     if kind == "inverse_sqrt":
         return optim.InverseSqrtSchedule(optimizer, peak_lr=s["lr"], warmup_steps=int(s["warmup_steps"]))
@@ -167,7 +174,7 @@ class JsonLog:
 class Trainer:
     """Runs a task's training to its budget; see the module docstring for what it guarantees."""
 
-    def __init__(self, task, run_dir, settings: dict, resume=False):
+    def __init__(self, task: Task, run_dir: str | os.PathLike, settings: dict, resume: bool = False):
         self.task, self.s = task, settings
         self.run_dir = Path(run_dir)
         self.model = task.model
@@ -408,7 +415,8 @@ class Trainer:
         return patience > 0 and st["bad_validations"] >= patience
 
 
-def write_averaged_checkpoint(directories, output, overwrite=False):
+def write_averaged_checkpoint(directories: Sequence[str | os.PathLike], output: str | os.PathLike,
+                              overwrite: bool = False) -> Path:
     """Average the weights of several checkpoints of one run into a new checkpoint directory (never over a
     training checkpoint or anything else not made by averaging; over an earlier average with ``overwrite``)."""
     from .checkpoint import average_checkpoints, check_average_output, load_checkpoint
@@ -424,7 +432,7 @@ def write_averaged_checkpoint(directories, output, overwrite=False):
     return Path(output)
 
 
-def seed_everything(seed: int):
+def seed_everything(seed: int) -> None:
     """The module-level default generator npgrad.nn uses when no rng is passed."""
     from npgrad import nn
     nn.manual_seed(int(seed))
