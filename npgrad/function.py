@@ -27,7 +27,11 @@ backward can be written exactly as the formula reads.
 Second derivatives (``create_graph=True``): a primitive may also define
 ``differentiable_backward(ctx, grad)``, the same derivative written with Tensor operations so
 that the backward pass itself is recorded. There ``grad`` is a Tensor and ``ctx.saved_tensors``
-returns the saved arrays as Tensors connected to the graph.
+returns the saved arrays as Tensors connected to the graph. A backward that uses only what
+ndarrays and Tensors share (``+ - * / @``, comparisons, ``.reshape``, ``.transpose``,
+``.swapaxes``, indexing, ``.sum``) is written once: ``differentiable_backward =
+backward_on_tensors`` runs that same ``backward`` on Tensors. A separate ``differentiable_backward``
+is left only where ``backward`` calls something Tensors do not have (a fused kernel, ``np.*``).
 
 Layering: ``tensor.py -> ops/* -> function.py``. This module sits below the primitives and never
 imports :mod:`npgrad.tensor`: it knows tensors through :class:`TensorBase`, the storage that
@@ -156,6 +160,29 @@ class Context:
         self._released = True
 
 
+class _SavedAsTensors:
+    """A Context seen by :func:`backward_on_tensors`: ``saved`` holds the saved arrays as graph Tensors."""
+
+    __slots__ = ("_ctx", "saved")
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self.saved = ctx.saved_tensors
+
+    def __getattr__(self, name):  # needs_input_grad, input_shapes, what forward set (ctx.axes), ...
+        return getattr(self._ctx, name)
+
+
+def backward_on_tensors(ctx, grad):
+    """A primitive's own ``backward`` run on Tensors: ``differentiable_backward = backward_on_tensors``.
+
+    For a backward written only with operations that ndarrays and Tensors share. With
+    ``create_graph=True``, ``grad`` is a Tensor and ``ctx.saved`` reads as :attr:`Context.saved_tensors`,
+    so the very lines of ``backward`` record the graph of the gradient: one formula, written once.
+    """
+    return ctx.function.backward(_SavedAsTensors(ctx), grad)
+
+
 class Function:
     """Base class of every primitive. Subclasses define static ``forward`` and ``backward``."""
 
@@ -167,7 +194,8 @@ class Function:
     def backward(ctx, grad):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # Optional: the backward written with Tensor ops, used when create_graph=True.
+    # Optional: the backward written with Tensor ops, used when create_graph=True
+    # (``backward_on_tensors`` when ``backward`` itself works on Tensors).
     differentiable_backward = None
 
     @classmethod

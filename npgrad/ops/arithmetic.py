@@ -3,10 +3,13 @@
 Every backward returns the gradient in the broadcast (output) shape; the engine sums it back
 to each input's shape, which is the derivative of broadcasting (a copy along an axis has the
 sum along that axis as its vector-Jacobian product).
+
+Each backward but Pow's uses only operators that ndarrays and Tensors share, so it also serves
+``create_graph=True`` (``differentiable_backward = backward_on_tensors``).
 """
 import numpy as np
 
-from ..function import Function
+from ..function import Function, backward_on_tensors
 
 
 def _binary(name, op, a, b):
@@ -29,9 +32,7 @@ class Add(Function):
     def backward(ctx, g):
         return g, g
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return g, g
+    differentiable_backward = backward_on_tensors
 
 
 class Sub(Function):
@@ -45,9 +46,7 @@ class Sub(Function):
     def backward(ctx, g):
         return g, -g
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return g, -g
+    differentiable_backward = backward_on_tensors
 
 
 class Mul(Function):
@@ -64,11 +63,7 @@ class Mul(Function):
         return (g * b if ctx.needs_input_grad[0] else None,
                 g * a if ctx.needs_input_grad[1] else None)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        a, b = ctx.saved_tensors
-        return (g * b if ctx.needs_input_grad[0] else None,
-                g * a if ctx.needs_input_grad[1] else None)
+    differentiable_backward = backward_on_tensors
 
 
 class Div(Function):
@@ -86,12 +81,7 @@ class Div(Function):
         gb = -g * a / (b * b) if ctx.needs_input_grad[1] else None
         return ga, gb
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        a, b = ctx.saved_tensors
-        ga = g / b if ctx.needs_input_grad[0] else None
-        gb = -g * a / (b * b) if ctx.needs_input_grad[1] else None
-        return ga, gb
+    differentiable_backward = backward_on_tensors
 
 
 class Neg(Function):
@@ -105,13 +95,15 @@ class Neg(Function):
     def backward(ctx, g):
         return -g
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return -g
+    differentiable_backward = backward_on_tensors
 
 
 class Pow(Function):
-    r"""out = a ** p.   dL/da = g p a^(p-1),  dL/dp = g a^p log(a)  (p may be a constant)."""
+    r"""out = a ** p.   dL/da = g p a^(p-1),  dL/dp = g a^p log(a)  (p may be a constant).
+
+    Two backwards: on arrays dL/dp takes log(a) as 0 where a <= 0 (np.where, silenced warnings),
+    which has no Tensor counterpart; the Tensor one (create_graph) uses a.log().
+    """
 
     @staticmethod
     def forward(ctx, a, p):
@@ -168,21 +160,6 @@ class MatMul(Function):
         a2, b2, g2 = _as_matrices(a, b, g)
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = np.matmul(g2, np.swapaxes(b2, -1, -2))
-            if a.ndim == 1:
-                ga = ga[..., 0, :]
-        if ctx.needs_input_grad[1]:
-            gb = np.matmul(np.swapaxes(a2, -1, -2), g2)
-            if b.ndim == 1:
-                gb = gb[..., 0]
-        return ga, gb
-
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        a, b = ctx.saved_tensors
-        a2, b2, g2 = _as_matrices(a, b, g)
-        ga = gb = None
-        if ctx.needs_input_grad[0]:
             ga = g2 @ b2.swapaxes(-1, -2)
             if a.ndim == 1:
                 ga = ga[..., 0, :]
@@ -192,9 +169,11 @@ class MatMul(Function):
                 gb = gb[..., 0]
         return ga, gb
 
+    differentiable_backward = backward_on_tensors
+
 
 def _as_matrices(a, b, g):
-    """Promote 1-D operands (and the matching output gradient) to matrices, as matmul does."""
+    """Promote 1-D operands (and the matching output gradient) to matrices, as matmul does (arrays or Tensors)."""
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     g2 = g

@@ -147,6 +147,8 @@ class ScaledDotProductAttention(Function):
                                                            disallowed entries have P = 0, so 0)
         dL/dq  = scale dL/dS k,   dL/dk = scale dL/dS^T q  (S = scale q k^T is bilinear)
     Broadcast leading axes of q, k, v get their gradients summed back by the engine.
+    backward runs the kernel K.attention_backward (or _attention_vjp with dropout) on the saved P;
+    differentiable_backward recomputes P in the graph and runs _attention_vjp, the same VJP on Tensors.
     """
 
     @staticmethod
@@ -263,6 +265,8 @@ class MultiHeadAttention(Function):
         dL/dw_q = query^T dL/dQ,  dL/db_q = sum_rows dL/dQ,  dL/dquery = dL/dQ w_q^T   (same for k, v)
     (A linear map Y = X W + b has VJPs dX = dY W^T, dW = X^T dY, db = sum_rows dY.) When the same
     tensor is passed as query, key and value (self-attention), the engine sums its three gradients.
+    backward uses the kernels and the saved heads; differentiable_backward recomputes the projections
+    and P in the graph (the saved heads would be constants there) and runs the same VJPs on Tensors.
     """
 
     @staticmethod
@@ -432,7 +436,8 @@ class PackedSelfAttention(Function):
                   columns of one (B, L, 3C) buffer.
     Every entry of qkv feeds exactly one of Q, K, V, so the buffer is written once per entry: no
     zero-filled scatter per part and no sum of three full-size gradients, which is what splitting
-    with three index ops costs.
+    with three index ops costs. (That in-place buffer is arrays-only: differentiable_backward builds
+    the same gradient with stack + transpose + reshape, P recomputed in the graph.)
     """
 
     @staticmethod

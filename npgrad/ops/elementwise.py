@@ -6,12 +6,16 @@ sqrt' = 1 / (2 sqrt)) so that backward costs one or two passes over memory.
 
 All of them keep the input's dtype: Python-float constants are "weak" in NumPy, so a float32
 array times 0.5 stays float32.
+
+Where the backward uses only operators (exp, log, tanh, sqrt, relu, the normal cdf), the same code
+serves ``create_graph=True`` (``differentiable_backward = backward_on_tensors``); GELU (a kernel),
+dropout (in place) and the cast (``copy=False``) keep a Tensor-op twin, and say why.
 """
 import math
 
 import numpy as np
 
-from ..function import Function, TensorBase, constant
+from ..function import Function, TensorBase, backward_on_tensors, constant
 from ..kernels import K
 from ..kernels.reference import (  # noqa: F401  (erf, erfc, normal_cdf: re-exported)
     _INV_SQRT_2PI, _TANH_C, _TANH_K, erf, erfc, normal_cdf)
@@ -31,10 +35,7 @@ class Exp(Function):
         (y,) = ctx.saved
         return g * y
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * y
+    differentiable_backward = backward_on_tensors
 
 
 class Log(Function):
@@ -50,10 +51,7 @@ class Log(Function):
         (x,) = ctx.saved
         return g / x
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g / x
+    differentiable_backward = backward_on_tensors
 
 
 class Tanh(Function):
@@ -70,10 +68,7 @@ class Tanh(Function):
         (y,) = ctx.saved
         return g * (1.0 - y * y)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * (1.0 - y * y)
+    differentiable_backward = backward_on_tensors
 
 
 class Sqrt(Function):
@@ -90,10 +85,7 @@ class Sqrt(Function):
         (y,) = ctx.saved
         return g / (2.0 * y)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g / (2.0 * y)
+    differentiable_backward = backward_on_tensors
 
 
 class Relu(Function):
@@ -108,13 +100,11 @@ class Relu(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
+        # [x > 0] is piecewise constant: on Tensors a constant (boolean) factor, its own derivative
+        # is 0 almost everywhere.
         return g * (y > 0)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (y,) = ctx.saved
-        # [x > 0] is piecewise constant: a constant factor, its own derivative is 0 almost everywhere.
-        return g * (y > 0)
+    differentiable_backward = backward_on_tensors
 
 
 def exp(x):
@@ -158,12 +148,14 @@ class NormalCdf(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return g * (np.exp(-0.5 * x * x) * _INV_SQRT_2PI)
+        return g * (_exp(-0.5 * x * x) * _INV_SQRT_2PI)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * ((x * x * -0.5).exp() * _INV_SQRT_2PI)
+    differentiable_backward = backward_on_tensors
+
+
+def _exp(x):
+    """e^x of an array (np.exp) or of a Tensor (the Exp primitive), for a backward that serves both."""
+    return Exp.apply(x) if isinstance(x, TensorBase) else np.exp(x)
 
 
 # ------------------------------------------------------------------------------ gelu
@@ -180,6 +172,8 @@ class Gelu(Function):
 
     Computed by the kernels K.gelu_forward / K.gelu_backward (the Numba twin in one pass over
     memory). Only x is saved: the backward recomputes Phi (or t) from it, cheaper than storing it.
+    The kernel works on arrays only, so create_graph uses the same formula in Tensor ops
+    (differentiable_backward).
     """
 
     @staticmethod
@@ -252,6 +246,8 @@ class Dropout(Function):
     r"""Inverted dropout: y = x * m / (1 - p), m_i ~ Bernoulli(1 - p) drawn from ``rng``.
 
     dL/dx = g * m / (1 - p)  (the same mask: the function is linear in x for a fixed mask).
+    The array backward multiplies in place (no second temporary of x's size); Tensors have no
+    in-place ops, hence the one-line differentiable_backward.
     """
 
     @staticmethod
@@ -297,7 +293,11 @@ def dropout(x, p=0.5, training=True, rng=None):
 # ------------------------------------------------------------------------------ astype
 
 class Cast(Function):
-    r"""y = x converted to another floating dtype.   dL/dx = g converted back to x's dtype."""
+    r"""y = x converted to another floating dtype.   dL/dx = g converted back to x's dtype.
+
+    The array backward casts with ``copy=False`` (a same-dtype cast costs nothing), which
+    Tensor.astype does not take; differentiable_backward casts with this primitive.
+    """
 
     @staticmethod
     def forward(ctx, x, dtype=None):

@@ -35,7 +35,8 @@ class Embedding(Function):
     r"""out[p, :] = W[ids[p], :] for every position p of ids (any shape); W is (V, C).
 
     dL/dW[v, :] = \sum_{p : ids[p] = v} g[p, :]   (a scatter-add; rows never looked up get 0).
-    ids are data: no gradient.
+    ids are data: no gradient. backward runs the kernel K.embedding_backward; differentiable_backward
+    is the same scatter as a primitive (shape.IndexScatter), for create_graph.
     """
 
     @staticmethod

@@ -15,6 +15,10 @@ class Linear(Function):
     dL/dx = g w^T              (N, out)(out, in), reshaped to x's shape
     dL/dw = x2^T g2            (in, N)(N, out)
     dL/db = \sum_rows g2       (out,)
+
+    backward reuses the saved row view x2 and picks the faster GEMM orientation for dL/dw;
+    differentiable_backward rebuilds the rows from x in the graph (a saved view would be a
+    constant there), so the two stay separate.
     """
 
     @staticmethod

@@ -25,6 +25,8 @@ class CrossEntropy(Function):
         g_x[n, :] = gloss_n (p_n - q_n),
     where gloss_n = g (sum), g / M (mean) or g_n (none). Each row sums to 0 (p and q both sum to 1).
     The kernel never materialises q: it subtracts eps / V everywhere and 1 - eps at t_n.
+    backward runs that kernel (K.cross_entropy_backward); differentiable_backward is the same
+    formula in Tensor ops, with p recomputed in the graph, for create_graph.
     """
 
     @staticmethod

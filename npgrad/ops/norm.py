@@ -36,6 +36,8 @@ class LayerNorm(Function):
     __doc__ = r"""y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
 
     weight w and bias b have shape (C,) or are None (then 1 and 0, with no gradient).
+    backward runs the fused kernel K.layer_norm_backward on the saved mean and rstd;
+    differentiable_backward is the same VJP in Tensor ops with mean and rstd recomputed in the graph.
     """ + _DERIVATION
 
     @staticmethod
@@ -75,6 +77,7 @@ class AddLayerNorm(Function):
     dL/dx = dL/dresidual = dL/ds, which is layer norm's input gradient at s (below, with x -> s).
     The sum s is not kept: x and residual are (they are usually alive anyway, and keeping them
     lets differentiable_backward see both in the graph); the backward recomputes s = x + residual.
+    backward runs the fused kernel, differentiable_backward the Tensor-op VJP (as LayerNorm).
     """ + _DERIVATION
 
     @staticmethod

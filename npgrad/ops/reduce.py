@@ -5,11 +5,12 @@ a sum copies it to every reduced element, a mean copies it divided by the count,
 to the maximal element(s). Backward therefore first re-inserts the reduced axes (size 1) into
 ``g`` and then broadcasts to the input's shape; ``np.broadcast_to`` is a read-only view, so no
 copy of the input's size is made until a consumer actually combines it with something.
+Each backward is written once, for arrays and (``create_graph=True``) Tensors alike.
 """
 import numpy as np
 
-from ..function import Function
-from .shape import broadcast_to
+from ..function import Function, TensorBase, backward_on_tensors
+from .shape import BroadcastTo, select
 
 
 def normalize_axis(axis, ndim, op="reduce"):
@@ -42,6 +43,11 @@ def _expand(g, in_shape, axes):
     return g.reshape(_keepdims_shape(in_shape, axes))
 
 
+def _broadcast(g, shape):
+    """g broadcast to ``shape``: a read-only view of an array, the BroadcastTo primitive on a Tensor."""
+    return BroadcastTo.apply(g, shape=shape) if isinstance(g, TensorBase) else np.broadcast_to(g, shape)
+
+
 class Sum(Function):
     r"""out = \sum_{i \in axes} x_i.
 
@@ -58,12 +64,9 @@ class Sum(Function):
     @staticmethod
     def backward(ctx, g):
         shape = ctx.input_shapes[0]
-        return np.broadcast_to(_expand(g, shape, ctx.axes), shape)
+        return _broadcast(_expand(g, shape, ctx.axes), shape)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        shape = ctx.input_shapes[0]
-        return broadcast_to(_expand(g, shape, ctx.axes), shape)
+    differentiable_backward = backward_on_tensors
 
 
 def _count(shape, axes):
@@ -93,14 +96,9 @@ class Mean(Function):
         # Divide the small gradient before broadcasting it (one pass over g, not over x).
         # 1.0 / n is a Python float: it keeps g's dtype (float32 stays float32).
         scaled = g * (1.0 / n) if n else g
-        return np.broadcast_to(_expand(scaled, shape, ctx.axes), shape)
+        return _broadcast(_expand(scaled, shape, ctx.axes), shape)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        shape = ctx.input_shapes[0]
-        n = _count(shape, ctx.axes)
-        scaled = g * (1.0 / n) if n else g
-        return broadcast_to(_expand(scaled, shape, ctx.axes), shape)
+    differentiable_backward = backward_on_tensors
 
 
 class Max(Function):
@@ -125,28 +123,16 @@ class Max(Function):
         return out_kept if keepdims else out_kept.reshape(tuple(n for i, n in enumerate(np.shape(x)) if i not in axes))
 
     @staticmethod
-    def _weights(ctx):
-        """w_j = [x_j == max] / count: where the gradient goes, in x's shape and dtype."""
+    def backward(ctx, g):
         x, out_kept = ctx.saved
+        if isinstance(x, TensorBase):  # create_graph: the tie weights are piecewise constant in x,
+            x, out_kept = x.data, out_kept.data   # so they are data (derivative 0 almost everywhere)
         hit = x == out_kept
         if np.isnan(out_kept).any():  # NaN never equals itself: route the gradient to the NaNs
             hit |= np.isnan(x) & np.isnan(out_kept)
-        count = hit.sum(axis=ctx.axes, keepdims=True)
-        dtype = x.dtype if x.dtype.kind == "f" else np.float64
-        return hit, count.astype(dtype)
+        count = hit.sum(axis=ctx.axes, keepdims=True).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+        share = _expand(g, ctx.input_shapes[0], ctx.axes) / count    # keepdims shape, small
+        return select(hit, share, 0)                                 # one pass over x's shape
 
-    @staticmethod
-    def backward(ctx, g):
-        shape = ctx.input_shapes[0]
-        hit, count = Max._weights(ctx)
-        share = _expand(g, shape, ctx.axes) / count        # keepdims shape, small
-        return np.where(hit, share, 0)                     # one pass over x's shape
-
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        shape = ctx.input_shapes[0]
-        hit, count = Max._weights(ctx)
-        # The tie weights are piecewise constant in x: their derivative is zero almost everywhere.
-        weights = hit / count
-        return _expand(g, shape, ctx.axes) * weights
+    differentiable_backward = backward_on_tensors
 

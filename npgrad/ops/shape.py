@@ -2,12 +2,14 @@
 
 These move elements without changing their values, so each derivative is the inverse movement of
 the gradient: reshape back, transpose by the inverse permutation, scatter back to the indexed
-positions, split a concatenation. Their Tensor-op versions (``differentiable_backward``) are
-the same movements written with these very primitives, which makes them differentiable again.
+positions, split a concatenation. Each backward is written once, for arrays and Tensors alike
+(``differentiable_backward = backward_on_tensors``): on Tensors its movements are these very
+primitives, which makes them differentiable again. Where NumPy spells a movement differently
+(``np.where``, the scatter), a small helper picks the array function or the primitive.
 """
 import numpy as np
 
-from ..function import Function, TensorBase
+from ..function import Function, TensorBase, backward_on_tensors
 
 
 def _data(x):
@@ -43,11 +45,9 @@ class Reshape(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return np.reshape(g, ctx.input_shapes[0])
-
-    @staticmethod
-    def differentiable_backward(ctx, g):
         return g.reshape(ctx.input_shapes[0])
+
+    differentiable_backward = backward_on_tensors
 
 
 def reshape(x, *shape):
@@ -72,9 +72,7 @@ class BroadcastTo(Function):
     def backward(ctx, g):
         return g
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return g
+    differentiable_backward = backward_on_tensors
 
 
 def broadcast_to(x, shape):
@@ -106,11 +104,10 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return np.transpose(g, np.argsort(ctx.axes))
+        inverse = tuple(sorted(range(len(ctx.axes)), key=ctx.axes.__getitem__))   # argsort of axes
+        return g.transpose(inverse)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return g.transpose(*(int(a) for a in np.argsort(ctx.axes)))
+    differentiable_backward = backward_on_tensors
 
 
 def transpose(x, *axes):
@@ -131,11 +128,9 @@ class SwapAxes(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return np.swapaxes(g, ctx.axis1, ctx.axis2)
-
-    @staticmethod
-    def differentiable_backward(ctx, g):
         return g.swapaxes(ctx.axis1, ctx.axis2)
+
+    differentiable_backward = backward_on_tensors
 
 
 def swapaxes(x, axis1, axis2):
@@ -206,11 +201,11 @@ class Index(Function):
 
     @staticmethod
     def backward(ctx, g):
+        if isinstance(g, TensorBase):       # create_graph: the scatter as a primitive
+            return IndexScatter.apply(g, key=ctx.key, shape=ctx.input_shapes[0])
         return _scatter(g, ctx.key, ctx.input_shapes[0], ctx.input_dtypes[0])
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return IndexScatter.apply(g, key=ctx.key, shape=ctx.input_shapes[0])
+    differentiable_backward = backward_on_tensors
 
 
 class IndexScatter(Function):
@@ -228,9 +223,7 @@ class IndexScatter(Function):
     def backward(ctx, gout):
         return gout[ctx.key]
 
-    @staticmethod
-    def differentiable_backward(ctx, gout):
-        return Index.apply(gout, key=ctx.key)
+    differentiable_backward = backward_on_tensors
 
 
 def _describe(key):
@@ -279,14 +272,11 @@ class Concatenate(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return tuple(np.split(g, ctx.bounds, axis=ctx.axis))
-
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        starts = [0] + [int(b) for b in ctx.bounds]
-        stops = [int(b) for b in ctx.bounds] + [g.shape[ctx.axis]]
+        bounds = ctx.bounds.tolist()
         lead = (slice(None),) * ctx.axis
-        return tuple(g[lead + (slice(a, b),)] for a, b in zip(starts, stops))
+        return tuple(g[lead + (slice(a, b),)] for a, b in zip([0] + bounds, bounds + [g.shape[ctx.axis]]))
+
+    differentiable_backward = backward_on_tensors
 
 
 def concatenate(tensors, axis=0):
@@ -313,9 +303,7 @@ class Stack(Function):
         lead = (slice(None),) * ctx.axis
         return tuple(g[lead + (k,)] for k in range(g.shape[ctx.axis]))
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return Stack.backward(ctx, g)
+    differentiable_backward = backward_on_tensors
 
 
 def stack(tensors, axis=0):
@@ -352,16 +340,20 @@ class Where(Function):
     @staticmethod
     def backward(ctx, g):
         cond = ctx.cond
-        ga = np.where(cond, g, 0) if ctx.needs_input_grad[1] else None
-        gb = np.where(cond, 0, g) if ctx.needs_input_grad[2] else None
+        ga = select(cond, g, 0) if ctx.needs_input_grad[1] else None
+        gb = select(cond, 0, g) if ctx.needs_input_grad[2] else None
         return None, ga, gb
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        cond = ctx.cond
-        ga = Where.apply(cond, g, 0.0) if ctx.needs_input_grad[1] else None
-        gb = Where.apply(cond, 0.0, g) if ctx.needs_input_grad[2] else None
-        return None, ga, gb
+    differentiable_backward = backward_on_tensors
+
+
+def select(cond, a, b):
+    """np.where(cond, a, b) on arrays; the Where primitive when a or b is a Tensor (cond: boolean data).
+
+    For a backward that serves arrays and (create_graph) Tensors alike."""
+    if isinstance(a, TensorBase) or isinstance(b, TensorBase):
+        return Where.apply(cond, a, b)
+    return np.where(cond, a, b)
 
 
 def where(cond, a, b):
@@ -393,11 +385,9 @@ class MaskedFill(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return np.where(ctx.mask, 0, g)
+        return select(ctx.mask, 0, g)
 
-    @staticmethod
-    def differentiable_backward(ctx, g):
-        return MaskedFill.apply(g, mask=ctx.mask, value=0.0)
+    differentiable_backward = backward_on_tensors
 
 
 def masked_fill(x, mask, value):

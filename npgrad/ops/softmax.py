@@ -45,6 +45,8 @@ class Softmax(Function):
         g_x = y * (g - <g, y>)         (<g, y> summed along the axis, broadcast back).
     Hence <g_x, 1> = <g, y> - <g, y> sum_j y_j = 0: softmax's input gradient sums to 0 per slice
     (softmax is invariant to adding a constant along the axis).
+    backward runs the row kernel K.softmax_backward (arrays only); differentiable_backward is the
+    same VJP in Tensor ops, for create_graph.
     """
 
     @staticmethod
@@ -80,6 +82,8 @@ class LogSoftmax(Function):
     VJP: (g_x)_j = sum_i g_i (delta_ij - p_j) = g_j - p_j sum_i g_i, i.e.
         g_x = g - exp(out) * sum(g)    (sum along the axis, broadcast back).
     Again <g_x, 1> = sum g - sum g * sum p = 0 per slice.
+    backward runs the row kernel K.log_softmax_backward; differentiable_backward is the same VJP
+    in Tensor ops, for create_graph.
     """
 
     @staticmethod
