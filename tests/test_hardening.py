@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -134,7 +133,7 @@ def test_learned_positions_filter_training_pairs_by_max_len_and_evaluation_still
     code, _, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=3", 'model.positional="learned"',
                                                      "model.max_len=48", data=data))
     assert code == 0, err
-    assert f"1 of 22 pairs" in err and f"line {line} " in err and "model.max_len=48" in err
+    assert "1 of 22 pairs" in err and f"line {line} " in err and "model.max_len=48" in err
     # A limit that leaves nothing to train on says so.
     code, _, err = run(capsys, "train", *config_args(tmp_path / "run2", 'model.positional="learned"',
                                                      "model.max_len=4", data=data))

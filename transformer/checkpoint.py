@@ -234,7 +234,7 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, config_dict: Any, 
     config = encode_state(_config_dict(config_dict), "config")
     weights = _model_state(model)
     manifest = {"format": FORMAT, "version": VERSION, "config": config, "files": {}}
-    optimizer_arrays = OrderedDict()
+    optimizer_arrays: OrderedDict[str, np.ndarray] = OrderedDict()
     manifest["optimizer"] = (None if optimizer is None
                              else encode_state(optimizer.state_dict(), "optimizer", optimizer_arrays))
     manifest["scheduler"] = None if scheduler is None else encode_state(scheduler.state_dict(), "scheduler")
@@ -520,7 +520,7 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Readable checkpoints under root, oldest step first (unreadable ones are skipped with a warning)."""
-        infos = []
+        infos: list[CheckpointInfo] = []
         if not self.root.is_dir():
             return infos
         for child in self.root.iterdir():
@@ -531,7 +531,7 @@ class CheckpointManager:
                 _, manifest = _read_manifest(child)
                 metadata = _decoded(manifest.get("metadata") or {}, str(child))
             except (CheckpointError, OSError) as exc:
-                warnings.warn(f"CheckpointManager: skipping {child}: {exc}")
+                warnings.warn(f"CheckpointManager: skipping {child}: {exc}", stacklevel=2)
                 continue
             infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric")))
         return sorted(infos, key=lambda info: info.step)
@@ -541,11 +541,11 @@ class CheckpointManager:
         return infos[-1].path if infos else None
 
     def best(self) -> Path | None:
-        scored = [info for info in self.checkpoints() if info.metric is not None]
+        scored = [(info.metric, info) for info in self.checkpoints() if info.metric is not None]
         if not scored:
             return None
         sign = 1.0 if self.mode == "min" else -1.0
-        return min(scored, key=lambda info: (sign * info.metric, info.step)).path
+        return min(scored, key=lambda pair: (sign * pair[0], pair[1].step))[1].path
 
     def load_last(self, **kwargs: Any) -> Checkpoint:
         path = self.last()

@@ -13,7 +13,6 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
 from .console import configure as configure_output, log
 from .files import write_atomic
@@ -297,7 +296,7 @@ def cmd_lm_eval(args):
 
 
 def build_parser():
-    from .config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Number
+    from .config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Number
     p = _Parser(prog="transformer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback behind an error message")
     sub = p.add_subparsers(dest="command", required=True)
@@ -419,10 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # UnicodeDecodeError; FloatingPointError is a diverged training, whose message says what to change.
         if debug:
             traceback.print_exc()
+        message = str(error)
         if isinstance(error, MemoryError):
-            error = f"out of memory ({error or 'an allocation failed'}); use a smaller batch (--max-tokens, " \
-                    "train.max_tokens) or beam (--beam)"
-        print(f"error: {error}", file=sys.stderr)
+            message = f"out of memory ({error or 'an allocation failed'}); use a smaller batch (--max-tokens, " \
+                      "train.max_tokens) or beam (--beam)"
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -8,9 +8,12 @@ and a bare word that is not valid TOML is taken as a string (``data.corpus=tatoe
 from __future__ import annotations
 
 import copy
+from typing import Any
 import re
 import tomllib
 from pathlib import Path
+
+import numpy as np
 
 # The reference configs ship inside the package (also reachable as configs/ at the top of the repository).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -127,14 +130,13 @@ class Number:
             return f"{what} {'<' if self.hi_open else '<='} {self.hi}"
         return what
 
-    def check(self, where: str, value):
+    def check(self, where: str, value: Any) -> int | float:
         """``value`` as an int/float, or ConfigError: '{where} must be {range}, got {value!r}'."""
         bad = ConfigError(f"{where} must be {self.describe()}, got {value!r}")
+        if isinstance(value, (np.integer, np.floating)):
+            value = value.item()                                           # a NumPy scalar
         if isinstance(value, bool) or not isinstance(value, (int, float)):   # bool is an int: refused too
-            if hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0 and value.dtype.kind in "iuf":
-                value = value.item()                                       # a NumPy scalar
-            else:
-                raise bad
+            raise bad
         if self.kind is int:
             if isinstance(value, float):
                 if not value.is_integer():

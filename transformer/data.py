@@ -188,7 +188,7 @@ def validate_pairs(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID, *, prefix: int | None = None,
+def pad_sequences(sequences: Sequence[Sequence[int] | np.ndarray], pad_id: int = PAD_ID, *, prefix: int | None = None,
                   suffix: int | None = None, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stack ``[prefix] + seq + [suffix]`` rows into an int64 array padded with ``pad_id`` on the right.
 
@@ -282,9 +282,9 @@ class Batch:
         return int(self.src_lengths.sum())
 
 
-def collate(src_seqs: Sequence[Sequence[int]], tgt_seqs: Sequence[Sequence[int]] | None, *, pad_id: int = PAD_ID,
-            bos_id: int = BOS_ID, eos_id: int = EOS_ID, src_eos: bool = True,
-            indices: Sequence[int] | None = None) -> Batch:
+def collate(src_seqs: Sequence[Sequence[int] | np.ndarray], tgt_seqs: Sequence[Sequence[int] | np.ndarray] | None,
+            *, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID, src_eos: bool = True,
+            indices: Sequence[int] | np.ndarray | None = None) -> Batch:
     """Pad one group of encoded pairs into a ``Batch`` (see the module docstring for the layout).
 
     ``tgt_seqs=None`` gives a source-only batch (for translation): the target arrays are then empty (B, 0).
@@ -322,7 +322,7 @@ class TranslationDataset:
     def __len__(self) -> int:
         return len(self.src_ids)
 
-    def collate(self, indices: Sequence[int]) -> Batch:
+    def collate(self, indices: Sequence[int] | np.ndarray) -> Batch:
         return collate([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
                        pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id, src_eos=self.src_eos,
                        indices=indices)

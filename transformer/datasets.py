@@ -136,12 +136,12 @@ def fetch(relative_path: str, url: str, *, data_dir: str | os.PathLike | None = 
     fetcher = fetcher or urllib_fetcher
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        handle, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.close(handle)
     except OSError as error:
         raise DownloadError(f"{path} is not in the cache and the cache directory {root} is not writable ({error}); "
                             f"set --data-dir or {DATA_DIR_ENV} to a writable directory or a filled cache") from error
-    temporary = Path(temporary)
+    temporary = Path(temporary_name)
     try:
         log.info("downloading %s -> %s", url, path)
         try:

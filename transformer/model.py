@@ -37,7 +37,7 @@ from .attention import init_linear
 from .config import ConfigError, check_numbers
 from .layers import ACTIVATIONS, DecoderLayer, EncoderLayer, layer_norm, make_layer_norm
 from .positional import (
-    POSITIONAL_KINDS, LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_positional_kind,
+    LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_positional_kind,
 )
 
 DTYPES = ("float32", "float64")

@@ -92,7 +92,6 @@ class KneserNeyLM:
     # ------------------------------------------------------------------ scoring
     def _prob(self, history, w):
         """P(w | history) for rows of history (M, order-1) (-1 = no token) and candidates w (M,)."""
-        M = w.shape[0]
         uni = self.tables[0]
         grams1 = self._pack(w[:, None])
         c1 = self._lookup(uni["grams"], uni["counts"], grams1, 0.0)

@@ -253,7 +253,7 @@ def greedy(model: Transformer, src: np.ndarray, max_len: int = 200, max_len_a: f
                 active, choice = active[keep], choice[keep]
             tokens = choice
     token_lists = [out_tokens[i, :out_lengths[i]].tolist() for i in range(n_sentences)]
-    return GreedyOutput(token_lists, scores, ended)
+    return GreedyOutput(token_lists, scores if scores is not None else np.zeros(n_sentences), ended)
 
 
 # ----------------------------------------------------------------------------------------------------- beam search

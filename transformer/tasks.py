@@ -409,6 +409,7 @@ def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
         check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)[0]
     tok_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer: Tokenizer
     if tok["kind"] == "char":
         tokenizer = CharTokenizer.from_text(text)
         tokenizer.save(tok_dir)
@@ -487,14 +488,14 @@ def lm_generate(model: LanguageModel, tokenizer: Tokenizer, prompt: str = "", ma
     block = model.config.block_size
     rng = np.random.default_rng(seed)
     context = list(prompt_ids[-block:])
-    out = []
+    out: list[int] = []
     remaining = int(max_new_tokens)
     while remaining > 0:
         # search.sample feeds the prompt and all but the last new token: len(context) + n - 1 <= block.
         n = min(remaining, block - len(context) + 1)
-        new = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=temperature,
-                            top_k=top_k, top_p=top_p, rng=rng, use_cache=use_cache)
-        new = [int(t) for t in np.ravel(new)]
+        sampled = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=temperature,
+                                top_k=top_k, top_p=top_p, rng=rng, use_cache=use_cache)
+        new = [int(t) for t in np.ravel(sampled)]
         out += new
         remaining -= n
         context = context + new
@@ -557,7 +558,7 @@ def lm_split_loss(model: LanguageModel, ids: np.ndarray, block_size: int, batch_
     if len(ids) < 2:
         raise ValueError(f"cannot evaluate a split of {len(ids)} token(s): at least 2 are needed")
     windows = lm_eval_windows(len(ids), block_size, stride)
-    by_length = {}
+    by_length: dict[int, list[tuple[int, int, int]]] = {}
     for window in windows:
         by_length.setdefault(window[1], []).append(window)
     total, count = 0.0, 0

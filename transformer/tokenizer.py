@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import sentencepiece as spm
 
@@ -178,9 +178,10 @@ def train_sentencepiece(src_sentences: Iterable[str], tgt_sentences: Iterable[st
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    settings = dict(vocab_size=vocab_size, model_type=model_type, normalization_rule=normalization_rule,
-                    character_coverage=character_coverage, input_sentence_size=input_sentence_size, seed=seed,
-                    num_threads=num_threads)
+    settings: dict[str, Any] = dict(
+        vocab_size=vocab_size, model_type=model_type, normalization_rule=normalization_rule,
+        character_coverage=character_coverage, input_sentence_size=input_sentence_size, seed=seed,
+        num_threads=num_threads)
     src_sentences = list(src_sentences)
     if tgt_sentences is None or joint:
         corpus = src_sentences + (list(tgt_sentences) if tgt_sentences is not None else [])

@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -177,12 +177,13 @@ class Trainer:
     def __init__(self, task: Task, run_dir: str | os.PathLike, settings: dict, resume: bool = False):
         self.task, self.s = task, settings
         self.run_dir = Path(run_dir)
+        assert task.model is not None, "the task was built without its model (build_model=False)"
         self.model = task.model
         self.optimizer = build_optimizer(self.model, settings)
         self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
         self.manager = CheckpointManager(self.run_dir / "checkpoints", keep_last=int(settings["keep_last"]),
                                          mode=task.metric_mode)
-        self.state = {"step": 0, "tokens": 0, "elapsed": 0.0, "best": None, "bad_validations": 0,
+        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best": None, "bad_validations": 0,
                       "last_validated": 0, "stopped": None}
         self._stop_requested = False
         # For crash tests: TRANSFORMER_HOLD_AT_STEP=N makes the loop wait after step N (and its checkpoint)
