@@ -12,7 +12,6 @@ faults per step in each mode. Linux with glibc only.
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -41,7 +40,8 @@ def main(argv=None):
         step()                                                                 # compile kernels, fill Adam state
     times = {"default": [], "retained": []}
     faults = {"default": [], "retained": []}
-    load_before = os.getloadavg()
+    from benchmarks.meta import load_average, run_meta
+    load_before = load_average()
     for round_ in range(args.rounds):
         modes = ("default", "retained") if round_ % 2 == 0 else ("retained", "default")
         for mode in modes:
@@ -53,8 +53,8 @@ def main(argv=None):
                 step()
                 times[mode].append(time.perf_counter() - start)
                 faults[mode].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    report = {"config": args.config, "threads": args.threads, "rounds": args.rounds, "steps": args.steps,
-              "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+    report = {"config": args.config, "rounds": args.rounds, "steps": args.steps,
+              "meta": run_meta("allocator", argv, args.threads, load_before),
               "median_step_s": {m: statistics.median(v) for m, v in times.items()},
               "median_faults_per_step": {m: statistics.median(v) for m, v in faults.items()},
               "step_s": times}
@@ -65,7 +65,8 @@ def main(argv=None):
         for mode in times:
             print(f"{mode:<9} median step {report['median_step_s'][mode] * 1e3:8.1f} ms   "
                   f"median page faults a step {report['median_faults_per_step'][mode]:>8.0f}")
-        print(f"speed-up {report['speedup']:.3f}; load {report['load_before']} -> {report['load_after']}")
+        meta = report["meta"]
+        print(f"speed-up {report['speedup']:.3f}; load {meta['load_average_before']} -> {meta['load_average_after']}")
     return 0
 
 

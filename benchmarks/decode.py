@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.kernels import _load_average, _machine, _versions
+from benchmarks.meta import load_average, run_meta
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -111,7 +110,7 @@ def main(argv=None):
     subset_batches = batches_of(subset, args.batch_size)
 
     decode_all(model, batches_of(sentences[:8], 8), "greedy", args.beam, 3, True)   # warm-up: compile kernels
-    load_before = _load_average()
+    load_before = load_average()
     results = []
     for mode in args.modes:
         cached_s, _ = decode_all(model, batches, mode, args.beam, args.max_len, True)
@@ -128,11 +127,8 @@ def main(argv=None):
         results.append(row)
         if not args.json:
             print(_format_row(row), flush=True)
-    meta = {"command": "python -m benchmarks decode " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": _machine(), "cpus": os.cpu_count(), "threads": args.threads, "dtype": "float32",
-            "versions": _versions(None), "max_len": args.max_len, "batch_size": args.batch_size,
-            "source_length_mean": float(np.mean([len(s) for s in sentences])),
-            "load_average_before": load_before, "load_average_after": _load_average()}
+    meta = run_meta("decode", argv, args.threads, load_before, dtype="float32", max_len=args.max_len,
+                    batch_size=args.batch_size, source_length_mean=float(np.mean([len(s) for s in sentences])))
     if args.json:
         print(json.dumps({"meta": meta, "results": results}, indent=2))
     else:

@@ -7,8 +7,9 @@ kernel followed by the backward kernel on fresh outputs (allocation included, as
 
 * ``numba``: npgrad.kernels.numba_kernels (compiled and cached before timing);
 * ``numpy``: npgrad.kernels.reference, the pure-NumPy twins;
-* ``torch``: the same work as PyTorch CPU ops with autograd (``torch.autograd.grad``), when torch
-  imports (it is only the optional ``bench`` extra; npgrad never imports it).
+* ``torch``: the same work as PyTorch CPU ops with autograd (``torch.autograd.grad``), through the op
+  twins of benchmarks/torch_twins.py (the differential tests' reference), when torch imports (it is
+  only the optional ``bench`` extra; npgrad never imports it).
 
 The machine is shared and its speed drifts: every repetition runs the three contenders one after
 the other (rotating who goes first), and the table reports medians over repetitions, so the
@@ -21,14 +22,13 @@ the row kernels.
 """
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.meta import load_average, run_meta
 
 # Shapes: N rows, V classes, C features, B batch (sentences), H heads, L lengths, D head size.
 ROWS, CLASSES = 4096, 8000          # output softmax / cross-entropy over the shared vocabulary
@@ -36,25 +36,6 @@ FEATURES = 256                      # d_model: layer norm
 BATCH, LENGTH = 128, 32             # sentence pairs x tokens
 EMBED_VOCAB, EMBED_IDS = 8000, 4096
 LABEL_SMOOTHING, IGNORE_INDEX = 0.1, -100
-
-
-def _machine():
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return model
-
-
-def _load_average():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------------------ cases
@@ -74,7 +55,7 @@ def _row_inputs(rng):
 
 
 def _softmax_case(log):
-    def build(rng, kernels, torch):
+    def build(rng, kernels, peer):
         x, g = _row_inputs(rng)
         fwd = "log_softmax_forward" if log else "softmax_forward"
         bwd = "log_softmax_backward" if log else "softmax_backward"
@@ -84,15 +65,16 @@ def _softmax_case(log):
             return lambda: backward(forward(x), g)
 
         runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-        if torch is not None:
+        if peer is not None:
+            torch = peer.torch
             xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
-            op = torch.log_softmax if log else torch.softmax
+            op = peer.log_softmax if log else peer.softmax
             runs["torch"] = lambda: torch.autograd.grad(op(xt, -1), xt, gt)
         return runs
     return build
 
 
-def _cross_entropy_build(rng, kernels, torch):
+def _cross_entropy_build(rng, kernels, peer):
     x, _ = _row_inputs(rng)
     target = rng.integers(0, CLASSES, ROWS)                                 # (N,)
     target[rng.random(ROWS) < 0.1] = IGNORE_INDEX                           # ~10% padding
@@ -105,16 +87,17 @@ def _cross_entropy_build(rng, kernels, torch):
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-    if torch is not None:
+    if peer is not None:
+        torch = peer.torch
         xt, tt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(target), torch.from_numpy(gloss)
-        ce = torch.nn.functional.cross_entropy
         runs["torch"] = lambda: torch.autograd.grad(
-            ce(xt, tt, ignore_index=IGNORE_INDEX, label_smoothing=LABEL_SMOOTHING, reduction="none"), xt, gt)
+            peer.cross_entropy(xt, tt, ignore_index=IGNORE_INDEX, label_smoothing=LABEL_SMOOTHING, reduction="none"),
+            xt, gt)
     return runs
 
 
 def _layer_norm_case(with_residual):
-    def build(rng, kernels, torch):
+    def build(rng, kernels, peer):
         x = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
         r = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
         g = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
@@ -133,20 +116,20 @@ def _layer_norm_case(with_residual):
             return run
 
         runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-        if torch is not None:
+        if peer is not None:
+            torch = peer.torch
             tx, tr, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, r, w, b))
             tg = torch.from_numpy(g)
-            ln = torch.nn.functional.layer_norm
             if with_residual:
-                runs["torch"] = lambda: torch.autograd.grad(ln(tx + tr, (FEATURES,), tw, tb, 1e-5), (tx, tr, tw, tb), tg)
+                runs["torch"] = lambda: torch.autograd.grad(peer.add_layer_norm(tx, tr, tw, tb, 1e-5), (tx, tr, tw, tb), tg)
             else:
-                runs["torch"] = lambda: torch.autograd.grad(ln(tx, (FEATURES,), tw, tb, 1e-5), (tx, tw, tb), tg)
+                runs["torch"] = lambda: torch.autograd.grad(peer.layer_norm(tx, tw, tb, 1e-5), (tx, tw, tb), tg)
         return runs
     return build
 
 
 def _attention_case(heads, head_size, causal):
-    def build(rng, kernels, torch):
+    def build(rng, kernels, peer):
         flat = BATCH * heads
         q, k, v, g = (rng.standard_normal((flat, LENGTH, head_size), dtype=np.float32) for _ in range(4))
         scale = 1.0 / np.sqrt(head_size)
@@ -168,19 +151,19 @@ def _attention_case(heads, head_size, causal):
             return run
 
         runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-        if torch is not None:
+        if peer is not None:
+            torch = peer.torch
             shape4 = (BATCH, heads, LENGTH, head_size)
             tq, tk, tv = (torch.from_numpy(a).view(shape4).requires_grad_() for a in (q, k, v))
             tg = torch.from_numpy(g).view(shape4)
             tmask = None if torch_mask is None else torch.from_numpy(torch_mask)
-            sdpa = torch.nn.functional.scaled_dot_product_attention
             runs["torch"] = lambda: torch.autograd.grad(
-                sdpa(tq, tk, tv, attn_mask=tmask, is_causal=causal, scale=scale), (tq, tk, tv), tg)
+                peer.scaled_dot_product_attention(tq, tk, tv, mask=tmask, is_causal=causal, scale=scale), (tq, tk, tv), tg)
         return runs
     return build
 
 
-def _embedding_build(rng, kernels, torch):
+def _embedding_build(rng, kernels, peer):
     weight = rng.standard_normal((EMBED_VOCAB, FEATURES), dtype=np.float32)  # (V,C)
     # Zipf-like ids, as real tokens are: frequent ids repeat within a batch
     ids = np.minimum(rng.zipf(1.2, EMBED_IDS) - 1, EMBED_VOCAB - 1).astype(np.int64)  # (N,)
@@ -193,13 +176,14 @@ def _embedding_build(rng, kernels, torch):
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-    if torch is not None:
+    if peer is not None:
+        torch = peer.torch
         tw, ti, tg = torch.from_numpy(weight).requires_grad_(), torch.from_numpy(ids), torch.from_numpy(g)
-        runs["torch"] = lambda: torch.autograd.grad(torch.nn.functional.embedding(ti, tw), tw, tg)
+        runs["torch"] = lambda: torch.autograd.grad(peer.embedding(ti, tw), tw, tg)
     return runs
 
 
-def _gelu_build(rng, kernels, torch):
+def _gelu_build(rng, kernels, peer):
     x = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)        # (N, 4C) the MLP's hidden layer
     g = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)
 
@@ -210,9 +194,10 @@ def _gelu_build(rng, kernels, torch):
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
-    if torch is not None:
+    if peer is not None:
+        torch = peer.torch
         xt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(g)
-        runs["torch"] = lambda: torch.autograd.grad(torch.nn.functional.gelu(xt), xt, gt)
+        runs["torch"] = lambda: torch.autograd.grad(peer.gelu(xt), xt, gt)
     return runs
 
 
@@ -249,26 +234,28 @@ def _numba_batched_matmul():
     return _numba_bmm
 
 
-def _batched_matmul_build(rng, kernels, torch):
+def _batched_matmul_build(rng, kernels, peer):
     # q k^T at attention shapes: (B*H, Lq, D) @ (B*H, D, Lk), B*H = 512, D = 64
     a = rng.standard_normal((BATCH * 4, LENGTH, 64), dtype=np.float32)
     b = rng.standard_normal((BATCH * 4, 64, LENGTH), dtype=np.float32)
     bmm = _numba_batched_matmul()
     runs = {"numba": lambda: bmm(a, b), "numpy": lambda: np.matmul(a, b)}
-    if torch is not None:
+    if peer is not None:
+        torch = peer.torch
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         runs["torch"] = lambda: torch.bmm(ta, tb)
     return runs
 
 
-def _matmul_2d_build(rng, kernels, torch):
+def _matmul_2d_build(rng, kernels, peer):
     # a feed-forward projection: (4096, 256) @ (256, 1024). The "numba" column is a Numba loop
     # over a batch of one, only to show how far a plain loop is from BLAS.
     a = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)
     b = rng.standard_normal((FEATURES, 4 * FEATURES), dtype=np.float32)
     bmm = _numba_batched_matmul()
     runs = {"numba": lambda: bmm(a[None], b[None]), "numpy": lambda: a @ b}
-    if torch is not None:
+    if peer is not None:
+        torch = peer.torch
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         runs["torch"] = lambda: ta @ tb
     return runs
@@ -337,21 +324,6 @@ def _time_case(runs, repeat):
     return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
 
 
-def _versions(torch):
-    import numba
-    out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
-    if torch is not None:
-        out["torch"] = torch.__version__
-    blas = "unknown"
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]["name"]
-    except Exception:  # older NumPy: no dict mode
-        pass
-    out["numpy_blas"] = blas
-    return out
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=15, help="timed repetitions per op (median reported)")
@@ -367,13 +339,13 @@ def main(argv=None):
 
     numba.set_num_threads(args.threads)           # the matmul/bandwidth helpers below use prange
     numba_kernels.set_num_threads(args.threads)   # the kernels' own thread pool
-    torch = None
+    peer = None           # benchmarks.torch_twins: PyTorch doing the same work
     if not args.no_torch:
         try:
-            import torch
-            torch.set_num_threads(args.threads)
+            from benchmarks import torch_twins as peer
+            peer.torch.set_num_threads(args.threads)
         except ImportError:
-            torch = None
+            peer = None
     kernels = {"numba": numba_kernels, "numpy": reference}
 
     cases = CASES if not args.only else [c for c in CASES if c.name in args.only]
@@ -382,10 +354,10 @@ def main(argv=None):
         parser.error(f"unknown op(s) {sorted(unknown)}; choose from {[c.name for c in CASES]}")
 
     rng = np.random.default_rng(0)
-    load_before = _load_average()
+    load_before = load_average()
     rows = []
     for case in cases:
-        runs = case.build(rng, kernels, torch)
+        runs = case.build(rng, kernels, peer)
         ms = _time_case(runs, args.repeat)
         row = {"op": case.name, "shape": case.shape, "ms": ms,
                "numba_over_numpy": ms["numba"] / ms["numpy"]}
@@ -396,14 +368,9 @@ def main(argv=None):
         if not (args.json or args.markdown):
             print(_format_row(row), flush=True)
     bandwidth = _memory_bandwidth(args.repeat)
-    meta = {
-        "command": "python -m benchmarks kernels " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": _machine(), "cpus": os.cpu_count(), "threads": args.threads,
-        "numba_threading_layer": _threading_layer(numba),
-        "versions": _versions(torch), "dtype": "float32", "repeat": args.repeat, "statistic": "median",
-        "load_average_before": load_before, "load_average_after": _load_average(),
-        "copy_bandwidth_GBps": bandwidth,
-    }
+    meta = run_meta("kernels", argv, args.threads, load_before, peer and peer.torch,
+                    numba_threading_layer=_threading_layer(numba), dtype="float32", repeat=args.repeat,
+                    statistic="median", copy_bandwidth_GBps=bandwidth)
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))
     elif args.markdown:

@@ -37,16 +37,8 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
-
-
-def _load():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def parse_args(argv):
@@ -120,6 +112,13 @@ class Data:
 
 
 # ------------------------------------------------------------------------------------ npgrad
+PHASES = ("forward", "backward", "clip", "optimizer")       # of an iteration, in order, as step() marks them
+
+
+def _no_mark(phase):
+    pass
+
+
 class NpgradContender:
     name = "npgrad"
 
@@ -148,15 +147,20 @@ class NpgradContender:
         logits = scratch(x)
         self.F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
 
-    def step(self, x, y):
+    def step(self, x, y, mark=_no_mark):
+        """One training iteration; ``mark(phase)`` is called as each of PHASES ends (nanogpt-split times them)."""
         self.optimizer.zero_grad()
         logits = self.model(x)                                                   # (B, L, V)
         loss = self.F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        mark("forward")
         loss.backward()
+        mark("backward")
         self.optim.clip_grad_norm_(self.optimizer.params, self.settings["clip_norm"])
+        mark("clip")
         self.optimizer.step()
         self.schedule.step()
         self.losses.append(float(loss.data))
+        mark("optimizer")
 
     def logits(self, x):
         import npgrad as ng
@@ -181,92 +185,15 @@ class NpgradContender:
 
 
 # ------------------------------------------------------------------------------------ PyTorch
-def torch_gpt(torch, cfg):
-    """nanoGPT's GPT (model.py) for the recipe's options: no biases, no dropout, tied embeddings."""
-    nn = torch.nn
-
-    class CausalSelfAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-            self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-
-        def forward(self, x):
-            B, T, C = x.size()
-            q, k, v = self.c_attn(x).split(C, dim=2)
-            H = cfg.n_heads
-            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))       # (B, H, T, D)
-            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.gelu = nn.GELU()
-            self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-
-        def forward(self, x):
-            return self.c_proj(self.gelu(self.c_fc(x)))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1 = nn.LayerNorm(cfg.d_model, bias=False)
-            self.attn = CausalSelfAttention()
-            self.ln_2 = nn.LayerNorm(cfg.d_model, bias=False)
-            self.mlp = MLP()
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-            self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
-            self.h = nn.ModuleList([Block() for _ in range(cfg.n_layers)])
-            self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            self.lm_head.weight = self.wte.weight                                # tied
-
-        def forward(self, idx):
-            T = idx.size(1)
-            x = self.wte(idx) + self.wpe(torch.arange(T, dtype=torch.long))
-            for block in self.h:
-                x = block(x)
-            return self.lm_head(self.ln_f(x))                                     # (B, T, V)
-
-    return GPT()
-
-
-def torch_name(ours):
-    """npgrad parameter name -> (nanoGPT parameter name, transpose?) (npgrad's Linear is (in, out))."""
-    fixed = {"token_embed.weight": ("wte.weight", False), "positions.embedding.weight": ("wpe.weight", False),
-             "final_norm.weight": ("ln_f.weight", False)}
-    if ours in fixed:
-        return fixed[ours]
-    _, layer, rest = ours.split(".", 2)
-    table = {"self_attn.qkv.weight": ("attn.c_attn.weight", True), "self_attn.out_proj.weight": ("attn.c_proj.weight", True),
-             "feed_forward.linear1.weight": ("mlp.c_fc.weight", True),
-             "feed_forward.linear2.weight": ("mlp.c_proj.weight", True),
-             "norm1.weight": ("ln_1.weight", False), "norm3.weight": ("ln_2.weight", False)}
-    name, transpose = table[rest]
-    return f"h.{layer}.{name}", transpose
-
-
 class TorchContender:
+    """nanoGPT's GPT for the recipe's options: benchmarks/torch_twins.py's LanguageModelTwin."""
     name = "pytorch"
 
     def __init__(self, torch, model_cfg, settings, weights):
-        self.torch = torch
-        self.model = torch_gpt(torch, model_cfg)
-        with torch.no_grad():
-            params = dict(self.model.named_parameters())
-            for ours, array in weights.items():
-                name, transpose = torch_name(ours)
-                params[name].copy_(torch.from_numpy(array.T.copy() if transpose else array))
+        from benchmarks import torch_twins
+        self.torch, self.twin = torch, torch_twins.LanguageModelTwin
+        self.model = self.twin(**model_cfg.to_dict())
+        torch_twins.load_npgrad_weights(self.model, weights)
         self.model.train()
         self.settings = settings
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -280,12 +207,12 @@ class TorchContender:
         self.losses = []
 
     def warm_up(self, model_cfg, batch):
-        scratch = torch_gpt(self.torch, model_cfg)
+        scratch = self.twin(**model_cfg.to_dict())
         x, y = (self.torch.from_numpy(a) for a in batch)
-        logits = scratch(x)
-        self.torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)).backward()
+        scratch.loss(scratch(x), y).backward()
 
-    def step(self, x, y):
+    def step(self, x, y, mark=_no_mark):
+        """One training iteration, marking the same PHASES as NpgradContender.step."""
         torch = self.torch
         self.iteration += 1
         lr = self.lr_at(self.iteration)
@@ -293,12 +220,16 @@ class TorchContender:
             group["lr"] = lr
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         logits = self.model(x)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        loss = self.model.loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
+        mark("forward")
         loss.backward()
+        mark("backward")
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["clip_norm"])
+        mark("clip")
         self.optimizer.step()
         self.losses.append(float(loss.item()))
+        mark("optimizer")
 
     def logits(self, x):
         with self.torch.no_grad():
@@ -308,9 +239,7 @@ class TorchContender:
         torch = self.torch
         self.model.eval()
         with torch.no_grad():
-            out = [float(torch.nn.functional.cross_entropy(self.model(torch.from_numpy(x)).flatten(0, 1),
-                                                           torch.from_numpy(y).flatten()))
-                   for x, y in batches]
+            out = [float(self.model.loss(self.model(torch.from_numpy(x)), torch.from_numpy(y))) for x, y in batches]
         self.model.train()
         return sum(out) / len(out)
 
@@ -345,30 +274,20 @@ class _ScheduleFormula:
 
 
 # ------------------------------------------------------------------------------------ main
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    set_threads(args.threads)
-    import numpy as np
-    import numba
-    from benchmarks.kernels import _machine
+def setup(args, torch, max_steps=None):
+    """The recipe of ``args.config`` -> (data, model config, npgrad contender, PyTorch contender or None), both
+    contenders starting from the same weights. ``max_steps``: the schedule's length (default ``args.iters``)."""
     from transformer.config import load_config
     from transformer.model import LMConfig
     from transformer.train import train_settings
 
+    max_steps = args.iters if max_steps is None else max_steps
     config = load_config(args.config)
-    settings = train_settings({**config["train"], "max_steps": args.iters,
-                               "warmup_steps": min(int(config["train"].get("warmup_steps", 0)), args.iters)})
+    settings = train_settings({**config["train"], "max_steps": max_steps,
+                               "warmup_steps": min(int(config["train"].get("warmup_steps", 0)), max_steps)})
     if settings["lr_schedule"] != "cosine" or settings["optimizer"] != "adamw":
         raise SystemExit(f"{args.config}: this benchmark reproduces an AdamW + cosine recipe")
     data_fraction = float(config.get("data", {}).get("train_fraction", 0.9))
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            print("PyTorch is not installed (pip install 'npgrad[bench]'): running npgrad alone", file=sys.stderr)
-
     model_section = dict(config["model"])
     model_section.setdefault("seed", args.seed)
     probe = LMConfig(vocab_size=65, **model_section)
@@ -377,7 +296,7 @@ def main(argv=None):
     for key, wanted in (("dropout", 0.0), ("bias", False), ("tie_output", True), ("norm_first", True),
                         ("positional", "learned"), ("activation", "gelu")):
         if getattr(model_cfg, key) != wanted:
-            raise SystemExit(f"{args.config}: the PyTorch twin is nanoGPT's model; it needs model.{key}={wanted!r}")
+            raise SystemExit(f"{args.config}: the PyTorch contender is nanoGPT's model; it needs model.{key}={wanted!r}")
 
     ours = NpgradContender(model_cfg, settings, None)
     if args.init == "nanogpt":
@@ -386,17 +305,26 @@ def main(argv=None):
         ours.model.load_state_dict(weights)
     else:
         weights = ours.state()
-    contenders = [ours]
-    if torch is not None:
-        contenders.append(TorchContender(torch, model_cfg, settings, weights))
+    theirs = None if torch is None else TorchContender(torch, model_cfg, settings, weights)
+    return data, model_cfg, ours, theirs
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    set_threads(args.threads)
+    import numpy as np
+    from benchmarks.meta import import_torch, load_average, run_meta
+
+    torch = None if args.no_torch else import_torch(args.threads)
+    if torch is None and not args.no_torch:
+        print("PyTorch is not installed (pip install 'npgrad[bench]'): running npgrad alone", file=sys.stderr)
+    data, model_cfg, ours, theirs = setup(args, torch)
+    contenders = [ours] + ([theirs] if theirs is not None else [])
+    load_before = load_average()
 
     report = {"benchmark": "nanoGPT CPU recipe, tiny Shakespeare (char)", "iters": args.iters,
-              "config": args.config, "init": args.init, "seed": args.seed, "threads": args.threads,
-              "machine": {"cpu": _machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "numpy": np.__version__, "numba": numba.__version__,
-                          "torch": torch.__version__ if torch else None},
-              "parameters": int(sum(p.data.size for p in ours.model.parameters())),
-              "load_before": _load()}
+              "config": args.config, "init": args.init, "seed": args.seed,
+              "parameters": int(sum(p.data.size for p in ours.model.parameters()))}
     x0 = data.batches[0][0]
     if torch is not None:
         report["initial_max_abs_logit_diff"] = float(np.max(np.abs(ours.logits(x0) - contenders[1].logits(x0))))
@@ -416,7 +344,7 @@ def main(argv=None):
         print(f"  {done}/{args.iters}  " + "  ".join(
             f"{c.name} loss {c.losses[-1]:.4f} {1000 * sum(times[c.name][-args.chunk:]) / args.chunk:.1f} ms/it"
             for c in contenders), file=sys.stderr, flush=True)
-    report["load_after"] = _load()
+    report["meta"] = run_meta("nanogpt", argv, args.threads, load_before, torch, dtype="float32", chunk=args.chunk)
 
     results = {}
     for c in contenders:
@@ -442,12 +370,12 @@ def main(argv=None):
 
 
 def format_report(r):
-    m = r["machine"]
+    m, v = r["meta"], r["meta"]["versions"]
     lines = [f"{r['benchmark']}: {r['iters']} iterations, {r['parameters']:,} parameters, init {r['init']}, "
              f"seed {r['seed']}",
-             f"machine: {m['cpu']}, {m['cores']} cores, {r['threads']} threads; python {m['python']}, "
-             f"numpy {m['numpy']}, numba {m['numba']}, torch {m['torch']}",
-             f"load average (1, 5, 15 min): before {r['load_before']}, after {r['load_after']}"]
+             f"machine: {m['machine']}, {m['cpus']} cores, {m['threads']} threads; python {v['python']}, "
+             f"numpy {v['numpy']}, numba {v['numba']}, torch {v.get('torch')}",
+             f"load average (1, 5, 15 min): before {m['load_average_before']}, after {m['load_average_after']}"]
     if "initial_max_abs_logit_diff" in r:
         lines.append(f"same start: max |logit difference| at init {r['initial_max_abs_logit_diff']:.2e}")
     lines += ["", f"| {'contender':<9} | wall (s) | ms/iter (median) | val loss (estimate) | val loss (exact) "

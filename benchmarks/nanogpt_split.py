@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -69,75 +68,36 @@ def _torch_gemm_linear(torch):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from benchmarks.nanogpt import set_threads
-    set_threads(args.threads)
-    try:
-        import torch
-    except ImportError:
+    from benchmarks import nanogpt as nb
+    nb.set_threads(args.threads)
+    from benchmarks.meta import import_torch, load_average, run_meta
+    torch = import_torch(args.threads)
+    if torch is None:
         print("nanogpt-split needs PyTorch (pip install 'npgrad[bench]')", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     import numpy as np
-    import npgrad as ng
-    from benchmarks import nanogpt as nb
-    from transformer.config import load_config
-    from transformer.model import LMConfig
-    from transformer.train import train_settings
 
-    config = load_config("shakespeare_char")
-    settings = train_settings({**config["train"], "max_steps": 2000})
-    model_section = dict(config["model"])
-    model_section.setdefault("seed", 1337)
-    data_args = nb.parse_args(["--iters", str(args.iters)] + (["--data-dir", args.data_dir] if args.data_dir else []))
-    probe = LMConfig(vocab_size=65, **model_section)
-    data = nb.Data(data_args, probe.block_size, int(settings["batch_size"]), 0.9)
-    model_cfg = LMConfig(vocab_size=data.tokenizer.vocab_size, **model_section)
-    ours = nb.NpgradContender(model_cfg, settings, None)
-    theirs = nb.TorchContender(torch, model_cfg, settings, ours.state())
+    # The recipe's model, weights, batches and schedule (over its 2000 iterations), as `benchmarks nanogpt` has them.
+    recipe = nb.parse_args(["--iters", str(args.iters)] + (["--data-dir", args.data_dir] if args.data_dir else []))
+    data, model_cfg, ours, theirs = nb.setup(recipe, torch, max_steps=2000)
     ours.warm_up(model_cfg, data.batches[0])
     theirs.warm_up(model_cfg, data.batches[0])
     linear, torch_gemm_linear = _torch_gemm_linear(torch)
     numpy_apply, torch_apply = linear.apply, torch_gemm_linear.apply
-    F = ours.F
 
-    def npgrad_iteration(x, y):
-        t0 = time.perf_counter()
-        ours.optimizer.zero_grad()
-        logits = ours.model(x)                                                   # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        ng.optim.clip_grad_norm_(ours.optimizer.params, settings["clip_norm"])
-        t3 = time.perf_counter()
-        ours.optimizer.step()
-        ours.schedule.step()
-        float(loss.data)
-        return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
+    def timed(contender):
+        """-> iteration(x, y) returning the seconds of each phase of contender.step."""
+        def iteration(x, y):
+            stamps = [time.perf_counter()]
+            contender.step(x, y, mark=lambda phase: stamps.append(time.perf_counter()))
+            return np.diff(stamps)
+        return iteration
 
-    def torch_iteration(x, y):
-        t0 = time.perf_counter()
-        theirs.iteration += 1
-        for group in theirs.optimizer.param_groups:
-            group["lr"] = theirs.lr_at(theirs.iteration)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
-        logits = theirs.model(x)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
-        theirs.optimizer.zero_grad(set_to_none=True)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(theirs.model.parameters(), settings["clip_norm"])
-        t3 = time.perf_counter()
-        theirs.optimizer.step()
-        loss.item()
-        return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
-
-    contenders = {"npgrad": (npgrad_iteration, numpy_apply),
-                  "npgrad, torch GEMMs": (npgrad_iteration, torch_apply),
-                  "pytorch": (torch_iteration, numpy_apply)}
+    contenders = {"npgrad": (timed(ours), numpy_apply),
+                  "npgrad, torch GEMMs": (timed(ours), torch_apply),
+                  "pytorch": (timed(theirs), numpy_apply)}
     times = {name: [] for name in contenders}
-    load_before = list(os.getloadavg())
+    load_before = load_average()
     try:
         for turn, start in enumerate(range(0, args.iters, args.chunk)):
             names = list(contenders) if turn % 2 == 0 else list(contenders)[::-1]
@@ -149,17 +109,17 @@ def main(argv=None):
     finally:
         linear.apply = numpy_apply
     report = {"benchmark": "nanoGPT recipe iteration, split by phase", "iters": args.iters, "chunk": args.chunk,
-              "threads": args.threads, "load_before": [round(v, 2) for v in load_before],
-              "load_after": [round(v, 2) for v in os.getloadavg()], "ms_median": {}}
+              "meta": run_meta("nanogpt-split", argv, args.threads, load_before, torch, dtype="float32"),
+              "ms_median": {}}
     for name, rows in times.items():
         median = np.median(np.asarray(rows[args.chunk:]) * 1000, axis=0)
-        report["ms_median"][name] = dict(zip(("forward", "backward", "clip", "optimizer"), map(float, median)),
-                                         total=float(median.sum()))
+        report["ms_median"][name] = dict(zip(nb.PHASES, map(float, median)), total=float(median.sum()))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    meta = report["meta"]
     print(f"{report['benchmark']}: {args.iters} iterations each, chunks of {args.chunk}, {args.threads} thread(s); "
-          f"load {report['load_before']} -> {report['load_after']}")
+          f"load {meta['load_average_before']} -> {meta['load_average_after']}")
     print("\n| contender | forward | backward | clip | optimizer | sum (ms; medians per phase) |\n|---|---:|---:|---:|---:|---:|")
     for name, m in report["ms_median"].items():
         print(f"| {name} | {m['forward']:.1f} | {m['backward']:.1f} | {m['clip']:.2f} | {m['optimizer']:.2f} "

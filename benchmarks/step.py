@@ -13,9 +13,10 @@ Two reference configurations (issue 4), float32, both contenders on the same int
   vocabulary 65 (characters), pre-LN, exact GELU, learned positions, no biases, tied output, no
   dropout, AdamW(0.9, 0.99, weight decay 0.1) with gradient clipping at norm 1.0, as nanoGPT's loop.
 
-The PyTorch models are written below with the same layers in the same order (fused q/k/v projection,
-``F.scaled_dot_product_attention``, ``F.layer_norm``), so both sides do the same arithmetic; their
-weights are PyTorch's own initialisation (the same weights are not needed for timing).
+The PyTorch models are the twins of benchmarks/torch_twins.py, built from the same config fields: the same
+layers in the same order (fused q/k/v projection, ``F.scaled_dot_product_attention``, ``F.layer_norm``), so
+both sides do the same arithmetic; their weights are PyTorch's own initialisation (the same weights are not
+needed for timing).
 
 Timing: both models live in this process; every repetition runs one step of each, alternating who goes
 first, and the table reports medians and the ratio npgrad / PyTorch (the machine is shared and drifts,
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks.kernels import _load_average, _machine, _versions
+from benchmarks.meta import import_torch, load_average, run_meta
 
 # Legend: B batch, S source length, T target length, C width, H heads, V vocabulary, F feed-forward width.
 CONFIGS = {
@@ -68,7 +68,38 @@ def make_batches(name, seed=0):
     return batches
 
 
-# ================================================================================================ npgrad
+def model_fields(name):
+    """The model of config ``name`` as TransformerConfig / LMConfig fields (npgrad's config and the twin's arguments)."""
+    cfg = CONFIGS[name]
+    if name == "seq2seq":
+        return dict(src_vocab_size=cfg["vocab"], tgt_vocab_size=cfg["vocab"], d_model=cfg["d_model"],
+                    n_heads=cfg["heads"], num_encoder_layers=cfg["layers"], num_decoder_layers=cfg["layers"],
+                    d_ff=cfg["d_ff"], dropout=cfg["dropout"], norm_first=False, positional="sinusoidal",
+                    share_embeddings=True, tie_output=True, pad_id=PAD, dtype="float32", seed=0)
+    return dict(vocab_size=cfg["vocab"], d_model=cfg["d_model"], n_heads=cfg["heads"], n_layers=cfg["layers"],
+                d_ff=cfg["d_ff"], block_size=cfg["ctx"], dropout=0.0, activation="gelu", norm_first=True,
+                positional="learned", tie_output=True, bias=False, dtype="float32", seed=0)
+
+
+def _step_fn(name, model, optimizer, batches, clip):
+    """-> step(): one training step on the next batch (cycling): forward, loss, backward, [clip,] update."""
+    smoothing = CONFIGS[name].get("label_smoothing", 0.0)
+    counter = [0]
+
+    def step():
+        *inputs, target = batches[counter[0] % N_BATCHES]
+        counter[0] += 1
+        logits = model(*inputs)                                                           # (B, T, V)
+        loss = model.loss(logits, target, label_smoothing=smoothing)
+        optimizer.zero_grad()
+        loss.backward()
+        if clip is not None:
+            clip()
+        optimizer.step()
+        return loss.item()
+
+    model.train()
+    return step
 
 
 def ours_step_fn(name):
@@ -78,217 +109,39 @@ def ours_step_fn(name):
     from transformer.model import LanguageModel, LMConfig, Transformer, TransformerConfig
 
     cfg = CONFIGS[name]
-    batches = make_batches(name)
-    counter = [0]
     if name == "seq2seq":
-        model = Transformer(TransformerConfig(
-            src_vocab_size=cfg["vocab"], tgt_vocab_size=cfg["vocab"], d_model=cfg["d_model"], n_heads=cfg["heads"],
-            num_encoder_layers=cfg["layers"], num_decoder_layers=cfg["layers"], d_ff=cfg["d_ff"],
-            dropout=cfg["dropout"], norm_first=False, positional="sinusoidal", share_embeddings=True,
-            tie_output=True, pad_id=PAD, dtype="float32", seed=0))
+        model = Transformer(TransformerConfig(**model_fields(name)))
         opt = optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"])
-
-        def step():
-            src, tgt_in, tgt_out = batches[counter[0] % N_BATCHES]
-            counter[0] += 1
-            logits = model(src, tgt_in)                                                       # (B, T, V)
-            loss = model.loss(logits, tgt_out, label_smoothing=cfg["label_smoothing"])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.item()
+        clip = None
     else:
-        model = LanguageModel(LMConfig(
-            vocab_size=cfg["vocab"], d_model=cfg["d_model"], n_heads=cfg["heads"], n_layers=cfg["layers"],
-            d_ff=cfg["d_ff"], block_size=cfg["ctx"], dropout=0.0, activation="gelu", norm_first=True,
-            positional="learned", tie_output=True, bias=False, dtype="float32", seed=0))
+        model = LanguageModel(LMConfig(**model_fields(name)))
         opt = optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"],
                           weight_decay=cfg["weight_decay"])
-
-        def step():
-            ids, targets = batches[counter[0] % N_BATCHES]
-            counter[0] += 1
-            logits = model(ids)                                                               # (B, T, V)
-            loss = model.loss(logits, targets)
-            opt.zero_grad()
-            loss.backward()
-            optim.clip_grad_norm_(opt.params, cfg["clip"])
-            opt.step()
-            return loss.item()
-    model.train()
+        clip = lambda: optim.clip_grad_norm_(opt.params, cfg["clip"])                   # noqa: E731
     assert ng.get_backend() in ("numba", "numpy")
-    return step, model
-
-
-# ================================================================================================ PyTorch
+    return _step_fn(name, model, opt, make_batches(name), clip), model
 
 
 def torch_step_fn(name, torch):
-    """-> (step(), model): the same model and step in PyTorch (float32, its own initial weights)."""
-    nn, F = torch.nn, torch.nn.functional
+    """-> (step(), model): the same model (benchmarks/torch_twins.py) and step in PyTorch (float32, its own
+    initial weights)."""
+    from benchmarks import torch_twins
+
     cfg = CONFIGS[name]
-    C, H = cfg["d_model"], cfg["heads"]
-    D = C // H
-
-    class SelfAttention(nn.Module):
-        def __init__(self, bias):
-            super().__init__()
-            self.qkv = nn.Linear(C, 3 * C, bias=bias)
-            self.out = nn.Linear(C, C, bias=bias)
-
-        def forward(self, x, causal):
-            B, T, _ = x.shape
-            q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)              # 3 x (B, H, T, D)
-            h = F.scaled_dot_product_attention(q, k, v, is_causal=causal)                 # (B, H, T, D)
-            return self.out(h.transpose(1, 2).reshape(B, T, C))
-
-    class CrossAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q = nn.Linear(C, C)
-            self.kv = nn.Linear(C, 2 * C)
-            self.out = nn.Linear(C, C)
-
-        def forward(self, x, memory):
-            B, T, _ = x.shape
-            S = memory.shape[1]
-            q = self.q(x).view(B, T, H, D).transpose(1, 2)                                 # (B, H, T, D)
-            k, v = self.kv(memory).view(B, S, 2, H, D).permute(2, 0, 3, 1, 4)             # 2 x (B, H, S, D)
-            h = F.scaled_dot_product_attention(q, k, v)
-            return self.out(h.transpose(1, 2).reshape(B, T, C))
-
-    class FeedForward(nn.Module):
-        def __init__(self, bias, activation, p):
-            super().__init__()
-            self.l1 = nn.Linear(C, cfg["d_ff"], bias=bias)
-            self.l2 = nn.Linear(cfg["d_ff"], C, bias=bias)
-            self.act = F.relu if activation == "relu" else F.gelu
-            self.p = p
-
-        def forward(self, x):
-            return self.l2(F.dropout(self.act(self.l1(x)), self.p, self.training))
-
-    p = cfg["dropout"]
-
     if name == "seq2seq":
-        class EncoderLayer(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.attn, self.ff = SelfAttention(True), FeedForward(True, "relu", p)
-                self.n1, self.n2 = nn.LayerNorm(C), nn.LayerNorm(C)
-
-            def forward(self, x):                                                         # post-LN
-                x = self.n1(x + F.dropout(self.attn(x, False), p, self.training))
-                return self.n2(x + F.dropout(self.ff(x), p, self.training))
-
-        class DecoderLayer(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.attn, self.cross, self.ff = SelfAttention(True), CrossAttention(), FeedForward(True, "relu", p)
-                self.n1, self.n2, self.n3 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
-
-            def forward(self, x, memory):
-                x = self.n1(x + F.dropout(self.attn(x, True), p, self.training))
-                x = self.n2(x + F.dropout(self.cross(x, memory), p, self.training))
-                return self.n3(x + F.dropout(self.ff(x), p, self.training))
-
-        class Seq2Seq(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.embed = nn.Embedding(cfg["vocab"], C, padding_idx=PAD)              # shared, tied
-                self.encoder = nn.ModuleList([EncoderLayer() for _ in range(cfg["layers"])])
-                self.decoder = nn.ModuleList([DecoderLayer() for _ in range(cfg["layers"])])
-                position = torch.arange(256, dtype=torch.float32)[:, None]
-                inv_freq = torch.exp(torch.arange(0, C, 2, dtype=torch.float32) * (-math.log(10000.0) / C))
-                table = torch.zeros(256, C)
-                table[:, 0::2], table[:, 1::2] = torch.sin(position * inv_freq), torch.cos(position * inv_freq)
-                self.register_buffer("positions", table)
-
-            def embed_tokens(self, ids):
-                x = self.embed(ids) * math.sqrt(C) + self.positions[: ids.shape[1]]
-                return F.dropout(x, p, self.training)
-
-            def forward(self, src, tgt_in):
-                memory = self.embed_tokens(src)
-                for layer in self.encoder:
-                    memory = layer(memory)
-                h = self.embed_tokens(tgt_in)
-                for layer in self.decoder:
-                    h = layer(h, memory)
-                return h @ self.embed.weight.T                                            # (B, T, V)
-
-        model = Seq2Seq()
+        model = torch_twins.Seq2SeqTwin(**model_fields(name))
         opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"])
-        batches = [tuple(torch.from_numpy(a) for a in b) for b in make_batches(name)]
-        counter = [0]
-
-        def step():
-            src, tgt_in, tgt_out = batches[counter[0] % N_BATCHES]
-            counter[0] += 1
-            logits = model(src, tgt_in)
-            loss = F.cross_entropy(logits.reshape(-1, cfg["vocab"]), tgt_out.reshape(-1), ignore_index=PAD,
-                                   label_smoothing=cfg["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.item()
+        clip = None
     else:
-        class Block(nn.Module):                                                           # nanoGPT's Block
-            def __init__(self):
-                super().__init__()
-                self.ln1 = nn.LayerNorm(C, bias=False)
-                self.attn = SelfAttention(False)
-                self.ln2 = nn.LayerNorm(C, bias=False)
-                self.mlp = FeedForward(False, "gelu", 0.0)
-
-            def forward(self, x):                                                         # pre-LN
-                x = x + self.attn(self.ln1(x), True)
-                return x + self.mlp(self.ln2(x))
-
-        class GPT(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.wte = nn.Embedding(cfg["vocab"], C)
-                self.wpe = nn.Embedding(cfg["ctx"], C)
-                self.blocks = nn.ModuleList([Block() for _ in range(cfg["layers"])])
-                self.ln_f = nn.LayerNorm(C, bias=False)
-
-            def forward(self, ids):
-                x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
-                for block in self.blocks:
-                    x = block(x)
-                return self.ln_f(x) @ self.wte.weight.T                                   # tied
-
-        model = GPT()
+        model = torch_twins.LanguageModelTwin(**model_fields(name))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"],
                                 weight_decay=cfg["weight_decay"])
-        batches = [tuple(torch.from_numpy(a) for a in b) for b in make_batches(name)]
-        counter = [0]
-
-        def step():
-            ids, targets = batches[counter[0] % N_BATCHES]
-            counter[0] += 1
-            logits = model(ids)
-            loss = F.cross_entropy(logits.reshape(-1, cfg["vocab"]), targets.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
-            opt.step()
-            return loss.item()
-    model.train()
-    return step, model
+        clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])  # noqa: E731
+    batches = [tuple(torch.from_numpy(a) for a in b) for b in make_batches(name)]
+    return _step_fn(name, model, opt, batches, clip), model
 
 
 # ================================================================================================ running
-
-
-def _import_torch(threads):
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    return torch
 
 
 def _set_threads(threads):
@@ -340,7 +193,7 @@ def worker(name, contender, steps, threads):
     """Run ``steps`` training steps of one contender alone; print its memory figures as JSON."""
     _set_threads(threads)
     if contender == "torch":
-        torch = _import_torch(threads)
+        torch = import_torch(threads)
         if torch is None:
             print(json.dumps({"error": "torch not installed"}))
             return 1
@@ -408,10 +261,10 @@ def main(argv=None):
     _set_threads(args.threads)
     if args.retain_freed_memory:
         _retain_freed_memory(parser)
-    torch = None if args.no_torch else _import_torch(args.threads)
+    torch = None if args.no_torch else import_torch(args.threads)
     if torch is None and not args.json:
         print("PyTorch not installed: timing npgrad alone (pip install '.[bench]' for the comparison)")
-    load_before = _load_average()
+    load_before = load_average()
     results = []
     for name in args.config:
         repeat = args.repeat or (10 if name == "seq2seq" else 40)
@@ -432,10 +285,8 @@ def main(argv=None):
         results.append(row)
         if not args.json:
             print(_format_row(row), flush=True)
-    meta = {"command": "python -m benchmarks step " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": _machine(), "cpus": os.cpu_count(), "threads": args.threads, "dtype": "float32",
-            "versions": _versions(torch), "statistic": "median", "configs": {n: CONFIGS[n] for n in args.config},
-            "load_average_before": load_before, "load_average_after": _load_average()}
+    meta = run_meta("step", argv, args.threads, load_before, torch, dtype="float32", statistic="median",
+                    configs={n: CONFIGS[n] for n in args.config})
     if args.json:
         print(json.dumps({"meta": meta, "results": results}, indent=2))
     else:

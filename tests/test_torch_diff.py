@@ -1,15 +1,16 @@
 """Differential tests against PyTorch (float64): forward values and gradients of the fused ops.
 
+The PyTorch side is benchmarks/torch_twins.py, the twins the kernel benchmark times, which take npgrad's
+conventions (cross_entropy's class axis last, boolean masks True = may attend, weights applied as x @ w).
 Skipped cleanly when torch is not installed (it is optional: the ``bench`` extra); npgrad never
-imports it. Differences in convention are handled here: cross_entropy's class axis is last in
-npgrad and second in PyTorch; PyTorch's sdpa gives NaN for fully masked rows, so those are
-avoided (our zeros policy is tested in test_ops_fused.py).
+imports it. PyTorch's sdpa gives NaN for fully masked rows, so those are avoided (our zeros policy is
+tested in test_ops_fused.py).
 """
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as TF  # noqa: E402
+from benchmarks import torch_twins as TT  # noqa: E402
 
 import npgrad as ng  # noqa: E402
 from npgrad import functional as F  # noqa: E402
@@ -36,7 +37,7 @@ def close(a, b):
 def test_softmax_family(name, axis):
     r = np.random.default_rng(0)
     x, xt = pair(r.standard_normal((3, 4, 5)) * 4)
-    ours, theirs = getattr(F, name)(x, axis=axis), getattr(TF, name)(xt, dim=axis)
+    ours, theirs = getattr(F, name)(x, axis=axis), getattr(TT, name)(xt, axis=axis)
     close(ours.data, theirs)
     backward_both(ours, theirs, r.standard_normal(ours.shape))
     close(x.grad, xt.grad)
@@ -52,9 +53,7 @@ def test_cross_entropy(reduction, eps, lead):
     target = r.integers(0, V, size=lead)
     target.reshape(-1)[[1, 3]] = 5                                      # ignore_index, a valid class here
     ours = F.cross_entropy(x, target, ignore_index=5, label_smoothing=eps, reduction=reduction)
-    logits_t = xt if len(lead) == 1 else xt.movedim(-1, 1)              # torch: classes on axis 1
-    theirs = TF.cross_entropy(logits_t, torch.tensor(target), ignore_index=5, label_smoothing=eps,
-                              reduction=reduction)
+    theirs = TT.cross_entropy(xt, torch.tensor(target), ignore_index=5, label_smoothing=eps, reduction=reduction)
     close(ours.data, theirs)
     backward_both(ours, theirs, r.standard_normal(ours.shape))
     close(x.grad, xt.grad)
@@ -63,7 +62,7 @@ def test_cross_entropy(reduction, eps, lead):
 def test_cross_entropy_all_ignored_is_nan_with_zero_gradient_like_torch():
     x, xt = pair(np.random.default_rng(2).standard_normal((3, 4)))
     ours = F.cross_entropy(x, np.full(3, -100))
-    theirs = TF.cross_entropy(xt, torch.full((3,), -100))
+    theirs = TT.cross_entropy(xt, torch.full((3,), -100))
     assert np.isnan(ours.item()) and torch.isnan(theirs).item()
     ours.backward()
     theirs.backward()
@@ -83,7 +82,7 @@ def test_layer_norm_and_add_layer_norm(affine):
         w, wt = pair(wa) if affine else (None, None)
         b, bt = pair(ba) if affine else (None, None)
         ours = F.add_layer_norm(x, res, w, b, eps=1e-5) if fused else F.layer_norm(x, w, b, eps=1e-5)
-        theirs = TF.layer_norm(xt + rt if fused else xt, (C,), wt, bt, eps=1e-5)
+        theirs = TT.add_layer_norm(xt, rt, wt, bt, eps=1e-5) if fused else TT.layer_norm(xt, wt, bt, eps=1e-5)
         close(ours.data, theirs)
         backward_both(ours, theirs, g)
         close(x.grad, xt.grad)
@@ -102,14 +101,14 @@ def test_scaled_dot_product_attention(case):
     if case == "mask":
         mask = r.random((2, 1, 4, 6)) < 0.6
         mask[..., 0] = True                                             # no fully masked row (torch gives NaN)
-        kwargs = dict(mask=mask), dict(attn_mask=torch.tensor(mask))
+        kwargs = dict(mask=mask), dict(mask=torch.tensor(mask))
     elif case == "causal":
         kwargs = dict(is_causal=True), dict(is_causal=True)
     elif case == "scale":
         kwargs = dict(scale=0.37), dict(scale=0.37)
     ours_kw, theirs_kw = kwargs if kwargs else ({}, {})
     ours = F.scaled_dot_product_attention(q, k, v, **ours_kw)
-    theirs = TF.scaled_dot_product_attention(qt, kt, vt, **theirs_kw)
+    theirs = TT.scaled_dot_product_attention(qt, kt, vt, **theirs_kw)
     close(ours.data, theirs)
     backward_both(ours, theirs, r.standard_normal(ours.shape))
     for a, b in ((q, qt), (k, kt), (v, vt)):
@@ -125,11 +124,8 @@ def test_multi_head_attention_against_torch_composition():
     pad = np.array([[True] * 5, [True, True, True, False, False]])[:, None, None, :]   # (B,1,1,Lk)
     ours = F.multi_head_attention(x, mem, mem, H, *(w for w, _ in weights), *(b for b, _ in biases), mask=pad)
 
-    (wq, wk, wv, wo), (bq, bk, bv, bo) = [w for _, w in weights], [b for _, b in biases]
-    heads = lambda y, L: y.reshape(B, L, H, C // H).transpose(1, 2)        # noqa: E731
-    o = TF.scaled_dot_product_attention(heads(xt @ wq + bq, Lq), heads(mt @ wk + bk, Lk), heads(mt @ wv + bv, Lk),
-                                        attn_mask=torch.tensor(pad))
-    theirs = o.transpose(1, 2).reshape(B, Lq, C) @ wo + bo
+    theirs = TT.multi_head_attention(xt, mt, mt, H, *(w for _, w in weights), *(b for _, b in biases),
+                                     mask=torch.tensor(pad))
     close(ours.data, theirs)
     backward_both(ours, theirs, r.standard_normal(ours.shape))
     for a, b in [(x, xt), (mem, mt)] + weights + biases:
