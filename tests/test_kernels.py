@@ -23,13 +23,14 @@ from hypothesis import strategies as st
 import npgrad as ng
 from npgrad import functional as F
 from npgrad.kernels import reference as R
+from npgrad.kernels import tuning
 
 N = pytest.importorskip("npgrad.kernels.numba_kernels", reason="numba is not available")
 
 DTYPES = [np.float32, np.float64]
 FEW = settings(max_examples=6, deadline=None)
 # float32: a few dozen ulp (summation order differs: SIMD partial sums vs NumPy's pairwise sums,
-# and the polynomial exp is within ~2 ulp of libm's); float64: the 1e-12.
+# and the polynomial exp is within ~2 ulp of libm's); float64: 1e-12.
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
@@ -290,6 +291,15 @@ def test_attention_equals_the_reference(batch, lq, lk, head_size, value_size, dt
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_q_kt_copy_on_both_sides_of_its_thresholds(dtype):
+    # The copy of k^T is taken for many queries and small heads (tuning.py), skipped otherwise.
+    lq, head_size = tuning.ATTENTION_KT_COPY_MIN_QUERIES, tuning.ATTENTION_KT_COPY_MAX_HEAD_SIZE
+    for queries, size in ((lq, head_size), (lq - 1, head_size), (lq, head_size + 1)):
+        q, k, v, gout = attention_case(5, 2, queries, 9, size, 3, dtype)
+        check_attention(q, k, v, gout, None, True, 1.0 / np.sqrt(size), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_fully_masked_rows_are_zero_with_zero_gradients_under_both_backends(dtype):
     q, k, v, gout = attention_case(7, 3, 4, 5, 3, 2, dtype)
     mask = np.ones((3, 4, 5), bool)
@@ -381,7 +391,7 @@ def test_exp_is_accurate_over_the_whole_range(dtype):
 
 
 def test_threaded_split_gives_the_single_thread_result():
-    # Large enough to be split in chunks (> _MIN_WORK_PER_THREAD elements per thread).
+    # Large enough to be split in chunks (> tuning.MIN_WORK_PER_THREAD elements per thread).
     x = data(21, (64, 3000), np.float32)
     g = data(22, (64, 3000), np.float32)
     w, b = data(23, 3000, np.float32, 1.0), data(24, 3000, np.float32, 1.0)
@@ -404,6 +414,49 @@ def test_threaded_split_gives_the_single_thread_result():
                 np.testing.assert_array_equal(split, single, err_msg=f"output {i}, {threads} threads")
     with pytest.raises(ValueError, match="positive integer"):
         N.set_num_threads(0)
+
+
+def test_tuning_thresholds_choose_a_path_not_a_result(monkeypatch):
+    # The extremes of every threshold in tuning.py: each path gives the result of the default path.
+    x = data(31, (6, 50), np.float32)
+    q, k, v, gout = attention_case(32, 3, 5, 6, 4, 2, np.float32)
+    ids = np.random.default_rng(33).integers(0, 7, 40)
+    gy = data(34, (40, 50), np.float32)
+    w, b = data(35, 50, np.float32, 1.0), data(36, 50, np.float32, 1.0)
+
+    def run():
+        return (N.softmax_forward(x), *N.attention_forward(q, k, v, None, True, 0.5),
+                *N.layer_norm_backward(gy[:6], x, w, *N.layer_norm_forward(x, w, b, 1e-5)[1:]),
+                N.embedding_backward(ids, gy, 7))
+
+    default = run()
+    try:
+        N.set_num_threads(2)
+        for name, value in (("MIN_WORK_PER_THREAD", 1), ("ATTENTION_KT_COPY_MIN_QUERIES", 1),
+                            ("ATTENTION_KT_COPY_MAX_HEAD_SIZE", 1 << 20), ("CACHE_LINE_BYTES", 4)):
+            monkeypatch.setattr(tuning, name, value)
+        for i, (changed, expected) in enumerate(zip(run(), default)):
+            assert_close(changed, expected, np.float32, f"output {i}")
+    finally:
+        N.set_num_threads(None)
+
+
+def test_kernel_cache_goes_stale_with_any_source_of_the_package(tmp_path, monkeypatch):
+    # Numba stamps a cached function with its own file only; the kernels compile in _exp, erf and
+    # constants from other files, so their stamp covers every module of the package and reference.py.
+    from npgrad.kernels.numba_kernels import _jit, softmax
+
+    locator = softmax._softmax_forward_kernel._cache._impl.locator
+    assert isinstance(locator, _jit._PackageSourceLocator)
+    assert locator.get_cache_path() == os.path.join(os.path.dirname(softmax.__file__), "__pycache__")
+    names = {os.path.basename(path) for path in _jit._sources()}
+    assert {"_intrinsics.py", "_parallel.py", "softmax.py", "gelu.py", "reference.py"} <= names
+    helper = tmp_path / "helper.py"
+    helper.write_text("A = 1\n")
+    monkeypatch.setattr(_jit, "_sources", lambda: [str(helper)])
+    before = locator.get_source_stamp()
+    helper.write_text("A = 22\n")
+    assert locator.get_source_stamp() != before
 
 
 def _softmax_in_child(queue):

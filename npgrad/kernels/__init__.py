@@ -3,8 +3,12 @@
 Two backends implement the same functions with the same signatures:
 
 * ``reference`` (backend name ``"numpy"``): pure NumPy, the readable twin; always available.
-* ``numba_kernels`` (backend name ``"numba"``): Numba-jitted, compiled lazily on first call and
-  cached on disk; imported only when the backend is first used, so ``import npgrad`` stays fast.
+* ``numba_kernels`` (backend name ``"numba"``): a package of Numba-jitted kernels, one module per
+  kernel family, compiled lazily on first call and cached on disk; imported only when the backend
+  is first used, so ``import npgrad`` stays fast.
+
+``tuning`` holds the performance thresholds (which equivalent code path runs), with the benchmark
+that decides each; docs/tuning.md has the measurements behind them.
 
 Ops call kernels through ``K``: ``K.softmax_forward(x)`` resolves to the active backend's
 function, falling back to the reference for any function the Numba backend does not define.
