@@ -107,7 +107,7 @@ def _check_field_type(who, name, annotation, value):
 
 @dataclass
 class TransformerConfig(_ConfigMixin):
-    """Encoder-decoder hyper-parameters. Defaults: the reference seq2seq config (issue 4)."""
+    """Encoder-decoder hyper-parameters. Defaults: the reference seq2seq config (the one benchmarks/step.py times)."""
 
     src_vocab_size: int
     tgt_vocab_size: int
