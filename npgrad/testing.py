@@ -11,6 +11,14 @@ with ignored positions, reduction axes) and :func:`assert_gradients_close`, a fl
     def test_my_op_gradient(x):
         assert_gradients_close(lambda t: MyOp.apply(t), [x])
 
+Training runs in float32, where finite differences keep only 3-4 digits; there
+:func:`assert_float32_matches_float64` checks the float32 path against the float64 one to float32
+round-off (a float32-only slip of 0.1% fails it)::
+
+    @given(float_arrays(shape=shapes(max_dims=3), dtype=np.float32))
+    def test_my_op_float32_gradient(x):
+        assert_float32_matches_float64(lambda t: MyOp.apply(t), [x])
+
 This module imports hypothesis (a test-time dependency); ``import npgrad`` does not.
 Every strategy argument that is a size or a shape may also be a strategy.
 """
@@ -21,11 +29,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from .gradcheck import gradcheck, gradgradcheck
-from .tensor import Tensor
+from .tensor import Tensor, enable_grad
+from .tensor import grad as _grad
 
 __all__ = [
     "float_arrays", "shapes", "mutually_broadcastable_shapes", "attention_masks", "class_targets", "axes",
-    "assert_gradients_close",
+    "assert_gradients_close", "assert_float32_matches_float64",
 ]
 
 
@@ -222,3 +231,115 @@ def assert_gradients_close(fn, inputs, order=1, eps=None, atol=None, rtol=None, 
               **{k: v for k, v in kwargs.items() if k != "grad_outputs"})
     if order == 2:
         gradgradcheck(fn, inputs, eps=eps, atol=atol, rtol=rtol, mode=mode, **kwargs)
+
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _cast_argument(x, dtype):
+    """A float array/Tensor as a fresh Tensor of ``dtype`` (a leaf when it is checked); others unchanged."""
+    if isinstance(x, Tensor):
+        if x.dtype.kind != "f":
+            return x, False
+        return Tensor(x.data.astype(dtype), requires_grad=x.requires_grad, name=x.name), x.requires_grad
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        return Tensor(x.astype(dtype), requires_grad=True), True
+    return x, False
+
+
+def _float_run(fn, inputs, dtype, grad_output):
+    """fn on the inputs cast to ``dtype``: (output array, [gradient arrays of the checked inputs], output dtype)."""
+    call, leaves = [], []
+    for x in inputs:
+        t, checked = _cast_argument(x, dtype)
+        call.append(t)
+        if checked:
+            leaves.append(t)
+    with enable_grad():
+        out = fn(*call)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"assert_float32_matches_float64: fn must return one Tensor, got {type(out).__name__}")
+        if not out.requires_grad:
+            return out.data, [np.zeros(t.shape) for t in leaves], out.dtype
+        g = np.asarray(grad_output(out.shape), dtype=np.float32).astype(out.dtype)
+        grads = _grad(out, leaves, grad_outputs=g, allow_unused=True)
+    return out.data, [np.zeros(t.shape) if r is None else r for t, r in zip(leaves, grads)], out.dtype
+
+
+def assert_float32_matches_float64(fn, inputs, grad_output=None, scales=None, ulps=16.0, terms=None, seed=0):
+    """Assert that ``fn`` and its gradients computed in float32 equal those computed in float64, to float32 round-off.
+
+    Every float input (ndarray, or Tensor with ``requires_grad``; float Tensors without it are constants)
+    is rounded to float32 once, so both runs see exactly the same values: fn runs on them as float32
+    Tensors and again as float64 ones, each output is reduced with the same upstream gradient
+    (``grad_output``: an array, or None for a standard normal one drawn from ``seed``, rounded to
+    float32), and the float32 output and gradients must be float32 and satisfy, result by result,
+
+        max |r32 - r64|  <=  ulps * eps32 * sqrt(terms) * scale,
+
+    eps32 = 2^-23, ``scale`` = max |r64| over that result, ``terms`` = how many rounded terms are
+    summed into one entry (default: the size of the largest input or output, a generous bound on
+    the length of any reduction). That is float32 round-off relative to the magnitude of the result
+    (errors of 0.1%, some 8000 eps32, fail for reductions of up to ~10^5 terms at the default ``ulps``).
+
+    Where a result cancels (its terms are much larger than it is, e.g. a cross-entropy loss of 0 for one
+    class, or a gradient p - q that is 0 when p = q = 1), its round-off is relative to the terms: pass
+    their magnitude in ``scales``, a dict keyed by "output" or by the input's position in ``inputs``
+    (the larger of it and max |r64| is used). Entries that are NaN in both runs agree.
+
+    Raises AssertionError naming the result, the worst element, both values, the error and the bound.
+    Returns the float64 (output, gradients) for further checks.
+    """
+    if isinstance(inputs, (Tensor, np.ndarray)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    positions = [i for i, x in enumerate(inputs) if _cast_argument(x, np.float32)[1]]
+    if not positions:
+        raise ValueError("assert_float32_matches_float64: no input to differentiate (pass float ndarrays, or float "
+                         "Tensors with requires_grad=True)")
+    if grad_output is None:
+        def grad_output(shape):
+            return np.random.default_rng(seed).standard_normal(shape)
+    elif not callable(grad_output):
+        given_grad = np.asarray(grad_output.data if isinstance(grad_output, Tensor) else grad_output)
+        grad_output = lambda shape: np.broadcast_to(given_grad, shape)          # noqa: E731
+
+    out32, grads32, dtype32 = _float_run(fn, inputs, np.float32, grad_output)
+    out64, grads64, dtype64 = _float_run(fn, inputs, np.float64, grad_output)
+    if dtype32 != np.float32:
+        raise AssertionError(f"assert_float32_matches_float64: float32 inputs gave a {dtype32} output "
+                             "(an op promoted: the float32 path is not float32)")
+    if dtype64 != np.float64:
+        raise AssertionError(f"assert_float32_matches_float64: float64 inputs gave a {dtype64} output")
+    scales = dict(scales or {})
+    unknown = set(scales) - {"output", *positions}
+    if unknown:
+        raise ValueError(f"assert_float32_matches_float64: scales keys must be 'output' or positions of checked "
+                         f"inputs {positions}, got {sorted(map(repr, unknown))}")
+    if terms is None:
+        terms = max([np.size(out64)] + [np.size(g) for g in grads64] + [1])
+    bound = float(ulps) * FLOAT32_EPS * float(np.sqrt(terms))
+
+    results = [("output", out32, out64)] + [(i, g32, g64) for i, g32, g64 in zip(positions, grads32, grads64)]
+    for key, r32, r64 in results:
+        r32 = np.asarray(r32, dtype=np.float64)
+        r64 = np.asarray(r64, dtype=np.float64)
+        both_nan = np.isnan(r32) & np.isnan(r64)
+        diff = np.where(both_nan, 0.0, np.abs(r32 - r64))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        finite = r64[np.isfinite(r64)]
+        scale = max(float(np.max(np.abs(finite))) if finite.size else 0.0, float(scales.get(key, 0.0)))
+        allowed = bound * scale
+        if diff.size and not np.max(diff) <= allowed:
+            j = int(np.argmax(diff))
+            element = tuple(int(e) for e in np.unravel_index(j, r64.shape))
+            what = "the output" if key == "output" else f"the gradient of input {key}"
+            raise AssertionError(
+                f"assert_float32_matches_float64: {what} differs between float32 and float64 by more than "
+                f"float32 round-off.\n"
+                f"  worst entry {list(element)} of shape {r64.shape}: float32 {r32.ravel()[j]:.9g}, "
+                f"float64 {r64.ravel()[j]:.17g}\n"
+                f"  |diff| {diff.ravel()[j]:.3g} > {allowed:.3g} = ulps {ulps:g} * eps32 * sqrt(terms {terms}) "
+                f"* scale {scale:.6g} ({diff.ravel()[j] / max(scale, 1e-300) / FLOAT32_EPS:.1f} eps32 of the scale)"
+            )
+    return out64, grads64

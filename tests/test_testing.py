@@ -8,9 +8,10 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 import npgrad as ng
+from npgrad import functional as F
 from npgrad.testing import (
-    assert_gradients_close, attention_masks, axes, class_targets, float_arrays, mutually_broadcastable_shapes,
-    shapes,
+    assert_float32_matches_float64, assert_gradients_close, attention_masks, axes, class_targets, float_arrays,
+    mutually_broadcastable_shapes, shapes,
 )
 
 
@@ -164,3 +165,68 @@ def test_assert_gradients_close_order_2_fails_on_wrong_second_derivative():
     with pytest.raises(ng.GradcheckError) as info:
         assert_gradients_close(lambda t: Cube.apply(t), [x], order=2)
     assert info.value.order == 2
+
+
+# ------------------------------------------------------------------------------ assert_float32_matches_float64
+
+class Float32OnlySlip(ng.Function):
+    """tanh with a right float64 backward and a float32 one that is 0.1% too big (~8000 eps32)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = np.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved
+        gx = g * (1 - y * y)
+        return gx * np.float32(1.001) if gx.dtype == np.float32 else gx
+
+
+class Promotes(ng.Function):
+    """An op whose float32 path silently computes in float64."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.astype(np.float64) * 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2.0
+
+
+@settings(max_examples=10)
+@given(float_arrays(shape=shapes(max_dims=2, max_side=4), dtype=np.float32, min_value=-2.0, max_value=2.0))
+def test_assert_float32_matches_float64_passes_for_a_right_op_and_fails_for_a_float32_only_slip(x):
+    out64, (grad64,) = assert_float32_matches_float64(lambda t: F.tanh(t), [x])
+    assert out64.dtype == grad64.dtype == np.float64
+    np.testing.assert_allclose(out64, np.tanh(x.astype(np.float64)))
+    with pytest.raises(AssertionError, match="the gradient of input 0 differs"):
+        assert_float32_matches_float64(lambda t: Float32OnlySlip.apply(t), [x])
+
+
+def test_assert_float32_matches_float64_refuses_a_promoting_op():
+    with pytest.raises(AssertionError, match="gave a float64 output"):
+        assert_float32_matches_float64(lambda t: Promotes.apply(t), [np.ones(3, np.float32)])
+
+
+def test_assert_float32_matches_float64_scales_for_cancelling_results_and_nan():
+    # One class with label smoothing: loss = lse - 0.9 x - 0.1 x = 0 exactly, float32 keeps ~eps |x| of it.
+    x = np.array([[0.37719065]], np.float32)
+    target = np.array([0])
+
+    def loss(t):
+        return F.cross_entropy(t, target, label_smoothing=0.1, reduction="sum")
+
+    with ng.use_backend("numpy"):
+        with pytest.raises(AssertionError, match="the output differs"):
+            assert_float32_matches_float64(loss, [x], scales={0: 1.0})
+        assert_float32_matches_float64(loss, [x], scales={"output": 2 * 0.378, 0: 1.0})
+        # Every target ignored: the mean is nan in both dtypes (and agrees), the gradient 0.
+        assert_float32_matches_float64(lambda t: F.cross_entropy(t, np.array([-100])), [x])
+    with pytest.raises(ValueError, match="scales keys"):
+        assert_float32_matches_float64(loss, [x], scales={1: 1.0})
+    with pytest.raises(ValueError, match="no input"):
+        assert_float32_matches_float64(loss, [ng.tensor(x)])
