@@ -76,8 +76,8 @@ class _PackageSourceLocator:
 
     @classmethod
     def from_function(cls, py_func, py_file):
-        if os.path.dirname(os.path.abspath(py_file)) != _PACKAGE_DIR:
-            return None                         # not ours: Numba's locators decide as usual
+        if os.path.dirname(os.path.abspath(py_file)) != _PACKAGE_DIR or not os.path.isfile(py_file):
+            return None                         # not ours, or not a plain file (a zip): Numba's locators decide
         for locator_class in _locator_classes:
             if locator_class is not cls:
                 inner = locator_class.from_function(py_func, py_file)
