@@ -42,6 +42,7 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
+        _check_eps("layer_norm", eps)
         x = as_float_array("layer_norm", x)
         if x.ndim == 0:
             raise ValueError("layer_norm: input must have at least one axis (the features), got a scalar")
@@ -82,6 +83,7 @@ class AddLayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps=1e-5):
+        _check_eps("add_layer_norm", eps)
         x = as_float_array("add_layer_norm", x, "x")
         residual = as_float_array("add_layer_norm", residual, "residual")
         shape = _sum_shape(x, residual)
@@ -122,6 +124,13 @@ def _sum_shape(x, residual):
     if len(shape) == 0:
         raise ValueError("add_layer_norm: inputs must have at least one axis (the features), got scalars")
     return shape
+
+
+def _check_eps(op, eps):
+    """eps is added to a variance under a square root: a finite number >= 0 (negative, the root of a negative number).
+    eps = 0 is allowed, as in PyTorch: a constant row (var = 0) then gives NaN, on both backends alike."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not 0 <= eps < np.inf:
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
 
 
 def _rows(a, shape):
