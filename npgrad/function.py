@@ -56,6 +56,11 @@ class TensorBase:
     """
 
     __slots__ = ("data", "requires_grad", "grad", "grad_fn", "name", "__weakref__")
+    data: np.ndarray
+    requires_grad: bool
+    grad: np.ndarray | None
+    grad_fn: Context | None
+    name: str | None
 
     @classmethod
     def _from_node(cls, data, ctx):

@@ -441,7 +441,8 @@ class Module:
             plan.append((key, target_array, array, module, registry, local))
         # A shared parameter is saved under each of its names: if the values disagree, which one
         # should win? Refuse rather than let the last alias silently override the first.
-        first_by_target, conflicts = {}, []
+        first_by_target: dict[int, tuple] = {}
+        conflicts = []
         for key, target_array, array, *_ in plan:
             first = first_by_target.setdefault(id(target_array), (key, array))
             if first[0] != key and not np.array_equal(first[1], array):

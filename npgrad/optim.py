@@ -174,7 +174,7 @@ class Optimizer:
         if set(steps) != set(self.names):
             problems.append(f"parameters differ: missing {sorted(set(self.names) - set(steps))}, "
                             f"unexpected {sorted(set(steps) - set(self.names))}")
-        new_state = [dict() for _ in self.params]
+        new_state: list[dict] = [dict() for _ in self.params]
         by_name = {name: i for i, name in enumerate(self.names)}
         for key, arr in arrays.items():
             name, _, what = key.rpartition(".")
