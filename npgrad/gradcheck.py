@@ -34,6 +34,14 @@ DEFAULT_EPS = 1e-6           # float64 step: truncation h^2 ~ 1e-12, round-off 1
 DEFAULT_EPS_LOW_PRECISION = 1e-3  # float32/16 step: round-off 1e-7/h ~ 1e-4 (only with explicit tolerances)
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
+# gradgradcheck (float64): a second derivative 0.1% off must fail. Central differences of a float64 gradient
+# with h = 1e-6 are good to ~eps64 |terms| / h + h^2 |4th derivative| (at most 6e-10 relative on the suite's
+# primitives: 100x inside these).
+SECOND_ORDER_ATOL = 1e-7
+SECOND_ORDER_RTOL = 1e-5
+# The create_graph gradient and the plain backward are the same derivative computed twice in the input's
+# dtype: they agree to round-off (< 2 eps64 relative on every primitive), so allow 1000 eps of the largest entry.
+CONSISTENCY_ULPS = 1000
 AUTO_FULL_MAX_INPUT = 500    # "auto" uses the full Jacobian up to this many checked input elements...
 AUTO_FULL_MAX_OUTPUT = 2000  # ...and this many output elements (one backward per output element)
 LOCALISE_MAX = 20000         # fast mode locates the failing element when the input has at most this many
@@ -222,8 +230,8 @@ def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directi
         outputs = _as_outputs(fn(*call), where)
     positions = _float_outputs(outputs)
     _check_precision(args, outputs, positions, atol, rtol, where)
-    atol = DEFAULT_ATOL if atol is None else float(atol)
-    rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+    atol = (DEFAULT_ATOL if _order == 1 else SECOND_ORDER_ATOL) if atol is None else float(atol)
+    rtol = (DEFAULT_RTOL if _order == 1 else SECOND_ORDER_RTOL) if rtol is None else float(rtol)
     if eps is None:
         low = any(args.arrays[i].dtype.itemsize < 8 for i in args.checked)
         eps = DEFAULT_EPS_LOW_PRECISION if low else DEFAULT_EPS
@@ -423,7 +431,7 @@ def numerical_jacobian(fn, x, eps=None):
 # ------------------------------------------------------------------------------ second order
 
 def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None, mode="auto", n_directions=3,
-                  seed=0, check_grad_outputs=True):
+                  seed=0, check_grad_outputs=True, consistency_rtol=None):
     """Check second derivatives: gradcheck applied to the gradient function.
 
     The gradient function is ``(inputs, v) -> ng.grad(fn(inputs), inputs, grad_outputs=v,
@@ -433,6 +441,12 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
     autograd's ``check_grads(order=2)``). ``grad_outputs`` (v) defaults to random arrays drawn from
     ``seed``; with ``check_grad_outputs`` the derivative with respect to v is checked too (it
     catches a ``differentiable_backward`` that cuts the graph at the incoming gradient).
+
+    Tolerances are tighter than gradcheck's, so that a second derivative 0.1% off fails: ``atol``
+    1e-7 and ``rtol`` 1e-5 by default (float64; float32 needs explicit ones, as in gradcheck). Before
+    that, the create_graph gradient must equal the plain backward's to round-off: within
+    ``consistency_rtol`` (default 1000 eps of the inputs' dtype, 2.2e-13 in float64) times the largest
+    gradient entry of any checked input.
     Raises :class:`GradcheckError` (``order=2``) naming the input, the element and both values.
     """
     args = _Arguments(inputs, "gradgradcheck")
@@ -478,7 +492,7 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
 
     v_args = [Tensor(v, requires_grad=check_grad_outputs and v.dtype.kind == "f", name=f"grad_outputs[{j}]")
               for j, v in enumerate(grad_outputs)]
-    _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, atol, rtol)
+    _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, consistency_rtol)
     extended = list(args.originals) + v_args
     try:
         return gradcheck(gradient_of_fn, extended, eps=eps, atol=atol, rtol=rtol, mode=mode,
@@ -490,20 +504,25 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
         raise ValueError(str(err).replace("gradcheck", "gradgradcheck")) from None
 
 
-def _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, atol, rtol):
+def _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, consistency_rtol=None):
     """The create_graph gradient must equal the plain backward's: finite differences of the gradient
-    alone would accept a differentiable_backward that is consistently wrong (say, twice too big)."""
+    alone would accept a differentiable_backward that is consistently wrong (say, twice too big), and at
+    finite-difference tolerances one 0.1% off. Both are the same derivative computed in the same dtype, so
+    the bound is round-off: ``consistency_rtol`` (default CONSISTENCY_ULPS eps of the dtype) times the
+    largest entry of any checked input's gradient (an entry that cancels to ~0, like a bias gradient
+    that softmax's shift invariance makes 0, keeps the round-off of the terms it cancelled from)."""
     call, leaves = args.call_args(requires_grad=True)
     with enable_grad():
         outputs = _as_outputs(fn(*call), "gradgradcheck")
     plain = _vjp(outputs, positions, leaves, grad_outputs)
     call, _ = args.call_args(requires_grad=True)
-    created = gradient_of_fn(*call, *[Tensor(v.data) for v in v_args])
-    atol = DEFAULT_ATOL if atol is None else float(atol)
-    rtol = DEFAULT_RTOL if rtol is None else float(rtol)
+    created = [np.asarray(c.data, dtype=np.float64) for c in gradient_of_fn(*call, *[Tensor(v.data) for v in v_args])]
+    if consistency_rtol is None:
+        consistency_rtol = CONSISTENCY_ULPS * max(float(np.finfo(args.arrays[i].dtype).eps) for i in args.checked)
+    scale = max((float(np.max(np.abs(p))) for p in plain if p.size), default=0.0)
+    allowed = float(consistency_rtol) * scale
     for i, p, c in zip(args.checked, plain, created):
-        c = np.asarray(c.data, dtype=np.float64)
-        ratio = _tolerance_ratio(c.ravel(), p.ravel(), atol, rtol)
+        ratio = _tolerance_ratio(c.ravel(), p.ravel(), allowed, 0.0)
         if ratio.size and ratio.max() > 1:
             j = int(np.argmax(ratio))
             element = tuple(int(e) for e in np.unravel_index(j, c.shape))
@@ -512,8 +531,9 @@ def _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_
                 f"gradgradcheck failed: the create_graph gradient of {args.describe(i)} differs from the "
                 f"plain backward's, so some differentiable_backward disagrees with its backward.\n"
                 f"  worst entry: d<v, outputs> / d {ref}{_index_str(element)}\n"
-                f"  differentiable_backward {c.ravel()[j]:.10g}  backward {p.ravel()[j]:.10g}"
-                f"  (> atol {atol:g} + rtol {rtol:g} * |backward|)"
+                f"  differentiable_backward {c.ravel()[j]:.17g}  backward {p.ravel()[j]:.17g}\n"
+                f"  |diff| {abs(c.ravel()[j] - p.ravel()[j]):.3g} > consistency_rtol {consistency_rtol:g} * the largest "
+                f"gradient entry {scale:.6g} (round-off: both compute the same derivative in {args.arrays[i].dtype})"
             )
             raise GradcheckError(message, input_index=i, input_name=args.names.get(i), element_index=element,
                                  output_index=None, analytic=float(c.ravel()[j]), numeric=float(p.ravel()[j]),

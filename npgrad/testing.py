@@ -219,7 +219,9 @@ def assert_gradients_close(fn, inputs, order=1, eps=None, atol=None, rtol=None, 
     """Assert that ``fn``'s gradients (``order=2``: also its second derivatives) match finite differences.
 
     Float inputs are converted to float64 first (the check is about the derivative, not round-off).
-    Tolerances as :func:`npgrad.gradcheck` (atol 1e-5, rtol 1e-3); raises ``ng.GradcheckError``.
+    Tolerances as :func:`npgrad.gradcheck` (atol 1e-5, rtol 1e-3) and, for ``order=2``, as
+    :func:`npgrad.gradgradcheck` (atol 1e-7, rtol 1e-5: a second derivative 0.1% off fails);
+    raises ``ng.GradcheckError``.
     Extra keyword arguments (``n_directions``, ``seed``, ``grad_outputs``) go to the check.
     """
     if isinstance(inputs, (Tensor, np.ndarray)):

@@ -236,6 +236,47 @@ def test_gradgradcheck_refuses_float32_without_tolerances():
         ng.gradgradcheck(lambda t: t * t * t, [_rand(3).astype(np.float32)])
 
 
+class CubeGradientOffByOnePerMille(CubeConstantSlope):
+    """x^3 whose differentiable_backward returns 1.001 * 3 g x^2: its value is 0.1% off the plain backward's."""
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3.003 * g * x * x
+
+
+class CubeSecondDerivativeOffByOnePerMille(CubeConstantSlope):
+    """x^3 whose create_graph gradient has the right value, 3 g x^2, but a derivative 0.1% too big: it is
+    computed from x' = 1.001 x - 0.001 x (the second term a constant), equal to x with dx'/dx = 1.001."""
+
+    @staticmethod
+    def differentiable_backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        x_shifted = 1.001 * x - ng.tensor(0.001 * x.data)
+        return 3 * g * x_shifted * x_shifted
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_gradgradcheck_catches_a_create_graph_gradient_0_1_percent_off(mode):
+    # The comparison with the plain backward is at round-off, not at finite-difference tolerances.
+    x = np.array([0.5, -1.2, 2.0])
+    with pytest.raises(ng.GradcheckError, match="differs from the plain backward") as info:
+        ng.gradgradcheck(lambda t: CubeGradientOffByOnePerMille.apply(t), [x], mode=mode)
+    assert info.value.analytic == pytest.approx(1.001 * info.value.numeric, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_gradgradcheck_catches_a_second_derivative_0_1_percent_off(mode):
+    x = np.array([0.5, -1.2, 2.0])
+    f = lambda t: CubeSecondDerivativeOffByOnePerMille.apply(t)          # noqa: E731
+    assert ng.gradcheck(f, [x], mode=mode)                                # the first derivative is right
+    with pytest.raises(ng.GradcheckError, match="second derivative") as info:
+        ng.gradgradcheck(f, [x], mode=mode)
+    err = info.value
+    assert err.order == 2 and err.input_index == 0
+    assert abs(err.analytic - err.numeric) == pytest.approx(1e-3 * abs(err.numeric), rel=0.05)
+
+
 # ------------------------------------------------------------------------------ every primitive
 
 def _arr(data, shape, low=0.5, high=2.0, signed=True):
