@@ -41,6 +41,8 @@ HIPS autograd's tracer makes an ``ArrayBox`` after ``ArrayBox.register``).
 """
 from __future__ import annotations
 
+from typing import Any, Callable, ClassVar, Self, TypeAlias
+
 import numpy as np
 
 from . import _state
@@ -63,7 +65,7 @@ class TensorBase:
     name: str | None
 
     @classmethod
-    def _from_node(cls, data, ctx):
+    def _from_node(cls, data: np.ndarray, ctx: Context | None) -> Self:
         """Wrap an ndarray without checks: the output of ``ctx`` (or, with ctx None, a constant)."""
         t = cls.__new__(cls)
         t.data = data
@@ -75,6 +77,16 @@ class TensorBase:
 
 
 _tensor_class: type[TensorBase] = TensorBase   # npgrad.tensor registers Tensor (set_tensor_class)
+
+#: What an operation accepts as a tensor argument: a tensor, or an array or a number (a constant).
+TensorLike: TypeAlias = TensorBase | np.ndarray | np.generic | float
+
+#: What an operation returns: at run time an instance of the registered class, ``npgrad.tensor.Tensor``.
+#: This module and ``ops/`` sit below ``tensor.py`` and may not import it, not even under ``TYPE_CHECKING``
+#: (tests/test_import_layers.py reads every import statement). Naming ``TensorBase`` here instead would
+#: make a type checker reject valid code such as ``F.softmax(x).sum().backward()``, so to a type checker
+#: the result is ``Any``; in user code ``ng.Tensor`` is the precise annotation.
+TensorResult: TypeAlias = Any
 
 
 def set_tensor_class(cls: type[TensorBase]) -> None:
@@ -89,7 +101,7 @@ def set_tensor_class(cls: type[TensorBase]) -> None:
     _tensor_class = cls
 
 
-def constant(array) -> TensorBase:
+def constant(array: np.ndarray) -> TensorResult:
     """A tensor holding ``array`` (an ndarray) outside any graph: no gradient flows to it."""
     return _tensor_class._from_node(array, None)
 
@@ -107,18 +119,25 @@ class Context:
     __slots__ = ("function", "parents", "needs_input_grad", "input_shapes", "input_dtypes", "saved",
                  "_sources", "__dict__", "__weakref__")
     _released = False  # set on the instance when backward frees the saved arrays
+    function: type[Function]
+    parents: tuple[Context | TensorBase | None, ...]   # set by Function.apply when it records the node
+    needs_input_grad: tuple[bool, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    input_dtypes: tuple[np.dtype | None, ...]
+    saved: tuple[Any, ...]
+    _sources: tuple[tuple[int, ...], int] | None
 
-    def __init__(self, function):
+    def __init__(self, function: type[Function]) -> None:
         self.function = function
         self.saved = ()
         self._sources = None
 
-    def save_for_backward(self, *arrays):
+    def save_for_backward(self, *arrays: Any) -> None:
         """Keep arrays for backward. Freed after backward unless ``retain_graph=True``."""
         self.saved = arrays
 
     @property
-    def saved_tensors(self):
+    def saved_tensors(self) -> tuple[Any, ...]:
         """The saved arrays as Tensors connected to the graph (for ``differentiable_backward``).
 
         A saved array that is one of the forward inputs becomes that input's graph handle, the
@@ -127,7 +146,7 @@ class Context:
         """
         self._check_not_released()
         arg_ids, out_id = self._sources if self._sources is not None else ((), None)
-        out = []
+        out: list[Any] = []
         for arr in self.saved:
             if not isinstance(arr, np.ndarray):
                 out.append(arr)
@@ -147,7 +166,7 @@ class Context:
                 out.append(constant(arr))
         return tuple(out)
 
-    def _check_not_released(self):
+    def _check_not_released(self) -> None:
         if self._released:
             raise RuntimeError(
                 f"backward through {self.function.__name__} a second time: its saved arrays were "
@@ -155,7 +174,7 @@ class Context:
                 "if you need to differentiate the same graph twice."
             )
 
-    def _release(self):
+    def _release(self) -> None:
         """Free what backward needed (saved arrays and forward's attributes such as masks)."""
         self.saved = ()
         self._sources = None
@@ -170,15 +189,15 @@ class _SavedAsTensors:
 
     __slots__ = ("_ctx", "saved")
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self.saved = ctx.saved_tensors
 
-    def __getattr__(self, name):  # needs_input_grad, input_shapes, what forward set (ctx.axes), ...
+    def __getattr__(self, name: str) -> Any:  # needs_input_grad, input_shapes, what forward set (ctx.axes), ...
         return getattr(self._ctx, name)
 
 
-def backward_on_tensors(ctx, grad):
+def backward_on_tensors(ctx: Context, grad: Any) -> Any:
     """A primitive's own ``backward`` run on Tensors: ``differentiable_backward = backward_on_tensors``.
 
     For a backward written only with operations that ndarrays and Tensors share. With
@@ -192,25 +211,30 @@ class Function:
     """Base class of every primitive. Subclasses define static ``forward`` and ``backward``."""
 
     @staticmethod
-    def forward(ctx, *args, **kwargs):  # pragma: no cover - abstract
+    def forward(ctx: Context, *args: Any, **kwargs: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @staticmethod
-    def backward(ctx, grad):  # pragma: no cover - abstract
+    def backward(ctx: Any, grad: Any) -> Any:  # pragma: no cover - abstract
+        """One gradient per forward argument (a tuple when there are several; None where not differentiable).
+
+        ``ctx`` is the :class:`Context` (or, under :func:`backward_on_tensors`, a view of it whose ``saved``
+        holds Tensors); ``grad`` an ndarray (a Tensor under ``create_graph=True``).
+        """
         raise NotImplementedError
 
     # Optional: the backward written with Tensor ops, used when create_graph=True
     # (``backward_on_tensors`` when ``backward`` itself works on Tensors).
-    differentiable_backward = None
+    differentiable_backward: ClassVar[Callable[[Context, Any], Any] | None] = None
 
     @classmethod
-    def apply(cls, *args, **kwargs):
+    def apply(cls, *args: Any, **kwargs: Any) -> TensorResult:
         """Run forward on the arrays inside ``args``; record a graph node when a gradient is wanted.
 
         This is the per-operation overhead of the engine, so it is kept to plain loops: no
         generator expressions, no numpy calls other than the forward itself.
         """
-        arrays = []
+        arrays: list[Any] = []
         record = False
         for a in args:
             if isinstance(a, TensorBase):
@@ -239,7 +263,7 @@ class Function:
         return _tensor_class._from_node(out, ctx)
 
 
-def _as_output_array(cls, out):
+def _as_output_array(cls: type[Function], out: Any) -> np.ndarray:
     """forward's result as an ndarray (NumPy scalars are fine); a clear error for anything else."""
     if isinstance(out, (np.ndarray, np.generic, int, float, bool)):
         return np.asarray(out)

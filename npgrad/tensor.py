@@ -13,12 +13,14 @@ once, after every consumer of its output has contributed its gradient.
 from __future__ import annotations
 
 import contextlib
-from typing import Union
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _state
-from .function import Context, TensorBase, set_tensor_class
+from .function import Context, TensorBase, TensorLike, set_tensor_class
 from .ops import elementwise as _elementwise
 from .ops import shape as _shape
 from .ops.arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub
@@ -29,12 +31,12 @@ from .ops.reduce import Max, Mean, Sum
 class no_grad(contextlib.ContextDecorator):
     """Within this block (or decorated function) operations record no graph."""
 
-    def __enter__(self):
+    def __enter__(self) -> no_grad:
         self._prev = _state.grad_enabled
         _state.grad_enabled = False
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _state.grad_enabled = self._prev
         return False
 
@@ -42,25 +44,27 @@ class no_grad(contextlib.ContextDecorator):
 class enable_grad(contextlib.ContextDecorator):
     """Within this block operations record a graph again (e.g. inside ``no_grad``)."""
 
-    def __enter__(self):
+    def __enter__(self) -> enable_grad:
         self._prev = _state.grad_enabled
         _state.grad_enabled = True
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _state.grad_enabled = self._prev
         return False
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
+    """Whether operations record a graph now (False inside ``no_grad``)."""
     return _state.grad_enabled
 
 
 _FLOAT_KINDS = ("f",)
 
 # What the binary operators accept besides a Tensor: NumPy arrays and Python/NumPy scalars (constants).
-Operand = Union["Tensor", np.ndarray, float, int, np.generic]
-Axis = Union[int, tuple, None]   # a reduction's axes: None (all), an int (negative counts from the end), a tuple
+Operand: TypeAlias = TensorLike
+# A reduction's axes: None (all), an int (negative counts from the end), a tuple.
+Axis: TypeAlias = int | tuple[int, ...] | None
 
 
 class Tensor(TensorBase):
@@ -75,7 +79,8 @@ class Tensor(TensorBase):
     # Make NumPy defer to our reflected operators: ``ndarray * Tensor`` -> ``Tensor.__rmul__``.
     __array_ufunc__ = None
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None, name: str | None = None):
+    def __init__(self, data: TensorBase | npt.ArrayLike, requires_grad: bool = False,
+                 dtype: npt.DTypeLike | None = None, name: str | None = None) -> None:
         if isinstance(data, TensorBase):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
@@ -99,10 +104,10 @@ class Tensor(TensorBase):
     is_leaf = property(lambda self: self.grad_fn is None,
                        doc="True for a tensor the user made (or a constant); False for an op's output.")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         body = np.array2string(self.data, prefix="tensor(", separator=", ", threshold=20)
         extra = ""
         if self.grad_fn is not None:
@@ -114,10 +119,12 @@ class Tensor(TensorBase):
     def numpy(self) -> np.ndarray:
         return self.data
 
-    def item(self):
+    def item(self) -> Any:
+        """The single element as a Python number (``ndarray.item``)."""
         return self.data.item()
 
-    def tolist(self):
+    def tolist(self) -> Any:
+        """The data as nested Python lists (``ndarray.tolist``)."""
         return self.data.tolist()
 
     def detach(self) -> Tensor:
@@ -133,13 +140,13 @@ class Tensor(TensorBase):
     def zero_grad(self) -> None:
         self.grad = None
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.data)
 
-    def __float__(self):
+    def __float__(self) -> float:
         return float(self.data)
 
-    def __int__(self):
+    def __int__(self) -> int:
         return int(self.data)
 
     # ------------------------------------------------------------------ arithmetic (ops/arithmetic.py)
@@ -234,11 +241,11 @@ class Tensor(TensorBase):
         return Max.apply(self, axis=axis, keepdims=keepdims)
 
     # ------------------------------------------------------------------ shape (ops/shape.py)
-    def reshape(self, *shape) -> Tensor:
+    def reshape(self, *shape: int | Sequence[int]) -> Tensor:
         """The same elements in a new shape: ``x.reshape(2, 3)``, ``x.reshape((2, 3))``; -1 infers one axis."""
         return _shape.reshape(self, *shape)
 
-    def transpose(self, *axes) -> Tensor:
+    def transpose(self, *axes: int | Sequence[int]) -> Tensor:
         """Axes permuted: ``x.transpose()`` reverses them, ``x.transpose(1, 0, 2)`` or ``x.transpose((1, 0, 2))``."""
         return _shape.transpose(self, *axes)
 
@@ -246,7 +253,7 @@ class Tensor(TensorBase):
         """Axes ``axis1`` and ``axis2`` exchanged."""
         return _shape.swapaxes(self, axis1, axis2)
 
-    def broadcast_to(self, shape) -> Tensor:
+    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
         """Broadcast to ``shape`` (NumPy rules); the gradient is summed back."""
         return _shape.broadcast_to(self, shape)
 
@@ -255,11 +262,11 @@ class Tensor(TensorBase):
         """All axes reversed, as NumPy's ``.T``."""
         return _shape.transpose(self)
 
-    def __getitem__(self, key) -> Tensor:
+    def __getitem__(self, key: Any) -> Tensor:
         """``x[key]``: ints, slices, None, Ellipsis, integer arrays, boolean masks (Tensors allowed)."""
         return _shape.getitem(self, key)
 
-    def masked_fill(self, mask, value) -> Tensor:
+    def masked_fill(self, mask: TensorLike, value: float) -> Tensor:
         """self with ``value`` where ``mask`` (boolean, broadcastable to self) is True; gradient 0 there."""
         return _shape.masked_fill(self, mask, value)
 
@@ -284,12 +291,12 @@ class Tensor(TensorBase):
         """max(self, 0) (Relu)."""
         return Relu.apply(self)
 
-    def astype(self, dtype) -> Tensor:
+    def astype(self, dtype: npt.DTypeLike) -> Tensor:
         """self as ``dtype``: differentiable between float dtypes; any other target gives plain data."""
         return _elementwise.astype(self, dtype)
 
     # ------------------------------------------------------------------ autograd
-    def backward(self, grad=None, retain_graph: bool = False, create_graph: bool = False) -> None:
+    def backward(self, grad: TensorLike | None = None, retain_graph: bool = False, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad``.
 
         ``grad`` defaults to 1 for a single-element tensor; any other output needs an explicit
@@ -483,7 +490,8 @@ def _unbroadcast(g, shape, fn, index):
     return g.reshape(shape)
 
 
-def tensor(data, requires_grad=False, dtype=None, name=None):
+def tensor(data: TensorBase | npt.ArrayLike, requires_grad: bool = False, dtype: npt.DTypeLike | None = None,
+           name: str | None = None) -> Tensor:
     """Make a Tensor. Keeps the array's dtype (float32 stays float32) unless ``dtype`` is given.
 
     ``name`` is optional; gradcheck's error messages use it.
@@ -491,31 +499,38 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, name=name)
 
 
-def grad(outputs, inputs, grad_outputs=None, create_graph=False, retain_graph=None, allow_unused=False):
+def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
+         grad_outputs: Tensor | np.ndarray | Sequence[TensorLike | None] | None = None, create_graph: bool = False,
+         retain_graph: bool | None = None, allow_unused: bool = False) -> Any:
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated into .grad).
 
     With ``create_graph=True`` the returned gradients are Tensors whose own graph can be
-    differentiated again (second derivatives, Hessian-vector products).
+    differentiated again (second derivatives, Hessian-vector products). Returns one gradient (an ndarray,
+    a Tensor with ``create_graph=True``, None for an unused input with ``allow_unused=True``) for a single
+    input Tensor, a tuple of them for a sequence of inputs.
     """
     single_input = isinstance(inputs, Tensor)
-    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    inputs = [inputs] if single_input else list(inputs)
+    outs: list[Tensor] = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins: list[Any] = [inputs] if isinstance(inputs, Tensor) else list(inputs)   # checked to be Tensors below
+    grad_outs: Sequence[TensorLike | None]
     if grad_outputs is None:
-        grad_outputs = [None] * len(outputs)
+        grad_outs = [None] * len(outs)
     elif isinstance(grad_outputs, (Tensor, np.ndarray)):
-        grad_outputs = [grad_outputs]
-    for i, t in enumerate(inputs):
+        grad_outs = [grad_outputs]
+    else:
+        grad_outs = grad_outputs
+    for i, t in enumerate(ins):
         if not isinstance(t, Tensor):
             raise TypeError(f"ng.grad: input {i} is a {type(t).__name__}, not a Tensor")
         if not t.requires_grad:
             raise RuntimeError(f"ng.grad: input {i} (shape {t.shape}) does not require grad, so it has no gradient")
-    if len(grad_outputs) != len(outputs):
-        raise ValueError(f"ng.grad: {len(grad_outputs)} grad_outputs for {len(outputs)} outputs")
-    roots = [_root_grad(o, g, create_graph) for o, g in zip(outputs, grad_outputs)]
+    if len(grad_outs) != len(outs):
+        raise ValueError(f"ng.grad: {len(grad_outs)} grad_outputs for {len(outs)} outputs")
+    roots = [_root_grad(o, g, create_graph) for o, g in zip(outs, grad_outs)]
     if retain_graph is None:
         retain_graph = create_graph
-    result = _run_backward(outputs, roots, retain_graph=retain_graph, create_graph=create_graph, inputs=inputs)
-    for i, (t, r) in enumerate(zip(inputs, result)):
+    result = _run_backward(outs, roots, retain_graph=retain_graph, create_graph=create_graph, inputs=ins)
+    for i, (t, r) in enumerate(zip(ins, result)):
         if r is None:
             if not allow_unused:
                 raise RuntimeError(

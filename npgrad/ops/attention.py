@@ -15,11 +15,13 @@ M ~ Bernoulli(1 - p) drawn from the given ``np.random.Generator``; the output is
 computed here with the reference math (the kernels have no dropout): probabilities from the
 kernel, then the products and their backward below.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
 
-from ..function import Function, TensorBase
+from ..function import Function, TensorBase, TensorLike, TensorResult
 from ..kernels import K
 from .elementwise import _keep_mask, default_rng
 from .shape import stack
@@ -209,8 +211,9 @@ class ScaledDotProductAttention(Function):
         return _attention_vjp(q, k, v, probs, keep_scale, g, ctx.scale)
 
 
-def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                                 rng=None, training=True):
+def scaled_dot_product_attention(q: TensorLike, k: TensorLike, v: TensorLike, mask: TensorLike | None = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                                 rng: np.random.Generator | None = None, training: bool = True) -> TensorResult:
     """softmax(q k^T * scale, over allowed keys) v.
 
     q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) -> (..., Lq, Dv); leading axes broadcast.
@@ -393,8 +396,12 @@ def _check_mha_inputs(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
     return query, key, value
 
 
-def multi_head_attention(query, key, value, num_heads, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None,
-                         b_o=None, mask=None, is_causal=False, dropout_p=0.0, rng=None, training=True):
+def multi_head_attention(query: TensorLike, key: TensorLike, value: TensorLike, num_heads: int,
+                         w_q: TensorLike, w_k: TensorLike, w_v: TensorLike, w_o: TensorLike,
+                         b_q: TensorLike | None = None, b_k: TensorLike | None = None, b_v: TensorLike | None = None,
+                         b_o: TensorLike | None = None, mask: TensorLike | None = None, is_causal: bool = False,
+                         dropout_p: float = 0.0, rng: np.random.Generator | None = None,
+                         training: bool = True) -> TensorResult:
     """Multi-head attention: out = concat_h attention(query w_q + b_q, key w_k + b_k, value w_v + b_v)_h w_o + b_o.
 
     query (B, Lq, C), key and value (B, Lk, C); weights (C, C) applied as x @ w, biases (C,) or
@@ -503,8 +510,9 @@ class PackedSelfAttention(Function):
         return g_parts.transpose(1, 3, 0, 2, 4).reshape((batch, length, packed_width))
 
 
-def packed_self_attention(qkv, num_heads, mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None,
-                          training=True):
+def packed_self_attention(qkv: TensorLike, num_heads: int, mask: TensorLike | None = None, is_causal: bool = False,
+                          scale: float | None = None, dropout_p: float = 0.0, rng: np.random.Generator | None = None,
+                          training: bool = True) -> TensorResult:
     """Multi-head self-attention on a fused q/k/v projection, before the output projection.
 
     qkv (B, L, 3C): [q | k | v] along the last axis (as ``x @ w_qkv`` with w_qkv (C, 3C) = [w_q | w_k | w_v]),

@@ -11,11 +11,16 @@ Where the backward uses only operators (exp, log, tanh, sqrt, relu, the normal c
 serves ``create_graph=True`` (``differentiable_backward = backward_on_tensors``); GELU (a kernel),
 dropout (in place) and the cast (``copy=False``) keep a Tensor-op twin, and say why.
 """
+from __future__ import annotations
+
+from typing import Literal
+
 import math
 
 import numpy as np
+import numpy.typing as npt
 
-from ..function import Function, TensorBase, backward_on_tensors, constant
+from ..function import Function, TensorBase, TensorLike, TensorResult, backward_on_tensors, constant
 from ..kernels import K
 from ..kernels.reference import (  # noqa: F401  (erf, erfc, normal_cdf: re-exported)
     _INV_SQRT_2PI, _TANH_C, _TANH_K, erf, erfc, normal_cdf)
@@ -107,23 +112,28 @@ class Relu(Function):
     differentiable_backward = backward_on_tensors
 
 
-def exp(x):
+def exp(x: TensorLike) -> TensorResult:
+    """e ** x elementwise (Exp)."""
     return Exp.apply(x)
 
 
-def log(x):
+def log(x: TensorLike) -> TensorResult:
+    """Natural logarithm elementwise (Log)."""
     return Log.apply(x)
 
 
-def tanh(x):
+def tanh(x: TensorLike) -> TensorResult:
+    """Hyperbolic tangent elementwise (Tanh)."""
     return Tanh.apply(x)
 
 
-def sqrt(x):
+def sqrt(x: TensorLike) -> TensorResult:
+    """Square root elementwise (Sqrt)."""
     return Sqrt.apply(x)
 
 
-def relu(x):
+def relu(x: TensorLike) -> TensorResult:
+    """max(x, 0) elementwise (Relu)."""
     return Relu.apply(x)
 
 
@@ -199,7 +209,7 @@ class Gelu(Function):
         return g * (NormalCdf.apply(x) + x * pdf)
 
 
-def gelu(x, approximate="none"):
+def gelu(x: TensorLike, approximate: Literal["none", "tanh"] = "none") -> TensorResult:
     """GELU, as torch.nn.functional.gelu: approximate="none" (x Phi(x), erf-exact) or "tanh"."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -216,7 +226,7 @@ _KEEP_BITS = 16
 _KEEP_LEVELS = 1 << _KEEP_BITS
 
 
-def manual_seed(seed):
+def manual_seed(seed: int | None) -> None:
     """Reseed the default dropout generator (used when dropout or attention dropout gets rng=None).
 
     ``ng.manual_seed`` calls this together with npgrad.nn's initialiser generator."""
@@ -224,7 +234,7 @@ def manual_seed(seed):
     _default_rng = np.random.default_rng(seed)
 
 
-def default_rng():
+def default_rng() -> np.random.Generator:
     """The generator dropout uses when given rng=None (see manual_seed)."""
     return _default_rng
 
@@ -270,7 +280,8 @@ class Dropout(Function):
         return g * ctx.keep * ctx.scale
 
 
-def dropout(x, p=0.5, training=True, rng=None):
+def dropout(x: TensorLike, p: float = 0.5, training: bool = True,
+            rng: np.random.Generator | None = None) -> TensorResult:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
 
     Returns x itself when ``training`` is False or p == 0, and zeros (with a zero gradient) when p == 1,
@@ -282,7 +293,7 @@ def dropout(x, p=0.5, training=True, rng=None):
     if not training or p == 0:
         return x
     if p == 1:
-        return x * 0.0
+        return x * 0.0  # type: ignore[operator]  # a Tensor (TensorBase stands for it here) or an array
     if rng is None:
         rng = _default_rng
     if not isinstance(rng, np.random.Generator):
@@ -312,7 +323,7 @@ class Cast(Function):
         return Cast.apply(g, dtype=ctx.input_dtypes[0])
 
 
-def astype(x, dtype):
+def astype(x: TensorLike, dtype: npt.DTypeLike) -> TensorResult:
     """x as ``dtype``; differentiable between float dtypes. A non-float target gives plain data."""
     dtype = np.dtype(dtype)
     data = x.data if isinstance(x, TensorBase) else np.asarray(x)

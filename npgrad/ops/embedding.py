@@ -4,9 +4,12 @@ out[..., :] = W[ids[...], :] gathers rows; the derivative scatters each output r
 back to the row it was read from, summing where an id occurs several times. The scatter lives
 in the kernels (``K.embedding_backward``) because it is a hot path of every training step.
 """
-import numpy as np
+from __future__ import annotations
 
-from ..function import Function, TensorBase
+import numpy as np
+import numpy.typing as npt
+
+from ..function import Function, TensorBase, TensorLike, TensorResult
 from ..kernels import K
 from .shape import IndexScatter
 
@@ -61,7 +64,7 @@ class Embedding(Function):
         return None, IndexScatter.apply(g, key=(ctx.ids,), shape=ctx.input_shapes[1])
 
 
-def embedding(ids, weight):
+def embedding(ids: TensorBase | npt.ArrayLike, weight: TensorLike) -> TensorResult:
     """Rows of ``weight`` (V, C) selected by integer ``ids`` (array or Tensor, any shape) -> ids.shape + (C,)."""
     if isinstance(ids, TensorBase):
         ids = ids.data

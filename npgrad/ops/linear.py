@@ -4,9 +4,11 @@ x (..., in) is viewed as rows x2 (N, in), N = the product of the leading axes, s
 is one matrix product (N, in) @ (in, out) and the backward is two, never a batched matmul
 with broadcast weight copies.
 """
+from __future__ import annotations
+
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorLike, TensorResult
 
 
 class Linear(Function):
@@ -68,6 +70,6 @@ class Linear(Function):
         return gx, gw, gb
 
 
-def linear(x, w, b=None):
+def linear(x: TensorLike, w: TensorLike, b: TensorLike | None = None) -> TensorResult:
     """x @ w + b with w of shape (in, out), as one GEMM over the flattened leading axes of x."""
     return Linear.apply(x, w, b)

@@ -1,7 +1,11 @@
 """Cross-entropy: log-softmax + negative log-likelihood fused, with label smoothing and ignore_index."""
+from __future__ import annotations
+
+from typing import Literal
+
 import numpy as np
 
-from ..function import Function, TensorBase
+from ..function import Function, TensorBase, TensorLike, TensorResult
 from ..kernels import K
 from .softmax import as_float_array, softmax
 
@@ -92,7 +96,8 @@ def _row_gradients(ctx, g, num_rows):
     return np.full(num_rows, g, dtype=g.dtype)
 
 
-def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+def cross_entropy(logits: TensorLike, target: TensorLike, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: Literal["mean", "sum", "none"] = "mean") -> TensorResult:
     """Cross-entropy between ``logits`` (..., V) and integer class ``target`` (...), as PyTorch.
 
     The class axis is the LAST axis of ``logits`` (PyTorch puts it second; for 2-D inputs they

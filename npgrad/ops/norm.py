@@ -1,7 +1,9 @@
 """Layer norm and residual-add + layer norm, over the last axis."""
+from __future__ import annotations
+
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorLike, TensorResult
 from ..kernels import K
 from .softmax import as_float_array
 
@@ -155,7 +157,8 @@ def _layer_norm_vjp_tensors(x, w, g, eps):
     return gx, gw, gb
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
+def layer_norm(x: TensorLike, weight: TensorLike | None = None, bias: TensorLike | None = None,
+               eps: float = 1e-5) -> TensorResult:
     """Layer norm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias (biased variance).
 
     ``weight`` and ``bias`` have shape (C,) or are None. Mean and variance are computed in two
@@ -164,6 +167,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
-def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+def add_layer_norm(x: TensorLike, residual: TensorLike, weight: TensorLike | None = None,
+                   bias: TensorLike | None = None, eps: float = 1e-5) -> TensorResult:
     """layer_norm(x + residual, weight, bias, eps) as one fused op (a post-LN residual connection)."""
     return AddLayerNorm.apply(x, residual, weight, bias, eps=eps)

@@ -7,9 +7,14 @@ positions, split a concatenation. Each backward is written once, for arrays and 
 primitives, which makes them differentiable again. Where NumPy spells a movement differently
 (``np.where``, the scatter), a small helper picks the array function or the primitive.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
-from ..function import Function, TensorBase, backward_on_tensors
+from ..function import Function, TensorBase, TensorLike, TensorResult, backward_on_tensors
 
 
 def _data(x):
@@ -50,7 +55,8 @@ class Reshape(Function):
     differentiable_backward = backward_on_tensors
 
 
-def reshape(x, *shape):
+def reshape(x: TensorLike, *shape: int | Sequence[int]) -> TensorResult:
+    """x in a new shape: ``reshape(x, 2, 3)`` or ``reshape(x, (2, 3))``; -1 infers one axis (Reshape)."""
     return Reshape.apply(x, shape=_shape_arg("reshape", shape))
 
 
@@ -75,7 +81,8 @@ class BroadcastTo(Function):
     differentiable_backward = backward_on_tensors
 
 
-def broadcast_to(x, shape):
+def broadcast_to(x: TensorLike, shape: Sequence[int]) -> TensorResult:
+    """x broadcast to ``shape`` (NumPy rules); the gradient is summed back (BroadcastTo)."""
     return BroadcastTo.apply(x, shape=tuple(shape))
 
 
@@ -110,7 +117,8 @@ class Transpose(Function):
     differentiable_backward = backward_on_tensors
 
 
-def transpose(x, *axes):
+def transpose(x: TensorLike, *axes: int | Sequence[int]) -> TensorResult:
+    """x with its axes permuted (all reversed when none are given) (Transpose)."""
     return Transpose.apply(x, axes=_axes_arg(np.ndim(_data(x)), axes))
 
 
@@ -133,7 +141,8 @@ class SwapAxes(Function):
     differentiable_backward = backward_on_tensors
 
 
-def swapaxes(x, axis1, axis2):
+def swapaxes(x: TensorLike, axis1: int, axis2: int) -> TensorResult:
+    """x with axes ``axis1`` and ``axis2`` exchanged (SwapAxes)."""
     return SwapAxes.apply(x, axis1=int(axis1), axis2=int(axis2))
 
 
@@ -236,7 +245,8 @@ def _describe(key):
     return "[" + ", ".join(parts) + "]"
 
 
-def getitem(x, key):
+def getitem(x: TensorLike, key: Any) -> TensorResult:
+    """``x[key]`` (Index)."""
     return Index.apply(x, key=_normalize_key(key))
 
 
@@ -279,7 +289,8 @@ class Concatenate(Function):
     differentiable_backward = backward_on_tensors
 
 
-def concatenate(tensors, axis=0):
+def concatenate(tensors: Sequence[TensorLike], axis: int = 0) -> TensorResult:
+    """The tensors joined along an existing ``axis`` (Concatenate)."""
     return Concatenate.apply(*_check_tensors("concatenate", tensors), axis=axis)
 
 
@@ -306,7 +317,8 @@ class Stack(Function):
     differentiable_backward = backward_on_tensors
 
 
-def stack(tensors, axis=0):
+def stack(tensors: Sequence[TensorLike], axis: int = 0) -> TensorResult:
+    """The tensors (all of one shape) joined along a new ``axis`` (Stack)."""
     return Stack.apply(*_check_tensors("stack", tensors), axis=axis)
 
 
@@ -347,7 +359,7 @@ class Where(Function):
     differentiable_backward = backward_on_tensors
 
 
-def select(cond, a, b):
+def select(cond: np.ndarray, a: TensorLike, b: TensorLike) -> TensorResult | np.ndarray:
     """np.where(cond, a, b) on arrays; the Where primitive when a or b is a Tensor (cond: boolean data).
 
     For a backward that serves arrays and (create_graph) Tensors alike."""
@@ -356,7 +368,7 @@ def select(cond, a, b):
     return np.where(cond, a, b)
 
 
-def where(cond, a, b):
+def where(cond: TensorLike, a: TensorLike, b: TensorLike) -> TensorResult:
     """a where cond else b; cond a boolean array or Tensor, a/b Tensors or scalars."""
     return Where.apply(_as_bool_mask("where", "cond", cond), a, b)
 
@@ -390,10 +402,10 @@ class MaskedFill(Function):
     differentiable_backward = backward_on_tensors
 
 
-def masked_fill(x, mask, value):
+def masked_fill(x: TensorLike, mask: TensorLike, value: TensorLike) -> TensorResult:
     """x with ``value`` where ``mask`` (boolean, broadcastable to x) is True; gradient 0 there."""
     mask = _as_bool_mask("masked_fill", "mask", mask)
-    value = _data(value)
-    if np.ndim(value) != 0:
-        raise ValueError(f"masked_fill: value must be a scalar, got shape {np.shape(value)}")
-    return MaskedFill.apply(x, mask=mask, value=value)
+    fill = _data(value)
+    if np.ndim(fill) != 0:
+        raise ValueError(f"masked_fill: value must be a scalar, got shape {np.shape(fill)}")
+    return MaskedFill.apply(x, mask=mask, value=fill)

@@ -3,9 +3,11 @@
 The kernels work on rows: the op moves ``axis`` last and flattens the other axes into N rows,
 calls the kernel on (N, V), and moves the result back (a view when ``axis`` is the last one).
 """
+from __future__ import annotations
+
 import numpy as np
 
-from ..function import Function
+from ..function import Function, TensorLike, TensorResult
 from ..kernels import K
 
 
@@ -112,11 +114,11 @@ class LogSoftmax(Function):
         return g - out.exp() * g.sum(axis=ctx.axis, keepdims=True)
 
 
-def softmax(x, axis=-1):
+def softmax(x: TensorLike, axis: int = -1) -> TensorResult:
     """Softmax along ``axis`` (max-shifted, so large inputs do not overflow). Same shape and dtype as x."""
     return Softmax.apply(x, axis=axis)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: TensorLike, axis: int = -1) -> TensorResult:
     """Log-softmax along ``axis``: x - logsumexp(x) (max-shifted). Same shape and dtype as x."""
     return LogSoftmax.apply(x, axis=axis)
