@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterator, NamedTuple
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from typing import Any, Literal, NamedTuple, Self, TypeAlias, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import functional as F
 from .ops.elementwise import manual_seed as seed_dropout
+from .function import TensorLike
 from .tensor import Tensor
 
 __all__ = [
@@ -45,6 +48,9 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------- seeding
 _default_generator = np.random.default_rng(0)
+
+#: What an initialiser's ``rng`` accepts: a Generator (used as is), an int seed, or None (the default generator).
+RngLike: TypeAlias = np.random.Generator | int | None
 
 
 def manual_seed(seed: int) -> np.random.Generator:
@@ -61,7 +67,7 @@ def default_generator() -> np.random.Generator:
     return _default_generator
 
 
-def _as_generator(rng, who: str) -> np.random.Generator:
+def _as_generator(rng: RngLike, who: str) -> np.random.Generator:
     """``rng`` as a Generator: a Generator is used as is (its stream is shared), an int seeds a
     new one, None means the module-level default generator."""
     if rng is None:
@@ -73,14 +79,14 @@ def _as_generator(rng, who: str) -> np.random.Generator:
     raise TypeError(f"{who}: rng must be an np.random.Generator, an int seed or None, got {type(rng).__name__}")
 
 
-def _check_float_dtype(dtype, who: str) -> np.dtype:
+def _check_float_dtype(dtype: npt.DTypeLike, who: str) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{who}: dtype must be np.float32 or np.float64, got {dt}")
     return dt
 
 
-def _check_positive_int(value, name: str, who: str) -> int:
+def _check_positive_int(value: int, name: str, who: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
     return int(value)
@@ -104,7 +110,8 @@ class Parameter(Tensor):
 
     __slots__ = ()
 
-    def __init__(self, data, requires_grad: bool = True, dtype=None):
+    def __init__(self, data: Tensor | npt.ArrayLike, requires_grad: bool = True,
+                 dtype: npt.DTypeLike | None = None) -> None:
         if isinstance(data, Tensor):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
@@ -115,7 +122,7 @@ class Parameter(Tensor):
             )
         super().__init__(arr, requires_grad=requires_grad)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
 
@@ -141,7 +148,7 @@ class Module:
     define ``forward``; calling the module calls ``forward``.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         # object.__setattr__: these must exist before our __setattr__ can register anything.
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -150,7 +157,7 @@ class Module:
         object.__setattr__(self, "training", True)
 
     # -------------------------------------------------------------- attribute registration
-    def _registries(self):
+    def _registries(self) -> tuple[OrderedDict[str, Any], OrderedDict[str, Any], OrderedDict[str, Any]]:
         try:
             d = self.__dict__
             return d["_parameters"], d["_buffers"], d["_modules"]
@@ -160,7 +167,7 @@ class Module:
                 "super().__init__() in __init__"
             ) from None
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if isinstance(value, (Parameter, Module)):
             params, buffers, modules = self._registries()
             for registry in (params, buffers, modules):
@@ -198,7 +205,7 @@ class Module:
                 return
         object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # Only called when ordinary lookup fails: look in the registries.
         d = self.__dict__
         for registry in ("_parameters", "_buffers", "_modules"):
@@ -206,7 +213,7 @@ class Module:
                 return d[registry][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         for registry in ("_parameters", "_buffers", "_modules"):
             if name in self.__dict__.get(registry, ()):
                 del self.__dict__[registry][name]
@@ -214,16 +221,16 @@ class Module:
                 return
         object.__delattr__(self, name)
 
-    def __dir__(self):
+    def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
 
-    def _check_new_name(self, name, what):
+    def _check_new_name(self, name: str, what: str) -> None:
         if not isinstance(name, str) or not name or "." in name:
             raise KeyError(f"{type(self).__name__}.register_{what}: name must be a non-empty string without '.', got {name!r}")
         if name in self.__dict__ and name not in self._parameters and name not in self._buffers:
             raise KeyError(f"{type(self).__name__}.register_{what}: attribute '{name}' already exists")
 
-    def register_parameter(self, name: str, param):
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Register ``param`` (a Parameter, or None for an empty slot) under ``name``."""
         self._check_new_name(name, "parameter")
         if param is not None and not isinstance(param, Parameter):
@@ -232,7 +239,7 @@ class Module:
         self._modules.pop(name, None)
         self._parameters[name] = param
 
-    def register_buffer(self, name: str, array, persistent: bool = True):
+    def register_buffer(self, name: str, array: np.ndarray | Tensor | None, persistent: bool = True) -> None:
         """Register a non-trainable array (e.g. a sinusoidal position table, a causal mask).
 
         Buffers follow the module through ``to_dtype`` (floating ones only) and, when
@@ -252,7 +259,7 @@ class Module:
         else:
             self._non_persistent_buffers.add(name)
 
-    def add_module(self, name: str, module):
+    def add_module(self, name: str, module: Module | None) -> None:
         """Register ``module`` under ``name`` (what attribute assignment does; for computed names)."""
         if not isinstance(name, str) or not name or "." in name:
             raise KeyError(f"add_module: name must be a non-empty string without '.', got {name!r}")
@@ -263,14 +270,15 @@ class Module:
         self._modules[name] = module
 
     # -------------------------------------------------------------- the call
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
     # -------------------------------------------------------------- traversal
-    def named_modules(self, prefix: str = "", memo=None, remove_duplicate: bool = True):
+    def named_modules(self, prefix: str = "", memo: set[int] | None = None,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module and every descendant, depth first, each once."""
         if memo is None:
             memo = set()
@@ -284,22 +292,23 @@ class Module:
                 continue
             yield from child.named_modules(prefix + ("." if prefix else "") + name, memo, remove_duplicate)
 
-    def modules(self):
+    def modules(self) -> Iterator[Module]:
         for _, m in self.named_modules():
             yield m
 
-    def named_children(self):
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         seen = set()
         for name, child in self._modules.items():
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
                 yield name, child
 
-    def children(self):
+    def children(self) -> Iterator[Module]:
         for _, child in self.named_children():
             yield child
 
-    def _named_members(self, registry, prefix, recurse, remove_duplicate=True):
+    def _named_members(self, registry: str, prefix: str, recurse: bool,
+                       remove_duplicate: bool = True) -> Iterator[tuple[str, Any]]:
         seen = set()
         modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
@@ -322,14 +331,15 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         return self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
-    def buffers(self, recurse: bool = True):
+    def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
-    def apply(self, fn):
+    def apply(self, fn: Callable[[Module], object]) -> Self:
         """Call ``fn(module)`` on every descendant (children first) and then on self; returns self."""
         for child in self.children():
             child.apply(fn)
@@ -341,7 +351,7 @@ class Module:
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # -------------------------------------------------------------- modes and gradients
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         """Set training mode (dropout active) on this module and every descendant; returns self."""
         if not isinstance(mode, bool):
             raise TypeError(f"train(mode): mode must be a bool, got {type(mode).__name__}")
@@ -349,21 +359,21 @@ class Module:
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Self:
         """Evaluation mode (dropout off): ``train(False)``."""
         return self.train(False)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget every parameter's gradient (``.grad = None``)."""
         for p in self.parameters():
             p.grad = None
 
-    def requires_grad_(self, flag: bool = True):
+    def requires_grad_(self, flag: bool = True) -> Self:
         for p in self.parameters():
             p.requires_grad_(flag)
         return self
 
-    def to_dtype(self, dtype):
+    def to_dtype(self, dtype: npt.DTypeLike) -> Self:
         """Convert every parameter and every floating-point buffer to ``dtype`` (float32 or
         float64), in place; integer and boolean buffers are left alone. Gradients are converted
         too. Returns self. Build the optimizer after converting (its moments keep their dtype)."""
@@ -380,7 +390,7 @@ class Module:
         return self
 
     # -------------------------------------------------------------- state dicts
-    def _state_items(self, prefix=""):
+    def _state_items(self, prefix: str = "") -> Iterator[tuple[str, Module, str, str]]:
         """(name, owner module, registry, local name) for every entry of the state dict.
 
         Unlike named_parameters, a shared parameter appears under every name it is reachable
@@ -395,19 +405,19 @@ class Module:
                 if b is not None and name not in module._non_persistent_buffers:
                     yield module_prefix + dot + name, module, "_buffers", name
 
-    def state_dict(self, prefix: str = "") -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self, prefix: str = "") -> OrderedDict[str, np.ndarray]:
         """Dotted name -> a copy of the array, for every parameter and persistent buffer.
 
         Parameters first, then buffers, module by module in registration order. The arrays are
         copies: later training does not change a state dict already taken.
         """
-        out = OrderedDict()
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
         for name, module, registry, local in self._state_items(prefix):
             value = getattr(module, registry)[local]
             out[name] = np.array(value.data if isinstance(value, Tensor) else value, copy=True)
         return out
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict: Mapping[str, np.ndarray | Tensor], strict: bool = True) -> IncompatibleKeys:
         """Copy the arrays of ``state_dict`` into this module's parameters and buffers.
 
         Values are cast to the dtype of the parameter/buffer they go into (a float64 checkpoint
@@ -479,19 +489,19 @@ class Module:
         return IncompatibleKeys(missing, unexpected)
 
     # -------------------------------------------------------------- random generators
-    def named_generators(self):
+    def named_generators(self) -> Iterator[tuple[str, np.random.Generator]]:
         """(module name, np.random.Generator) for every descendant that owns an ``rng`` (Dropout)."""
         for name, m in self.named_modules():
             rng = m.__dict__.get("rng")
             if isinstance(rng, np.random.Generator):
                 yield name, rng
 
-    def rng_state_dict(self) -> dict:
+    def rng_state_dict(self) -> dict[str, Mapping[str, Any]]:
         """Module name -> ``rng.bit_generator.state`` (a JSON-serialisable dict of ints and
         strings) for every generator in the tree: save it to resume dropout masks exactly."""
         return {name: rng.bit_generator.state for name, rng in self.named_generators()}
 
-    def load_rng_state_dict(self, states: dict):
+    def load_rng_state_dict(self, states: Mapping[str, Mapping[str, Any]]) -> None:
         """Restore the generators saved by :meth:`rng_state_dict`; names must match exactly."""
         gens = dict(self.named_generators())
         missing = [k for k in gens if k not in states]
@@ -509,7 +519,7 @@ class Module:
         """The part inside the parentheses of this module's repr line (override in layers)."""
         return ""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = []
         for name, child in self._modules.items():
             child_repr = repr(child).replace("\n", "\n  ")
@@ -532,7 +542,8 @@ class Linear(Module):
     the variance ``2 / (in + out)`` keeps activations and gradients at a steady scale; bias zero.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None, dtype=np.float32):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: RngLike = None,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.in_features = _check_positive_int(in_features, "in_features", "Linear")
         self.out_features = _check_positive_int(out_features, "out_features", "Linear")
@@ -545,11 +556,11 @@ class Linear(Module):
         else:
             self.register_parameter("bias", None)
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> Tensor:
         # x (..., in) -> (..., out)
         return F.linear(x, self.weight, self.bias)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
@@ -563,8 +574,8 @@ class Embedding(Module):
     order 1. The ``padding_idx`` row starts at zero and gets no gradient, so it stays zero.
     """
 
-    def __init__(self, num_embeddings: int, dim: int, padding_idx=None, rng=None, dtype=np.float32,
-                 init_std=None):
+    def __init__(self, num_embeddings: int, dim: int, padding_idx: int | None = None, rng: RngLike = None,
+                 dtype: npt.DTypeLike = np.float32, init_std: float | None = None) -> None:
         super().__init__()
         self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings", "Embedding")
         self.dim = _check_positive_int(dim, "dim", "Embedding")
@@ -587,7 +598,7 @@ class Embedding(Module):
             weight[padding_idx] = 0
         self.weight = Parameter(weight)
 
-    def forward(self, ids):
+    def forward(self, ids: Tensor | npt.ArrayLike) -> Tensor:
         # ids (...) integer -> (..., dim)
         out = F.embedding(ids, self.weight)
         if self.padding_idx is None:
@@ -601,7 +612,7 @@ class Embedding(Module):
         keep = (~is_pad)[..., None].astype(self.weight.dtype)
         return out * keep
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         return f"{self.num_embeddings}, {self.dim}{pad}"
 
@@ -610,7 +621,7 @@ class LayerNorm(Module):
     """Layer normalisation over the last axis (size ``dim``): ``F.layer_norm(x, weight, bias, eps)``.
     ``weight`` starts at ones and ``bias`` at zeros (the identity affine map)."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, dtype=np.float32):
+    def __init__(self, dim: int, eps: float = 1e-5, dtype: npt.DTypeLike = np.float32) -> None:
         super().__init__()
         self.dim = _check_positive_int(dim, "dim", "LayerNorm")
         if not (eps > 0):
@@ -620,10 +631,10 @@ class LayerNorm(Module):
         self.weight = Parameter(np.ones(self.dim, dtype=dt))
         self.bias = Parameter(np.zeros(self.dim, dtype=dt))
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> Tensor:
         return F.layer_norm(x, self.weight, self.bias, eps=self.eps)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
 
 
@@ -638,7 +649,7 @@ class Dropout(Module):
     In eval mode, or with ``p == 0``, it returns its input and draws nothing.
     """
 
-    def __init__(self, p: float = 0.1, rng=None):
+    def __init__(self, p: float = 0.1, rng: RngLike = None) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not (0.0 <= p <= 1.0):
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
@@ -647,35 +658,35 @@ class Dropout(Module):
             rng = np.random.default_rng(int(_default_generator.integers(2 ** 63)))
         self.rng = _as_generator(rng, "Dropout")
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:   # (an ndarray works too; in eval mode it comes back as is)
         if not self.training or self.p == 0.0:
             return x
         return F.dropout(x, self.p, training=True, rng=self.rng)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
 class ReLU(Module):
     """``max(x, 0)`` as a module (for Sequential)."""
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> Tensor:
         return F.relu(x)
 
 
 class GELU(Module):
     """GELU as a module; ``approximate="none"`` (exact, erf) or ``"tanh"``."""
 
-    def __init__(self, approximate: str = "none"):
+    def __init__(self, approximate: Literal["none", "tanh"] = "none") -> None:
         super().__init__()
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def forward(self, x):
+    def forward(self, x: TensorLike) -> Tensor:
         return F.gelu(x, approximate=self.approximate)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
 
 
@@ -683,12 +694,12 @@ class GELU(Module):
 class ModuleList(Module):
     """A list of modules, registered as "0", "1", ... (so their parameters are "0.weight", ...)."""
 
-    def __init__(self, modules=None):
+    def __init__(self, modules: Iterable[Module] | None = None) -> None:
         super().__init__()
         if modules is not None:
             self.extend(modules)
 
-    def _index(self, idx):
+    def _index(self, idx: int) -> str:
         n = len(self._modules)
         if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
             raise TypeError(f"ModuleList indices must be integers or slices, not {type(idx).__name__}")
@@ -696,49 +707,59 @@ class ModuleList(Module):
             raise IndexError(f"ModuleList index {idx} out of range for length {n}")
         return str(int(idx) % n)
 
-    def __getitem__(self, idx):
+    @overload
+    def __getitem__(self, idx: int) -> Module: ...
+    @overload
+    def __getitem__(self, idx: slice) -> Self: ...
+
+    def __getitem__(self, idx: int | slice) -> Module | Self:
         if isinstance(idx, slice):
             return type(self)(list(self._modules.values())[idx])
         return self._modules[self._index(idx)]
 
-    def __setitem__(self, idx, module):
+    def __setitem__(self, idx: int, module: Module) -> None:
         self.add_module(self._index(idx), module)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
-    def append(self, module):
+    def append(self, module: Module) -> Self:
         if not isinstance(module, Module):
             raise TypeError(f"ModuleList.append: expected an nn.Module, got {type(module).__name__}")
         self.add_module(str(len(self)), module)
         return self
 
-    def extend(self, modules):
+    def extend(self, modules: Iterable[Module]) -> Self:
         for m in modules:
             self.append(m)
         return self
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("ModuleList has no forward: iterate over it in the parent's forward")
 
 
 class Sequential(ModuleList):
     """Modules applied one after the other: ``Sequential(a, b)(x) == b(a(x))``."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Any) -> None:   # modules, or one list/tuple of them
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
         super().__init__(modules)
 
-    def __getitem__(self, idx):
+    @overload
+    def __getitem__(self, idx: int) -> Module: ...
+    @overload
+    def __getitem__(self, idx: slice) -> Self: ...
+
+    def __getitem__(self, idx: int | slice) -> Module | Self:
         if isinstance(idx, slice):
             return Sequential(*list(self._modules.values())[idx])
         return super().__getitem__(idx)
 
-    def forward(self, x):
+    def forward(self, x: Any) -> Any:
         for module in self._modules.values():
             x = module(x)
         return x
@@ -747,40 +768,40 @@ class Sequential(ModuleList):
 class ModuleDict(Module):
     """A dict of modules, registered under their keys (insertion order)."""
 
-    def __init__(self, modules=None):
+    def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None) -> None:
         super().__init__()
         if modules is not None:
             for name, m in (modules.items() if hasattr(modules, "items") else modules):
                 self[name] = m
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Module:
         return self._modules[name]
 
-    def __setitem__(self, name, module):
+    def __setitem__(self, name: str, module: Module) -> None:
         if not isinstance(module, Module):
             raise TypeError(f"ModuleDict['{name}']: expected an nn.Module, got {type(module).__name__}")
         self.add_module(name, module)
 
-    def __delitem__(self, name):
+    def __delitem__(self, name: str) -> None:
         del self._modules[name]
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._modules
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._modules)
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self._modules.keys()
 
-    def values(self):
+    def values(self) -> ValuesView[Module]:
         return self._modules.values()
 
-    def items(self):
+    def items(self) -> ItemsView[str, Module]:
         return self._modules.items()
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("ModuleDict has no forward: pick its modules in the parent's forward")

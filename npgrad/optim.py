@@ -24,6 +24,8 @@ the optimizer update about to happen; the constructor sets the lr of update 1, a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -35,7 +37,13 @@ __all__ = [
 ]
 
 
-def _check_number(value, name, who, low=0.0, high=None, low_open=False, high_open=True):
+#: What an optimizer takes as ``params``: Parameters (or float Tensors that require grad), or (name, parameter)
+#: pairs such as ``model.named_parameters()``.
+ParamsLike: TypeAlias = Iterable[Tensor] | Iterable[tuple[str, Tensor]]
+
+
+def _check_number(value: float, name: str, who: str, low: float = 0.0, high: float | None = None,
+                  low_open: bool = False, high_open: bool = True) -> float:
     """A finite real in [low, high) (or the given openness); a clear error otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
@@ -50,7 +58,7 @@ def _check_number(value, name, who, low=0.0, high=None, low_open=False, high_ope
     return v
 
 
-def _grad_array(p):
+def _grad_array(p: Tensor) -> np.ndarray | None:
     g = p.grad
     if g is None:
         return None
@@ -67,14 +75,15 @@ class Optimizer:
     """
 
     # Names of the per-parameter arrays a subclass keeps (for state_dict checks).
-    _state_arrays: tuple = ()
+    _state_arrays: tuple[str, ...] = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params: ParamsLike, lr: float) -> None:
         who = type(self).__name__
         if isinstance(params, Tensor):
             raise TypeError(f"{who}: params must be an iterable of parameters (e.g. model.parameters()), "
                             "not a single Tensor; wrap it in a list")
-        self.params, self.names = [], []
+        self.params: list[Tensor] = []
+        self.names: list[str] = []
         seen = set()
         for i, item in enumerate(params):
             name = None
@@ -96,20 +105,21 @@ class Optimizer:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"{who}: parameter names are not unique")
         self.lr = lr
-        self.state = [dict() for _ in self.params]   # per parameter: arrays of _state_arrays
+        self.state: list[dict[str, np.ndarray]] = [dict() for _ in self.params]   # per parameter: _state_arrays
         self.param_steps = [0] * len(self.params)    # per parameter: updates applied (bias correction)
-        self._scratch = {}                           # dtype -> (flat buffer a, flat buffer b)
+        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}   # dtype -> (flat buffer a, b)
 
     # lr is checked on every assignment, schedules included.
     @property
-    def lr(self):
+    def lr(self) -> float:
+        """The learning rate (checked to be a finite number >= 0 on every assignment)."""
         return self._lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         self._lr = _check_number(value, "lr", type(self).__name__)
 
-    def _scratch_for(self, p):
+    def _scratch_for(self, p: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Two scratch arrays with p's shape and dtype, views of buffers shared by all params."""
         n = p.data.size
         bufs = self._scratch.get(p.data.dtype)
@@ -119,12 +129,12 @@ class Optimizer:
             self._scratch[p.data.dtype] = bufs
         return bufs[0][:n].reshape(p.data.shape), bufs[1][:n].reshape(p.data.shape)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget every parameter's gradient (``.grad = None``, PyTorch's default)."""
         for p in self.params:
             p.grad = None
 
-    def step(self):
+    def step(self) -> None:
         """Apply one update to every parameter that has a gradient (the others are skipped)."""
         for i, p in enumerate(self.params):
             g = _grad_array(p)
@@ -138,17 +148,17 @@ class Optimizer:
             self.param_steps[i] += 1
             self._update(i, p.data, g)
 
-    def _update(self, index, param, grad):  # pragma: no cover - abstract
+    def _update(self, index: int, param: np.ndarray, grad: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -------------------------------------------------------------- checkpoints
-    def _hyperparameters(self) -> dict:
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr}
 
-    def _set_hyperparameters(self, hp: dict):
+    def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
         self.lr = hp["lr"]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """Plain data (see the module docstring): JSON-able numbers and a flat dict of arrays."""
         arrays = {}
         for name, st in zip(self.names, self.state):
@@ -161,7 +171,7 @@ class Optimizer:
             "arrays": arrays,
         }
 
-    def load_state_dict(self, state_dict: dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore hyper-parameters, step counts and moment arrays saved by :meth:`state_dict`."""
         who = f"{type(self).__name__}.load_state_dict"
         for key in ("type", "hyperparameters", "param_steps", "arrays"):
@@ -198,10 +208,10 @@ class Optimizer:
         self.param_steps = [int(steps[name]) for name in self.names]
         self.state = new_state
 
-    def _required_state(self):
+    def _required_state(self) -> tuple[str, ...]:
         return self._state_arrays
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v}" for k, v in self._hyperparameters().items())
         return f"{type(self).__name__}({len(self.params)} parameters, {hp})"
 
@@ -221,7 +231,8 @@ class SGD(Optimizer):
 
     _state_arrays = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params: ParamsLike, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr)
         self.momentum = _check_number(momentum, "momentum", "SGD")
         self.dampening = _check_number(dampening, "dampening", "SGD")
@@ -230,14 +241,14 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening == 0")
 
-    def _required_state(self):
+    def _required_state(self) -> tuple[str, ...]:
         return self._state_arrays if self.momentum != 0 else ()
 
-    def _hyperparameters(self):
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
                 "weight_decay": self.weight_decay, "nesterov": self.nesterov}
 
-    def _set_hyperparameters(self, hp):
+    def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
         self.lr = hp["lr"]
         self.momentum, self.dampening = float(hp["momentum"]), float(hp["dampening"])
         self.weight_decay, self.nesterov = float(hp["weight_decay"]), bool(hp["nesterov"])
@@ -295,7 +306,8 @@ class Adam(Optimizer):
     _state_arrays = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, no_decay=()):
+    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, no_decay: Iterable[str] = ()) -> None:
         super().__init__(params, lr)
         who = type(self).__name__
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
@@ -318,11 +330,11 @@ class Adam(Optimizer):
         self.no_decay = sorted(names)
         self._decays = [name not in names for name in self.names]   # per parameter: apply weight decay?
 
-    def _hyperparameters(self):
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
                 "no_decay": list(self.no_decay)}
 
-    def _set_hyperparameters(self, hp):
+    def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
         self.lr = hp["lr"]
         self.betas = (float(hp["betas"][0]), float(hp["betas"][1]))
         self.eps, self.weight_decay = float(hp["eps"]), float(hp["weight_decay"])
@@ -372,12 +384,14 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, no_decay=()):
+    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, no_decay: Iterable[str] = ()) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_decay=no_decay)
 
 
 # ---------------------------------------------------------------------------------- clipping
-def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False) -> float:
+def clip_grad_norm_(params: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
     """Scale all gradients in place so that their global norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ..., ||g_n||)||`` (the norm of
@@ -424,7 +438,7 @@ class LRSchedule:
     lr of update 1). Call ``schedule.step()`` after each ``optimizer.step()``.
     """
 
-    def __init__(self, optimizer: Optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(self).__name__}: expected an npgrad.optim.Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
@@ -438,20 +452,20 @@ class LRSchedule:
         """The learning rate of the current update (``step_num``)."""
         return self.lr_at(self.step_num)
 
-    def step(self):
+    def step(self) -> float:
         self.step_num += 1
         lr = self.get_lr()
         self.optimizer.lr = lr
         return lr
 
-    def _hyperparameters(self) -> dict:
+    def _hyperparameters(self) -> dict[str, Any]:
         return {}
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{"type", "step_num", hyper-parameters...}``: numbers only (JSON)."""
         return {"type": type(self).__name__, "step_num": self.step_num, **self._hyperparameters()}
 
-    def load_state_dict(self, state_dict: dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         who = f"{type(self).__name__}.load_state_dict"
         if state_dict.get("type") != type(self).__name__:
             raise ValueError(f"{who}: the state dict is from a {state_dict.get('type')!r} schedule")
@@ -468,7 +482,7 @@ class LRSchedule:
         return f"{type(self).__name__}({hp}, step_num={self.step_num})"
 
 
-def _check_steps(value, name, who, allow_zero=True):
+def _check_steps(value: int, name: str, who: str, allow_zero: bool = True) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
         raise ValueError(f"{who}: {name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
     return int(value)
@@ -483,7 +497,8 @@ class InverseSqrtSchedule(LRSchedule):
     the first form). With ``warmup_steps == 0`` it is the pure decay ``(.) * step^-0.5``.
     """
 
-    def __init__(self, optimizer, *, d_model=None, peak_lr=None, warmup_steps=4000, factor=1.0):
+    def __init__(self, optimizer: Optimizer, *, d_model: int | None = None, peak_lr: float | None = None,
+                 warmup_steps: int = 4000, factor: float = 1.0) -> None:
         who = "InverseSqrtSchedule"
         if (d_model is None) == (peak_lr is None):
             raise ValueError(f"{who}: give exactly one of d_model (the paper's form) and peak_lr")
@@ -493,15 +508,16 @@ class InverseSqrtSchedule(LRSchedule):
         self.factor = _check_number(factor, "factor", who)
         super().__init__(optimizer)
 
-    def lr_at(self, step_num):
+    def lr_at(self, step_num: int) -> float:
         s = max(int(step_num), 1)
         w = self.warmup_steps
         if self.d_model is not None:
             scale = self.factor * self.d_model ** -0.5
             return scale * (min(s ** -0.5, s * w ** -1.5) if w > 0 else s ** -0.5)
-        return self.peak_lr * (min(s / w, math.sqrt(w / s)) if w > 0 else s ** -0.5)
+        # __init__ sets exactly one of d_model and peak_lr, so here peak_lr is a float
+        return self.peak_lr * (min(s / w, math.sqrt(w / s)) if w > 0 else s ** -0.5)  # type: ignore[operator]
 
-    def _hyperparameters(self):
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"d_model": self.d_model, "peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps,
                 "factor": self.factor}
 
@@ -520,7 +536,8 @@ class WarmupCosineSchedule(LRSchedule):
     ``total_steps`` at ``min_lr``; nanoGPT's 0-based ``it`` is ``step - 1``.)
     """
 
-    def __init__(self, optimizer, peak_lr, warmup_steps, total_steps, min_lr=0.0):
+    def __init__(self, optimizer: Optimizer, peak_lr: float, warmup_steps: int, total_steps: int,
+                 min_lr: float = 0.0) -> None:
         who = "WarmupCosineSchedule"
         self.peak_lr = _check_number(peak_lr, "peak_lr", who)
         self.min_lr = _check_number(min_lr, "min_lr", who)
@@ -532,7 +549,7 @@ class WarmupCosineSchedule(LRSchedule):
             raise ValueError(f"{who}: total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})")
         super().__init__(optimizer)
 
-    def lr_at(self, step_num):
+    def lr_at(self, step_num: int) -> float:
         s, w, t = max(int(step_num), 1), self.warmup_steps, self.total_steps
         if s <= w:
             return self.peak_lr * s / w
@@ -541,7 +558,7 @@ class WarmupCosineSchedule(LRSchedule):
         ratio = (s - w) / (t - w)
         return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.peak_lr - self.min_lr)
 
-    def _hyperparameters(self):
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
                 "min_lr": self.min_lr}
 
@@ -550,7 +567,7 @@ class ConstantSchedule(LRSchedule):
     """A constant ``lr`` (default: the optimizer's current lr), after an optional linear warmup:
     ``lr * min(1, step / warmup_steps)``."""
 
-    def __init__(self, optimizer, lr=None, warmup_steps=0):
+    def __init__(self, optimizer: Optimizer, lr: float | None = None, warmup_steps: int = 0) -> None:
         who = "ConstantSchedule"
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{who}: expected an npgrad.optim.Optimizer, got {type(optimizer).__name__}")
@@ -558,11 +575,11 @@ class ConstantSchedule(LRSchedule):
         self.warmup_steps = _check_steps(warmup_steps, "warmup_steps", who)
         super().__init__(optimizer)
 
-    def lr_at(self, step_num):
+    def lr_at(self, step_num: int) -> float:
         s = max(int(step_num), 1)
         if self.warmup_steps and s < self.warmup_steps:
             return self.lr * s / self.warmup_steps
         return self.lr
 
-    def _hyperparameters(self):
+    def _hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "warmup_steps": self.warmup_steps}
