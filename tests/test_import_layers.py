@@ -1,7 +1,9 @@
 """npgrad's modules import one another in one direction only: tensor.py -> ops/* -> function.py -> kernels.
 
 Read from the source with ``ast`` (every import statement, at module level or inside a function),
-so a late import that only hides a cycle at run time is caught as well.
+so a late import that only hides a cycle at run time is caught as well. Imports under
+``if TYPE_CHECKING:`` are the one exception: they never run (they let a lower layer name ``Tensor`` in
+its annotations).
 """
 import ast
 import subprocess
@@ -49,14 +51,24 @@ def _resolve(importer, is_package, node, known):
     return loaded
 
 
+def _type_checking_only(tree):
+    """The nodes under ``if TYPE_CHECKING:`` (read by a type checker, never run)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skipped |= {id(child) for statement in node.body for child in ast.walk(statement)}
+    return skipped
+
+
 def _import_graph():
     modules = _modules()
     graph = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
+        skipped = _type_checking_only(tree)
         edges = set()
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skipped:
                 edges |= _resolve(name, path.name == "__init__.py", node, modules)
         edges.discard(name)
         graph[name] = edges

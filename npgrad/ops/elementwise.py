@@ -291,9 +291,9 @@ def dropout(x: TensorLike, p: float = 0.5, training: bool = True,
     if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
     if not training or p == 0:
-        return x
+        return x  # type: ignore[return-value]  # x itself: a Tensor, or an array left an array
     if p == 1:
-        return x * 0.0  # type: ignore[operator]  # a Tensor (TensorBase stands for it here) or an array
+        return x * 0.0  # type: ignore[operator,return-value]  # a Tensor (TensorBase stands for it here) or an array
     if rng is None:
         rng = _default_rng
     if not isinstance(rng, np.random.Generator):
