@@ -18,6 +18,7 @@ COMMANDS = {
     "allocator": ("benchmarks.allocator", "glibc malloc defaults vs npgrad.retain_freed_memory() on one training step"),
     "nanogpt-split": ("benchmarks.nanogpt_split",
                       "the nanoGPT iteration by phase: npgrad, npgrad with PyTorch's GEMMs, PyTorch"),
+    "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 
 

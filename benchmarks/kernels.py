@@ -17,7 +17,7 @@ ratios compare runs made at the same moment. Inputs (masks included) are built b
 
 Extra rows decide the matmul question: many tiny batched products (attention-sized) through
 np.matmul (OpenBLAS per product), a Numba loop and torch.bmm, and a big 2-D product (BLAS).
-A copy of a (4096, 8000) float32 array with 2 threads measures the memory bandwidth that bounds
+A copy of a (4096, 8000) float32 array with --threads threads measures the memory bandwidth that bounds
 the row kernels.
 """
 import argparse
@@ -282,7 +282,7 @@ CASES = [
 
 
 def _memory_bandwidth(repeat):
-    """GB/s of a 2-thread Numba copy of a (4096, 8000) float32 array (read + write bytes)."""
+    """GB/s of a Numba copy (numba.set_num_threads threads) of a (4096, 8000) float32 array (read + write bytes)."""
     from numba import njit, prange
 
     @njit(parallel=True, cache=True)
@@ -376,7 +376,7 @@ def main(argv=None):
     elif args.markdown:
         print(_markdown(meta, rows))
     else:
-        print(f"2-thread copy bandwidth: {bandwidth:.1f} GB/s;  load average before/after: "
+        print(f"{args.threads}-thread copy bandwidth: {bandwidth:.1f} GB/s;  load average before/after: "
               f"{meta['load_average_before']} / {meta['load_average_after']}")
         print(json.dumps({k: v for k, v in meta.items() if k not in ("load_average_before", "load_average_after")}))
     return 0
@@ -391,21 +391,13 @@ def _format_row(row):
 
 
 def _markdown(meta, rows):
-    lines = ["| op | shape | numba ms | numpy ms | torch ms | numba/numpy | numba/torch |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        ms = row["ms"]
-        torch_ms = f"{ms['torch']:.2f}" if "torch" in ms else "-"
-        vs_torch = f"{row['numba_over_torch']:.2f}" if "numba_over_torch" in row else "-"
-        lines.append(f"| {row['op']} | {row['shape']} | {ms['numba']:.2f} | {ms['numpy']:.2f} | {torch_ms} | "
-                     f"{row['numba_over_numpy']:.2f} | {vs_torch} |")
-    lines.append("")
-    lines.append(f"2-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s; load average before "
-                 f"{meta['load_average_before']}, after {meta['load_average_after']}; versions {meta['versions']}; "
-                 f"machine {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads "
-                 f"(kernels: their own thread pool; Numba prange layer {meta['numba_threading_layer']} for the "
-                 f"matmul/bandwidth helpers); median of {meta['repeat']}.")
-    return "\n".join(lines)
+    from benchmarks.report import kernels_table
+    return "\n".join([kernels_table(rows), "",
+        f"{meta['threads']}-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s; load average before "
+        f"{meta['load_average_before']}, after {meta['load_average_after']}; versions {meta['versions']}; "
+        f"machine {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads "
+        f"(kernels: their own thread pool; Numba prange layer {meta['numba_threading_layer']} for the "
+        f"matmul/bandwidth helpers); median of {meta['repeat']}."])
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ def load_average():
 
 
 def versions(torch=None):
-    """Python, numpy (and its BLAS), numba and, when given, torch versions. Imports numpy: call it after the
-    benchmark has set its thread counts."""
+    """Python, npgrad, numpy (and its BLAS), numba and, when given, torch versions. Imports numpy: call it after
+    the benchmark has set its thread counts."""
     import numpy as np
-    out = {"python": platform.python_version(), "numpy": np.__version__}
+
+    import npgrad
+    out = {"python": platform.python_version(), "npgrad": npgrad.__version__, "numpy": np.__version__}
     try:
         import numba
         out["numba"] = numba.__version__

@@ -34,8 +34,7 @@ def main(argv=None):
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
 
-    import numpy as np
-    import npgrad as ng
+    from benchmarks.meta import load_average, run_meta
     from transformer.config import load_config
     from transformer.tasks import TranslationTask
     from transformer.train import JsonLog, Trainer, train_settings
@@ -64,6 +63,7 @@ def main(argv=None):
     # Warm-up (Numba compilation, first-touch of buffers).
     pipeline_step()
     bare_step(task.next_batch())
+    load_before = load_average()
     pipe_rates, bare_rates, fetch_ms = [], [], []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -77,11 +77,11 @@ def main(argv=None):
         bare_rates.append(batch.num_tgt_tokens / (time.perf_counter() - t0))
     trainer.log.close()
     result = {
-        "config": args.config, "threads": args.threads, "steps": args.steps,
+        "config": args.config, "steps": args.steps,
         "pipeline_tok_per_s": statistics.median(pipe_rates), "bare_tok_per_s": statistics.median(bare_rates),
         "efficiency": statistics.median(pipe_rates) / statistics.median(bare_rates),
-        "batch_fetch_ms_median": statistics.median(fetch_ms), "load_average": os.getloadavg(),
-        "versions": {"numpy": np.__version__, "npgrad": ng.__version__},
+        "batch_fetch_ms_median": statistics.median(fetch_ms),
+        "meta": run_meta("pipeline", argv, args.threads, load_before),
     }
     if args.json:
         print(json.dumps(result, indent=2))
