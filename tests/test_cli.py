@@ -67,7 +67,7 @@ def test_end_to_end(trained, tmp_path, capsys, monkeypatch):
         # --input / --output give the same translations
         (tmp_path / "in.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")
         code, _, err = run(capsys, "translate", "--checkpoint", trained, "--beam", beam,
-                           "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt")
+                           "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt", "--overwrite")
         assert code == 0, err
         assert (tmp_path / "out.txt").read_text(encoding="utf-8") == out
 

@@ -57,10 +57,16 @@ def test_average_never_replaces_a_training_checkpoint(trained, tmp_path, capsys)
     code, _, err = run(capsys, "average", "--run-dir", run_dir, "--last", 2, "--output", target, "--overwrite")
     assert_clean_error(code, err, "training checkpoint")                 # not even when asked
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    # A new name inside checkpoints/ would be taken for the run's newest checkpoint.
-    code, _, err = run(capsys, "average", "--run-dir", run_dir, "--last", 2,
-                       "--output", run_dir / "checkpoints" / "step-000000099")
-    assert_clean_error(code, err, "training checkpoints")
+    # Nothing inside the run's checkpoints/: a step-N name would be taken for the newest training checkpoint, and
+    # rotation deletes whatever lies in a checkpoint (or beside them).
+    for inside in ("step-000000099", "avg", "step-000000002/avg"):
+        code, _, err = run(capsys, "average", "--run-dir", run_dir, "--last", 2,
+                           "--output", run_dir / "checkpoints" / inside)
+        assert_clean_error(code, err, "checkpoint rotation")
+    # Each checkpoint counts once.
+    code, _, err = run(capsys, "average", run_dir / "checkpoints" / "step-000000004", "--run-dir", run_dir,
+                       "--last", 2, "--output", tmp_path / "twice")
+    assert_clean_error(code, err, "listed twice")
     # Something else that exists is never replaced either.
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("mine")
@@ -199,7 +205,8 @@ def test_a_checkpoint_config_is_validated_strictly(trained, tmp_path, capsys, ed
     (["translate", "--beam", "-3"], ["--beam", "'-3'"]),
     (["translate", "--beam", "10000000"], ["--beam", "in [1, 1000]"]),
     (["translate", "--beam", "two"], ["--beam", "'two'"]),
-    (["translate", "--alpha", "-100"], ["--alpha", ">= 0"]),
+    (["translate", "--alpha", "-100"], ["--alpha", "in [0, 10]"]),
+    (["translate", "--alpha", "1e300"], ["--alpha", "in [0, 10]"]),
     (["translate", "--max-tokens", "0"], ["--max-tokens", ">= 1"]),
     (["evaluate", "--limit", "-5"], ["--limit", ">= 0"]),
     (["average", "--last", "0", "--output", "OUT"], ["--last", ">= 1"]),
@@ -297,3 +304,133 @@ def test_layer_norm_with_eps_0_on_a_constant_row_is_nan_on_both_backends():
     for y in outputs.values():
         assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
     np.testing.assert_allclose(outputs["numpy"][1], outputs["numba"][1], rtol=1e-12)
+
+
+# ================================================================================ found by a hostile user's session
+def test_output_files_are_never_replaced_silently(trained, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("Ein Hund.\n", encoding="utf-8")
+    (tmp_path / "mine.txt").write_text("my notes\n", encoding="utf-8")
+    translate = ["translate", "--checkpoint", trained, "--beam", 1, "--input", tmp_path / "in.txt"]
+    code, _, err = run(capsys, *translate, "--output", tmp_path / "mine.txt")
+    assert_clean_error(code, err, "mine.txt exists", "--overwrite")
+    assert (tmp_path / "mine.txt").read_text() == "my notes\n"
+    code, _, err = run(capsys, *translate, "--output", tmp_path)
+    assert_clean_error(code, err, "is a directory")
+    assert run(capsys, *translate, "--output", tmp_path / "mine.txt", "--overwrite")[0] == 0
+    # evaluate: a corpus file is never an output, not even with --overwrite; nor a file inside a checkpoint.
+    evaluate = ["evaluate", "--checkpoint", trained, "--beam", 1, "--limit", 1]
+    code, _, err = run(capsys, *evaluate, "--hypotheses", FIXTURES / "tiny.en", "--overwrite")
+    assert_clean_error(code, err, "tiny.en", "corpus files")
+    code, _, err = run(capsys, *evaluate, "--sheet", trained / "checkpoints" / "step-000000004" / "s.csv")
+    assert_clean_error(code, err, "inside", "step-000000004")
+    code, _, err = run(capsys, *evaluate, "--sheet", tmp_path / "mine.txt")
+    assert_clean_error(code, err, "--sheet", "exists")
+
+
+def test_a_run_whose_config_json_was_lost_resumes_from_its_checkpoint(trained, tmp_path, capsys):
+    run_dir = copy_of(trained, tmp_path)
+    (run_dir / "config.json").unlink()
+    code, out, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=5"), "--resume")
+    assert code == 0, err
+    assert "config.json is missing" in err and last_json(out)["step"] == 5
+    assert json.loads((run_dir / "config.json").read_text())["train"]["max_steps"] == 5     # written again
+
+
+@pytest.mark.parametrize("text, fragment", [("not json", "not valid JSON"), ("[1]", "must be a table"),
+                                            ('{"data": 5}', "[data] must be a table"),
+                                            ('{"run": {"bogus": 1}}', "unknown key")])
+def test_a_damaged_config_json_is_named(trained, tmp_path, capsys, text, fragment):
+    run_dir = copy_of(trained, tmp_path)
+    (run_dir / "config.json").write_text(text)
+    code, _, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=5"), "--resume")
+    assert_clean_error(code, err, str(run_dir / "config.json"), fragment)
+
+
+def test_a_config_file_that_is_not_toml_text_or_has_a_scalar_section_is_named(tmp_path, capsys):
+    (tmp_path / "binary.toml").write_bytes(b"\xd0\xcf\x11\xe0\x00\xff")
+    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", config=tmp_path / "binary.toml"))
+    assert_clean_error(code, err, "binary.toml", "not UTF-8")
+    (tmp_path / "scalar.toml").write_text("data = 5\n")
+    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", config=tmp_path / "scalar.toml"))
+    assert_clean_error(code, err, "scalar.toml", "[data] must be a table")
+
+
+def test_a_run_directory_inside_a_checkpoint_is_refused(trained, tmp_path, capsys):
+    run_dir = copy_of(trained, tmp_path)
+    inside = run_dir / "checkpoints" / "step-000000004" / "run"
+    code, _, err = run(capsys, "train", *config_args(inside, "train.max_steps=2"))
+    assert_clean_error(code, err, "--run-dir", "rotation deletes")
+    assert not inside.exists()
+
+
+def test_resume_refuses_a_changed_split_and_a_foreign_tokenizer_and_restores_a_missing_one(trained, tmp_path, capsys):
+    run_dir = copy_of(trained, tmp_path)
+    code, _, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=5", "data.split_seed=5"), "--resume")
+    assert_clean_error(code, err, "data.split_seed cannot change")
+    model_file = run_dir / "tokenizer" / "spm.model"
+    original = model_file.read_bytes()
+    model_file.write_bytes(original[:-10] + b"0123456789")
+    code, _, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=5"), "--resume")
+    assert_clean_error(code, err, "spm.model differs", "cp ")
+    model_file.unlink()
+    code, _, err = run(capsys, "train", *config_args(run_dir, "train.max_steps=5"), "--resume")
+    assert code == 0, err
+    assert "was missing: restored" in err and model_file.read_bytes() == original
+
+
+def test_resume_with_the_other_kind_of_command_says_which(trained, tmp_path, capsys):
+    code, _, err = run(capsys, "lm-train", "--config", "shakespeare_char", "--run-dir", copy_of(trained, tmp_path),
+                       "--resume")
+    assert_clean_error(code, err, "is a translation run", "resume it with train")
+
+
+@pytest.mark.parametrize("command, override, fragments", [
+    ("lm-train", "train.max_epochs=1", ["max_epochs", "only for a translation model"]),
+    ("lm-train", "train.bleu_beam=4", ["bleu_beam", "only for a translation model"]),
+    ("train", "train.eval_iters=4", ["eval_iters", "only for a language model"]),
+    ("lm-train", "model.bogus=1", ["[model]: unknown key", "bogus"]),
+    ("lm-train", "model.vocab_size=10", ["[model]: unknown key", "vocab_size"]),
+    ("lm-train", "model.block_size=100000000", ["[model] block_size must be a whole number in [1, 65536]"]),
+    ("train", "model.max_len=100000000", ["[model] max_len must be a whole number in [2, 65536]"]),
+    ("train", "model.n_heads=3", ["d_model=16 must be divisible by n_heads=3"]),
+])
+def test_task_settings_that_would_be_ignored_or_crash_are_refused(tmp_path, capsys, command, override, fragments):
+    if command == "lm-train":
+        (tmp_path / "t.txt").write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
+        args = ["--config", "shakespeare_char", "--run-dir", tmp_path / "run", f"data.text_path={tmp_path / 't.txt'}",
+                "train.max_steps=1", "model.block_size=8", override]
+        if override.startswith("model.block_size"):
+            args.remove("model.block_size=8")
+    else:
+        args = config_args(tmp_path / "run", "train.max_steps=1", override)
+    code, _, err = run(capsys, command, *args)
+    assert_clean_error(code, err, *fragments)
+    assert not (tmp_path / "run" / "tokenizer").exists()          # refused before a tokenizer is trained
+
+
+def test_a_capped_vocabulary_is_said(tmp_path, capsys):
+    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", "tokenizer.vocab_size=100000"))
+    assert code == 0, err
+    assert "warning: tokenizer.vocab_size=100000 asked for more pieces" in err
+
+
+@pytest.mark.parametrize("rows, fragment", [("0,a,b,c,2.5,3\n", "2.5 is not a whole score"),
+                                            ("0,a,b,c,2,3\n0,a,b,c,4,4\n", "id 0 is already rated at line 2")])
+def test_a_sheet_with_fractional_scores_or_repeated_ids_is_refused(tmp_path, capsys, rows, fragment):
+    (tmp_path / "s.csv").write_text("id,source,reference,hypothesis,adequacy,fluency\n" + rows)
+    code, _, err = run(capsys, "sheet-summary", tmp_path / "s.csv")
+    assert_clean_error(code, err, "s.csv", fragment)
+
+
+def test_a_binary_sheet_is_named(tmp_path, capsys):
+    (tmp_path / "s.csv").write_bytes(b"id,adequacy,fluency\n\xff\xfe\x00\n")
+    code, _, err = run(capsys, "sheet-summary", tmp_path / "s.csv")
+    assert_clean_error(code, err, "s.csv", "not UTF-8")
+
+
+def test_tsv_columns_must_differ(tmp_path, capsys):
+    (tmp_path / "c.tsv").write_text("a\tb\n" * 20, encoding="utf-8")
+    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", 'data.corpus="tsv"',
+                                                       f"data.tsv_path={tmp_path / 'c.tsv'}", "data.src_column=1",
+                                                       "data.tgt_column=1", data=[]))
+    assert_clean_error(code, err, "src_column and tgt_column are both 1")

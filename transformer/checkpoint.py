@@ -276,26 +276,52 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, config_dict: Any, 
 
 def check_average_output(output: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse an ``average`` output that would destroy something: a training checkpoint (its optimizer state and
-    data position are what lets a run resume), any other existing file or directory, a name a run's checkpoint
-    manager would take for one of its own; an earlier average only with ``overwrite``."""
+    data position are what lets a run resume), any other existing file or directory, a place inside a run's
+    checkpoints (rotation deletes it, or takes a step-N name for a training checkpoint); an earlier average only with
+    ``overwrite``."""
     target = Path(output)
-    if CheckpointManager._PATTERN.match(target.name) and target.parent.name == "checkpoints":
-        raise FileExistsError(f"average --output {target}: a run would take this name for one of its training "
-                              "checkpoints (and try to resume from weights only); choose another --output")
+    if (target / MANIFEST).is_file():
+        try:
+            averaged = "averaged" in (read_manifest_fields(target)["metadata"] or {})
+        except (CheckpointError, OSError):
+            averaged = False
+        if not averaged:
+            raise FileExistsError(f"average --output {target} is a training checkpoint; averaging into it would "
+                                  "replace it with weights only and the run could no longer resume. Choose another "
+                                  "--output")
+    inside = checkpoint_area(target.parent)
+    if inside is not None:
+        raise FileExistsError(f"average --output {target} is inside {inside}, which the run's checkpoint rotation "
+                              "deletes or takes for its own; choose a directory outside the run's checkpoints/")
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
     if not (target / MANIFEST).is_file():
         raise FileExistsError(f"average --output {target} exists and is not a checkpoint; refusing to replace it")
-    try:
-        _, manifest = _read_manifest(target)
-        averaged = "averaged" in (_decoded(manifest.get("metadata") or {}, str(target)) or {})
-    except (CheckpointError, OSError):
-        averaged = False
-    if not averaged:
-        raise FileExistsError(f"average --output {target} is a training checkpoint; averaging into it would replace "
-                              "it with weights only and the run could no longer resume. Choose another --output")
     if not overwrite:
         raise FileExistsError(f"average --output {target} already holds an average; pass --overwrite to replace it")
+
+
+def read_manifest_fields(directory: str | os.PathLike) -> dict:
+    """A checkpoint's model ``config``, ``train_state``, ``metadata`` and ``files`` records, from its manifest alone
+    (no weights read)."""
+    manifest_path, manifest = _read_manifest(directory)
+    where = str(manifest_path)
+    return {"config": _decoded(manifest["config"], where), "train_state": _decoded(manifest.get("train_state"), where),
+            "metadata": _decoded(manifest.get("metadata") or {}, where), "files": manifest["files"],
+            "extra_files": list(manifest.get("extra_files") or [])}
+
+
+def checkpoint_area(path: str | os.PathLike) -> Path | None:
+    """The checkpoint directory, or the run's ``checkpoints/`` directory, that ``path`` is or lies in (None if it
+    lies in neither): a place the run manages, where nothing else may be written."""
+    path = Path(path).resolve()
+    for directory in (path, *path.parents):
+        if (directory / MANIFEST).is_file():
+            return directory
+        if directory.name == "checkpoints" and directory.is_dir() and any(
+                CheckpointManager._PATTERN.match(child.name) for child in directory.iterdir()):
+            return directory
+    return None
 
 
 def check_config(saved, expected, ignore=NON_ARCHITECTURE_KEYS, where="checkpoint"):
@@ -531,7 +557,7 @@ class CheckpointManager:
                 _, manifest = _read_manifest(child)
                 metadata = _decoded(manifest.get("metadata") or {}, str(child))
             except (CheckpointError, OSError) as exc:
-                warnings.warn(f"CheckpointManager: skipping {child}: {exc}", stacklevel=2)
+                warnings.warn(f"CheckpointManager: skipping the unreadable checkpoint {child}: {exc}", stacklevel=2)
                 continue
             infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric")))
         return sorted(infos, key=lambda info: info.step)

@@ -95,6 +95,24 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     return model, tokenizers, checkpoint
 
 
+def _check_output(path, option, overwrite, protected=()):
+    """An output file may not be a directory, a file of a run's checkpoints or one of the run's data files (``protected``),
+    and replaces an existing file only with --overwrite: checked before any work, so nothing is lost by a typo."""
+    from .checkpoint import checkpoint_area
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name")
+    inside = checkpoint_area(path.parent)
+    if inside is not None:
+        raise UsageError(f"{option} {path} is inside {inside}, which the run manages; write it elsewhere")
+    if path.exists() and any(path.resolve() == Path(p).resolve() for p in protected):
+        raise UsageError(f"{option} {path} is one of the run's corpus files; write it elsewhere")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{option} {path} exists; pass --overwrite to replace it")
+
+
 def _read_input(path):
     """Lines of a file (or standard input), split on newline only; invalid UTF-8 names the file and line."""
     from .datasets import decode_lines
@@ -110,33 +128,29 @@ def cmd_prepare(args):
     from .tasks import TranslationTask
     from .train import train_settings
     config = _load(args)
-    settings = train_settings({**config["train"], "max_steps": 1})
+    settings = train_settings({**config["train"], "max_steps": 1}, "translation")
     task = TranslationTask(config, _run_dir(config, args.run_dir), settings, build_model=False)
     print(f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "
           f"vocabulary {task.src_tok.vocab_size}/{task.tgt_tok.vocab_size}; tokenizer in {task.tok_dir}")
     return 0
 
 
-def _train(args, task_class):
-    from .train import EXIT_CODES, Trainer, check_fresh_run_dir, seed_everything, train_settings
+def _train(args, task_class, kind):
+    from .train import (
+        EXIT_CODES, Trainer, check_fresh_run_dir, check_run_tokenizer, resume_config, seed_everything, train_settings,
+    )
     config = _load(args)
     run_dir = _run_dir(config, args.run_dir)
-    if args.resume and not (run_dir / "config.json").is_file():
-        # Checked before anything is created: a mistyped directory must not become a new run (nor train a tokenizer).
-        raise UsageError(f"--resume: {run_dir} holds no training run to resume (no config.json, no checkpoint); "
-                         "check the --run-dir, or start a new run without --resume")
+    # Everything about the directory is checked before anything is created, the corpus read or a tokenizer trained.
     if args.resume:
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
-        from .config import apply_overrides
-        saved = json.loads((run_dir / "config.json").read_text())
-        config = _absolute_paths(apply_overrides(saved, args.overrides))
-        log.info(f"resuming with {run_dir / 'config.json'} (the run's own configuration; overrides on this command "
-                 "line apply on top, edits to the config file do not)")
-    settings = train_settings(config["train"])
+        config = _absolute_paths(resume_config(run_dir, args.overrides, kind))
+        check_run_tokenizer(run_dir)
+    else:
+        check_fresh_run_dir(run_dir)
+    settings = train_settings(config["train"], kind)
     seed_everything(settings["seed"])
-    if not args.resume:
-        check_fresh_run_dir(run_dir)       # before the corpus is read and a tokenizer trained
     run_dir.mkdir(parents=True, exist_ok=True)
     task = task_class(config, run_dir, settings)
     log.info(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}")
@@ -151,16 +165,17 @@ def _train(args, task_class):
 
 def cmd_train(args):
     from .tasks import TranslationTask
-    return _train(args, TranslationTask)
+    return _train(args, TranslationTask, "translation")
 
 
 def cmd_lm_train(args):
     from .tasks import LMTask
-    return _train(args, LMTask)
+    return _train(args, LMTask, "lm")
 
 
 def cmd_translate(args):
     from .tasks import translate_sentences
+    _check_output(args.output, "--output", args.overwrite)
     model, (src_tok, tgt_tok), _ = load_model(args.checkpoint, kind="translation")
     lines = _read_input(args.input)
     out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
@@ -183,6 +198,8 @@ def cmd_evaluate(args):
         data["data_dir"] = args.data_dir
     corpus = load_corpus(data)
     _check_same_data(checkpoint, file_identity(corpus.files), args.allow_changed_data)
+    for path, option in ((args.hypotheses, "--hypotheses"), (args.sheet, "--sheet")):
+        _check_output(path, option, args.overwrite, protected=corpus.files)
     pairs = corpus[args.split]
     if args.limit:
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
@@ -250,6 +267,12 @@ def cmd_average(args):
         dirs += [i.path for i in infos[-args.last:]]
     if not dirs:
         raise UsageError("give checkpoint directories or --run-dir with --last N")
+    seen = {}
+    for directory in dirs:
+        key = Path(directory).resolve()
+        if key in seen:
+            raise UsageError(f"{directory} is listed twice (as {seen[key]} too): it would count double in the average")
+        seen[key] = directory
     write_averaged_checkpoint(dirs, args.output, overwrite=args.overwrite)
     return 0
 
@@ -286,7 +309,12 @@ def cmd_lm_eval(args):
     path = lm_text_path(data)
     if not args.text:                            # --text asks for another text on purpose
         _check_same_data(checkpoint, file_identity([path]), args.allow_changed_data)
-    train, val = split_stream(encode_lm_text(tokenizer, load_lm_text(data, path)), float(data["train_fraction"]))
+    from .tokenizer import TokenizerError
+    try:
+        ids = encode_lm_text(tokenizer, load_lm_text(data, path))
+    except TokenizerError as error:
+        raise UsageError(f"{path}: {str(error).removeprefix('text 0: ')}") from None
+    train, val = split_stream(ids, float(data["train_fraction"]))
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
         split = split[:args.max_tokens]
@@ -314,7 +342,7 @@ def build_parser():
 
     def decoding(q):
         number(q, "--beam", Number(int, 1, 1000), 5, "beam size (1: greedy)")
-        number(q, "--alpha", NON_NEGATIVE, 0.6, "length penalty ((5+len)/6)^alpha")
+        number(q, "--alpha", Number(float, 0, 10), 0.6, "length penalty ((5+len)/6)^alpha")
         number(q, "--max-tokens", POSITIVE_INT, 8000, "sub-word tokens per decoding batch")
 
     with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
@@ -327,6 +355,7 @@ def build_parser():
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--input", help="a file (default: standard input)")
     q.add_argument("--output", help="a file (default: standard output)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     decoding(q)
 
     q = sub.add_parser("evaluate", help="loss, perplexity, sacreBLEU and chrF on a split")
@@ -339,6 +368,7 @@ def build_parser():
                    help="evaluate even if the corpus files differ from those the run trained on (warns)")
     q.add_argument("--hypotheses", help="write the detokenised hypotheses here")
     q.add_argument("--sheet", help="write a human-evaluation CSV sheet here")
+    q.add_argument("--overwrite", action="store_true", help="replace existing --hypotheses / --sheet files")
 
     q = sub.add_parser("average", help="average the weights of several checkpoints")
     q.add_argument("checkpoints", nargs="*")

@@ -37,6 +37,9 @@ def find_config(name_or_path) -> Path:
     raise ConfigError(f"config {name_or_path!r} not found (neither a file nor one of configs/: {', '.join(available)})")
 
 
+RUN_KEYS = ("dir", "config_file")
+
+
 def load_config(name_or_path, overrides=()) -> dict:
     path = find_config(name_or_path)
     try:
@@ -44,14 +47,44 @@ def load_config(name_or_path, overrides=()) -> dict:
             config = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    unknown = [key for key in config if key not in SECTIONS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; expected {list(SECTIONS)}")
-    for section in SECTIONS:
-        config.setdefault(section, {})
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML config (not UTF-8 text)") from None
+    config = check_structure(config, str(path))
     config = apply_overrides(config, overrides)
     config["run"].setdefault("config_file", str(path))
     return config
+
+
+def check_structure(config, where: str) -> dict:
+    """A config is a table of known sections, each a table (the [run] section's keys known too); missing sections
+    are added empty. ``where`` names the file in messages."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: a config must be a table of sections {list(SECTIONS)}, got {type(config).__name__}")
+    unknown = [key for key in config if key not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; expected {list(SECTIONS)}")
+    for section, value in config.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of keys, got {value!r}")
+    config = {section: dict(config.get(section, {})) for section in SECTIONS}
+    try:
+        check_keys("run", config["run"], RUN_KEYS)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return config
+
+
+def read_json_config(path) -> dict:
+    """A run's saved config.json, checked like a config file; errors name the file."""
+    import json
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a JSON config (not UTF-8 text)") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); the file is damaged: restore it, or delete it to "
+                          "resume with the configuration saved in the run's last checkpoint") from None
+    return check_structure(config, str(path))
 
 
 def parse_value(text: str):
@@ -178,6 +211,8 @@ POSITIVE, NON_NEGATIVE = Number(float, 0, lo_open=True), Number(float, 0)
 PROBABILITY_BELOW_1 = Number(float, 0, 1, hi_open=True)          # dropout, label smoothing, betas
 FRACTION_OPEN = Number(float, 0, 1, lo_open=True, hi_open=True)  # a split between two non-empty parts
 
+MAX_POSITIONS = 1 << 16
+
 # section -> key -> Number. Keys missing here are not numbers (strings, booleans, lists checked elsewhere).
 RANGES = {
     "train": dict(
@@ -198,7 +233,9 @@ RANGES = {
     "model": dict(
         src_vocab_size=POSITIVE_INT, tgt_vocab_size=POSITIVE_INT, vocab_size=POSITIVE_INT,
         d_model=POSITIVE_INT, n_heads=POSITIVE_INT, d_ff=POSITIVE_INT, num_encoder_layers=POSITIVE_INT,
-        num_decoder_layers=POSITIVE_INT, n_layers=POSITIVE_INT, max_len=Number(int, 2), block_size=POSITIVE_INT,
+        num_decoder_layers=POSITIVE_INT, n_layers=POSITIVE_INT,
+        # Position tables of max_len x d_model: beyond 65,536 positions a typo, not a model for a CPU.
+        max_len=Number(int, 2, MAX_POSITIONS), block_size=Number(int, 1, MAX_POSITIONS),
         max_relative_distance=POSITIVE_INT, dropout=PROBABILITY_BELOW_1, attention_dropout=PROBABILITY_BELOW_1,
         pad_id=NON_NEGATIVE_INT, unk_id=NON_NEGATIVE_INT, bos_id=NON_NEGATIVE_INT, eos_id=NON_NEGATIVE_INT,
         seed=NON_NEGATIVE_INT, init_std=POSITIVE),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 
 log = logging.getLogger("transformer")
 
@@ -38,8 +39,13 @@ class _Format(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    log.warning(str(message))          # a Python warning, said like every other message (no source line)
+
+
 def configure(level=logging.INFO) -> None:
-    """Route the package's messages to standard error (called once, by the command line)."""
+    """Route the package's messages, and Python warnings, to standard error (called once, by the command line)."""
+    warnings.showwarning = _show_warning
     for handler in list(log.handlers):
         if isinstance(handler, _StderrHandler):
             log.removeHandler(handler)

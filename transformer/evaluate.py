@@ -172,32 +172,45 @@ def summarise_sheet(path: str | os.PathLike) -> dict:
         handle = open(path, encoding="utf-8-sig", newline="")
     except OSError as error:
         raise SheetError(f"cannot read human-eval sheet {path}: {error}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [column for column in ("id", *SCORE_COLUMNS) if column not in header]
-        if missing:
-            raise SheetError(f"{path}: missing column(s) {missing}; the header is {header}, expected {list(SHEET_COLUMNS)}")
-        scores: dict[str, list[float]] = {column: [] for column in SCORE_COLUMNS}
-        unrated = {column: 0 for column in SCORE_COLUMNS}
-        rows = 0
-        for row in reader:
-            rows += 1
-            line = reader.line_num
-            for column in SCORE_COLUMNS:
-                cell = (row.get(column) or "").strip()
-                if not cell:
-                    unrated[column] += 1
-                    continue
-                try:
-                    value = float(cell)
-                except ValueError:
-                    raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell!r} is not a number; "
-                                     f"use {SCORE_RANGE[0]}-{SCORE_RANGE[1]} or leave it empty") from None
-                if not SCORE_RANGE[0] <= value <= SCORE_RANGE[1]:
-                    raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell} is outside "
-                                     f"{SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
-                scores[column].append(value)
+    try:
+        with handle:
+            return _summarise_rows(csv.DictReader(handle), path)
+    except UnicodeDecodeError:
+        raise SheetError(f"{path}: not a CSV sheet (not UTF-8 text)") from None
+
+
+def _summarise_rows(reader, path):
+    header = reader.fieldnames or []
+    missing = [column for column in ("id", *SCORE_COLUMNS) if column not in header]
+    if missing:
+        raise SheetError(f"{path}: missing column(s) {missing}; the header is {header}, expected {list(SHEET_COLUMNS)}")
+    scores: dict[str, list[float]] = {column: [] for column in SCORE_COLUMNS}
+    unrated = {column: 0 for column in SCORE_COLUMNS}
+    rows, seen = 0, {}
+    for row in reader:
+        rows += 1
+        line = reader.line_num
+        if row.get("id") in seen:
+            raise SheetError(f"{path}: line {line}: id {row.get('id')} is already rated at line "
+                             f"{seen[row.get('id')]}; each sentence appears once")
+        seen[row.get("id")] = line
+        for column in SCORE_COLUMNS:
+            cell = (row.get(column) or "").strip()
+            if not cell:
+                unrated[column] += 1
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell!r} is not a number; "
+                                 f"use {SCORE_RANGE[0]}-{SCORE_RANGE[1]} or leave it empty") from None
+            if not SCORE_RANGE[0] <= value <= SCORE_RANGE[1]:
+                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell} is outside "
+                                 f"{SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
+            if not value.is_integer():
+                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell} is not a whole "
+                                 f"score; the scale is {SCORE_RANGE[0]}-{SCORE_RANGE[1]} in steps of 1")
+            scores[column].append(value)
     summary = {"rows": rows, "rated": {c: len(v) for c, v in scores.items()}, "unrated": unrated,
                "mean": {c: (float(np.mean(v)) if v else None) for c, v in scores.items()},
                "histogram": {c: {str(s): int(sum(1 for x in v if round(x) == s))

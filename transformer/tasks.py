@@ -39,9 +39,15 @@ TOKENIZER_DEFAULTS = dict(kind="sentencepiece", vocab_size=8000, model_type="uni
                           seed=0)
 
 
-def _config_fields(config_class) -> set:
+def model_settings(config: dict, config_class, from_tokenizer: tuple[str, ...], settings: dict) -> dict:
+    """The [model] section checked (known keys, numbers in range) before any corpus is read or tokenizer trained;
+    the vocabulary sizes come from the tokenizer, never from the config; the seed defaults to train.seed."""
     import dataclasses
-    return {f.name for f in dataclasses.fields(config_class)}
+    section = check_numbers("model", config.get("model", {}))
+    check_keys("model", section, {f.name for f in dataclasses.fields(config_class)} - set(from_tokenizer))
+    section.setdefault("seed", int(settings["seed"]))
+    config_class(**dict.fromkeys(from_tokenizer, 1 << 16), **section)   # the config's own checks, now (no weights)
+    return section
 
 
 def tokenizer_files(directory: Path) -> dict:
@@ -55,6 +61,8 @@ class TranslationTask:
     def __init__(self, config: dict, run_dir: str | os.PathLike, settings: dict, build_model: bool = True):
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         self.data_cfg = data = data_settings(config.get("data", {}))
+        # The vocabulary sizes come from the tokenizer, never from the config; the rest is checked before any work.
+        model_section = model_settings(config, TransformerConfig, ("src_vocab_size", "tgt_vocab_size"), settings)
         self.corpus = load_corpus(data)
         self.data_files = file_identity(self.corpus.files)     # (validation logged a report of each split)
         if len(self.corpus["valid"]) == 0:
@@ -63,10 +71,6 @@ class TranslationTask:
                               "at least one pair: set data.valid_size to a count >= 1 or a fraction > 0")
         self.tok_dir = self.run_dir / "tokenizer"
         self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
-        model_section = check_numbers("model", config.get("model", {}))
-        # The vocabulary sizes come from the tokenizer, never from the config.
-        check_keys("model", model_section, _config_fields(TransformerConfig) - {"src_vocab_size", "tgt_vocab_size"})
-        model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = TransformerConfig(src_vocab_size=self.src_tok.vocab_size,
                                               tgt_vocab_size=self.tgt_tok.vocab_size, **model_section)
         self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
@@ -179,6 +183,9 @@ def data_settings(section: dict) -> dict:
     data = check_numbers("data", {**DATA_DEFAULTS, **section})
     for key in ("valid_size", "test_size"):
         data[key] = check_split_size(f"[data] {key}", data[key])
+    if data["corpus"] == "tsv" and data["src_column"] == data["tgt_column"]:
+        raise ConfigError(f"[data] src_column and tgt_column are both {data['src_column']}: a sentence would be its "
+                          "own translation")
     if data["on_bad"] not in ON_BAD_CHOICES:
         raise ConfigError(f"[data] on_bad must be one of {', '.join(ON_BAD_CHOICES)}, got {data['on_bad']!r}")
     return data
@@ -244,6 +251,12 @@ def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
     write_atomic(tok_dir / TOKENIZER_SETTINGS_FILE, json.dumps(tok, indent=2, sort_keys=True) + "\n")
 
 
+def _say_if_capped(tokenizer, tok: dict) -> None:
+    if tokenizer.vocab_size < int(tok["vocab_size"]):
+        log.warning(f"tokenizer.vocab_size={tok['vocab_size']} asked for more pieces than the training text has: "
+                    f"SentencePiece made {tokenizer.vocab_size}")
+
+
 def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -> tuple[Tokenizer, Tokenizer]:
     """Load the run's tokenizers (refusing settings other than theirs), training them from the training split the
     first time."""
@@ -258,6 +271,7 @@ def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -
                                      character_coverage=float(tok["character_coverage"]),
                                      input_sentence_size=int(tok["input_sentence_size"]), seed=int(tok["seed"]))
     record_tokenizer_settings(tok_dir, tok)
+    _say_if_capped(tokenizers[0], tok)
     return tokenizers
 
 
@@ -274,11 +288,12 @@ def translate_sentences(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokeniz
     if not keep:
         return outputs
     # Over-long inputs are cut to what the positional table holds (said on stderr, never dropped).
-    long_inputs = [i for i in keep if len(encoded[i]) + 1 > limit]
+    kept = limit - 1
+    long_inputs = [i for i in keep if len(encoded[i]) > kept]
     if long_inputs:
-        log.info(f"note: {len(long_inputs)} input line(s) longer than {limit} tokens were truncated "
-             f"(first: line {long_inputs[0] + 1})")
-    dataset = TranslationDataset([encoded[i][:limit - 1] for i in keep], [[] for _ in keep])
+        log.warning(f"{len(long_inputs)} input line(s) longer than {kept} sub-word tokens were truncated to {kept} "
+                    f"(first: line {long_inputs[0] + 1})")
+    dataset = TranslationDataset([encoded[i][:kept] for i in keep], [[] for _ in keep])
     model.eval()
     # A beam multiplies a batch's rows by its size: a batch holds at most max_tokens // beam sentences, so a large
     # beam decodes in smaller batches instead of running out of memory (beam 5 with 8000 tokens: unchanged).
@@ -311,6 +326,7 @@ class LMTask:
         section = config.get("data", {})
         check_keys("data", section, LM_DATA_DEFAULTS)
         data = check_numbers("data", {**LM_DATA_DEFAULTS, **section})
+        model_section = model_settings(config, LMConfig, ("vocab_size",), settings)
         path = lm_text_path(data)
         text = load_lm_text(data, path)
         self.data_files = file_identity([path])
@@ -318,8 +334,6 @@ class LMTask:
         self.tokenizer = prepare_lm_tokenizer(config, text, self.tok_dir)
         ids = encode_lm_text(self.tokenizer, text)
         self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
-        model_section = check_numbers("model", config.get("model", {}))
-        model_section.setdefault("seed", int(settings["seed"]))
         self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
         check_lm_block_size(self.train_ids, self.val_ids, block, float(data["train_fraction"]))
@@ -418,6 +432,7 @@ def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
         tokenizer = train_sentencepiece(lines, None, tok_dir, vocab_size=int(tok["vocab_size"]),
                                         model_type=tok["model_type"], normalization_rule=tok["normalization_rule"],
                                         seed=int(tok["seed"]))[0]
+        _say_if_capped(tokenizer, tok)
     else:
         raise ConfigError(f"[tokenizer] kind must be char or sentencepiece, got {tok['kind']!r}")
     record_tokenizer_settings(tok_dir, tok)

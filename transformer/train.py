@@ -70,10 +70,23 @@ TRAIN_DEFAULTS = dict(
 )
 
 
-def train_settings(section: dict) -> dict:
-    """The [train] section over the defaults, every number checked against its range (config.RANGES)."""
+# Keys that mean something to one task only: the other refuses them rather than ignore them silently.
+TASK_ONLY_KEYS = {"translation": ("max_tokens", "max_epochs", "bleu_beam", "bleu_max_sentences", "decode_max_tokens"),
+                  "lm": ("batch_size", "eval_iters")}
+
+
+def train_settings(section: dict, kind: str | None = None) -> dict:
+    """The [train] section over the defaults, every number checked against its range (config.RANGES); with
+    ``kind`` ("translation" or "lm") the other task's keys are refused (a language model samples windows at random:
+    it has no epochs, no token-count batches, no BLEU)."""
     check_keys("train", section, TRAIN_DEFAULTS)
     settings = check_numbers("train", {**TRAIN_DEFAULTS, **section})
+    for other, keys in TASK_ONLY_KEYS.items():
+        given = sorted(set(section) & set(keys))
+        if kind is not None and other != kind and given:
+            name = "a translation model" if other == "translation" else "a language model"
+            raise ConfigError(f"[train] {', '.join(given)}: only for {name}; this is "
+                              f"{'a language model' if kind == 'lm' else 'a translation'} run")
     betas = settings["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"[train] betas must be a list of two numbers in [0, 1), got {betas!r}")
@@ -92,8 +105,14 @@ EXIT_CODES = {"interrupted": 130, "terminated": 143}
 
 
 def check_fresh_run_dir(run_dir: str | os.PathLike) -> None:
-    """A new run must not mix its log and checkpoints with an earlier run's; say how to go on instead."""
+    """A new run must not mix its log and checkpoints with an earlier run's (say how to go on instead), nor live
+    inside another run's checkpoints, which rotation deletes."""
+    from .checkpoint import checkpoint_area
     run_dir = Path(run_dir)
+    inside = checkpoint_area(run_dir)
+    if inside is not None:
+        raise FileExistsError(f"--run-dir {run_dir} is inside {inside}, which a run's checkpoint rotation deletes; "
+                              "choose a directory of its own")
     log_path = run_dir / "log.jsonl"
     has_log = log_path.is_file() and log_path.stat().st_size > 0
     if CheckpointManager(run_dir / "checkpoints").last() is not None:
@@ -102,6 +121,69 @@ def check_fresh_run_dir(run_dir: str | os.PathLike) -> None:
     if has_log:
         raise FileExistsError(f"{run_dir} holds a training run that stopped before its first checkpoint ({log_path}); "
                               "start it again from step 0 with --resume, or choose another --run-dir")
+
+
+# [data] keys a resumed run may change: where the files are (their content is checked against the run's record).
+# Any other data setting changes the split or the filtering, so the saved data position would mean other pairs.
+DATA_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: str) -> dict:
+    """The configuration a ``--resume`` of ``run_dir`` continues with: the run's own config.json (or, if that was
+    lost, the copy in its last checkpoint) with ``overrides`` on top. Refused: a directory with no run, a run of the
+    other ``kind`` ("translation" or "lm"), and overrides that would change the run's data split."""
+    from .checkpoint import read_manifest_fields
+    from .config import apply_overrides, read_json_config
+    run_dir = Path(run_dir)
+    path, last = run_dir / "config.json", CheckpointManager(run_dir / "checkpoints").last()
+    fields = read_manifest_fields(last) if last is not None else None
+    if fields is not None:
+        found = "lm" if "vocab_size" in fields["config"] else "translation"
+        if found != kind:
+            command = "lm-train" if found == "lm" else "train"
+            raise ConfigError(f"--resume: {run_dir} is a {'language-model' if found == 'lm' else 'translation'} run; "
+                              f"resume it with {command}")
+    if path.is_file():
+        saved = read_json_config(path)
+    elif fields is not None and (fields["train_state"] or {}).get("run_config"):
+        saved = fields["train_state"]["run_config"]
+        log.warning(f"{path} is missing: resuming with the configuration saved in {last}")
+    else:
+        raise ConfigError(f"--resume: {run_dir} holds no training run to resume (no config.json, no checkpoint); "
+                          "check the --run-dir, or start a new run without --resume")
+    config = apply_overrides(saved, overrides)
+    changed = sorted(key for key in set(saved["data"]) | set(config["data"])
+                     if key not in DATA_PATH_KEYS and saved["data"].get(key) != config["data"].get(key))
+    if changed:
+        raise ConfigError(f"--resume: data.{', data.'.join(changed)} cannot change in a resumed run (the split and the "
+                          "saved position in the data would no longer match); start a new run for other data settings")
+    log.info(f"resuming with {path if path.is_file() else last} (the run's own configuration; overrides on this "
+             "command line apply on top, edits to the config file do not)")
+    return config
+
+
+def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
+    """Before a resume: the run's tokenizer must be the one its last checkpoint was trained with (the checkpoint
+    holds a checksummed copy). A missing file is restored from that copy; a different one is refused."""
+    from .checkpoint import read_manifest_fields
+    from .datasets import sha256_of
+    run_dir = Path(run_dir)
+    last = CheckpointManager(run_dir / "checkpoints").last()
+    if last is None:
+        return
+    fields = read_manifest_fields(last)
+    tok_dir = run_dir / "tokenizer"
+    for name in fields["extra_files"]:
+        record, path = fields["files"].get(name), tok_dir / name
+        if record is None:
+            continue
+        if not path.is_file():
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(last / name, path)
+            log.warning(f"{path} was missing: restored from {last}")
+        elif path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
+            raise ConfigError(f"--resume: {path} differs from the tokenizer {last} was trained with; the model's "
+                              f"ids would mean other pieces. Restore it (cp {last / name} {path}) or start a new run")
 
 
 def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
