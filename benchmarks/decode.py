@@ -22,13 +22,12 @@ so no hypothesis finishes early and the cached and uncached runs do the same num
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 
-from benchmarks.meta import load_average, run_meta
+from benchmarks.meta import load_average, print_result, run_meta
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -129,10 +128,7 @@ def main(argv=None):
             print(_format_row(row), flush=True)
     meta = run_meta("decode", argv, args.threads, load_before, dtype="float32", max_len=args.max_len,
                     batch_size=args.batch_size, source_length_mean=float(np.mean([len(s) for s in sentences])))
-    if args.json:
-        print(json.dumps({"meta": meta, "results": results}, indent=2))
-    else:
-        print(json.dumps(meta))
+    print_result(meta, results, args.json)
     return 0
 
 

@@ -7,6 +7,7 @@ the load average before and after (the machines are shared: the load says how fa
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -67,6 +68,12 @@ def run_meta(name, argv, threads, load_before, torch=None, **extra):
             "load_average_before": load_before, "load_average_after": load_average()}
     meta.update(extra)
     return meta
+
+
+def print_result(meta, results, as_json):
+    """``--json``: {"meta", "results"} as one document; otherwise the meta on one line (after the rows, printed as they
+    were measured)."""
+    print(json.dumps({"meta": meta, "results": results}, indent=2) if as_json else json.dumps(meta))
 
 
 def import_torch(threads):

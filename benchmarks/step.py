@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks.meta import import_torch, load_average, run_meta
+from benchmarks.meta import import_torch, load_average, print_result, run_meta
 
 # Legend: B batch, S source length, T target length, C width, H heads, V vocabulary, F feed-forward width.
 CONFIGS = {
@@ -287,10 +287,7 @@ def main(argv=None):
             print(_format_row(row), flush=True)
     meta = run_meta("step", argv, args.threads, load_before, torch, dtype="float32", statistic="median",
                     configs={n: CONFIGS[n] for n in args.config})
-    if args.json:
-        print(json.dumps({"meta": meta, "results": results}, indent=2))
-    else:
-        print(json.dumps(meta))
+    print_result(meta, results, args.json)
     return 0
 
 
