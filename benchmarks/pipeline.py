@@ -1,4 +1,4 @@
-"""The real training pipeline's throughput against the bare training step on the same batches (issue 5).
+"""The real training pipeline's throughput against the bare training step on the same batches.
 
 ``python -m benchmarks pipeline [--config multi30k_de_en] [--steps 6] [--threads 1] [--json]``
 

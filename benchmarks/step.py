@@ -2,7 +2,7 @@
 
     python -m benchmarks step [--config seq2seq lm] [--repeat N] [--threads 2] [--no-memory] [--json]
 
-Two reference configurations (issue 4), float32, both contenders on the same integer batches:
+Two reference configurations, float32, both contenders on the same integer batches:
 
 * ``seq2seq``: transformer.model.Transformer, d_model 256, 3+3 layers, 4 heads, d_ff 1024, one shared
   vocabulary of 8000 with the output projection tied to it, sinusoidal positions, post-LN, dropout 0.1
