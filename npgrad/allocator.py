@@ -3,12 +3,10 @@
 Why: a training step allocates and frees the same large arrays every step; at the Multi30k configuration the
 (B*T, V) logits and their gradient alone are ~130 MB each. glibc's malloc serves every block above its mmap
 threshold with a fresh ``mmap`` and unmaps it on ``free`` (and trims the heap top above its trim threshold), so each
-step the kernel hands out, page-faults in and zeroes the same memory again. Measured on the seq2seq reference step
-(``python -m benchmarks allocator``, benchmarks/RESULTS.md "Allocator"; fixed-shape batches, load ~2): ~60,000 page
-faults a step with 128 KiB thresholds, ~0 after :func:`retain_freed_memory`; the step 1.03-1.37x faster in three
-runs, with the same peak memory on that benchmark (1204 vs 1213 MiB: the freed blocks are reused for the next
-step's arrays of the same sizes rather than held on top of them). A real 40-step Multi30k ``train`` run (varying
-batch shapes, validation decoding in between): 7% faster, peak RSS 1,225 vs 1,204 MiB.
+step the kernel hands out, page-faults in and zeroes the same memory again. Keeping the blocks removes those page
+faults and makes the step faster at about the same peak memory (the freed blocks are reused for the next step's
+arrays of the same sizes rather than held on top of them): ``python -m benchmarks allocator`` measures it, and
+benchmarks/RESULTS.md has the current figures.
 
 The price: memory freed after the peak is not returned to the OS until the process ends (it is reused by later
 allocations). That suits a process whose job is training or decoding, which is why the ``transformer`` command

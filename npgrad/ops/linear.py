@@ -47,9 +47,8 @@ class Linear(Function):
         x, w, x2 = ctx.saved
         g2 = g.reshape(-1, w.shape[1])                   # (N, out)
         gx = (g2 @ w.T).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        # The same numbers either way, but with 2 threads OpenBLAS is 2-4x faster when the product's
-        # first (M) axis is the longer of in/out: x2^T g2 (in, out) for in >= out, (g2^T x2)^T for in < out
-        # (measured at N = 4096 float32: (256, 1024) 0.05 s vs 0.16 s, (1024, 256) 0.06 s vs 0.17 s).
+        # The same numbers either way, but OpenBLAS is faster when the product's first (M) axis is the
+        # longer of in/out: x2^T g2 (in, out) for in >= out, (g2^T x2)^T for in < out (docs/tuning.md).
         if not ctx.needs_input_grad[1]:
             gw = None
         elif w.shape[0] >= w.shape[1]:
