@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_int, check_number
 from .tensor import Tensor, enable_grad, no_grad
 from .tensor import grad as _grad
 
@@ -45,6 +46,23 @@ CONSISTENCY_ULPS = 1000
 AUTO_FULL_MAX_INPUT = 500    # "auto" uses the full Jacobian up to this many checked input elements...
 AUTO_FULL_MAX_OUTPUT = 2000  # ...and this many output elements (one backward per output element)
 LOCALISE_MAX = 20000         # fast mode locates the failing element when the input has at most this many
+
+
+def _check_settings(where, eps=None, atol=None, rtol=None, n_directions=1, seed=0, consistency_rtol=None,
+                    mode="auto"):
+    """The settings, checked before ``fn`` runs (None: the default): eps finite > 0 (a step of 0 or NaN would
+    blame the derivative for a bad step), atol/rtol/consistency_rtol finite >= 0, n_directions an integer >= 1,
+    seed an integer >= 0 or None, mode one of "auto", "full", "fast"."""
+    if not isinstance(mode, str) or mode not in ("auto", "full", "fast"):
+        raise ValueError(f"{where}: mode must be 'auto', 'full' or 'fast', got {mode!r}")
+    if eps is not None:
+        check_number(eps, "eps", where, 0.0, low_open=True)
+    for name, value in (("atol", atol), ("rtol", rtol), ("consistency_rtol", consistency_rtol)):
+        if value is not None:
+            check_number(value, name, where)
+    check_int(n_directions, "n_directions", where, low=1)
+    if seed is not None:
+        check_int(seed, "seed", where, low=0)
 
 
 class GradcheckError(AssertionError):
@@ -218,10 +236,11 @@ def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directi
     ``|analytic - numeric| <= atol + rtol |numeric|``). Float32 inputs or outputs are refused unless
     a tolerance is given explicitly. ``mode``: "full" (whole Jacobians), "fast" (``n_directions``
     random directions per input, drawn from ``seed``), or "auto".
+    Before ``fn`` runs, ``eps`` must be finite and > 0, ``atol`` and ``rtol`` finite and >= 0,
+    ``n_directions`` an integer >= 1 and ``seed`` an integer >= 0 (or None): ValueError/TypeError otherwise.
     """
     where = "gradcheck" if _order == 1 else "gradgradcheck"
-    if mode not in ("auto", "full", "fast"):
-        raise ValueError(f"{where}: mode must be 'auto', 'full' or 'fast', got {mode!r}")
+    _check_settings(where, eps, atol, rtol, n_directions, seed, mode=mode)
     args = _Arguments(inputs, where)
 
     # One evaluation with the graph: the analytic side.
@@ -317,7 +336,7 @@ class _Check:
                        f"{bad} of {total} Jacobian entries of this input are out of tolerance")
 
     def fast(self, n_directions, rng):
-        for _ in range(max(1, int(n_directions))):
+        for _ in range(n_directions):
             v = [rng.standard_normal(self.outputs[k].shape).astype(self.outputs[k].dtype).astype(np.float64)
                  for k in self.positions]
             v_flat = np.concatenate([x.ravel() for x in v])
@@ -412,6 +431,7 @@ def numerical_jacobian(fn, x, eps=None):
     ``eps`` defaults to 1e-6 for float64 and 1e-3 for lower precision. For a tuple ``x``, ``fn(*x)``
     and a tuple of Jacobians.
     """
+    _check_settings("numerical_jacobian", eps)
     xs = _single_or_tuple(x)
     args = _Arguments(xs, "numerical_jacobian")
     call, _ = args.call_args()
@@ -447,15 +467,17 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
     that, the create_graph gradient must equal the plain backward's to round-off: within
     ``consistency_rtol`` (default 1000 eps of the inputs' dtype, 2.2e-13 in float64) times the largest
     gradient entry of any checked input.
-    Raises :class:`GradcheckError` (``order=2``) naming the input, the element and both values.
+    Raises :class:`GradcheckError` (``order=2``) naming the input, the element and both values; the
+    numeric arguments are checked first, as in :func:`gradcheck` (``consistency_rtol`` finite and >= 0).
     """
+    _check_settings("gradgradcheck", eps, atol, rtol, n_directions, seed, consistency_rtol, mode)
     args = _Arguments(inputs, "gradgradcheck")
     call, leaves = args.call_args(requires_grad=True)
     with enable_grad():
         outputs = _as_outputs(fn(*call), "gradgradcheck")
     positions = _float_outputs(outputs)
     if grad_outputs is None:
-        rng = np.random.default_rng(seed + 1)  # not the directions gradcheck draws from `seed`
+        rng = np.random.default_rng(None if seed is None else seed + 1)  # not the directions gradcheck draws
         grad_outputs = [rng.standard_normal(outputs[k].shape).astype(outputs[k].dtype) for k in positions]
     else:
         grad_outputs = [grad_outputs] if isinstance(grad_outputs, (Tensor, np.ndarray)) else list(grad_outputs)
@@ -600,6 +622,7 @@ def numerical_hessian(fn, x, eps=None):
     float64. It uses only each primitive's ``backward``, never ``differentiable_backward``, so it is
     an independent reference for :func:`hessian`.
     """
+    _check_settings("numerical_hessian", eps)
     base = _leaf_copy(x, "numerical_hessian").data
     if eps is None:
         eps = DEFAULT_EPS_LOW_PRECISION if base.dtype.itemsize < 8 else DEFAULT_EPS

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import functional as F
+from ._checks import FLOAT_DTYPES
 from .ops.elementwise import manual_seed as seed_dropout
 from .function import TensorLike
 from .tensor import Tensor
@@ -120,6 +121,9 @@ class Parameter(Tensor):
                 f"Parameter needs a floating-point array, got dtype {arr.dtype}; "
                 "integer and boolean data belong in a buffer (Module.register_buffer)."
             )
+        if arr.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Parameter needs a float32 or float64 array, got dtype {arr.dtype}; "
+                            "convert with .astype(np.float32) (or float64)")
         super().__init__(arr, requires_grad=requires_grad)
 
     def __repr__(self) -> str:

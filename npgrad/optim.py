@@ -24,11 +24,13 @@ the optimizer update about to happen; the constructor sets the lr of update 1, a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 import numpy as np
 
+from ._checks import check_number as _check_number
 from .tensor import Tensor
 
 __all__ = [
@@ -40,22 +42,6 @@ __all__ = [
 #: What an optimizer takes as ``params``: Parameters (or float Tensors that require grad), or (name, parameter)
 #: pairs such as ``model.named_parameters()``.
 ParamsLike: TypeAlias = Iterable[Tensor] | Iterable[tuple[str, Tensor]]
-
-
-def _check_number(value: float, name: str, who: str, low: float = 0.0, high: float | None = None,
-                  low_open: bool = False, high_open: bool = True) -> float:
-    """A finite real in [low, high) (or the given openness); a clear error otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low)
-    if high is not None:
-        ok = ok and (v < high if high_open else v <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ("inf)" if high is None else (f"{high})" if high_open else f"{high}]"))
-        raise ValueError(f"{who}: {name} must be in {lo}{low}, {hi}, got {value!r}")
-    return v
 
 
 def _grad_array(p: Tensor) -> np.ndarray | None:
@@ -70,8 +56,10 @@ class Optimizer:
     """Base class: holds the parameters, the lr, per-parameter state, and the scratch buffers.
 
     ``params``: an iterable of Parameters (or float Tensors with ``requires_grad``), or of
-    ``(name, parameter)`` pairs such as ``model.named_parameters()``; a parameter listed twice is
-    kept once. Subclasses implement ``_update(index, param, grad)``.
+    ``(name, parameter)`` pairs such as ``model.named_parameters()``. A parameter listed twice (the same
+    Tensor object) is kept once and a ``UserWarning`` names it, as PyTorch warns about a parameter group
+    with duplicate parameters: it would otherwise be updated twice per step. (``model.parameters()``
+    already yields a tied weight once.) Subclasses implement ``_update(index, param, grad)``.
     """
 
     # Names of the per-parameter arrays a subclass keeps (for state_dict checks).
@@ -84,7 +72,7 @@ class Optimizer:
                             "not a single Tensor; wrap it in a list")
         self.params: list[Tensor] = []
         self.names: list[str] = []
-        seen = set()
+        seen: dict[int, str | int] = {}   # id -> how the user named it (its name, else its position)
         for i, item in enumerate(params):
             name = None
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -96,10 +84,12 @@ class Optimizer:
             if not item.requires_grad:
                 raise ValueError(f"{who}: parameter {name or i} does not require grad")
             if id(item) in seen:
+                warnings.warn(f"{who}: parameter {name or i} is the same Tensor as parameter {seen[id(item)]}, "
+                              "listed twice; it is kept once (updated once per step)", UserWarning, stacklevel=3)
                 continue
-            seen.add(id(item))
             self.params.append(item)
             self.names.append(name if name is not None else str(len(self.names)))
+            seen[id(item)] = name or i
         if not self.params:
             raise ValueError(f"{who}: got an empty parameter list")
         if len(set(self.names)) != len(self.names):
@@ -204,7 +194,12 @@ class Optimizer:
         if problems:
             raise ValueError(f"{who}: the state dict does not fit this optimizer (nothing was loaded):\n  "
                              + "\n  ".join(problems))
-        self._set_hyperparameters(state_dict["hyperparameters"])
+        previous = self._hyperparameters()
+        try:
+            self._set_hyperparameters(state_dict["hyperparameters"])
+        except (TypeError, ValueError):
+            self._set_hyperparameters(previous)   # all or nothing: keep the optimizer as it was
+            raise
         self.param_steps = [int(steps[name]) for name in self.names]
         self.state = new_state
 
@@ -234,12 +229,8 @@ class SGD(Optimizer):
     def __init__(self, params: ParamsLike, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr)
-        self.momentum = _check_number(momentum, "momentum", "SGD")
-        self.dampening = _check_number(dampening, "dampening", "SGD")
-        self.weight_decay = _check_number(weight_decay, "weight_decay", "SGD")
-        self.nesterov = bool(nesterov)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening == 0")
+        self._set_hyperparameters({"lr": lr, "momentum": momentum, "dampening": dampening,
+                                   "weight_decay": weight_decay, "nesterov": nesterov})
 
     def _required_state(self) -> tuple[str, ...]:
         return self._state_arrays if self.momentum != 0 else ()
@@ -249,9 +240,15 @@ class SGD(Optimizer):
                 "weight_decay": self.weight_decay, "nesterov": self.nesterov}
 
     def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
+        """Check and set (the constructor and load_state_dict): momentum in [0, 1), dampening in [0, 1],
+        weight_decay >= 0, nesterov only with momentum > 0 and dampening 0."""
         self.lr = hp["lr"]
-        self.momentum, self.dampening = float(hp["momentum"]), float(hp["dampening"])
-        self.weight_decay, self.nesterov = float(hp["weight_decay"]), bool(hp["nesterov"])
+        self.momentum = _check_number(hp["momentum"], "momentum", "SGD", 0.0, 1.0)
+        self.dampening = _check_number(hp["dampening"], "dampening", "SGD", 0.0, 1.0, high_open=False)
+        self.weight_decay = _check_number(hp["weight_decay"], "weight_decay", "SGD")
+        self.nesterov = bool(hp["nesterov"])
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening == 0")
 
     def _update(self, i, param, grad):
         a, b = self._scratch_for(self.params[i])
@@ -309,14 +306,8 @@ class Adam(Optimizer):
     def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, no_decay: Iterable[str] = ()) -> None:
         super().__init__(params, lr)
-        who = type(self).__name__
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_check_number(betas[0], "beta1", who, 0.0, 1.0),
-                      _check_number(betas[1], "beta2", who, 0.0, 1.0))
-        self.eps = _check_number(eps, "eps", who)
-        self.weight_decay = _check_number(weight_decay, "weight_decay", who)
-        self._set_no_decay(no_decay)
+        self._set_hyperparameters({"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                   "no_decay": no_decay})
 
     def _set_no_decay(self, no_decay):
         if isinstance(no_decay, str):
@@ -335,9 +326,16 @@ class Adam(Optimizer):
                 "no_decay": list(self.no_decay)}
 
     def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
+        """Check and set (the constructor and load_state_dict): betas in [0, 1), eps > 0, weight_decay >= 0."""
+        who = type(self).__name__
         self.lr = hp["lr"]
-        self.betas = (float(hp["betas"][0]), float(hp["betas"][1]))
-        self.eps, self.weight_decay = float(hp["eps"]), float(hp["weight_decay"])
+        betas = hp["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check_number(betas[0], "beta1", who, 0.0, 1.0),
+                      _check_number(betas[1], "beta2", who, 0.0, 1.0))
+        self.eps = _check_number(hp["eps"], "eps", who, 0.0, low_open=True)   # it divides: 0 allows 0 / 0
+        self.weight_decay = _check_number(hp["weight_decay"], "weight_decay", who)
         self._set_no_decay(hp.get("no_decay", ()))   # absent in checkpoints written before it existed
 
     def _update(self, i, param, grad):

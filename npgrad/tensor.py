@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _state
+from ._checks import FLOAT_DTYPES
 from .function import Context, TensorBase, TensorLike, set_tensor_class
 from .ops import elementwise as _elementwise
 from .ops import shape as _shape
@@ -59,7 +60,27 @@ def is_grad_enabled() -> bool:
     return _state.grad_enabled
 
 
-_FLOAT_KINDS = ("f",)
+# What a Tensor may hold: booleans, integers, floats, complex numbers (dtype kinds); never objects,
+# strings, bytes, structured records or dates.
+_DATA_KINDS = "biufc"
+_KIND_NAMES = {"O": "Python objects", "U": "strings", "S": "bytes", "V": "raw or structured records",
+               "M": "datetimes", "m": "timedeltas"}
+
+
+def _check_differentiable(dtype: np.dtype) -> None:
+    """requires_grad=True is for float32 and float64 arrays only (what the kernels and the README support)."""
+    if dtype in FLOAT_DTYPES:
+        return
+    if dtype.kind == "f":
+        raise TypeError(
+            f"requires_grad=True needs a float32 or float64 array, got dtype {dtype}: gradients are computed "
+            "in float32 or float64 only. Convert with .astype(np.float32) (or float64) if you want a gradient."
+        )
+    raise TypeError(
+        f"requires_grad=True needs a floating-point array (float32 or float64), got dtype {dtype}: "
+        "integer and boolean tensors are data (indices, masks), not variables. "
+        "Convert with .astype(np.float64) (or float32) if you want a gradient."
+    )
 
 # What the binary operators accept besides a Tensor: NumPy arrays and Python/NumPy scalars (constants).
 Operand: TypeAlias = TensorLike
@@ -84,12 +105,13 @@ class Tensor(TensorBase):
         if isinstance(data, TensorBase):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
-        if requires_grad and arr.dtype.kind not in _FLOAT_KINDS:
+        if arr.dtype.kind not in _DATA_KINDS:
             raise TypeError(
-                f"requires_grad=True needs a floating-point array, got dtype {arr.dtype}: "
-                "integer and boolean tensors are data (indices, masks), not variables. "
-                "Convert with .astype(np.float64) (or float32) if you want a gradient."
+                f"a Tensor holds numbers or booleans, got dtype {arr.dtype} "
+                f"({_KIND_NAMES.get(arr.dtype.kind, 'not numeric')}); convert the data to a numeric array first"
             )
+        if requires_grad:
+            _check_differentiable(arr.dtype)
         self.data = arr
         self.requires_grad = bool(requires_grad)
         self.grad = None
@@ -132,8 +154,8 @@ class Tensor(TensorBase):
         return Tensor(self.data)
 
     def requires_grad_(self, flag: bool = True) -> Tensor:
-        if flag and self.data.dtype.kind not in _FLOAT_KINDS:
-            raise TypeError(f"requires_grad=True needs a floating-point array, got dtype {self.dtype}")
+        if flag:
+            _check_differentiable(self.data.dtype)
         self.requires_grad = bool(flag)
         return self
 

@@ -20,6 +20,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from .._checks import as_float_array
 from ..function import Function, TensorBase, TensorLike, TensorResult, backward_on_tensors, constant
 from ..kernels import K
 from ..kernels.reference import (  # noqa: F401  (erf, erfc, normal_cdf: re-exported)
@@ -188,6 +189,7 @@ class Gelu(Function):
 
     @staticmethod
     def forward(ctx, x, approximate="none"):
+        x = as_float_array("gelu", x)
         ctx.approximate = approximate
         ctx.save_for_backward(x)
         return K.gelu_forward(x, approximate)

@@ -5,6 +5,7 @@ from typing import Literal
 
 import numpy as np
 
+from .._checks import check_int, check_number
 from ..function import Function, TensorBase, TensorLike, TensorResult
 from ..kernels import K
 from .softmax import as_float_array, softmax
@@ -108,19 +109,19 @@ def cross_entropy(logits: TensorLike, target: TensorLike, ignore_index: int = -1
     as in PyTorch), "sum", or "none" (shape ``target.shape``).
 
     Errors: a target out of [0, V) that is not ``ignore_index`` raises IndexError naming the first
-    bad position, its value and V; mismatched shapes raise ValueError naming both.
+    bad position, its value and V; mismatched shapes raise ValueError naming both; an ``ignore_index``
+    that is not an integer, a ``label_smoothing`` outside [0, 1] or an unknown ``reduction`` is refused.
     """
     logits_data = logits.data if isinstance(logits, TensorBase) else logits
     logits_data = as_float_array("cross_entropy", logits_data, "logits")
+    ignore_index = check_int(ignore_index, "ignore_index", "cross_entropy")
     target = _check_target(logits_data, target, ignore_index)
-    if reduction not in REDUCTIONS:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
-    label_smoothing = float(label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_number(label_smoothing, "label_smoothing", "cross_entropy", 0.0, 1.0, high_open=False)
     if not isinstance(logits, TensorBase):
         logits = logits_data
-    return CrossEntropy.apply(logits, target, ignore_index=int(ignore_index),
+    return CrossEntropy.apply(logits, target, ignore_index=ignore_index,
                               label_smoothing=label_smoothing, reduction=reduction)
 
 

@@ -9,6 +9,7 @@ Each backward is written once, for arrays and (``create_graph=True``) Tensors al
 """
 import numpy as np
 
+from .._checks import check_axis, is_int
 from ..function import Function, TensorBase, backward_on_tensors
 from .shape import BroadcastTo, select
 
@@ -16,18 +17,14 @@ from .shape import BroadcastTo, select
 def normalize_axis(axis, ndim, op="reduce"):
     """``axis`` (None, int, negative int, tuple) -> a sorted tuple of non-negative axes.
 
-    None means every axis. Raises a clear error for an axis out of range or repeated.
+    None means every axis. Raises a clear error for an axis of the wrong type, out of range or repeated.
     """
     if axis is None:
         return tuple(range(ndim))
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
-    out = []
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
-            raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
-        if not -ndim <= a < ndim:
-            raise ValueError(f"{op}: axis {a} is out of range for an input with {ndim} axes")
-        out.append(int(a) % ndim if ndim else 0)
+    if not all(map(is_int, axes)):
+        raise TypeError(f"{op}: axis must be None, an int or a tuple of ints in [{-ndim}, {ndim}), got {axis!r}")
+    out = [check_axis(op, a, ndim) for a in axes]
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: repeated axis in {axis!r}")
     return tuple(sorted(out))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import check_axis
 from ..function import Function, TensorBase, TensorLike, TensorResult, backward_on_tensors
 
 
@@ -93,9 +94,10 @@ def _axes_arg(ndim, axes):
         axes = tuple(axes[0])
     if len(axes) == 0:
         return tuple(range(ndim))[::-1]
-    if len(axes) != ndim or sorted(int(a) % ndim for a in axes) != list(range(ndim)):
+    out = tuple(check_axis("transpose", a, ndim, "each of axes") for a in axes)
+    if len(out) != ndim or sorted(out) != list(range(ndim)):
         raise ValueError(f"transpose: axes {axes} are not a permutation of the {ndim} axes of the input")
-    return tuple(int(a) % ndim for a in axes)
+    return out
 
 
 class Transpose(Function):
@@ -128,9 +130,7 @@ class SwapAxes(Function):
     @staticmethod
     def forward(ctx, x, axis1=0, axis2=1):
         ndim = np.ndim(x)
-        for a in (axis1, axis2):
-            if not -ndim <= a < ndim:
-                raise ValueError(f"swapaxes: axis {a} is out of range for shape {np.shape(x)}")
+        axis1, axis2 = check_axis("swapaxes", axis1, ndim, "axis1"), check_axis("swapaxes", axis2, ndim, "axis2")
         ctx.axis1, ctx.axis2 = axis1, axis2
         return np.swapaxes(x, axis1, axis2)
 
@@ -143,7 +143,7 @@ class SwapAxes(Function):
 
 def swapaxes(x: TensorLike, axis1: int, axis2: int) -> TensorResult:
     """x with axes ``axis1`` and ``axis2`` exchanged (SwapAxes)."""
-    return SwapAxes.apply(x, axis1=int(axis1), axis2=int(axis2))
+    return SwapAxes.apply(x, axis1=axis1, axis2=axis2)
 
 
 # ---------------------------------------------------------------------------------- indexing
@@ -269,6 +269,7 @@ class Concatenate(Function):
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
+        axis = check_axis("concatenate", axis, np.ndim(xs[0]))
         try:
             out = np.concatenate(xs, axis=axis)
         except ValueError:  # AxisError is a ValueError too
@@ -276,7 +277,7 @@ class Concatenate(Function):
                 f"concatenate: shapes {[np.shape(x) for x in xs]} cannot be joined along axis {axis}: "
                 "all axes but that one must match"
             ) from None
-        ctx.axis = axis % out.ndim
+        ctx.axis = axis
         ctx.bounds = np.cumsum([np.shape(x)[ctx.axis] for x in xs])[:-1]
         return out
 
@@ -305,8 +306,9 @@ class Stack(Function):
         shapes = {np.shape(x) for x in xs}
         if len(shapes) > 1:
             raise ValueError(f"stack: all tensors must have the same shape, got {[np.shape(x) for x in xs]}")
+        axis = check_axis("stack", axis, np.ndim(xs[0]) + 1, of="the stacked output")
         out = np.stack(xs, axis=axis)
-        ctx.axis = axis % out.ndim
+        ctx.axis = axis
         return out
 
     @staticmethod

@@ -7,23 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import as_float_array, check_axis
 from ..function import Function, TensorLike, TensorResult
 from ..kernels import K
-
-
-def as_float_array(op, x, what="input"):
-    """x as a floating-point ndarray (float32 and float64 kept as they are), or a clear TypeError."""
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op}: {what} must be a floating-point array (float32 or float64), got dtype {x.dtype}")
-    return x
-
-
-def normalize_axis(op, axis, ndim):
-    """axis in [-ndim, ndim) as a non-negative int, or a clear error naming the op."""
-    if not -ndim <= axis < ndim:
-        raise np.exceptions.AxisError(f"{op}: axis {axis} is out of range for an input with {ndim} axes")
-    return axis % ndim
 
 
 def to_rows(x, axis):
@@ -54,7 +40,7 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x = as_float_array("softmax", x)
-        axis = normalize_axis("softmax", axis, x.ndim)
+        axis = check_axis("softmax", axis, x.ndim)
         ctx.axis = axis
         if x.size == 0:
             y = np.empty_like(x)
@@ -91,7 +77,7 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x = as_float_array("log_softmax", x)
-        axis = normalize_axis("log_softmax", axis, x.ndim)
+        axis = check_axis("log_softmax", axis, x.ndim)
         ctx.axis = axis
         if x.size == 0:
             out = np.empty_like(x)
