@@ -19,7 +19,8 @@ def fix(m):
         return m.group(0)
     hits = [i + 1 for i, s in enumerate(lines) if quoted.strip() in s]
     if not hits:
-        print("NOT FOUND", path, line, quoted); return m.group(0)
+        print("NOT FOUND", path, line, quoted)
+        return m.group(0)
     new = min(hits, key=lambda h: abs(h - line))
     print(f"{path}:{line} -> {new}")
     href = re.sub(r"#L\d+$", f"#L{new}", href)

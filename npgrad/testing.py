@@ -95,8 +95,11 @@ def _float_bound(value, dtype, inward):
     return float(rounded)
 
 
+_ANY_SHAPE = shapes()
+
+
 @st.composite
-def float_arrays(draw, shape=shapes(), dtype=np.float64, min_value=None, max_value=None,
+def float_arrays(draw, shape=_ANY_SHAPE, dtype=np.float64, min_value=None, max_value=None,
                  min_magnitude=None, max_magnitude=None, from_seed=False):
     """Float arrays of a given (or drawn) shape and dtype, with values kept where derivatives behave.
 

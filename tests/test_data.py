@@ -217,7 +217,7 @@ def test_multi30k_downloads_into_cache_then_loads_offline(tmp_path, monkeypatch)
     assert corpus["train"].src[0] == "A man is riding a red bicycle."
     assert corpus["train"].tgt[0] == "Ein Mann fährt ein rotes Fahrrad."
     assert sorted(p.name for p in (cache / "multi30k").iterdir()) == sorted(
-        f"{s}.{l}.gz" for s in ("train", "val", "test_2016_flickr") for l in ("de", "en"))
+        f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en"))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(cache))
     again = ds.load_multi30k("de", "en", fetcher=no_network)
     assert again["valid"].src == corpus["valid"].tgt

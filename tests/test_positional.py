@@ -12,7 +12,7 @@ import pytest
 import npgrad as ng
 from transformer.attention import MultiHeadAttention, causal_mask
 from transformer.positional import (
-    Rotary, RotaryEmbedding, SinusoidalPositionalEncoding, alibi_bias, alibi_slopes, relative_positions,
+    RotaryEmbedding, SinusoidalPositionalEncoding, alibi_bias, alibi_slopes, relative_positions,
     sinusoidal_table,
 )
 
@@ -113,7 +113,9 @@ def test_rotary_scores_depend_only_on_relative_position():
     rope = RotaryEmbedding(D, max_len=4, dtype=np.float64)                    # tables grow on demand
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((1, 1, 1, D)), rng.standard_normal((1, 1, 1, D))
-    score = lambda m, n: float((rope(ng.tensor(q), m).data * rope(ng.tensor(k), n).data).sum())
+    def score(m, n):
+        return float((rope(ng.tensor(q), m).data * rope(ng.tensor(k), n).data).sum())
+
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-12)
     assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-6)
 

@@ -313,7 +313,7 @@ class MultiHeadAttention(Function):
         keep = keep[0] if keep else None
         needs = ctx.needs_input_grad
         batch, num_queries, width = query.shape
-        num_keys, num_heads = key.shape[1], ctx.num_heads
+        num_heads = ctx.num_heads
         g_rows = g.reshape(-1, width)                                  # (B*Lq, C)
 
         g_w_o = concat.T @ g_rows if needs[6] else None
