@@ -5,6 +5,7 @@ excludes the command name; use argparse with ``prog="python -m benchmarks NAME"`
 line to ``COMMANDS``. Modules are imported only when their command runs, so a benchmark that
 needs PyTorch does not slow the others down.
 """
+
 import importlib
 import sys
 
@@ -16,8 +17,10 @@ COMMANDS = {
     "pipeline": ("benchmarks.pipeline", "the real training pipeline's tokens/s vs the bare step on the same batches"),
     "nanogpt": ("benchmarks.nanogpt", "nanoGPT's CPU recipe, 2000 iterations, npgrad vs PyTorch: wall time, val loss"),
     "allocator": ("benchmarks.allocator", "glibc malloc defaults vs npgrad.retain_freed_memory() on one training step"),
-    "nanogpt-split": ("benchmarks.nanogpt_split",
-                      "the nanoGPT iteration by phase: npgrad, npgrad with PyTorch's GEMMs, PyTorch"),
+    "nanogpt-split": (
+        "benchmarks.nanogpt_split",
+        "the nanoGPT iteration by phase: npgrad, npgrad with PyTorch's GEMMs, PyTorch",
+    ),
     "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 

@@ -10,6 +10,7 @@ somewhat more pessimistic than an untouched process for arrays between 128 KiB a
 seq2seq logits, are mmapped either way; "retained": 1 GiB, as ``retain_freed_memory`` sets). Reported: median step time and median minor page
 faults per step in each mode. Linux with glibc only.
 """
+
 import argparse
 import json
 import resource
@@ -27,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     from benchmarks.nanogpt import set_threads
+
     set_threads(args.threads)
     from npgrad import allocator
 
@@ -35,12 +37,14 @@ def main(argv=None):
             raise SystemExit("allocator: needs glibc's mallopt (Linux), and it refused the setting")
 
     from benchmarks.step import ours_step_fn
+
     step, _ = ours_step_fn(args.config)
     for _ in range(2):
-        step()                                                                 # compile kernels, fill Adam state
+        step()  # compile kernels, fill Adam state
     times = {"default": [], "retained": []}
     faults = {"default": [], "retained": []}
     from benchmarks.meta import load_average, run_meta
+
     load_before = load_average()
     for round_ in range(args.rounds):
         modes = ("default", "retained") if round_ % 2 == 0 else ("retained", "default")
@@ -53,18 +57,24 @@ def main(argv=None):
                 step()
                 times[mode].append(time.perf_counter() - start)
                 faults[mode].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    report = {"config": args.config, "rounds": args.rounds, "steps": args.steps,
-              "meta": run_meta("allocator", argv, args.threads, load_before),
-              "median_step_s": {m: statistics.median(v) for m, v in times.items()},
-              "median_faults_per_step": {m: statistics.median(v) for m, v in faults.items()},
-              "step_s": times}
+    report = {
+        "config": args.config,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "meta": run_meta("allocator", argv, args.threads, load_before),
+        "median_step_s": {m: statistics.median(v) for m, v in times.items()},
+        "median_faults_per_step": {m: statistics.median(v) for m, v in faults.items()},
+        "step_s": times,
+    }
     report["speedup"] = report["median_step_s"]["default"] / report["median_step_s"]["retained"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for mode in times:
-            print(f"{mode:<9} median step {report['median_step_s'][mode] * 1e3:8.1f} ms   "
-                  f"median page faults a step {report['median_faults_per_step'][mode]:>8.0f}")
+            print(
+                f"{mode:<9} median step {report['median_step_s'][mode] * 1e3:8.1f} ms   "
+                f"median page faults a step {report['median_faults_per_step'][mode]:>8.0f}"
+            )
         meta = report["meta"]
         print(f"speed-up {report['speedup']:.3f}; load {meta['load_average_before']} -> {meta['load_average_after']}")
     return 0

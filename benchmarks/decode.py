@@ -19,6 +19,7 @@ so no hypothesis finishes early and the cached and uncached runs do the same num
   spread over the length range), the cached search is timed on the same subset, and the speed-up is the
   ratio of those two times; the cached and uncached tokens are compared for equality there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,10 @@ def batches_of(sentences, batch_size):
     order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
     out = []
     for start in range(0, len(order), batch_size):
-        chunk = [sentences[i] for i in order[start:start + batch_size]]
+        chunk = [sentences[i] for i in order[start : start + batch_size]]
         src = np.full((len(chunk), max(len(s) for s in chunk)), PAD, dtype=np.int64)
         for row, s in enumerate(chunk):
-            src[row, :len(s)] = s
+            src[row, : len(s)] = s
         out.append(src)
     return out
 
@@ -55,13 +56,31 @@ def batches_of(sentences, batch_size):
 def build_model(vocab, max_len):
     from transformer.model import Transformer, TransformerConfig
 
-    model = Transformer(TransformerConfig(
-        src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=256, n_heads=4, num_encoder_layers=3,
-        num_decoder_layers=3, d_ff=1024, dropout=0.1, norm_first=False, positional="sinusoidal",
-        share_embeddings=True, tie_output=True, max_len=max(256, max_len + 1), pad_id=PAD, unk_id=UNK,
-        bos_id=BOS, eos_id=EOS, dtype="float32", seed=0))
+    model = Transformer(
+        TransformerConfig(
+            src_vocab_size=vocab,
+            tgt_vocab_size=vocab,
+            d_model=256,
+            n_heads=4,
+            num_encoder_layers=3,
+            num_decoder_layers=3,
+            d_ff=1024,
+            dropout=0.1,
+            norm_first=False,
+            positional="sinusoidal",
+            share_embeddings=True,
+            tie_output=True,
+            max_len=max(256, max_len + 1),
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            dtype="float32",
+            seed=0,
+        )
+    )
     model.eval()
-    model.config.eos_id = BOS       # EOS suppressed: every hypothesis runs to max_len (see module doc)
+    model.config.eos_id = BOS  # EOS suppressed: every hypothesis runs to max_len (see module doc)
     return model
 
 
@@ -87,8 +106,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=100, help="sentences per decoding batch")
     parser.add_argument("--max-len", type=int, default=40, help="target tokens generated per sentence")
     parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--no-cache-sentences", type=int, default=100,
-                        help="sentences decoded without the cache (and again with it) for the speed-up")
+    parser.add_argument(
+        "--no-cache-sentences",
+        type=int,
+        default=100,
+        help="sentences decoded without the cache (and again with it) for the speed-up",
+    )
     parser.add_argument("--modes", nargs="+", choices=["greedy", "beam"], default=["greedy", "beam"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
@@ -105,40 +128,62 @@ def main(argv=None):
     # The no-cache subset: every k-th sentence of the sorted order, so it spans the length range.
     stride = max(1, args.sentences // max(1, args.no_cache_sentences))
     subset = [s for i, s in enumerate(sorted(sentences, key=len, reverse=True)) if i % stride == 0]
-    subset = subset[:args.no_cache_sentences]
+    subset = subset[: args.no_cache_sentences]
     subset_batches = batches_of(subset, args.batch_size)
 
-    decode_all(model, batches_of(sentences[:8], 8), "greedy", args.beam, 3, True)   # warm-up: compile kernels
+    decode_all(model, batches_of(sentences[:8], 8), "greedy", args.beam, 3, True)  # warm-up: compile kernels
     load_before = load_average()
     results = []
     for mode in args.modes:
         cached_s, _ = decode_all(model, batches, mode, args.beam, args.max_len, True)
-        row = {"mode": mode if mode == "greedy" else f"beam{args.beam}", "sentences": len(sentences),
-               "cached_s": cached_s, "cached_sentences_per_s": len(sentences) / cached_s}
+        row = {
+            "mode": mode if mode == "greedy" else f"beam{args.beam}",
+            "sentences": len(sentences),
+            "cached_s": cached_s,
+            "cached_sentences_per_s": len(sentences) / cached_s,
+        }
         if args.no_cache_sentences > 0:
             sub_cached_s, sub_cached_tokens = decode_all(model, subset_batches, mode, args.beam, args.max_len, True)
             sub_full_s, sub_full_tokens = decode_all(model, subset_batches, mode, args.beam, args.max_len, False)
-            row.update({"subset_sentences": len(subset), "subset_cached_s": sub_cached_s,
-                        "subset_no_cache_s": sub_full_s, "cache_speedup": sub_full_s / sub_cached_s,
-                        "no_cache_sentences_per_s": len(subset) / sub_full_s,
-                        "no_cache_s_scaled_to_all": sub_full_s * len(sentences) / len(subset),
-                        "same_tokens": sub_cached_tokens == sub_full_tokens})
+            row.update(
+                {
+                    "subset_sentences": len(subset),
+                    "subset_cached_s": sub_cached_s,
+                    "subset_no_cache_s": sub_full_s,
+                    "cache_speedup": sub_full_s / sub_cached_s,
+                    "no_cache_sentences_per_s": len(subset) / sub_full_s,
+                    "no_cache_s_scaled_to_all": sub_full_s * len(sentences) / len(subset),
+                    "same_tokens": sub_cached_tokens == sub_full_tokens,
+                }
+            )
         results.append(row)
         if not args.json:
             print(_format_row(row), flush=True)
-    meta = run_meta("decode", argv, args.threads, load_before, dtype="float32", max_len=args.max_len,
-                    batch_size=args.batch_size, source_length_mean=float(np.mean([len(s) for s in sentences])))
+    meta = run_meta(
+        "decode",
+        argv,
+        args.threads,
+        load_before,
+        dtype="float32",
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        source_length_mean=float(np.mean([len(s) for s in sentences])),
+    )
     print_result(meta, results, args.json)
     return 0
 
 
 def _format_row(row):
-    text = (f"{row['mode']:<7} cached: {row['sentences']} sentences in {row['cached_s']:.1f} s = "
-            f"{row['cached_sentences_per_s']:.1f} sentences/s")
+    text = (
+        f"{row['mode']:<7} cached: {row['sentences']} sentences in {row['cached_s']:.1f} s = "
+        f"{row['cached_sentences_per_s']:.1f} sentences/s"
+    )
     if "cache_speedup" in row:
-        text += (f";  subset of {row['subset_sentences']}: cached {row['subset_cached_s']:.1f} s, no cache "
-                 f"{row['subset_no_cache_s']:.1f} s -> cache speed-up {row['cache_speedup']:.1f}x "
-                 f"(same tokens: {row['same_tokens']})")
+        text += (
+            f";  subset of {row['subset_sentences']}: cached {row['subset_cached_s']:.1f} s, no cache "
+            f"{row['subset_no_cache_s']:.1f} s -> cache speed-up {row['cache_speedup']:.1f}x "
+            f"(same tokens: {row['same_tokens']})"
+        )
     return text
 
 

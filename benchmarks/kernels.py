@@ -20,6 +20,7 @@ np.matmul (OpenBLAS per product), a Numba loop and torch.bmm, and a big 2-D prod
 A copy of a (4096, 8000) float32 array with --threads threads measures the memory bandwidth that bounds
 the row kernels.
 """
+
 import argparse
 import json
 import statistics
@@ -31,9 +32,9 @@ import numpy as np
 from benchmarks.meta import load_average, run_meta
 
 # Shapes: N rows, V classes, C features, B batch (sentences), H heads, L lengths, D head size.
-ROWS, CLASSES = 4096, 8000          # output softmax / cross-entropy over the shared vocabulary
-FEATURES = 256                      # d_model: layer norm
-BATCH, LENGTH = 128, 32             # sentence pairs x tokens
+ROWS, CLASSES = 4096, 8000  # output softmax / cross-entropy over the shared vocabulary
+FEATURES = 256  # d_model: layer norm
+BATCH, LENGTH = 128, 32  # sentence pairs x tokens
 EMBED_VOCAB, EMBED_IDS = 8000, 4096
 LABEL_SMOOTHING, IGNORE_INDEX = 0.1, -100
 
@@ -49,8 +50,8 @@ class Case:
 
 
 def _row_inputs(rng):
-    x = rng.standard_normal((ROWS, CLASSES), dtype=np.float32) * 2          # (N,V)
-    g = rng.standard_normal((ROWS, CLASSES), dtype=np.float32)              # (N,V)
+    x = rng.standard_normal((ROWS, CLASSES), dtype=np.float32) * 2  # (N,V)
+    g = rng.standard_normal((ROWS, CLASSES), dtype=np.float32)  # (N,V)
     return x, g
 
 
@@ -71,19 +72,21 @@ def _softmax_case(log):
             op = peer.log_softmax if log else peer.softmax
             runs["torch"] = lambda: torch.autograd.grad(op(xt, -1), xt, gt)
         return runs
+
     return build
 
 
 def _cross_entropy_build(rng, kernels, peer):
     x, _ = _row_inputs(rng)
-    target = rng.integers(0, CLASSES, ROWS)                                 # (N,)
-    target[rng.random(ROWS) < 0.1] = IGNORE_INDEX                           # ~10% padding
-    gloss = np.full(ROWS, 1.0 / ROWS, dtype=np.float32)                     # (N,) d mean / d loss
+    target = rng.integers(0, CLASSES, ROWS)  # (N,)
+    target[rng.random(ROWS) < 0.1] = IGNORE_INDEX  # ~10% padding
+    gloss = np.full(ROWS, 1.0 / ROWS, dtype=np.float32)  # (N,) d mean / d loss
 
     def make(module):
         def run():
             loss, lse = module.cross_entropy_forward(x, target, IGNORE_INDEX, LABEL_SMOOTHING)
             return module.cross_entropy_backward(x, target, lse, gloss, IGNORE_INDEX, LABEL_SMOOTHING)
+
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
@@ -92,27 +95,32 @@ def _cross_entropy_build(rng, kernels, peer):
         xt, tt, gt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(target), torch.from_numpy(gloss)
         runs["torch"] = lambda: torch.autograd.grad(
             peer.cross_entropy(xt, tt, ignore_index=IGNORE_INDEX, label_smoothing=LABEL_SMOOTHING, reduction="none"),
-            xt, gt)
+            xt,
+            gt,
+        )
     return runs
 
 
 def _layer_norm_case(with_residual):
     def build(rng, kernels, peer):
-        x = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
-        r = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
-        g = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)         # (N,C)
-        w = (1 + 0.1 * rng.standard_normal(FEATURES)).astype(np.float32)    # (C,)
-        b = (0.1 * rng.standard_normal(FEATURES)).astype(np.float32)        # (C,)
+        x = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)  # (N,C)
+        r = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)  # (N,C)
+        g = rng.standard_normal((ROWS, FEATURES), dtype=np.float32)  # (N,C)
+        w = (1 + 0.1 * rng.standard_normal(FEATURES)).astype(np.float32)  # (C,)
+        b = (0.1 * rng.standard_normal(FEATURES)).astype(np.float32)  # (C,)
 
         def make(module):
             if with_residual:
+
                 def run():
                     y, s, mean, rstd = module.add_layer_norm_forward(x, r, w, b, 1e-5)
-                    return module.layer_norm_backward(g, s, w, mean, rstd)   # gx = gr = gs
+                    return module.layer_norm_backward(g, s, w, mean, rstd)  # gx = gr = gs
             else:
+
                 def run():
                     y, mean, rstd = module.layer_norm_forward(x, w, b, 1e-5)
                     return module.layer_norm_backward(g, x, w, mean, rstd)
+
             return run
 
         runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
@@ -121,10 +129,13 @@ def _layer_norm_case(with_residual):
             tx, tr, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, r, w, b))
             tg = torch.from_numpy(g)
             if with_residual:
-                runs["torch"] = lambda: torch.autograd.grad(peer.add_layer_norm(tx, tr, tw, tb, 1e-5), (tx, tr, tw, tb), tg)
+                runs["torch"] = lambda: torch.autograd.grad(
+                    peer.add_layer_norm(tx, tr, tw, tb, 1e-5), (tx, tr, tw, tb), tg
+                )
             else:
                 runs["torch"] = lambda: torch.autograd.grad(peer.layer_norm(tx, tw, tb, 1e-5), (tx, tw, tb), tg)
         return runs
+
     return build
 
 
@@ -134,20 +145,22 @@ def _attention_case(heads, head_size, causal):
         q, k, v, g = (rng.standard_normal((flat, LENGTH, head_size), dtype=np.float32) for _ in range(4))
         scale = 1.0 / np.sqrt(head_size)
         if causal:
-            mask = None                                                     # is_causal does it
+            mask = None  # is_causal does it
             torch_mask = None
         else:
             # padding mask: sentence b has lengths[b] real tokens; keys beyond are masked
             lengths = rng.integers(LENGTH // 2, LENGTH + 1, BATCH)
-            key_ok = np.arange(LENGTH)[None, :] < lengths[:, None]          # (B,Lk)
-            torch_mask = key_ok[:, None, None, :]                           # (B,1,1,Lk)
-            mask = np.ascontiguousarray(                                    # (B*H,Lq,Lk) as the op passes it
-                np.broadcast_to(torch_mask, (BATCH, heads, LENGTH, LENGTH)).reshape(flat, LENGTH, LENGTH))
+            key_ok = np.arange(LENGTH)[None, :] < lengths[:, None]  # (B,Lk)
+            torch_mask = key_ok[:, None, None, :]  # (B,1,1,Lk)
+            mask = np.ascontiguousarray(  # (B*H,Lq,Lk) as the op passes it
+                np.broadcast_to(torch_mask, (BATCH, heads, LENGTH, LENGTH)).reshape(flat, LENGTH, LENGTH)
+            )
 
         def make(module):
             def run():
                 out, probs = module.attention_forward(q, k, v, mask, causal, scale)
                 return module.attention_backward(q, k, v, probs, g, scale)
+
             return run
 
         runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
@@ -158,8 +171,12 @@ def _attention_case(heads, head_size, causal):
             tg = torch.from_numpy(g).view(shape4)
             tmask = None if torch_mask is None else torch.from_numpy(torch_mask)
             runs["torch"] = lambda: torch.autograd.grad(
-                peer.scaled_dot_product_attention(tq, tk, tv, mask=tmask, is_causal=causal, scale=scale), (tq, tk, tv), tg)
+                peer.scaled_dot_product_attention(tq, tk, tv, mask=tmask, is_causal=causal, scale=scale),
+                (tq, tk, tv),
+                tg,
+            )
         return runs
+
     return build
 
 
@@ -167,12 +184,13 @@ def _embedding_build(rng, kernels, peer):
     weight = rng.standard_normal((EMBED_VOCAB, FEATURES), dtype=np.float32)  # (V,C)
     # Zipf-like ids, as real tokens are: frequent ids repeat within a batch
     ids = np.minimum(rng.zipf(1.2, EMBED_IDS) - 1, EMBED_VOCAB - 1).astype(np.int64)  # (N,)
-    g = rng.standard_normal((EMBED_IDS, FEATURES), dtype=np.float32)        # (N,C)
+    g = rng.standard_normal((EMBED_IDS, FEATURES), dtype=np.float32)  # (N,C)
 
     def make(module):
         def run():
-            weight[ids]                                                     # the forward gather
+            weight[ids]  # the forward gather
             return module.embedding_backward(ids, g, EMBED_VOCAB)
+
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
@@ -184,13 +202,14 @@ def _embedding_build(rng, kernels, peer):
 
 
 def _gelu_build(rng, kernels, peer):
-    x = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)        # (N, 4C) the MLP's hidden layer
+    x = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)  # (N, 4C) the MLP's hidden layer
     g = rng.standard_normal((ROWS, 4 * FEATURES), dtype=np.float32)
 
     def make(module):
         def run():
             module.gelu_forward(x, "none")
             return module.gelu_backward(x, g, "none")
+
         return run
 
     runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
@@ -213,7 +232,7 @@ def _numba_batched_matmul():
         from numba import njit, prange
 
         @njit(parallel=True, fastmath={"nsz", "arcp", "contract", "reassoc"}, cache=True)
-        def bmm(a, b, out):   # (B,M,K) @ (B,K,N) -> (B,M,N)
+        def bmm(a, b, out):  # (B,M,K) @ (B,K,N) -> (B,M,N)
             for batch in prange(a.shape[0]):
                 ab, bb, ob = a[batch], b[batch], out[batch]
                 for i in range(a.shape[1]):
@@ -305,18 +324,18 @@ def _memory_bandwidth(repeat):
 def _threading_layer(numba):
     try:
         return numba.threading_layer()
-    except ValueError:      # no prange function ran (e.g. --only without the matmul rows)
+    except ValueError:  # no prange function ran (e.g. --only without the matmul rows)
         return "not started"
 
 
 def _time_case(runs, repeat):
     names = list(runs)
-    for run in runs.values():          # warm-up: compile, fill caches, let allocators settle
+    for run in runs.values():  # warm-up: compile, fill caches, let allocators settle
         run()
         run()
     samples = {name: [] for name in names}
     for rep in range(repeat):
-        order = names[rep % len(names):] + names[:rep % len(names)]   # rotate who goes first
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
         for name in order:
             start = time.perf_counter()
             runs[name]()
@@ -337,12 +356,13 @@ def main(argv=None):
     import numba
     from npgrad.kernels import numba_kernels, reference
 
-    numba.set_num_threads(args.threads)           # the matmul/bandwidth helpers below use prange
-    numba_kernels.set_num_threads(args.threads)   # the kernels' own thread pool
-    peer = None           # benchmarks.torch_twins: PyTorch doing the same work
+    numba.set_num_threads(args.threads)  # the matmul/bandwidth helpers below use prange
+    numba_kernels.set_num_threads(args.threads)  # the kernels' own thread pool
+    peer = None  # benchmarks.torch_twins: PyTorch doing the same work
     if not args.no_torch:
         try:
             from benchmarks import torch_twins as peer
+
             peer.torch.set_num_threads(args.threads)
         except ImportError:
             peer = None
@@ -359,8 +379,7 @@ def main(argv=None):
     for case in cases:
         runs = case.build(rng, kernels, peer)
         ms = _time_case(runs, args.repeat)
-        row = {"op": case.name, "shape": case.shape, "ms": ms,
-               "numba_over_numpy": ms["numba"] / ms["numpy"]}
+        row = {"op": case.name, "shape": case.shape, "ms": ms, "numba_over_numpy": ms["numba"] / ms["numpy"]}
         if "torch" in ms:
             row["numba_over_torch"] = ms["numba"] / ms["torch"]
         rows.append(row)
@@ -368,16 +387,27 @@ def main(argv=None):
         if not (args.json or args.markdown):
             print(_format_row(row), flush=True)
     bandwidth = _memory_bandwidth(args.repeat)
-    meta = run_meta("kernels", argv, args.threads, load_before, peer and peer.torch,
-                    numba_threading_layer=_threading_layer(numba), dtype="float32", repeat=args.repeat,
-                    statistic="median", copy_bandwidth_GBps=bandwidth)
+    meta = run_meta(
+        "kernels",
+        argv,
+        args.threads,
+        load_before,
+        peer and peer.torch,
+        numba_threading_layer=_threading_layer(numba),
+        dtype="float32",
+        repeat=args.repeat,
+        statistic="median",
+        copy_bandwidth_GBps=bandwidth,
+    )
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))
     elif args.markdown:
         print(_markdown(meta, rows))
     else:
-        print(f"{args.threads}-thread copy bandwidth: {bandwidth:.1f} GB/s;  load average before/after: "
-              f"{meta['load_average_before']} / {meta['load_average_after']}")
+        print(
+            f"{args.threads}-thread copy bandwidth: {bandwidth:.1f} GB/s;  load average before/after: "
+            f"{meta['load_average_before']} / {meta['load_average_after']}"
+        )
         print(json.dumps({k: v for k, v in meta.items() if k not in ("load_average_before", "load_average_after")}))
     return 0
 
@@ -386,18 +416,26 @@ def _format_row(row):
     ms = row["ms"]
     torch_ms = f"{ms['torch']:9.2f}" if "torch" in ms else "        -"
     vs_torch = f"{row['numba_over_torch']:6.2f}" if "numba_over_torch" in row else "     -"
-    return (f"{row['op']:<24} numba {ms['numba']:9.2f} ms  numpy {ms['numpy']:9.2f} ms  torch {torch_ms} ms  "
-            f"numba/numpy {row['numba_over_numpy']:5.2f}  numba/torch {vs_torch}")
+    return (
+        f"{row['op']:<24} numba {ms['numba']:9.2f} ms  numpy {ms['numpy']:9.2f} ms  torch {torch_ms} ms  "
+        f"numba/numpy {row['numba_over_numpy']:5.2f}  numba/torch {vs_torch}"
+    )
 
 
 def _markdown(meta, rows):
     from benchmarks.report import kernels_table
-    return "\n".join([kernels_table(rows), "",
-        f"{meta['threads']}-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s; load average before "
-        f"{meta['load_average_before']}, after {meta['load_average_after']}; versions {meta['versions']}; "
-        f"machine {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads "
-        f"(kernels: their own thread pool; Numba prange layer {meta['numba_threading_layer']} for the "
-        f"matmul/bandwidth helpers); median of {meta['repeat']}."])
+
+    return "\n".join(
+        [
+            kernels_table(rows),
+            "",
+            f"{meta['threads']}-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s; load average before "
+            f"{meta['load_average_before']}, after {meta['load_average_after']}; versions {meta['versions']}; "
+            f"machine {meta['machine']}, {meta['cpus']} CPUs, {meta['threads']} threads "
+            f"(kernels: their own thread pool; Numba prange layer {meta['numba_threading_layer']} for the "
+            f"matmul/bandwidth helpers); median of {meta['repeat']}.",
+        ]
+    )
 
 
 if __name__ == "__main__":

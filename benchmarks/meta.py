@@ -4,6 +4,7 @@ The command, the date, the machine (CPU model from lscpu, CPU count), the thread
 the load average before and after (the machines are shared: the load says how far to trust a figure).
 ``benchmarks report`` reads these fields from the result files in benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -41,9 +42,11 @@ def versions(torch=None):
     import numpy as np
 
     import npgrad
+
     out = {"python": platform.python_version(), "npgrad": npgrad.__version__, "numpy": np.__version__}
     try:
         import numba
+
         out["numba"] = numba.__version__
     except ImportError:
         out["numba"] = None
@@ -62,10 +65,16 @@ def run_meta(name, argv, threads, load_before, torch=None, **extra):
     """The ``meta`` block of benchmark ``name`` run with ``argv`` (None: ``sys.argv[1:]``, the module run directly),
     ``load_before`` taken before timing started; ``extra`` adds the benchmark's own settings."""
     args = list(sys.argv[1:] if argv is None else argv)
-    meta = {"command": " ".join(["python -m benchmarks", name] + args),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "cpus": os.cpu_count(), "threads": threads, "versions": versions(torch),
-            "load_average_before": load_before, "load_average_after": load_average()}
+    meta = {
+        "command": " ".join(["python -m benchmarks", name] + args),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "versions": versions(torch),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
     meta.update(extra)
     return meta
 

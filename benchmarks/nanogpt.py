@@ -31,6 +31,7 @@ random batches of 12 windows, the same batches for both) and the exact loss of t
 validation split (non-overlapping windows of 64, every token predicted once).
 PyTorch is optional: without it, npgrad runs alone and the ratio is omitted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def parse_args(argv):
     p.add_argument("--chunk", type=int, default=50, help="iterations per turn when alternating contenders")
     p.add_argument("--eval-iters", type=int, default=20, help="batches per split for nanoGPT's loss estimate")
     p.add_argument("--seed", type=int, default=1337, help="weights and batches (nanoGPT's seed)")
-    p.add_argument("--init", choices=["ours", "nanogpt"], default="ours",
-                   help="npgrad's LanguageModel init (as lm-train) or nanoGPT's N(0, 0.02) init")
+    p.add_argument(
+        "--init",
+        choices=["ours", "nanogpt"],
+        default="ours",
+        help="npgrad's LanguageModel init (as lm-train) or nanoGPT's N(0, 0.02) init",
+    )
     p.add_argument("--config", default="shakespeare_char", help="the recipe's config (model and train sections)")
     p.add_argument("--data-dir", help="cache directory holding tinyshakespeare/ (default TRANSFORMER_DATA)")
     p.add_argument("--no-torch", action="store_true", help="run npgrad alone")
@@ -68,10 +73,12 @@ def set_threads(threads):
     names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
     for module, name in (("numpy", "OPENBLAS_NUM_THREADS"), ("numba", "NUMBA_NUM_THREADS")):
         if module in sys.modules and os.environ.get(name) != wanted:
-            raise SystemExit(f"{module} was imported before the benchmark could set {threads} thread(s): "
-                             f"run it as `{name}={threads} python -m benchmarks ...`")
+            raise SystemExit(
+                f"{module} was imported before the benchmark could set {threads} thread(s): "
+                f"run it as `{name}={threads} python -m benchmarks ...`"
+            )
     for name in names:
-        os.environ[name] = wanted                     # --threads wins over whatever the environment says
+        os.environ[name] = wanted  # --threads wins over whatever the environment says
 
 
 # ------------------------------------------------------------------------------------ shared set-up
@@ -80,6 +87,7 @@ def nanogpt_init(named_shapes, n_layers, seed):
     every matrix and embedding N(0, 0.02), the residual projections (attention output, second
     feed-forward layer) N(0, 0.02 / sqrt(2 n_layers)), LayerNorm gains 1."""
     import numpy as np
+
     rng = np.random.default_rng(seed)
     weights = {}
     for name, shape in named_shapes:
@@ -99,12 +107,13 @@ class Data:
         from transformer.data import LMBatcher, split_stream
         from transformer.datasets import load_tinyshakespeare
         from transformer.tokenizer import CharTokenizer
+
         text = load_tinyshakespeare(data_dir=args.data_dir)
         self.tokenizer = CharTokenizer.from_text(text)
         ids = np.asarray(self.tokenizer.encode([text])[0], dtype=np.int64)
         self.train, self.val = split_stream(ids, train_fraction)
         stream = LMBatcher(self.train, block_size=block_size, batch_size=batch_size, seed=args.seed)
-        self.batches = [stream.sample() for _ in range(args.iters)]              # (x, y), each (B, L)
+        self.batches = [stream.sample() for _ in range(args.iters)]  # (x, y), each (B, L)
         self.eval_batches = {}
         for split, ids_, seed in (("train", self.train, 1), ("val", self.val, 2)):
             sampler = LMBatcher(ids_, block_size=block_size, batch_size=batch_size, seed=[args.seed, seed])
@@ -112,7 +121,7 @@ class Data:
 
 
 # ------------------------------------------------------------------------------------ npgrad
-PHASES = ("forward", "backward", "clip", "optimizer")       # of an iteration, in order, as step() marks them
+PHASES = ("forward", "backward", "clip", "optimizer")  # of an iteration, in order, as step() marks them
 
 
 def _no_mark(phase):
@@ -126,6 +135,7 @@ class NpgradContender:
         from npgrad import functional as F, optim
         from transformer.model import LanguageModel
         from transformer.train import build_optimizer, build_schedule
+
         self.F, self.optim = F, optim
         self.model = LanguageModel(model_cfg)
         if weights is not None:
@@ -142,6 +152,7 @@ class NpgradContender:
     def warm_up(self, model_cfg, batch):
         """One forward/backward on a throwaway model: compiles (or loads) the Numba kernels."""
         from transformer.model import LanguageModel
+
         scratch = LanguageModel(model_cfg)
         x, y = batch
         logits = scratch(x)
@@ -150,7 +161,7 @@ class NpgradContender:
     def step(self, x, y, mark=_no_mark):
         """One training iteration; ``mark(phase)`` is called as each of PHASES ends (nanogpt-split times them)."""
         self.optimizer.zero_grad()
-        logits = self.model(x)                                                   # (B, L, V)
+        logits = self.model(x)  # (B, L, V)
         loss = self.F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         mark("forward")
         loss.backward()
@@ -164,21 +175,26 @@ class NpgradContender:
 
     def logits(self, x):
         import npgrad as ng
+
         with ng.no_grad():
             return self.model(x).data
 
     def estimate(self, batches):
         import numpy as np
         import npgrad as ng
+
         self.model.eval()
         with ng.no_grad():
-            out = [float(self.F.cross_entropy(self.model(x).reshape(-1, self.model.config.vocab_size),
-                                              y.reshape(-1)).data) for x, y in batches]
+            out = [
+                float(self.F.cross_entropy(self.model(x).reshape(-1, self.model.config.vocab_size), y.reshape(-1)).data)
+                for x, y in batches
+            ]
         self.model.train()
         return float(np.mean(out))
 
     def split_loss(self, ids, block_size):
         from transformer.tasks import lm_split_loss
+
         loss, _ = lm_split_loss(self.model, ids, block_size)
         self.model.train()
         return loss
@@ -187,10 +203,12 @@ class NpgradContender:
 # ------------------------------------------------------------------------------------ PyTorch
 class TorchContender:
     """nanoGPT's GPT for the recipe's options: benchmarks/torch_twins.py's LanguageModelTwin."""
+
     name = "pytorch"
 
     def __init__(self, torch, model_cfg, settings, weights):
         from benchmarks import torch_twins
+
         self.torch, self.twin = torch, torch_twins.LanguageModelTwin
         self.model = self.twin(**model_cfg.to_dict())
         torch_twins.load_npgrad_weights(self.model, weights)
@@ -200,8 +218,12 @@ class TorchContender:
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": settings["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+            lr=settings["lr"],
+            betas=tuple(settings["betas"]),
+            eps=settings["eps"],
+        )
         from npgrad import optim
+
         self.lr_at = optim.WarmupCosineSchedule.lr_at.__get__(_ScheduleFormula(settings))
         self.iteration = 0
         self.losses = []
@@ -247,19 +269,21 @@ class TorchContender:
         """The same windows as ``transformer.tasks.lm_split_loss``."""
         import numpy as np
         from transformer.data import sequential_windows
+
         torch = self.torch
         windows = list(sequential_windows(ids, block_size))
         full = [w for w in windows if w[0].size == block_size]
         tail = [w for w in windows if w[0].size != block_size]
-        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
+        groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
         total, count = 0.0, 0
         self.model.eval()
         with torch.no_grad():
             for group in groups:
                 x = torch.from_numpy(np.stack([w[0] for w in group]))
                 y = torch.from_numpy(np.stack([w[1] for w in group]))
-                total += float(torch.nn.functional.cross_entropy(self.model(x).flatten(0, 1), y.flatten(),
-                                                                 reduction="sum"))
+                total += float(
+                    torch.nn.functional.cross_entropy(self.model(x).flatten(0, 1), y.flatten(), reduction="sum")
+                )
                 count += y.numel()
         self.model.train()
         return total / count
@@ -283,8 +307,13 @@ def setup(args, torch, max_steps=None):
 
     max_steps = args.iters if max_steps is None else max_steps
     config = load_config(args.config)
-    settings = train_settings({**config["train"], "max_steps": max_steps,
-                               "warmup_steps": min(int(config["train"].get("warmup_steps", 0)), max_steps)})
+    settings = train_settings(
+        {
+            **config["train"],
+            "max_steps": max_steps,
+            "warmup_steps": min(int(config["train"].get("warmup_steps", 0)), max_steps),
+        }
+    )
     if settings["lr_schedule"] != "cosine" or settings["optimizer"] != "adamw":
         raise SystemExit(f"{args.config}: this benchmark reproduces an AdamW + cosine recipe")
     data_fraction = float(config.get("data", {}).get("train_fraction", 0.9))
@@ -293,15 +322,22 @@ def setup(args, torch, max_steps=None):
     probe = LMConfig(vocab_size=65, **model_section)
     data = Data(args, probe.block_size, int(settings["batch_size"]), data_fraction)
     model_cfg = LMConfig(vocab_size=data.tokenizer.vocab_size, **model_section)
-    for key, wanted in (("dropout", 0.0), ("bias", False), ("tie_output", True), ("norm_first", True),
-                        ("positional", "learned"), ("activation", "gelu")):
+    for key, wanted in (
+        ("dropout", 0.0),
+        ("bias", False),
+        ("tie_output", True),
+        ("norm_first", True),
+        ("positional", "learned"),
+        ("activation", "gelu"),
+    ):
         if getattr(model_cfg, key) != wanted:
-            raise SystemExit(f"{args.config}: the PyTorch contender is nanoGPT's model; it needs model.{key}={wanted!r}")
+            raise SystemExit(
+                f"{args.config}: the PyTorch contender is nanoGPT's model; it needs model.{key}={wanted!r}"
+            )
 
     ours = NpgradContender(model_cfg, settings, None)
     if args.init == "nanogpt":
-        weights = nanogpt_init([(n, p.shape) for n, p in ours.model.named_parameters()], model_cfg.n_layers,
-                               args.seed)
+        weights = nanogpt_init([(n, p.shape) for n, p in ours.model.named_parameters()], model_cfg.n_layers, args.seed)
         ours.model.load_state_dict(weights)
     else:
         weights = ours.state()
@@ -322,9 +358,14 @@ def main(argv=None):
     contenders = [ours] + ([theirs] if theirs is not None else [])
     load_before = load_average()
 
-    report = {"benchmark": "nanoGPT CPU recipe, tiny Shakespeare (char)", "iters": args.iters,
-              "config": args.config, "init": args.init, "seed": args.seed,
-              "parameters": int(sum(p.data.size for p in ours.model.parameters()))}
+    report = {
+        "benchmark": "nanoGPT CPU recipe, tiny Shakespeare (char)",
+        "iters": args.iters,
+        "config": args.config,
+        "init": args.init,
+        "seed": args.seed,
+        "parameters": int(sum(p.data.size for p in ours.model.parameters())),
+    }
     x0 = data.batches[0][0]
     if torch is not None:
         report["initial_max_abs_logit_diff"] = float(np.max(np.abs(ours.logits(x0) - contenders[1].logits(x0))))
@@ -336,25 +377,34 @@ def main(argv=None):
     for turn, start in enumerate(range(0, args.iters, args.chunk)):
         order = contenders if turn % 2 == 0 else contenders[::-1]
         for c in order:
-            for x, y in data.batches[start:start + args.chunk]:
+            for x, y in data.batches[start : start + args.chunk]:
                 t0 = time.perf_counter()
                 c.step(x, y)
                 times[c.name].append(time.perf_counter() - t0)
-        done = min(start + args.chunk, args.iters)              # progress on stderr; stdout has the result
-        print(f"  {done}/{args.iters}  " + "  ".join(
-            f"{c.name} loss {c.losses[-1]:.4f} {1000 * sum(times[c.name][-args.chunk:]) / args.chunk:.1f} ms/it"
-            for c in contenders), file=sys.stderr, flush=True)
+        done = min(start + args.chunk, args.iters)  # progress on stderr; stdout has the result
+        print(
+            f"  {done}/{args.iters}  "
+            + "  ".join(
+                f"{c.name} loss {c.losses[-1]:.4f} {1000 * sum(times[c.name][-args.chunk :]) / args.chunk:.1f} ms/it"
+                for c in contenders
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     report["meta"] = run_meta("nanogpt", argv, args.threads, load_before, torch, dtype="float32", chunk=args.chunk)
 
     results = {}
     for c in contenders:
         t = np.asarray(times[c.name])
         results[c.name] = {
-            "wall_s": float(t.sum()), "ms_per_iter_median": float(1000 * np.median(t)),
-            "ms_per_iter_mean": float(1000 * t.mean()), "final_train_batch_loss": c.losses[-1],
+            "wall_s": float(t.sum()),
+            "ms_per_iter_median": float(1000 * np.median(t)),
+            "ms_per_iter_mean": float(1000 * t.mean()),
+            "final_train_batch_loss": c.losses[-1],
             "train_loss_estimate": c.estimate(data.eval_batches["train"]),
             "val_loss_estimate": c.estimate(data.eval_batches["val"]),
-            "val_loss_exact": c.split_loss(data.val, model_cfg.block_size)}
+            "val_loss_exact": c.split_loss(data.val, model_cfg.block_size),
+        }
     report["results"] = results
     if torch is not None:
         report["wall_ratio_npgrad_over_pytorch"] = results["npgrad"]["wall_s"] / results["pytorch"]["wall_s"]
@@ -371,19 +421,26 @@ def main(argv=None):
 
 def format_report(r):
     m, v = r["meta"], r["meta"]["versions"]
-    lines = [f"{r['benchmark']}: {r['iters']} iterations, {r['parameters']:,} parameters, init {r['init']}, "
-             f"seed {r['seed']}",
-             f"machine: {m['machine']}, {m['cpus']} cores, {m['threads']} threads; python {v['python']}, "
-             f"numpy {v['numpy']}, numba {v['numba']}, torch {v.get('torch')}",
-             f"load average (1, 5, 15 min): before {m['load_average_before']}, after {m['load_average_after']}"]
+    lines = [
+        f"{r['benchmark']}: {r['iters']} iterations, {r['parameters']:,} parameters, init {r['init']}, "
+        f"seed {r['seed']}",
+        f"machine: {m['machine']}, {m['cpus']} cores, {m['threads']} threads; python {v['python']}, "
+        f"numpy {v['numpy']}, numba {v['numba']}, torch {v.get('torch')}",
+        f"load average (1, 5, 15 min): before {m['load_average_before']}, after {m['load_average_after']}",
+    ]
     if "initial_max_abs_logit_diff" in r:
         lines.append(f"same start: max |logit difference| at init {r['initial_max_abs_logit_diff']:.2e}")
-    lines += ["", f"| {'contender':<9} | wall (s) | ms/iter (median) | val loss (estimate) | val loss (exact) "
-                  f"| train loss (estimate) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"| {'contender':<9} | wall (s) | ms/iter (median) | val loss (estimate) | val loss (exact) "
+        f"| train loss (estimate) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, s in r["results"].items():
-        lines.append(f"| {name:<9} | {s['wall_s']:.1f} | {s['ms_per_iter_median']:.1f} | "
-                     f"{s['val_loss_estimate']:.4f} | {s['val_loss_exact']:.4f} | {s['train_loss_estimate']:.4f} |")
+        lines.append(
+            f"| {name:<9} | {s['wall_s']:.1f} | {s['ms_per_iter_median']:.1f} | "
+            f"{s['val_loss_estimate']:.4f} | {s['val_loss_exact']:.4f} | {s['train_loss_estimate']:.4f} |"
+        )
     if "wall_ratio_npgrad_over_pytorch" in r:
         lines.append(f"\nwall-time ratio npgrad / PyTorch: {r['wall_ratio_npgrad_over_pytorch']:.2f}")
     lines.append("targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in r["targets"].items()))

@@ -16,6 +16,7 @@ iterations so that they share the machine's load:
 The models keep training through the chunks (the timings do not depend on the values). Each phase is
 timed separately; the table gives medians over the iterations after the first chunk.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,8 @@ def _torch_gemm_linear(torch):
     class TorchGemmLinear(Linear):
         @staticmethod
         def forward(ctx, x, w, b=None):
-            x2 = x.reshape(-1, w.shape[0])                                       # (N, in)
-            y2 = mm(x2, w)                                                       # (N, out)
+            x2 = x.reshape(-1, w.shape[0])  # (N, in)
+            y2 = mm(x2, w)  # (N, out)
             if b is not None:
                 y2 += b
             ctx.save_for_backward(x, w, x2)
@@ -57,7 +58,7 @@ def _torch_gemm_linear(torch):
         @staticmethod
         def backward(ctx, g):
             x, w, x2 = ctx.saved
-            g2 = g.reshape(-1, w.shape[1])                                       # (N, out)
+            g2 = g.reshape(-1, w.shape[1])  # (N, out)
             gx = mm(g2, w.T).reshape(x.shape) if ctx.needs_input_grad[0] else None
             gw = mm(x2.T, g2) if ctx.needs_input_grad[1] else None
             gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None
@@ -69,8 +70,10 @@ def _torch_gemm_linear(torch):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from benchmarks import nanogpt as nb
+
     nb.set_threads(args.threads)
     from benchmarks.meta import import_torch, load_average, run_meta
+
     torch = import_torch(args.threads)
     if torch is None:
         print("nanogpt-split needs PyTorch (pip install 'npgrad[bench]')", file=sys.stderr)
@@ -87,15 +90,19 @@ def main(argv=None):
 
     def timed(contender):
         """-> iteration(x, y) returning the seconds of each phase of contender.step."""
+
         def iteration(x, y):
             stamps = [time.perf_counter()]
             contender.step(x, y, mark=lambda phase: stamps.append(time.perf_counter()))
             return np.diff(stamps)
+
         return iteration
 
-    contenders = {"npgrad": (timed(ours), numpy_apply),
-                  "npgrad, torch GEMMs": (timed(ours), torch_apply),
-                  "pytorch": (timed(theirs), numpy_apply)}
+    contenders = {
+        "npgrad": (timed(ours), numpy_apply),
+        "npgrad, torch GEMMs": (timed(ours), torch_apply),
+        "pytorch": (timed(theirs), numpy_apply),
+    }
     times = {name: [] for name in contenders}
     load_before = load_average()
     try:
@@ -104,26 +111,36 @@ def main(argv=None):
             for name in names:
                 iteration, apply = contenders[name]
                 linear.apply = apply
-                for x, y in data.batches[start:start + args.chunk]:
+                for x, y in data.batches[start : start + args.chunk]:
                     times[name].append(iteration(x, y))
     finally:
         linear.apply = numpy_apply
-    report = {"benchmark": "nanoGPT recipe iteration, split by phase", "iters": args.iters, "chunk": args.chunk,
-              "meta": run_meta("nanogpt-split", argv, args.threads, load_before, torch, dtype="float32"),
-              "ms_median": {}}
+    report = {
+        "benchmark": "nanoGPT recipe iteration, split by phase",
+        "iters": args.iters,
+        "chunk": args.chunk,
+        "meta": run_meta("nanogpt-split", argv, args.threads, load_before, torch, dtype="float32"),
+        "ms_median": {},
+    }
     for name, rows in times.items():
-        median = np.median(np.asarray(rows[args.chunk:]) * 1000, axis=0)
+        median = np.median(np.asarray(rows[args.chunk :]) * 1000, axis=0)
         report["ms_median"][name] = dict(zip(nb.PHASES, map(float, median)), total=float(median.sum()))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     meta = report["meta"]
-    print(f"{report['benchmark']}: {args.iters} iterations each, chunks of {args.chunk}, {args.threads} thread(s); "
-          f"load {meta['load_average_before']} -> {meta['load_average_after']}")
-    print("\n| contender | forward | backward | clip | optimizer | sum (ms; medians per phase) |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        f"{report['benchmark']}: {args.iters} iterations each, chunks of {args.chunk}, {args.threads} thread(s); "
+        f"load {meta['load_average_before']} -> {meta['load_average_after']}"
+    )
+    print(
+        "\n| contender | forward | backward | clip | optimizer | sum (ms; medians per phase) |\n|---|---:|---:|---:|---:|---:|"
+    )
     for name, m in report["ms_median"].items():
-        print(f"| {name} | {m['forward']:.1f} | {m['backward']:.1f} | {m['clip']:.2f} | {m['optimizer']:.2f} "
-              f"| {m['total']:.1f} |")
+        print(
+            f"| {name} | {m['forward']:.1f} | {m['backward']:.1f} | {m['clip']:.2f} | {m['optimizer']:.2f} "
+            f"| {m['total']:.1f} |"
+        )
     return 0
 
 

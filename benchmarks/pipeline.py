@@ -13,6 +13,7 @@ token-bucketed batches), then alternates, step by step on the same model:
 Both draw from the same token-bucketed stream (the bare side's batch is fetched outside its timing), so the ratio of
 their median target tokens/s is the pipeline's efficiency. Target: >= 90%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,10 @@ def main(argv=None):
         bare_rates.append(batch.num_tgt_tokens / (time.perf_counter() - t0))
     trainer.log.close()
     result = {
-        "config": args.config, "steps": args.steps,
-        "pipeline_tok_per_s": statistics.median(pipe_rates), "bare_tok_per_s": statistics.median(bare_rates),
+        "config": args.config,
+        "steps": args.steps,
+        "pipeline_tok_per_s": statistics.median(pipe_rates),
+        "bare_tok_per_s": statistics.median(bare_rates),
         "efficiency": statistics.median(pipe_rates) / statistics.median(bare_rates),
         "batch_fetch_ms_median": statistics.median(fetch_ms),
         "meta": run_meta("pipeline", argv, args.threads, load_before),
@@ -86,9 +89,11 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"pipeline {result['pipeline_tok_per_s']:,.0f} tok/s, bare step {result['bare_tok_per_s']:,.0f} tok/s: "
-              f"efficiency {100 * result['efficiency']:.1f}% (target >= 90%); fetching+padding a batch "
-              f"{result['batch_fetch_ms_median']:.2f} ms")
+        print(
+            f"pipeline {result['pipeline_tok_per_s']:,.0f} tok/s, bare step {result['bare_tok_per_s']:,.0f} tok/s: "
+            f"efficiency {100 * result['efficiency']:.1f}% (target >= 90%); fetching+padding a batch "
+            f"{result['batch_fetch_ms_median']:.2f} ms"
+        )
     return 0
 
 

@@ -18,6 +18,7 @@ One result file per benchmark, ``benchmarks/results/NAME.json``, each a JSON obj
 ``--check`` compares instead of writing (exit status 1 when RESULTS.md is stale). A malformed file is refused
 with a message naming it and what is wrong.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,18 @@ version is `git show 16f634a:benchmarks/RESULTS.md`).
 """
 
 SOURCES = ("re-measured", "transcribed")
-REQUIRED = {"title": str, "order": int, "about": str, "command": str, "machine": str, "date": str, "commit": str,
-            "load": str, "source": str, "kind": str}
+REQUIRED = {
+    "title": str,
+    "order": int,
+    "about": str,
+    "command": str,
+    "machine": str,
+    "date": str,
+    "commit": str,
+    "load": str,
+    "source": str,
+    "kind": str,
+}
 
 
 class ReportError(ValueError):
@@ -78,17 +89,29 @@ def kernels_table(rows):
     out = []
     for row in rows:
         ms = row["ms"]
-        out.append([row["op"], row["shape"], f"{ms['numba']:.2f}", f"{ms['numpy']:.2f}", _maybe(ms.get("torch"), ".2f"),
-                    f"{row['numba_over_numpy']:.2f}", _maybe(row.get("numba_over_torch"), ".2f")])
-    return markdown_table(["op", "shape", "numba ms", "numpy ms", "torch ms", "numba/numpy", "numba/torch"], out,
-                          "llrrrrr")
+        out.append(
+            [
+                row["op"],
+                row["shape"],
+                f"{ms['numba']:.2f}",
+                f"{ms['numpy']:.2f}",
+                _maybe(ms.get("torch"), ".2f"),
+                f"{row['numba_over_numpy']:.2f}",
+                _maybe(row.get("numba_over_torch"), ".2f"),
+            ]
+        )
+    return markdown_table(
+        ["op", "shape", "numba ms", "numpy ms", "torch ms", "numba/numpy", "numba/torch"], out, "llrrrrr"
+    )
 
 
 def _kernels(result):
     meta = result["meta"]
-    return [kernels_table(result["results"]),
-            f"{meta['threads']} thread(s) for the Numba kernels and PyTorch; median of {meta['repeat']} repetitions; "
-            f"{meta['threads']}-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s."]
+    return [
+        kernels_table(result["results"]),
+        f"{meta['threads']} thread(s) for the Numba kernels and PyTorch; median of {meta['repeat']} repetitions; "
+        f"{meta['threads']}-thread copy bandwidth {meta['copy_bandwidth_GBps']:.1f} GB/s.",
+    ]
 
 
 def _step(result):
@@ -97,21 +120,48 @@ def _step(result):
     time_rows, memory_rows = [], []
     for row in result["results"]:
         med = row["median_s"]
-        time_rows.append([names.get(row["config"], row["config"]), str(threads), str(row["repeat"]),
-                          _seconds(med["npgrad"]), _seconds(med["torch"]), f"**{row['ratio']:.2f}**",
-                          f"{row['median_pair_ratio']:.2f}"])
+        time_rows.append(
+            [
+                names.get(row["config"], row["config"]),
+                str(threads),
+                str(row["repeat"]),
+                _seconds(med["npgrad"]),
+                _seconds(med["torch"]),
+                f"**{row['ratio']:.2f}**",
+                f"{row['median_pair_ratio']:.2f}",
+            ]
+        )
         memory = row.get("memory")
         if memory:
             ours, theirs = memory["npgrad"], memory["torch"]
-            memory_rows.append([names.get(row["config"], row["config"]),
-                                f"{ours['peak_rss_MiB']:.0f} MiB ({ours['rss_ready_MiB']:.0f})",
-                                f"{theirs['peak_rss_MiB']:.0f} MiB ({theirs['rss_ready_MiB']:.0f})",
-                                f"**{row['memory_ratio']:.2f}**"])
-    parts = [markdown_table(["config", "threads", "steps", "npgrad median", "PyTorch median", "ratio (target <= 1.0)",
-                             "median of pair ratios"], time_rows)]
+            memory_rows.append(
+                [
+                    names.get(row["config"], row["config"]),
+                    f"{ours['peak_rss_MiB']:.0f} MiB ({ours['rss_ready_MiB']:.0f})",
+                    f"{theirs['peak_rss_MiB']:.0f} MiB ({theirs['rss_ready_MiB']:.0f})",
+                    f"**{row['memory_ratio']:.2f}**",
+                ]
+            )
+    parts = [
+        markdown_table(
+            [
+                "config",
+                "threads",
+                "steps",
+                "npgrad median",
+                "PyTorch median",
+                "ratio (target <= 1.0)",
+                "median of pair ratios",
+            ],
+            time_rows,
+        )
+    ]
     if memory_rows:
-        parts.append(markdown_table(["config", "npgrad peak (ready)", "PyTorch peak (ready)", "ratio (target <= 1.5)"],
-                                    memory_rows))
+        parts.append(
+            markdown_table(
+                ["config", "npgrad peak (ready)", "PyTorch peak (ready)", "ratio (target <= 1.5)"], memory_rows
+            )
+        )
     return parts
 
 
@@ -121,54 +171,116 @@ def _decode(result):
         mode = "greedy" if row["mode"] == "greedy" else row["mode"].replace("beam", "beam ")
         cells = [mode, f"{row['cached_s']:.1f} s", f"**{row['cached_sentences_per_s']:.1f}**"]
         if "cache_speedup" in row:
-            cells += [f"{row['subset_cached_s']:.2f} s / {row['subset_no_cache_s']:.1f} s",
-                      f"**{row['cache_speedup']:.1f}x**", f"~{row['no_cache_s_scaled_to_all']:.0f} s",
-                      "yes" if row["same_tokens"] else "**no**"]
+            cells += [
+                f"{row['subset_cached_s']:.2f} s / {row['subset_no_cache_s']:.1f} s",
+                f"**{row['cache_speedup']:.1f}x**",
+                f"~{row['no_cache_s_scaled_to_all']:.0f} s",
+                "yes" if row["same_tokens"] else "**no**",
+            ]
         else:
             cells += ["—"] * 4
         rows.append(cells)
     n, subset = result["results"][0]["sentences"], result["results"][0].get("subset_sentences", 0)
-    return [markdown_table(["search", f"cached: {n:,} sentences", "sentences/s",
-                            f"subset ({subset}): cached / no cache", "cache speed-up", f"no cache, scaled to {n:,}",
-                            "same tokens"], rows)]
+    return [
+        markdown_table(
+            [
+                "search",
+                f"cached: {n:,} sentences",
+                "sentences/s",
+                f"subset ({subset}): cached / no cache",
+                "cache speed-up",
+                f"no cache, scaled to {n:,}",
+                "same tokens",
+            ],
+            rows,
+        )
+    ]
 
 
 def _nanogpt(result):
     rows = []
     for name, r in result["results"].items():
-        rows.append([name, f"{r['wall_s']:.1f} s", f"{r['ms_per_iter_median']:.1f}",
-                     f"**{r['val_loss_estimate']:.4f}**", f"{r['val_loss_exact']:.4f}",
-                     _maybe(r.get("train_loss_estimate"), ".4f")])
-    parts = [markdown_table(["contender", f"wall, {result['iters']} iterations", "ms/iteration (median)",
-                             "val loss (estimate)", "val loss (exact)", "train loss (estimate)"], rows)]
+        rows.append(
+            [
+                name,
+                f"{r['wall_s']:.1f} s",
+                f"{r['ms_per_iter_median']:.1f}",
+                f"**{r['val_loss_estimate']:.4f}**",
+                f"{r['val_loss_exact']:.4f}",
+                _maybe(r.get("train_loss_estimate"), ".4f"),
+            ]
+        )
+    parts = [
+        markdown_table(
+            [
+                "contender",
+                f"wall, {result['iters']} iterations",
+                "ms/iteration (median)",
+                "val loss (estimate)",
+                "val loss (exact)",
+                "train loss (estimate)",
+            ],
+            rows,
+        )
+    ]
     if "pytorch" in result["results"]:
         ratio = result["results"]["npgrad"]["wall_s"] / result["results"]["pytorch"]["wall_s"]
-        parts.append(f"Wall-time ratio npgrad / PyTorch: **{ratio:.2f}** (target <= 1.0); validation loss "
-                     f"(estimate) target <= 1.88.")
+        parts.append(
+            f"Wall-time ratio npgrad / PyTorch: **{ratio:.2f}** (target <= 1.0); validation loss "
+            f"(estimate) target <= 1.88."
+        )
     return parts
 
 
 def _nanogpt_split(result):
-    rows = [[name, f"{m['forward']:.1f}", f"{m['backward']:.1f}", f"{m['clip']:.2f}", f"{m['optimizer']:.2f}",
-             f"**{m['total']:.1f}**"] for name, m in result["ms_median"].items()]
-    return [markdown_table(["contender", "forward", "backward", "clip", "optimizer", "sum (ms, medians per phase)"],
-                           rows)]
+    rows = [
+        [
+            name,
+            f"{m['forward']:.1f}",
+            f"{m['backward']:.1f}",
+            f"{m['clip']:.2f}",
+            f"{m['optimizer']:.2f}",
+            f"**{m['total']:.1f}**",
+        ]
+        for name, m in result["ms_median"].items()
+    ]
+    return [
+        markdown_table(["contender", "forward", "backward", "clip", "optimizer", "sum (ms, medians per phase)"], rows)
+    ]
 
 
 def _allocator(result):
-    rows = [[mode, _seconds(result["median_step_s"][mode]), f"{result['median_faults_per_step'][mode]:,.0f}"]
-            for mode in ("default", "retained")]
-    return [markdown_table(["malloc mode", "median step", "median page faults a step"], rows),
-            f"Speed-up of the retained mode: **{result['speedup']:.2f}** ({result['rounds']} rounds x "
-            f"{result['steps']} steps a mode, config {result['config']})."]
+    rows = [
+        [mode, _seconds(result["median_step_s"][mode]), f"{result['median_faults_per_step'][mode]:,.0f}"]
+        for mode in ("default", "retained")
+    ]
+    return [
+        markdown_table(["malloc mode", "median step", "median page faults a step"], rows),
+        f"Speed-up of the retained mode: **{result['speedup']:.2f}** ({result['rounds']} rounds x "
+        f"{result['steps']} steps a mode, config {result['config']}).",
+    ]
 
 
 def _pipeline(result):
-    return [markdown_table(["pipeline, target tokens/s", "bare step, target tokens/s", "efficiency (target >= 90%)",
-                            "fetching + padding a batch"],
-                           [[f"{result['pipeline_tok_per_s']:,.1f}", f"{result['bare_tok_per_s']:,.1f}",
-                             f"**{100 * result['efficiency']:.1f}%**", f"{result['batch_fetch_ms_median']:.1f} ms"]],
-                           "rrrr")]
+    return [
+        markdown_table(
+            [
+                "pipeline, target tokens/s",
+                "bare step, target tokens/s",
+                "efficiency (target >= 90%)",
+                "fetching + padding a batch",
+            ],
+            [
+                [
+                    f"{result['pipeline_tok_per_s']:,.1f}",
+                    f"{result['bare_tok_per_s']:,.1f}",
+                    f"**{100 * result['efficiency']:.1f}%**",
+                    f"{result['batch_fetch_ms_median']:.1f} ms",
+                ]
+            ],
+            "rrrr",
+        )
+    ]
 
 
 def _tables(data):
@@ -176,8 +288,8 @@ def _tables(data):
     for table in data["tables"]:
         columns, rows = table["columns"], table["rows"]
         if not all(isinstance(c, str) for c in columns) or not all(
-                isinstance(row, list) and len(row) == len(columns) and all(isinstance(c, str) for c in row)
-                for row in rows):
+            isinstance(row, list) and len(row) == len(columns) and all(isinstance(c, str) for c in row) for row in rows
+        ):
             raise ValueError(f"table {table.get('caption', '')!r}: every row must be a list of {len(columns)} strings")
         align = table.get("align")
         if align is not None and (not isinstance(align, str) or len(align) != len(columns) or set(align) - {"l", "r"}):
@@ -188,8 +300,15 @@ def _tables(data):
     return parts
 
 
-RENDERERS = {"kernels": _kernels, "step": _step, "decode": _decode, "nanogpt": _nanogpt,
-             "nanogpt-split": _nanogpt_split, "allocator": _allocator, "pipeline": _pipeline}
+RENDERERS = {
+    "kernels": _kernels,
+    "step": _step,
+    "decode": _decode,
+    "nanogpt": _nanogpt,
+    "nanogpt-split": _nanogpt_split,
+    "allocator": _allocator,
+    "pipeline": _pipeline,
+}
 
 
 # ================================================================================================ document
@@ -208,8 +327,9 @@ def load(path):
         if key not in data:
             raise ReportError(f"{path.name}: missing the required key {key!r}")
         if not isinstance(data[key], kind) or isinstance(data[key], bool):
-            raise ReportError(f"{path.name}: {key!r} must be {'a whole number' if kind is int else 'a string'}, "
-                              f"got {data[key]!r}")
+            raise ReportError(
+                f"{path.name}: {key!r} must be {'a whole number' if kind is int else 'a string'}, got {data[key]!r}"
+            )
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", data["date"]):
         raise ReportError(f"{path.name}: 'date' must be YYYY-MM-DD, got {data['date']!r}")
     if data["source"] not in SOURCES:
@@ -238,10 +358,15 @@ def section(data, name="<result>"):
         lines += ["Commands:", "", *("    " + line if line else "" for line in command.splitlines()), ""]
     else:
         lines += [f"Command: `{command}`", ""]
-    when = (f"re-measured on {data['date']}" if data["source"] == "re-measured"
-            else f"transcribed from the run of {data['date']}, not re-run")
-    lines += [f"Machine: {data['machine']}. Code: commit {data['commit']}. Load average: {data['load']}. "
-              f"Figures {when}.", ""]
+    when = (
+        f"re-measured on {data['date']}"
+        if data["source"] == "re-measured"
+        else f"transcribed from the run of {data['date']}, not re-run"
+    )
+    lines += [
+        f"Machine: {data['machine']}. Code: commit {data['commit']}. Load average: {data['load']}. Figures {when}.",
+        "",
+    ]
     for part in figures:
         lines += [part, ""]
     for note in data.get("notes", []):

@@ -25,6 +25,7 @@ steps alone in a fresh subprocess (``python -m benchmarks.step --worker CONFIG C
 its peak resident size (VmHWM), so neither pollutes the other's figure; the resident size right after imports and
 model construction is printed beside it (PyTorch's runtime alone is a few hundred MiB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,13 +43,39 @@ from benchmarks.meta import import_torch, load_average, print_result, run_meta
 
 # Legend: B batch, S source length, T target length, C width, H heads, V vocabulary, F feed-forward width.
 CONFIGS = {
-    "seq2seq": dict(vocab=8000, d_model=256, heads=4, layers=3, d_ff=1024, batch=128, src_len=32, tgt_len=32,
-                    dropout=0.1, label_smoothing=0.1, lr=5e-4, betas=(0.9, 0.98), eps=1e-9),
-    "lm": dict(vocab=65, d_model=128, heads=4, layers=4, d_ff=512, batch=12, ctx=64, dropout=0.0,
-               lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, clip=1.0),
+    "seq2seq": dict(
+        vocab=8000,
+        d_model=256,
+        heads=4,
+        layers=3,
+        d_ff=1024,
+        batch=128,
+        src_len=32,
+        tgt_len=32,
+        dropout=0.1,
+        label_smoothing=0.1,
+        lr=5e-4,
+        betas=(0.9, 0.98),
+        eps=1e-9,
+    ),
+    "lm": dict(
+        vocab=65,
+        d_model=128,
+        heads=4,
+        layers=4,
+        d_ff=512,
+        batch=12,
+        ctx=64,
+        dropout=0.0,
+        lr=1e-3,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.1,
+        clip=1.0,
+    ),
 }
 PAD, BOS = 0, 2
-N_BATCHES = 4   # distinct batches cycled through (the same ones for both contenders)
+N_BATCHES = 4  # distinct batches cycled through (the same ones for both contenders)
 
 
 def make_batches(name, seed=0):
@@ -58,12 +85,12 @@ def make_batches(name, seed=0):
     batches = []
     for _ in range(N_BATCHES):
         if name == "seq2seq":
-            src = rng.integers(4, cfg["vocab"], size=(cfg["batch"], cfg["src_len"]))          # (B, S)
-            tgt = rng.integers(4, cfg["vocab"], size=(cfg["batch"], cfg["tgt_len"] + 1))      # (B, T+1)
+            src = rng.integers(4, cfg["vocab"], size=(cfg["batch"], cfg["src_len"]))  # (B, S)
+            tgt = rng.integers(4, cfg["vocab"], size=(cfg["batch"], cfg["tgt_len"] + 1))  # (B, T+1)
             tgt[:, 0] = BOS
             batches.append((src, tgt[:, :-1].copy(), tgt[:, 1:].copy()))
         else:
-            ids = rng.integers(0, cfg["vocab"], size=(cfg["batch"], cfg["ctx"] + 1))          # (B, T+1)
+            ids = rng.integers(0, cfg["vocab"], size=(cfg["batch"], cfg["ctx"] + 1))  # (B, T+1)
             batches.append((ids[:, :-1].copy(), ids[:, 1:].copy()))
     return batches
 
@@ -72,13 +99,39 @@ def model_fields(name):
     """The model of config ``name`` as TransformerConfig / LMConfig fields (npgrad's config and the twin's arguments)."""
     cfg = CONFIGS[name]
     if name == "seq2seq":
-        return dict(src_vocab_size=cfg["vocab"], tgt_vocab_size=cfg["vocab"], d_model=cfg["d_model"],
-                    n_heads=cfg["heads"], num_encoder_layers=cfg["layers"], num_decoder_layers=cfg["layers"],
-                    d_ff=cfg["d_ff"], dropout=cfg["dropout"], norm_first=False, positional="sinusoidal",
-                    share_embeddings=True, tie_output=True, pad_id=PAD, dtype="float32", seed=0)
-    return dict(vocab_size=cfg["vocab"], d_model=cfg["d_model"], n_heads=cfg["heads"], n_layers=cfg["layers"],
-                d_ff=cfg["d_ff"], block_size=cfg["ctx"], dropout=0.0, activation="gelu", norm_first=True,
-                positional="learned", tie_output=True, bias=False, dtype="float32", seed=0)
+        return dict(
+            src_vocab_size=cfg["vocab"],
+            tgt_vocab_size=cfg["vocab"],
+            d_model=cfg["d_model"],
+            n_heads=cfg["heads"],
+            num_encoder_layers=cfg["layers"],
+            num_decoder_layers=cfg["layers"],
+            d_ff=cfg["d_ff"],
+            dropout=cfg["dropout"],
+            norm_first=False,
+            positional="sinusoidal",
+            share_embeddings=True,
+            tie_output=True,
+            pad_id=PAD,
+            dtype="float32",
+            seed=0,
+        )
+    return dict(
+        vocab_size=cfg["vocab"],
+        d_model=cfg["d_model"],
+        n_heads=cfg["heads"],
+        n_layers=cfg["layers"],
+        d_ff=cfg["d_ff"],
+        block_size=cfg["ctx"],
+        dropout=0.0,
+        activation="gelu",
+        norm_first=True,
+        positional="learned",
+        tie_output=True,
+        bias=False,
+        dtype="float32",
+        seed=0,
+    )
 
 
 def _step_fn(name, model, optimizer, batches, clip):
@@ -89,7 +142,7 @@ def _step_fn(name, model, optimizer, batches, clip):
     def step():
         *inputs, target = batches[counter[0] % N_BATCHES]
         counter[0] += 1
-        logits = model(*inputs)                                                           # (B, T, V)
+        logits = model(*inputs)  # (B, T, V)
         loss = model.loss(logits, target, label_smoothing=smoothing)
         optimizer.zero_grad()
         loss.backward()
@@ -115,9 +168,10 @@ def ours_step_fn(name):
         clip = None
     else:
         model = LanguageModel(LMConfig(**model_fields(name)))
-        opt = optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"],
-                          weight_decay=cfg["weight_decay"])
-        clip = lambda: optim.clip_grad_norm_(opt.params, cfg["clip"])                   # noqa: E731
+        opt = optim.AdamW(
+            model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"], weight_decay=cfg["weight_decay"]
+        )
+        clip = lambda: optim.clip_grad_norm_(opt.params, cfg["clip"])  # noqa: E731
     assert ng.get_backend() in ("numba", "numpy")
     return _step_fn(name, model, opt, make_batches(name), clip), model
 
@@ -134,8 +188,9 @@ def torch_step_fn(name, torch):
         clip = None
     else:
         model = torch_twins.LanguageModelTwin(**model_fields(name))
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"],
-                                weight_decay=cfg["weight_decay"])
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"], weight_decay=cfg["weight_decay"]
+        )
         clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])  # noqa: E731
     batches = [tuple(torch.from_numpy(a) for a in b) for b in make_batches(name)]
     return _step_fn(name, model, opt, batches, clip), model
@@ -147,6 +202,7 @@ def torch_step_fn(name, torch):
 def _set_threads(threads):
     try:
         from npgrad.kernels import numba_kernels
+
         numba_kernels.set_num_threads(threads)
     except ImportError:
         pass
@@ -164,6 +220,7 @@ def _pin_blas_threads(threads, argv):
 
 def _retain_freed_memory(parser):
     from npgrad.allocator import retain_freed_memory
+
     if not retain_freed_memory():
         parser.error("--retain-freed-memory: not available here (needs Linux with glibc)")
 
@@ -175,10 +232,10 @@ def _maxrss_mib():
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0                         # kB
+                    return int(line.split()[1]) / 1024.0  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0     # Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _rss_mib():
@@ -206,18 +263,43 @@ def worker(name, contender, steps, threads):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"config": name, "contender": contender, "steps": steps, "rss_ready_MiB": rss_ready,
-                      "peak_rss_MiB": _maxrss_mib(), "step_s": times}))
+    print(
+        json.dumps(
+            {
+                "config": name,
+                "contender": contender,
+                "steps": steps,
+                "rss_ready_MiB": rss_ready,
+                "peak_rss_MiB": _maxrss_mib(),
+                "step_s": times,
+            }
+        )
+    )
     return 0
 
 
 def measure_memory(name, contender, steps, threads, retain_freed_memory=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.step", "--worker", name, contender,
-                           "--steps", str(steps), "--threads", str(threads)]
-                          + (["--retain-freed-memory"] if retain_freed_memory else []),
-                          capture_output=True, text=True, cwd=root, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.step",
+            "--worker",
+            name,
+            contender,
+            "--steps",
+            str(steps),
+            "--threads",
+            str(threads),
+        ]
+        + (["--retain-freed-memory"] if retain_freed_memory else []),
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": (proc.stderr or proc.stdout)[-2000:]}
@@ -231,7 +313,7 @@ def time_config(name, repeat, torch, warmup=2):
         runs["torch"] = torch_step_fn(name, torch)[0]
     names = list(runs)
     for run in runs.values():
-        for _ in range(warmup):       # compile Numba kernels, fill the optimizer state, settle allocators
+        for _ in range(warmup):  # compile Numba kernels, fill the optimizer state, settle allocators
             run()
     samples = {n: [] for n in names}
     for rep in range(repeat):
@@ -246,15 +328,19 @@ def time_config(name, repeat, torch, warmup=2):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="interleaved timed steps per contender (default: 10 seq2seq, 40 lm)")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="interleaved timed steps per contender (default: 10 seq2seq, 40 lm)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-steps", type=int, default=3, help="steps run by each memory subprocess")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-    parser.add_argument("--retain-freed-memory", action="store_true",
-                        help="npgrad.retain_freed_memory() first (glibc malloc keeps freed blocks; both contenders)")
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="npgrad.retain_freed_memory() first (glibc malloc keeps freed blocks; both contenders)",
+    )
     args = parser.parse_args(argv)
 
     _pin_blas_threads(args.threads, ["-m", "benchmarks", "step"] + list(sys.argv[2:] if argv is None else argv))
@@ -269,24 +355,37 @@ def main(argv=None):
     for name in args.config:
         repeat = args.repeat or (10 if name == "seq2seq" else 40)
         samples = time_config(name, repeat, torch)
-        row = {"config": name, "repeat": repeat,
-               "median_s": {n: statistics.median(v) for n, v in samples.items()},
-               "min_s": {n: min(v) for n, v in samples.items()}}
+        row = {
+            "config": name,
+            "repeat": repeat,
+            "median_s": {n: statistics.median(v) for n, v in samples.items()},
+            "min_s": {n: min(v) for n, v in samples.items()},
+        }
         if "torch" in samples:
             row["ratio"] = row["median_s"]["npgrad"] / row["median_s"]["torch"]
             # Ratio of each side-by-side pair, then its median: robust to drift between repetitions.
             row["median_pair_ratio"] = statistics.median(a / b for a, b in zip(samples["npgrad"], samples["torch"]))
         if not args.no_memory:
-            row["memory"] = {c: measure_memory(name, c, args.memory_steps, args.threads, args.retain_freed_memory)
-                             for c in (["npgrad", "torch"] if torch is not None else ["npgrad"])}
+            row["memory"] = {
+                c: measure_memory(name, c, args.memory_steps, args.threads, args.retain_freed_memory)
+                for c in (["npgrad", "torch"] if torch is not None else ["npgrad"])
+            }
             mem = row["memory"]
             if torch is not None and "peak_rss_MiB" in mem["npgrad"] and "peak_rss_MiB" in mem["torch"]:
                 row["memory_ratio"] = mem["npgrad"]["peak_rss_MiB"] / mem["torch"]["peak_rss_MiB"]
         results.append(row)
         if not args.json:
             print(_format_row(row), flush=True)
-    meta = run_meta("step", argv, args.threads, load_before, torch, dtype="float32", statistic="median",
-                    configs={n: CONFIGS[n] for n in args.config})
+    meta = run_meta(
+        "step",
+        argv,
+        args.threads,
+        load_before,
+        torch,
+        dtype="float32",
+        statistic="median",
+        configs={n: CONFIGS[n] for n in args.config},
+    )
     print_result(meta, results, args.json)
     return 0
 
@@ -295,8 +394,10 @@ def _format_row(row):
     med = row["median_s"]
     parts = [f"{row['config']:<8} npgrad {med['npgrad'] * 1e3:8.1f} ms"]
     if "torch" in med:
-        parts.append(f"torch {med['torch'] * 1e3:8.1f} ms  ratio {row['ratio']:.2f} "
-                     f"(median of pair ratios {row['median_pair_ratio']:.2f})")
+        parts.append(
+            f"torch {med['torch'] * 1e3:8.1f} ms  ratio {row['ratio']:.2f} "
+            f"(median of pair ratios {row['median_pair_ratio']:.2f})"
+        )
     mem = row.get("memory")
     if mem:
         for c, m in mem.items():

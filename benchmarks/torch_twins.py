@@ -19,6 +19,7 @@ Needs torch (the optional ``bench`` extra); npgrad and transformer never import 
 Only the absolute positional encodings (sinusoidal, learned) are twinned; the attention-internal kinds (relative,
 RoPE, ALiBi) and attention-weight dropout are refused.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,9 @@ def cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
     """logits (..., V) with the classes last, as npgrad has them (torch wants them on axis 1)."""
     if logits.dim() > 2:
         logits = logits.movedim(-1, 1)
-    return TF.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                            reduction=reduction)
+    return TF.cross_entropy(
+        logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction
+    )
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -88,16 +90,19 @@ def _merge(heads):
     return heads.transpose(1, 2).reshape(B, L, H * D)
 
 
-def multi_head_attention(query, key, value, num_heads, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None,
-                         mask=None):
+def multi_head_attention(
+    query, key, value, num_heads, w_q, w_k, w_v, w_o, b_q=None, b_k=None, b_v=None, b_o=None, mask=None
+):
     """npgrad's ``F.multi_head_attention``: weights (C, C) applied as x @ w, heads split from the last axis."""
-    q, k, v = (_heads(linear(x, w, b), num_heads) for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v)))
+    q, k, v = (
+        _heads(linear(x, w, b), num_heads) for x, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))
+    )
     return linear(_merge(scaled_dot_product_attention(q, k, v, mask=mask)), w_o, b_o)
 
 
 # ================================================================================================ models
 
-_NOT_MODELLED = {"seed", "unk_id", "bos_id", "eos_id", "max_relative_distance"}   # config keys the twins ignore
+_NOT_MODELLED = {"seed", "unk_id", "bos_id", "eos_id", "max_relative_distance"}  # config keys the twins ignore
 
 
 def _check(who, positional, attention_dropout, ignored):
@@ -158,12 +163,12 @@ class Attention(nn.Module):
         B, T, C = x.shape
         H = self.n_heads
         if self.self_attention:
-            q, k, v = self.qkv(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)          # 3 x (B, H, T, D)
+            q, k, v = self.qkv(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         else:
             S = memory.shape[1]
-            q = _heads(self.q_proj(x), H)                                                   # (B, H, T, D)
-            k, v = self.kv_proj(memory).view(B, S, 2, H, C // H).permute(2, 0, 3, 1, 4)     # 2 x (B, H, S, D)
-        if causal and key_mask is not None:              # torch takes a mask or is_causal, not both
+            q = _heads(self.q_proj(x), H)  # (B, H, T, D)
+            k, v = self.kv_proj(memory).view(B, S, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, S, D)
+        if causal and key_mask is not None:  # torch takes a mask or is_causal, not both
             key_mask = key_mask & torch.ones(T, T, dtype=torch.bool).tril()
             causal = False
         h = TF.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=causal)  # (B, H, T, D)
@@ -248,10 +253,27 @@ class _Twin(nn.Module):
 class Seq2SeqTwin(_Twin):
     """transformer.model.Transformer in PyTorch (arguments: TransformerConfig's fields)."""
 
-    def __init__(self, src_vocab_size, tgt_vocab_size, d_model=256, n_heads=4, num_encoder_layers=3,
-                 num_decoder_layers=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, activation="relu",
-                 norm_first=False, positional="sinusoidal", max_len=256, share_embeddings=False, tie_output=True,
-                 pad_id=0, dtype="float32", **ignored):
+    def __init__(
+        self,
+        src_vocab_size,
+        tgt_vocab_size,
+        d_model=256,
+        n_heads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        d_ff=1024,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation="relu",
+        norm_first=False,
+        positional="sinusoidal",
+        max_len=256,
+        share_embeddings=False,
+        tie_output=True,
+        pad_id=0,
+        dtype="float32",
+        **ignored,
+    ):
         super().__init__()
         _check("Seq2SeqTwin", positional, attention_dropout, ignored)
         C = d_model
@@ -262,11 +284,19 @@ class Seq2SeqTwin(_Twin):
             self.tgt_embed = nn.Embedding(tgt_vocab_size, C, padding_idx=pad_id)
         self.src_positions = Positions(positional, max_len, C)
         self.tgt_positions = Positions(positional, max_len, C)
-        layer = dict(d_model=C, n_heads=n_heads, d_ff=d_ff, dropout=dropout, activation=activation,
-                     norm_first=norm_first, bias=True)
+        layer = dict(
+            d_model=C,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            activation=activation,
+            norm_first=norm_first,
+            bias=True,
+        )
         self.encoder_layers = nn.ModuleList([EncoderLayer(**layer) for _ in range(num_encoder_layers)])
-        self.decoder_layers = nn.ModuleList([DecoderLayer(**layer, cross_attention=True)
-                                             for _ in range(num_decoder_layers)])
+        self.decoder_layers = nn.ModuleList(
+            [DecoderLayer(**layer, cross_attention=True) for _ in range(num_decoder_layers)]
+        )
         if norm_first:
             self.encoder_norm, self.decoder_norm = nn.LayerNorm(C), nn.LayerNorm(C)
         self.output_proj = None if tie_output else nn.Linear(C, tgt_vocab_size, bias=False)
@@ -293,26 +323,48 @@ class Seq2SeqTwin(_Twin):
 
     def loss(self, logits, target, label_smoothing=0.0):
         """Mean label-smoothed cross-entropy over non-pad targets, as Transformer.loss."""
-        return cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=self.pad_id,
-                             label_smoothing=label_smoothing)
+        return cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=self.pad_id,
+            label_smoothing=label_smoothing,
+        )
 
 
 class LanguageModelTwin(_Twin):
     """transformer.model.LanguageModel in PyTorch (arguments: LMConfig's fields). With nanoGPT's options (no biases,
     no dropout, tied embeddings, GELU, pre-LN, learned positions) it is nanoGPT's ``GPT`` (model.py)."""
 
-    def __init__(self, vocab_size, d_model=128, n_heads=4, n_layers=4, d_ff=None, block_size=64, dropout=0.0,
-                 activation="gelu", norm_first=True, positional="learned", tie_output=True, bias=True, dtype="float32",
-                 attention_dropout=0.0, **ignored):
+    def __init__(
+        self,
+        vocab_size,
+        d_model=128,
+        n_heads=4,
+        n_layers=4,
+        d_ff=None,
+        block_size=64,
+        dropout=0.0,
+        activation="gelu",
+        norm_first=True,
+        positional="learned",
+        tie_output=True,
+        bias=True,
+        dtype="float32",
+        attention_dropout=0.0,
+        **ignored,
+    ):
         super().__init__()
         _check("LanguageModelTwin", positional, attention_dropout, ignored)
         C = d_model
         self.p, self.norm_first = dropout, norm_first
         self.token_embed = nn.Embedding(vocab_size, C)
         self.positions = Positions(positional, block_size, C)
-        self.layers = nn.ModuleList([
-            DecoderLayer(C, n_heads, d_ff or 4 * C, dropout, activation, norm_first, bias, cross_attention=False)
-            for _ in range(n_layers)])
+        self.layers = nn.ModuleList(
+            [
+                DecoderLayer(C, n_heads, d_ff or 4 * C, dropout, activation, norm_first, bias, cross_attention=False)
+                for _ in range(n_layers)
+            ]
+        )
         if norm_first:
             self.final_norm = nn.LayerNorm(C, bias=bias)
         self.output_proj = None if tie_output else nn.Linear(C, vocab_size, bias=False)
@@ -345,8 +397,10 @@ def load_npgrad_weights(twin, arrays):
     """Copy npgrad's weights ({parameter name: ndarray in npgrad's layout}, every parameter) into ``twin``."""
     params = dict(twin.named_parameters())
     if params.keys() != set(arrays):
-        raise ValueError(f"{type(twin).__name__}: the parameters differ from npgrad's: only in the twin "
-                         f"{sorted(params.keys() - set(arrays))}, only in npgrad's {sorted(set(arrays) - params.keys())}")
+        raise ValueError(
+            f"{type(twin).__name__}: the parameters differ from npgrad's: only in the twin "
+            f"{sorted(params.keys() - set(arrays))}, only in npgrad's {sorted(set(arrays) - params.keys())}"
+        )
     with torch.no_grad():
         for name, array in arrays.items():
             array = np.ascontiguousarray(array.T if _transposed(twin, name) else array)

@@ -4,6 +4,7 @@ Run ``python docs/update_refs.py`` after editing a file the guide quotes (the te
 test_derivatives_doc_references_are_current says when); where the quoted text moved, the reference
 follows it to its nearest occurrence. Text that no longer exists is reported and must be rewritten by hand.
 """
+
 import re
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().pare
 doc = root / "docs/derivatives.md"
 text = doc.read_text()
 pattern = re.compile(r"\[`([\w/.]+):(\d+)`\]\(([^)]*)\) `([^`]+)`")
+
+
 def fix(m):
     path, line, href, quoted = m.group(1), int(m.group(2)), m.group(3), m.group(4)
     lines = (root / path).read_text().splitlines()
@@ -25,5 +28,7 @@ def fix(m):
     print(f"{path}:{line} -> {new}")
     href = re.sub(r"#L\d+$", f"#L{new}", href)
     return f"[`{path}:{new}`]({href}) `{quoted}`"
+
+
 text2 = pattern.sub(fix, text)
 doc.write_text(text2)

@@ -4,6 +4,7 @@ Each check runs where an argument is normalised anyway (an op's wrapper or forwa
 never in an inner loop, and raises an error that names the function, the argument and what is
 allowed. Imports only NumPy, so every layer (ops, tensor, optim, gradcheck) may use it.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,11 +31,13 @@ def check_axis(op: str, axis: Any, ndim: int, name: str = "axis", of: str = "an 
     allowed = f"an int in [{-ndim}, {ndim})"
     if not is_int(axis):
         hint = " (this op works along one axis)" if axis is None or isinstance(axis, (tuple, list)) else ""
-        raise TypeError(f"{op}: {name} must be {allowed} for {of} with {ndim} axes, "
-                        f"got {axis!r} ({type(axis).__name__}){hint}")
+        raise TypeError(
+            f"{op}: {name} must be {allowed} for {of} with {ndim} axes, got {axis!r} ({type(axis).__name__}){hint}"
+        )
     if not -ndim <= axis < ndim:
-        raise np.exceptions.AxisError(f"{op}: axis {axis} is out of range for {of} with {ndim} axes "
-                                      f"({name} must be {allowed})")
+        raise np.exceptions.AxisError(
+            f"{op}: axis {axis} is out of range for {of} with {ndim} axes ({name} must be {allowed})"
+        )
     return int(axis) % ndim
 
 
@@ -52,8 +55,15 @@ def as_float_array(op: str, x: Any, what: str = "input") -> np.ndarray:
     return x
 
 
-def check_number(value: Any, name: str, who: str, low: float = 0.0, high: float | None = None,
-                 low_open: bool = False, high_open: bool = True) -> float:
+def check_number(
+    value: Any,
+    name: str,
+    who: str,
+    low: float = 0.0,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> float:
     """A finite real in [low, high) (or the given openness; ``high`` None: no upper bound) as a float.
 
     A non-number (bool included) is a TypeError; NaN, an infinity or a value out of range a ValueError.
@@ -66,7 +76,7 @@ def check_number(value: Any, name: str, who: str, low: float = 0.0, high: float 
         ok = ok and (v < high if high_open else v <= high)
     if not ok:
         lo = "(" if low_open else "["
-        hi = ("inf)" if high is None else (f"{high})" if high_open else f"{high}]"))
+        hi = "inf)" if high is None else (f"{high})" if high_open else f"{high}]")
         raise ValueError(f"{who}: {name} must be in {lo}{low}, {hi}, got {value!r}")
     return v
 

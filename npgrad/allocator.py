@@ -13,10 +13,11 @@ allocations). That suits a process whose job is training or decoding, which is w
 line calls this at start (``TRANSFORMER_RETAIN_MEMORY=0`` turns it off); a library import never does it silently.
 PyTorch users get the same effect from jemalloc/tcmalloc via ``LD_PRELOAD``; this needs nothing installed.
 """
+
 import ctypes
 import sys
 
-_M_TRIM_THRESHOLD = -1        # glibc's malloc.h: mallopt parameter numbers
+_M_TRIM_THRESHOLD = -1  # glibc's malloc.h: mallopt parameter numbers
 _M_MMAP_THRESHOLD = -3
 # Blocks below this come from (and go back to) the heap's free lists; 1 GiB covers every array of the
 # configurations in configs/ (the largest, the logits of a 4096-token batch x 8000 pieces, is 131 MB).
@@ -48,7 +49,7 @@ def set_malloc_thresholds(threshold):
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt          # the C library already loaded into this process
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -39,6 +39,7 @@ imports :mod:`npgrad.tensor`: it knows tensors through :class:`TensorBase`, the 
 :func:`set_tensor_class` when it is defined, and ``apply`` makes its outputs of that class (as
 HIPS autograd's tracer makes an ``ArrayBox`` after ``ArrayBox.register``).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Self, TypeAlias
@@ -118,11 +119,20 @@ class Context:
     unless ``retain_graph=True``.
     """
 
-    __slots__ = ("function", "parents", "needs_input_grad", "input_shapes", "input_dtypes", "saved",
-                 "_sources", "__dict__", "__weakref__")
+    __slots__ = (
+        "function",
+        "parents",
+        "needs_input_grad",
+        "input_shapes",
+        "input_dtypes",
+        "saved",
+        "_sources",
+        "__dict__",
+        "__weakref__",
+    )
     _released = False  # set on the instance when backward frees the saved arrays
     function: type[Function]
-    parents: tuple[Context | TensorBase | None, ...]   # set by Function.apply when it records the node
+    parents: tuple[Context | TensorBase | None, ...]  # set by Function.apply when it records the node
     needs_input_grad: tuple[bool, ...]
     input_shapes: tuple[tuple[int, ...], ...]
     input_dtypes: tuple[np.dtype | None, ...]
@@ -253,8 +263,12 @@ class Function:
         if not (record and _state.grad_enabled):
             return _tensor_class._from_node(out, None)
 
-        parents = tuple([(a if a.grad_fn is None else a.grad_fn)
-                         if isinstance(a, TensorBase) and a.requires_grad else None for a in args])
+        parents = tuple(
+            [
+                (a if a.grad_fn is None else a.grad_fn) if isinstance(a, TensorBase) and a.requires_grad else None
+                for a in args
+            ]
+        )
         ctx.parents = parents
         ctx.needs_input_grad = tuple([p is not None for p in parents])
         ctx.input_shapes = tuple([getattr(x, "shape", ()) for x in arrays])
@@ -274,4 +288,3 @@ def _as_output_array(cls: type[Function], out: Any) -> np.ndarray:
         f"{cls.__name__}.forward returned {what}: forward works on plain ndarrays and must return "
         "exactly one ndarray (unwrap Tensors with .data; one Function per output)."
     )
-

@@ -2,6 +2,7 @@
 
 Each name is implemented next to its primitive(s) in npgrad/ops/; this module only gathers them.
 """
+
 from .ops.attention import multi_head_attention, packed_self_attention, scaled_dot_product_attention
 from .ops.elementwise import dropout, exp, gelu, log, relu, sqrt, tanh
 from .ops.embedding import embedding
@@ -12,8 +13,25 @@ from .ops.shape import concatenate, masked_fill, stack, where
 from .ops.softmax import log_softmax, softmax
 
 __all__ = [
-    "softmax", "log_softmax", "cross_entropy", "layer_norm", "add_layer_norm",
-    "scaled_dot_product_attention", "multi_head_attention", "packed_self_attention", "linear", "embedding",
+    "softmax",
+    "log_softmax",
+    "cross_entropy",
+    "layer_norm",
+    "add_layer_norm",
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "packed_self_attention",
+    "linear",
+    "embedding",
     "dropout",
-    "relu", "gelu", "exp", "log", "tanh", "sqrt", "masked_fill", "where", "concatenate", "stack",
+    "relu",
+    "gelu",
+    "exp",
+    "log",
+    "tanh",
+    "sqrt",
+    "masked_fill",
+    "where",
+    "concatenate",
+    "stack",
 ]

@@ -23,6 +23,7 @@ Float Tensors without ``requires_grad`` are constants; integer and boolean array
 and anything else pass through to ``fn`` unchanged. The user's tensors are never modified: the
 check works on copies and reads gradients with :func:`npgrad.grad`, so no ``.grad`` is touched.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,7 @@ from ._checks import check_int, check_number
 from .tensor import Tensor, enable_grad, no_grad
 from .tensor import grad as _grad
 
-DEFAULT_EPS = 1e-6           # float64 step: truncation h^2 ~ 1e-12, round-off 1e-16/h ~ 1e-10
+DEFAULT_EPS = 1e-6  # float64 step: truncation h^2 ~ 1e-12, round-off 1e-16/h ~ 1e-10
 DEFAULT_EPS_LOW_PRECISION = 1e-3  # float32/16 step: round-off 1e-7/h ~ 1e-4 (only with explicit tolerances)
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
@@ -43,13 +44,12 @@ SECOND_ORDER_RTOL = 1e-5
 # The create_graph gradient and the plain backward are the same derivative computed twice in the input's
 # dtype: they agree to round-off (< 2 eps64 relative on every primitive), so allow 1000 eps of the largest entry.
 CONSISTENCY_ULPS = 1000
-AUTO_FULL_MAX_INPUT = 500    # "auto" uses the full Jacobian up to this many checked input elements...
+AUTO_FULL_MAX_INPUT = 500  # "auto" uses the full Jacobian up to this many checked input elements...
 AUTO_FULL_MAX_OUTPUT = 2000  # ...and this many output elements (one backward per output element)
-LOCALISE_MAX = 20000         # fast mode locates the failing element when the input has at most this many
+LOCALISE_MAX = 20000  # fast mode locates the failing element when the input has at most this many
 
 
-def _check_settings(where, eps=None, atol=None, rtol=None, n_directions=1, seed=0, consistency_rtol=None,
-                    mode="auto"):
+def _check_settings(where, eps=None, atol=None, rtol=None, n_directions=1, seed=0, consistency_rtol=None, mode="auto"):
     """The settings, checked before ``fn`` runs (None: the default): eps finite > 0 (a step of 0 or NaN would
     blame the derivative for a bad step), atol/rtol/consistency_rtol finite >= 0, n_directions an integer >= 1,
     seed an integer >= 0 or None, mode one of "auto", "full", "fast"."""
@@ -74,8 +74,18 @@ class GradcheckError(AssertionError):
     (1 for gradcheck, 2 for gradgradcheck).
     """
 
-    def __init__(self, message, *, input_index=None, input_name=None, element_index=None,
-                 output_index=None, analytic=None, numeric=None, order=1):
+    def __init__(
+        self,
+        message,
+        *,
+        input_index=None,
+        input_name=None,
+        element_index=None,
+        output_index=None,
+        analytic=None,
+        numeric=None,
+        order=1,
+    ):
         super().__init__(message)
         self.input_index = input_index
         self.input_name = input_name
@@ -88,6 +98,7 @@ class GradcheckError(AssertionError):
 
 # ------------------------------------------------------------------------------ inputs and outputs
 
+
 class _Arguments:
     """The user's arguments split into checked float inputs and pass-through values."""
 
@@ -95,11 +106,12 @@ class _Arguments:
         if isinstance(inputs, (Tensor, np.ndarray)):
             inputs = (inputs,)
         elif not isinstance(inputs, (tuple, list)):
-            raise TypeError(f"{where}: inputs must be a Tensor, an ndarray or a tuple/list of them, "
-                            f"got {type(inputs).__name__}")
+            raise TypeError(
+                f"{where}: inputs must be a Tensor, an ndarray or a tuple/list of them, got {type(inputs).__name__}"
+            )
         self.originals = list(inputs)
-        self.checked = []   # argument positions that are checked
-        self.arrays = {}    # position -> private copy of the array (the base point)
+        self.checked = []  # argument positions that are checked
+        self.arrays = {}  # position -> private copy of the array (the base point)
         self.names = {}
         for i, x in enumerate(inputs):
             if isinstance(x, Tensor):
@@ -145,9 +157,11 @@ def _as_outputs(result, where):
         return [result]
     if isinstance(result, (tuple, list)) and result and all(isinstance(r, Tensor) for r in result):
         return list(result)
-    raise TypeError(f"{where}: fn must return a Tensor or a non-empty tuple of Tensors, got "
-                    f"{type(result).__name__}" + (
-                        f" of {[type(r).__name__ for r in result]}" if isinstance(result, (tuple, list)) else ""))
+    raise TypeError(
+        f"{where}: fn must return a Tensor or a non-empty tuple of Tensors, got "
+        f"{type(result).__name__}"
+        + (f" of {[type(r).__name__ for r in result]}" if isinstance(result, (tuple, list)) else "")
+    )
 
 
 def _float_outputs(outputs):
@@ -227,8 +241,10 @@ def _tolerance_ratio(analytic, numeric, atol, rtol):
 
 # ------------------------------------------------------------------------------ gradcheck
 
-def gradcheck(fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directions=3, seed=0,
-              _order=1, _output_labels=None):
+
+def gradcheck(
+    fn, inputs, eps=None, atol=None, rtol=None, mode="auto", n_directions=3, seed=0, _order=1, _output_labels=None
+):
     """Check ``fn``'s analytic derivatives against central differences. True, or raise GradcheckError.
 
     ``fn(*inputs)`` returns a Tensor (any shape) or a tuple of Tensors. ``eps`` defaults to 1e-6
@@ -287,7 +303,7 @@ class _Check:
     def _split(self, flat):
         parts, start = [], 0
         for size in self.sizes:
-            parts.append(flat[start:start + size])
+            parts.append(flat[start : start + size])
             start += size
         return parts
 
@@ -325,22 +341,29 @@ class _Check:
                 continue
             r, c = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
             if ratio[r, c] > 1 and (worst is None or ratio[r, c] > worst[0]):
-                worst = (ratio[r, c], i, r, c, analytic[slot][r, c], numeric[r, c],
-                         int(np.sum(ratio > 1)), ratio.size)
+                worst = (ratio[r, c], i, r, c, analytic[slot][r, c], numeric[r, c], int(np.sum(ratio > 1)), ratio.size)
         if worst is not None:
             _, i, r, c, a, n, bad, total = worst
             k, out_index = self._output_element(r)
             element = tuple(int(j) for j in np.unravel_index(c, self.args.arrays[i].shape))
-            self._fail(i, element, (k, out_index), a, n,
-                       f"d {self._output_ref(k)}{_index_str(out_index)} / d {self._input_ref(i)}{_index_str(element)}",
-                       f"{bad} of {total} Jacobian entries of this input are out of tolerance")
+            self._fail(
+                i,
+                element,
+                (k, out_index),
+                a,
+                n,
+                f"d {self._output_ref(k)}{_index_str(out_index)} / d {self._input_ref(i)}{_index_str(element)}",
+                f"{bad} of {total} Jacobian entries of this input are out of tolerance",
+            )
 
     def fast(self, n_directions, rng):
         for _ in range(n_directions):
-            v = [rng.standard_normal(self.outputs[k].shape).astype(self.outputs[k].dtype).astype(np.float64)
-                 for k in self.positions]
+            v = [
+                rng.standard_normal(self.outputs[k].shape).astype(self.outputs[k].dtype).astype(np.float64)
+                for k in self.positions
+            ]
             v_flat = np.concatenate([x.ravel() for x in v])
-            grads = _vjp(self.outputs, self.positions, self.leaves, v)   # J^T v for every input
+            grads = _vjp(self.outputs, self.positions, self.leaves, v)  # J^T v for every input
             for slot, i in enumerate(self.args.checked):
                 base = self.args.arrays[i]
                 u = rng.standard_normal(base.shape)
@@ -355,8 +378,10 @@ class _Check:
     def _localise(self, i, analytic_vjp, v_flat, analytic_dir, numeric_dir):
         """A random direction disagreed: find the element of input i whose derivative is wrong."""
         base = self.args.arrays[i]
-        detail = (f"along a random direction u, <J^T v, u> = {analytic_dir:.6g} (analytic) but "
-                  f"<v, J u> = {numeric_dir:.6g} (numeric) for a random output direction v")
+        detail = (
+            f"along a random direction u, <J^T v, u> = {analytic_dir:.6g} (analytic) but "
+            f"<v, J u> = {numeric_dir:.6g} (numeric) for a random output direction v"
+        )
         if base.size <= LOCALISE_MAX:
             numeric = self._numeric_columns(i, weights=v_flat)
             analytic = analytic_vjp.ravel()
@@ -364,11 +389,24 @@ class _Check:
             j = int(np.argmax(ratio))
             if ratio[j] > 1:
                 element = tuple(int(x) for x in np.unravel_index(j, base.shape))
-                self._fail(i, element, None, analytic[j], numeric[j],
-                           f"d<v, outputs> / d {self._input_ref(i)}{_index_str(element)} (v a random output direction)",
-                           f"{int(np.sum(ratio > 1))} of {ratio.size} elements out of tolerance; {detail}")
-        self._fail(i, None, None, analytic_dir, numeric_dir, "the directional derivative",
-                   detail + " (no single element is out of tolerance: the error is spread over many)")
+                self._fail(
+                    i,
+                    element,
+                    None,
+                    analytic[j],
+                    numeric[j],
+                    f"d<v, outputs> / d {self._input_ref(i)}{_index_str(element)} (v a random output direction)",
+                    f"{int(np.sum(ratio > 1))} of {ratio.size} elements out of tolerance; {detail}",
+                )
+        self._fail(
+            i,
+            None,
+            None,
+            analytic_dir,
+            numeric_dir,
+            "the directional derivative",
+            detail + " (no single element is out of tolerance: the error is spread over many)",
+        )
 
     def _output_ref(self, k):
         return self.output_labels[k] if self.output_labels else f"output{k}"
@@ -386,12 +424,20 @@ class _Check:
             f" > atol {self.atol:g} + rtol {self.rtol:g} * |numeric|\n"
             f"  {extra} (eps={self.eps:g})"
         )
-        raise GradcheckError(message, input_index=i, input_name=self.args.names.get(i), element_index=element,
-                             output_index=output_index, analytic=float(analytic), numeric=float(numeric),
-                             order=self.order)
+        raise GradcheckError(
+            message,
+            input_index=i,
+            input_name=self.args.names.get(i),
+            element_index=element,
+            output_index=output_index,
+            analytic=float(analytic),
+            numeric=float(numeric),
+            order=self.order,
+        )
 
 
 # ------------------------------------------------------------------------------ Jacobians
+
 
 def _single_or_tuple(x):
     return (x,) if isinstance(x, (Tensor, np.ndarray)) else tuple(x)
@@ -450,8 +496,20 @@ def numerical_jacobian(fn, x, eps=None):
 
 # ------------------------------------------------------------------------------ second order
 
-def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None, mode="auto", n_directions=3,
-                  seed=0, check_grad_outputs=True, consistency_rtol=None):
+
+def gradgradcheck(
+    fn,
+    inputs,
+    grad_outputs=None,
+    eps=None,
+    atol=None,
+    rtol=None,
+    mode="auto",
+    n_directions=3,
+    seed=0,
+    check_grad_outputs=True,
+    consistency_rtol=None,
+):
     """Check second derivatives: gradcheck applied to the gradient function.
 
     The gradient function is ``(inputs, v) -> ng.grad(fn(inputs), inputs, grad_outputs=v,
@@ -483,12 +541,15 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
         grad_outputs = [grad_outputs] if isinstance(grad_outputs, (Tensor, np.ndarray)) else list(grad_outputs)
         grad_outputs = [np.asarray(v.data if isinstance(v, Tensor) else v) for v in grad_outputs]
         if len(grad_outputs) != len(positions):
-            raise ValueError(f"gradgradcheck: {len(grad_outputs)} grad_outputs for {len(positions)} "
-                             "floating-point outputs")
+            raise ValueError(
+                f"gradgradcheck: {len(grad_outputs)} grad_outputs for {len(positions)} floating-point outputs"
+            )
         for v, k in zip(grad_outputs, positions):
             if v.shape != outputs[k].shape:
-                raise ValueError(f"gradgradcheck: grad_outputs for output {k} has shape {v.shape}, "
-                                 f"the output has shape {outputs[k].shape}")
+                raise ValueError(
+                    f"gradgradcheck: grad_outputs for output {k} has shape {v.shape}, "
+                    f"the output has shape {outputs[k].shape}"
+                )
     n_args = len(args.originals)
     checked = list(args.checked)
 
@@ -509,17 +570,30 @@ def gradgradcheck(fn, inputs, grad_outputs=None, eps=None, atol=None, rtol=None,
             if not roots:
                 return tuple(Tensor(np.zeros_like(t.data)) for t in targets)
             grads = _grad(roots, targets, grad_outputs=gos, create_graph=True, allow_unused=True)
-        return tuple(Tensor(np.zeros_like(t.data)) if g is None else (g if isinstance(g, Tensor) else Tensor(g))
-                     for t, g in zip(targets, grads))
+        return tuple(
+            Tensor(np.zeros_like(t.data)) if g is None else (g if isinstance(g, Tensor) else Tensor(g))
+            for t, g in zip(targets, grads)
+        )
 
-    v_args = [Tensor(v, requires_grad=check_grad_outputs and v.dtype.kind == "f", name=f"grad_outputs[{j}]")
-              for j, v in enumerate(grad_outputs)]
+    v_args = [
+        Tensor(v, requires_grad=check_grad_outputs and v.dtype.kind == "f", name=f"grad_outputs[{j}]")
+        for j, v in enumerate(grad_outputs)
+    ]
     _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_fn, v_args, consistency_rtol)
     extended = list(args.originals) + v_args
     try:
-        return gradcheck(gradient_of_fn, extended, eps=eps, atol=atol, rtol=rtol, mode=mode,
-                         n_directions=n_directions, seed=seed, _order=2,
-                         _output_labels=[f"dL/d{args.names.get(i) or f'input{i}'}" for i in checked])
+        return gradcheck(
+            gradient_of_fn,
+            extended,
+            eps=eps,
+            atol=atol,
+            rtol=rtol,
+            mode=mode,
+            n_directions=n_directions,
+            seed=seed,
+            _order=2,
+            _output_labels=[f"dL/d{args.names.get(i) or f'input{i}'}" for i in checked],
+        )
     except GradcheckError:
         raise
     except ValueError as err:  # re-word precision refusals etc. in the user's terms
@@ -557,9 +631,16 @@ def _compare_with_plain_backward(fn, args, positions, grad_outputs, gradient_of_
                 f"  |diff| {abs(c.ravel()[j] - p.ravel()[j]):.3g} > consistency_rtol {consistency_rtol:g} * the largest "
                 f"gradient entry {scale:.6g} (round-off: both compute the same derivative in {args.arrays[i].dtype})"
             )
-            raise GradcheckError(message, input_index=i, input_name=args.names.get(i), element_index=element,
-                                 output_index=None, analytic=float(c.ravel()[j]), numeric=float(p.ravel()[j]),
-                                 order=2)
+            raise GradcheckError(
+                message,
+                input_index=i,
+                input_name=args.names.get(i),
+                element_index=element,
+                output_index=None,
+                analytic=float(c.ravel()[j]),
+                numeric=float(p.ravel()[j]),
+                order=2,
+            )
 
 
 def _scalar_output(fn, leaf, where):
@@ -583,6 +664,7 @@ def hessian(fn, x):
     Row i is the vector-Jacobian product of the create-graph gradient with the basis vector e_i:
     ``H[i] = d(dfn/dx_i)/dx``. Needs ``differentiable_backward`` on every primitive fn uses.
     """
+
     def gradient(t):
         y = _scalar_output(fn, t, "hessian")
         g = _grad(y, t, create_graph=True, allow_unused=True) if y.requires_grad else None
@@ -642,6 +724,7 @@ def numerical_hessian(fn, x, eps=None):
         delta = np.zeros(base.size)
         delta[j] = eps
         plus, minus, step = _perturbed(flat, delta)
-        columns.append((plain_gradient(plus.reshape(base.shape)) - plain_gradient(minus.reshape(base.shape))).ravel()
-                       / step[j])
+        columns.append(
+            (plain_gradient(plus.reshape(base.shape)) - plain_gradient(minus.reshape(base.shape))).ravel() / step[j]
+        )
     return np.array(columns).T.reshape(base.shape + base.shape)

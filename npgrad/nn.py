@@ -24,6 +24,7 @@ hold the same weights up to rounding.
 Layout: ``Linear`` keeps its weight as ``(in_features, out_features)`` and computes ``x @ w + b``
 (``F.linear``), the transpose of PyTorch's ``nn.Linear.weight``.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,21 @@ from .function import TensorLike
 from .tensor import Tensor
 
 __all__ = [
-    "Parameter", "Module", "Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "GELU",
-    "ModuleList", "Sequential", "ModuleDict", "StateDictError", "IncompatibleKeys",
-    "manual_seed", "default_generator",
+    "Parameter",
+    "Module",
+    "Linear",
+    "Embedding",
+    "LayerNorm",
+    "Dropout",
+    "ReLU",
+    "GELU",
+    "ModuleList",
+    "Sequential",
+    "ModuleDict",
+    "StateDictError",
+    "IncompatibleKeys",
+    "manual_seed",
+    "default_generator",
 ]
 
 
@@ -111,8 +124,9 @@ class Parameter(Tensor):
 
     __slots__ = ()
 
-    def __init__(self, data: Tensor | npt.ArrayLike, requires_grad: bool = True,
-                 dtype: npt.DTypeLike | None = None) -> None:
+    def __init__(
+        self, data: Tensor | npt.ArrayLike, requires_grad: bool = True, dtype: npt.DTypeLike | None = None
+    ) -> None:
         if isinstance(data, Tensor):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
@@ -122,8 +136,10 @@ class Parameter(Tensor):
                 "integer and boolean data belong in a buffer (Module.register_buffer)."
             )
         if arr.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"Parameter needs a float32 or float64 array, got dtype {arr.dtype}; "
-                            "convert with .astype(np.float32) (or float64)")
+            raise TypeError(
+                f"Parameter needs a float32 or float64 array, got dtype {arr.dtype}; "
+                "convert with .astype(np.float32) (or float64)"
+            )
         super().__init__(arr, requires_grad=requires_grad)
 
     def __repr__(self) -> str:
@@ -230,7 +246,9 @@ class Module:
 
     def _check_new_name(self, name: str, what: str) -> None:
         if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"{type(self).__name__}.register_{what}: name must be a non-empty string without '.', got {name!r}")
+            raise KeyError(
+                f"{type(self).__name__}.register_{what}: name must be a non-empty string without '.', got {name!r}"
+            )
         if name in self.__dict__ and name not in self._parameters and name not in self._buffers:
             raise KeyError(f"{type(self).__name__}.register_{what}: attribute '{name}' already exists")
 
@@ -238,7 +256,9 @@ class Module:
         """Register ``param`` (a Parameter, or None for an empty slot) under ``name``."""
         self._check_new_name(name, "parameter")
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"register_parameter('{name}'): expected an nn.Parameter or None, got {type(param).__name__}")
+            raise TypeError(
+                f"register_parameter('{name}'): expected an nn.Parameter or None, got {type(param).__name__}"
+            )
         self._buffers.pop(name, None)
         self._modules.pop(name, None)
         self._parameters[name] = param
@@ -281,8 +301,9 @@ class Module:
         return self.forward(*args, **kwargs)
 
     # -------------------------------------------------------------- traversal
-    def named_modules(self, prefix: str = "", memo: set[int] | None = None,
-                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
+    def named_modules(
+        self, prefix: str = "", memo: set[int] | None = None, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module and every descendant, depth first, each once."""
         if memo is None:
             memo = set()
@@ -311,8 +332,9 @@ class Module:
         for _, child in self.named_children():
             yield child
 
-    def _named_members(self, registry: str, prefix: str, recurse: bool,
-                       remove_duplicate: bool = True) -> Iterator[tuple[str, Any]]:
+    def _named_members(
+        self, registry: str, prefix: str, recurse: bool, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Any]]:
         seen = set()
         modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
@@ -325,8 +347,9 @@ class Module:
                     seen.add(id(value))
                 yield module_prefix + ("." if module_prefix else "") + name, value
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True,
-                         remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
         """(dotted name, Parameter), in registration order. A parameter shared by several modules
         (tied embeddings) is yielded once, under the first name it is reached by."""
         return self._named_members("_parameters", prefix, recurse, remove_duplicate)
@@ -335,8 +358,9 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True,
-                      remove_duplicate: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    def named_buffers(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, np.ndarray]]:
         return self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
@@ -431,7 +455,9 @@ class Module:
         """
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict expects a mapping name -> array, got {type(state_dict).__name__}")
-        expected = OrderedDict((name, (module, registry, local)) for name, module, registry, local in self._state_items())
+        expected = OrderedDict(
+            (name, (module, registry, local)) for name, module, registry, local in self._state_items()
+        )
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
         mis_shaped, unreadable, plan = [], [], []
@@ -467,9 +493,13 @@ class Module:
         if strict and unexpected:
             problems.append(f"unexpected keys (in the state dict, not in the model): {unexpected}")
         if mis_shaped:
-            problems.append("mis-shaped keys:\n" + "\n".join(
-                f"    {k!r}: the model expects shape {tuple(exp)}, the state dict has {tuple(got)}"
-                for k, exp, got in mis_shaped))
+            problems.append(
+                "mis-shaped keys:\n"
+                + "\n".join(
+                    f"    {k!r}: the model expects shape {tuple(exp)}, the state dict has {tuple(got)}"
+                    for k, exp, got in mis_shaped
+                )
+            )
         if unreadable:
             problems.append("unreadable values:\n" + "\n".join(f"    {u}" for u in unreadable))
         if conflicts:
@@ -546,8 +576,14 @@ class Linear(Module):
     the variance ``2 / (in + out)`` keeps activations and gradients at a steady scale; bias zero.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: RngLike = None,
-                 dtype: npt.DTypeLike = np.float32) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        rng: RngLike = None,
+        dtype: npt.DTypeLike = np.float32,
+    ) -> None:
         super().__init__()
         self.in_features = _check_positive_int(in_features, "in_features", "Linear")
         self.out_features = _check_positive_int(out_features, "out_features", "Linear")
@@ -578,21 +614,32 @@ class Embedding(Module):
     order 1. The ``padding_idx`` row starts at zero and gets no gradient, so it stays zero.
     """
 
-    def __init__(self, num_embeddings: int, dim: int, padding_idx: int | None = None, rng: RngLike = None,
-                 dtype: npt.DTypeLike = np.float32, init_std: float | None = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        padding_idx: int | None = None,
+        rng: RngLike = None,
+        dtype: npt.DTypeLike = np.float32,
+        init_std: float | None = None,
+    ) -> None:
         super().__init__()
         self.num_embeddings = _check_positive_int(num_embeddings, "num_embeddings", "Embedding")
         self.dim = _check_positive_int(dim, "dim", "Embedding")
         dt = _check_float_dtype(dtype, "Embedding")
         if padding_idx is not None:
-            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) or not (
-                    -self.num_embeddings <= padding_idx < self.num_embeddings):
+            if (
+                isinstance(padding_idx, bool)
+                or not isinstance(padding_idx, (int, np.integer))
+                or not (-self.num_embeddings <= padding_idx < self.num_embeddings)
+            ):
                 raise ValueError(
                     f"Embedding: padding_idx must be an int in [-{self.num_embeddings}, {self.num_embeddings}), "
-                    f"got {padding_idx!r}")
+                    f"got {padding_idx!r}"
+                )
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
-        std = self.dim ** -0.5 if init_std is None else float(init_std)
+        std = self.dim**-0.5 if init_std is None else float(init_std)
         if not (std >= 0 and math.isfinite(std)):
             raise ValueError(f"Embedding: init_std must be a finite number >= 0, got {init_std!r}")
         self.init_std = std
@@ -659,10 +706,10 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         if rng is None:
-            rng = np.random.default_rng(int(_default_generator.integers(2 ** 63)))
+            rng = np.random.default_rng(int(_default_generator.integers(2**63)))
         self.rng = _as_generator(rng, "Dropout")
 
-    def forward(self, x: Tensor) -> Tensor:   # (an ndarray works too; in eval mode it comes back as is)
+    def forward(self, x: Tensor) -> Tensor:  # (an ndarray works too; in eval mode it comes back as is)
         if not self.training or self.p == 0.0:
             return x
         return F.dropout(x, self.p, training=True, rng=self.rng)
@@ -748,7 +795,7 @@ class ModuleList(Module):
 class Sequential(ModuleList):
     """Modules applied one after the other: ``Sequential(a, b)(x) == b(a(x))``."""
 
-    def __init__(self, *modules: Any) -> None:   # modules, or one list/tuple of them
+    def __init__(self, *modules: Any) -> None:  # modules, or one list/tuple of them
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
         super().__init__(modules)
@@ -775,7 +822,7 @@ class ModuleDict(Module):
     def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None) -> None:
         super().__init__()
         if modules is not None:
-            for name, m in (modules.items() if hasattr(modules, "items") else modules):
+            for name, m in modules.items() if hasattr(modules, "items") else modules:
                 self[name] = m
 
     def __getitem__(self, name: str) -> Module:

@@ -21,6 +21,7 @@ Schedules set ``optimizer.lr``. Convention: the schedule's ``step_num`` is the 1
 the optimizer update about to happen; the constructor sets the lr of update 1, and each
 ``schedule.step()`` (call it after ``optimizer.step()``) moves to the next update's lr.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ from ._checks import check_number as _check_number
 from .tensor import Tensor
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm_",
-    "LRSchedule", "InverseSqrtSchedule", "WarmupCosineSchedule", "ConstantSchedule",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "clip_grad_norm_",
+    "LRSchedule",
+    "InverseSqrtSchedule",
+    "WarmupCosineSchedule",
+    "ConstantSchedule",
 ]
 
 
@@ -68,11 +76,13 @@ class Optimizer:
     def __init__(self, params: ParamsLike, lr: float) -> None:
         who = type(self).__name__
         if isinstance(params, Tensor):
-            raise TypeError(f"{who}: params must be an iterable of parameters (e.g. model.parameters()), "
-                            "not a single Tensor; wrap it in a list")
+            raise TypeError(
+                f"{who}: params must be an iterable of parameters (e.g. model.parameters()), "
+                "not a single Tensor; wrap it in a list"
+            )
         self.params: list[Tensor] = []
         self.names: list[str] = []
-        seen: dict[int, str | int] = {}   # id -> how the user named it (its name, else its position)
+        seen: dict[int, str | int] = {}  # id -> how the user named it (its name, else its position)
         for i, item in enumerate(params):
             name = None
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -84,8 +94,12 @@ class Optimizer:
             if not item.requires_grad:
                 raise ValueError(f"{who}: parameter {name or i} does not require grad")
             if id(item) in seen:
-                warnings.warn(f"{who}: parameter {name or i} is the same Tensor as parameter {seen[id(item)]}, "
-                              "listed twice; it is kept once (updated once per step)", UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"{who}: parameter {name or i} is the same Tensor as parameter {seen[id(item)]}, "
+                    "listed twice; it is kept once (updated once per step)",
+                    UserWarning,
+                    stacklevel=3,
+                )
                 continue
             self.params.append(item)
             self.names.append(name if name is not None else str(len(self.names)))
@@ -95,9 +109,9 @@ class Optimizer:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"{who}: parameter names are not unique")
         self.lr = lr
-        self.state: list[dict[str, np.ndarray]] = [dict() for _ in self.params]   # per parameter: _state_arrays
-        self.param_steps = [0] * len(self.params)    # per parameter: updates applied (bias correction)
-        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}   # dtype -> (flat buffer a, b)
+        self.state: list[dict[str, np.ndarray]] = [dict() for _ in self.params]  # per parameter: _state_arrays
+        self.param_steps = [0] * len(self.params)  # per parameter: updates applied (bias correction)
+        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}  # dtype -> (flat buffer a, b)
 
     # lr is checked on every assignment, schedules included.
     @property
@@ -131,8 +145,10 @@ class Optimizer:
             if g is None:
                 continue
             if g.shape != p.data.shape:
-                raise ValueError(f"{type(self).__name__}.step: parameter {self.names[i]} has shape "
-                                 f"{p.data.shape} but its grad has shape {g.shape}")
+                raise ValueError(
+                    f"{type(self).__name__}.step: parameter {self.names[i]} has shape "
+                    f"{p.data.shape} but its grad has shape {g.shape}"
+                )
             if g.dtype != p.data.dtype:
                 g = g.astype(p.data.dtype)
             self.param_steps[i] += 1
@@ -172,8 +188,10 @@ class Optimizer:
         steps, arrays = state_dict["param_steps"], state_dict["arrays"]
         problems = []
         if set(steps) != set(self.names):
-            problems.append(f"parameters differ: missing {sorted(set(self.names) - set(steps))}, "
-                            f"unexpected {sorted(set(steps) - set(self.names))}")
+            problems.append(
+                f"parameters differ: missing {sorted(set(self.names) - set(steps))}, "
+                f"unexpected {sorted(set(steps) - set(self.names))}"
+            )
         new_state: list[dict] = [dict() for _ in self.params]
         by_name = {name: i for i, name in enumerate(self.names)}
         for key, arr in arrays.items():
@@ -189,16 +207,19 @@ class Optimizer:
             new_state[i][what] = np.array(arr, dtype=self.params[i].data.dtype, copy=True)
         for i, name in enumerate(self.names):
             if name in steps and int(steps[name]) > 0 and set(new_state[i]) != set(self._required_state()):
-                problems.append(f"parameter {name!r} has taken {steps[name]} steps but its arrays are "
-                                f"{sorted(new_state[i])}, expected {sorted(self._required_state())}")
+                problems.append(
+                    f"parameter {name!r} has taken {steps[name]} steps but its arrays are "
+                    f"{sorted(new_state[i])}, expected {sorted(self._required_state())}"
+                )
         if problems:
-            raise ValueError(f"{who}: the state dict does not fit this optimizer (nothing was loaded):\n  "
-                             + "\n  ".join(problems))
+            raise ValueError(
+                f"{who}: the state dict does not fit this optimizer (nothing was loaded):\n  " + "\n  ".join(problems)
+            )
         previous = self._hyperparameters()
         try:
             self._set_hyperparameters(state_dict["hyperparameters"])
         except (TypeError, ValueError):
-            self._set_hyperparameters(previous)   # all or nothing: keep the optimizer as it was
+            self._set_hyperparameters(previous)  # all or nothing: keep the optimizer as it was
             raise
         self.param_steps = [int(steps[name]) for name in self.names]
         self.state = new_state
@@ -226,18 +247,31 @@ class SGD(Optimizer):
 
     _state_arrays = ("momentum_buffer",)
 
-    def __init__(self, params: ParamsLike, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        params: ParamsLike,
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         super().__init__(params, lr)
-        self._set_hyperparameters({"lr": lr, "momentum": momentum, "dampening": dampening,
-                                   "weight_decay": weight_decay, "nesterov": nesterov})
+        self._set_hyperparameters(
+            {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay, "nesterov": nesterov}
+        )
 
     def _required_state(self) -> tuple[str, ...]:
         return self._state_arrays if self.momentum != 0 else ()
 
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "weight_decay": self.weight_decay,
+            "nesterov": self.nesterov,
+        }
 
     def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
         """Check and set (the constructor and load_state_dict): momentum in [0, 1), dampening in [0, 1],
@@ -253,7 +287,7 @@ class SGD(Optimizer):
     def _update(self, i, param, grad):
         a, b = self._scratch_for(self.params[i])
         if self.weight_decay != 0:
-            np.multiply(param, self.weight_decay, out=a)       # g = grad + wd * p
+            np.multiply(param, self.weight_decay, out=a)  # g = grad + wd * p
             a += grad
             grad = a
         if self.momentum != 0:
@@ -262,14 +296,14 @@ class SGD(Optimizer):
             if buf is None:
                 st["momentum_buffer"] = buf = grad.copy()
             else:
-                buf *= self.momentum                           # b = m b + (1 - dampening) g
+                buf *= self.momentum  # b = m b + (1 - dampening) g
                 if self.dampening != 0:
                     np.multiply(grad, 1.0 - self.dampening, out=b)
                     buf += b
                 else:
                     buf += grad
             if self.nesterov:
-                np.multiply(buf, self.momentum, out=b)         # g = g + m b
+                np.multiply(buf, self.momentum, out=b)  # g = g + m b
                 if grad is not a:
                     np.add(grad, b, out=a)
                 else:
@@ -277,7 +311,7 @@ class SGD(Optimizer):
                 grad = a
             else:
                 grad = buf
-        np.multiply(grad, -self.lr, out=b)                     # p = p - lr g
+        np.multiply(grad, -self.lr, out=b)  # p = p - lr g
         param += b
 
 
@@ -303,27 +337,43 @@ class Adam(Optimizer):
     _state_arrays = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, no_decay: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        params: ParamsLike,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        no_decay: Iterable[str] = (),
+    ) -> None:
         super().__init__(params, lr)
-        self._set_hyperparameters({"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                   "no_decay": no_decay})
+        self._set_hyperparameters(
+            {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "no_decay": no_decay}
+        )
 
     def _set_no_decay(self, no_decay):
         if isinstance(no_decay, str):
-            raise TypeError(f"{type(self).__name__}: no_decay must be a collection of parameter names, "
-                            f"not one string; wrap it: [{no_decay!r}]")
+            raise TypeError(
+                f"{type(self).__name__}: no_decay must be a collection of parameter names, "
+                f"not one string; wrap it: [{no_decay!r}]"
+            )
         names = set(map(str, no_decay))
         unknown = sorted(names - set(self.names))
         if unknown:
-            raise ValueError(f"{type(self).__name__}: no_decay names unknown parameter(s) {unknown}; "
-                             f"the parameters are {self.names}")
+            raise ValueError(
+                f"{type(self).__name__}: no_decay names unknown parameter(s) {unknown}; the parameters are {self.names}"
+            )
         self.no_decay = sorted(names)
-        self._decays = [name not in names for name in self.names]   # per parameter: apply weight decay?
+        self._decays = [name not in names for name in self.names]  # per parameter: apply weight decay?
 
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-                "no_decay": list(self.no_decay)}
+        return {
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "no_decay": list(self.no_decay),
+        }
 
     def _set_hyperparameters(self, hp: Mapping[str, Any]) -> None:
         """Check and set (the constructor and load_state_dict): betas in [0, 1), eps > 0, weight_decay >= 0."""
@@ -332,11 +382,10 @@ class Adam(Optimizer):
         betas = hp["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_check_number(betas[0], "beta1", who, 0.0, 1.0),
-                      _check_number(betas[1], "beta2", who, 0.0, 1.0))
-        self.eps = _check_number(hp["eps"], "eps", who, 0.0, low_open=True)   # it divides: 0 allows 0 / 0
+        self.betas = (_check_number(betas[0], "beta1", who, 0.0, 1.0), _check_number(betas[1], "beta2", who, 0.0, 1.0))
+        self.eps = _check_number(hp["eps"], "eps", who, 0.0, low_open=True)  # it divides: 0 allows 0 / 0
         self.weight_decay = _check_number(hp["weight_decay"], "weight_decay", who)
-        self._set_no_decay(hp.get("no_decay", ()))   # absent in checkpoints written before it existed
+        self._set_no_decay(hp.get("no_decay", ()))  # absent in checkpoints written before it existed
 
     def _update(self, i, param, grad):
         beta1, beta2 = self.betas
@@ -352,26 +401,26 @@ class Adam(Optimizer):
 
         if wd != 0:
             if self._decoupled:
-                param *= 1.0 - lr * wd                 # AdamW: p = p (1 - lr wd)
+                param *= 1.0 - lr * wd  # AdamW: p = p (1 - lr wd)
             else:
-                np.multiply(param, wd, out=a)          # Adam: g = grad + wd p
+                np.multiply(param, wd, out=a)  # Adam: g = grad + wd p
                 a += grad
                 grad = a
 
-        np.subtract(grad, m, out=b)                    # m = m + (1 - beta1) (g - m)
+        np.subtract(grad, m, out=b)  # m = m + (1 - beta1) (g - m)
         b *= 1.0 - beta1
         m += b
-        v *= beta2                                     # v = beta2 v + ((1 - beta2) g) g
+        v *= beta2  # v = beta2 v + ((1 - beta2) g) g
         np.multiply(grad, 1.0 - beta2, out=b)
         b *= grad
         v += b
 
-        step_size = lr / (1.0 - beta1 ** step)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        np.sqrt(v, out=b)                              # denom = sqrt(v) / sqrt(bc2) + eps
+        step_size = lr / (1.0 - beta1**step)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+        np.sqrt(v, out=b)  # denom = sqrt(v) / sqrt(bc2) + eps
         b /= bias_correction2_sqrt
         b += eps
-        np.multiply(m, -step_size, out=a)              # p = p + (-step_size m) / denom
+        np.multiply(m, -step_size, out=a)  # p = p + (-step_size m) / denom
         a /= b
         param += a
 
@@ -382,14 +431,22 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params: ParamsLike, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, no_decay: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        params: ParamsLike,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        no_decay: Iterable[str] = (),
+    ) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, no_decay=no_decay)
 
 
 # ---------------------------------------------------------------------------------- clipping
-def clip_grad_norm_(params: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2.0,
-                    error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm_(
+    params: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> float:
     """Scale all gradients in place so that their global norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ..., ||g_n||)||`` (the norm of
@@ -416,11 +473,13 @@ def clip_grad_norm_(params: Tensor | Iterable[Tensor], max_norm: float, norm_typ
         # Per-gradient squared norms by BLAS dot (no temporary array), summed in float64.
         total = math.sqrt(sum(float(np.dot(flat, flat)) for flat in (np.ravel(g) for g in grads)))
     else:
-        total = float(np.sum([np.linalg.norm(np.ravel(g), ord=norm_type) ** norm_type for g in grads])
-                      ** (1.0 / norm_type))
+        total = float(
+            np.sum([np.linalg.norm(np.ravel(g), ord=norm_type) ** norm_type for g in grads]) ** (1.0 / norm_type)
+        )
     if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of the gradients is {total}; "
-                           "pass error_if_nonfinite=False to clip anyway")
+        raise RuntimeError(
+            f"clip_grad_norm_: the total norm of the gradients is {total}; pass error_if_nonfinite=False to clip anyway"
+        )
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads:
@@ -438,7 +497,9 @@ class LRSchedule:
 
     def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__}: expected an npgrad.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"{type(self).__name__}: expected an npgrad.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         self.optimizer = optimizer
         self.step_num = 1
         self.optimizer.lr = self.get_lr()
@@ -495,8 +556,15 @@ class InverseSqrtSchedule(LRSchedule):
     the first form). With ``warmup_steps == 0`` it is the pure decay ``(.) * step^-0.5``.
     """
 
-    def __init__(self, optimizer: Optimizer, *, d_model: int | None = None, peak_lr: float | None = None,
-                 warmup_steps: int = 4000, factor: float = 1.0) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        d_model: int | None = None,
+        peak_lr: float | None = None,
+        warmup_steps: int = 4000,
+        factor: float = 1.0,
+    ) -> None:
         who = "InverseSqrtSchedule"
         if (d_model is None) == (peak_lr is None):
             raise ValueError(f"{who}: give exactly one of d_model (the paper's form) and peak_lr")
@@ -510,14 +578,18 @@ class InverseSqrtSchedule(LRSchedule):
         s = max(int(step_num), 1)
         w = self.warmup_steps
         if self.d_model is not None:
-            scale = self.factor * self.d_model ** -0.5
-            return scale * (min(s ** -0.5, s * w ** -1.5) if w > 0 else s ** -0.5)
+            scale = self.factor * self.d_model**-0.5
+            return scale * (min(s**-0.5, s * w**-1.5) if w > 0 else s**-0.5)
         # __init__ sets exactly one of d_model and peak_lr, so here peak_lr is a float
-        return self.peak_lr * (min(s / w, math.sqrt(w / s)) if w > 0 else s ** -0.5)  # type: ignore[operator]
+        return self.peak_lr * (min(s / w, math.sqrt(w / s)) if w > 0 else s**-0.5)  # type: ignore[operator]
 
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"d_model": self.d_model, "peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps,
-                "factor": self.factor}
+        return {
+            "d_model": self.d_model,
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "factor": self.factor,
+        }
 
 
 class WarmupCosineSchedule(LRSchedule):
@@ -534,8 +606,9 @@ class WarmupCosineSchedule(LRSchedule):
     ``total_steps`` at ``min_lr``; nanoGPT's 0-based ``it`` is ``step - 1``.)
     """
 
-    def __init__(self, optimizer: Optimizer, peak_lr: float, warmup_steps: int, total_steps: int,
-                 min_lr: float = 0.0) -> None:
+    def __init__(
+        self, optimizer: Optimizer, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+    ) -> None:
         who = "WarmupCosineSchedule"
         self.peak_lr = _check_number(peak_lr, "peak_lr", who)
         self.min_lr = _check_number(min_lr, "min_lr", who)
@@ -557,8 +630,12 @@ class WarmupCosineSchedule(LRSchedule):
         return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.peak_lr - self.min_lr)
 
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "min_lr": self.min_lr}
+        return {
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "min_lr": self.min_lr,
+        }
 
 
 class ConstantSchedule(LRSchedule):

@@ -10,6 +10,7 @@ The engine (``_run_backward``) is iterative: a depth-first post-order walk gives
 order without Python recursion (a 10,000-op chain is fine), and each node's backward runs
 once, after every consumer of its output has contributed its gradient.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,14 @@ def is_grad_enabled() -> bool:
 # What a Tensor may hold: booleans, integers, floats, complex numbers (dtype kinds); never objects,
 # strings, bytes, structured records or dates.
 _DATA_KINDS = "biufc"
-_KIND_NAMES = {"O": "Python objects", "U": "strings", "S": "bytes", "V": "raw or structured records",
-               "M": "datetimes", "m": "timedeltas"}
+_KIND_NAMES = {
+    "O": "Python objects",
+    "U": "strings",
+    "S": "bytes",
+    "V": "raw or structured records",
+    "M": "datetimes",
+    "m": "timedeltas",
+}
 
 
 def _check_differentiable(dtype: np.dtype) -> None:
@@ -81,6 +88,7 @@ def _check_differentiable(dtype: np.dtype) -> None:
         "integer and boolean tensors are data (indices, masks), not variables. "
         "Convert with .astype(np.float64) (or float32) if you want a gradient."
     )
+
 
 # What the binary operators accept besides a Tensor: NumPy arrays and Python/NumPy scalars (constants).
 Operand: TypeAlias = TensorLike
@@ -100,8 +108,13 @@ class Tensor(TensorBase):
     # Make NumPy defer to our reflected operators: ``ndarray * Tensor`` -> ``Tensor.__rmul__``.
     __array_ufunc__ = None
 
-    def __init__(self, data: TensorBase | npt.ArrayLike, requires_grad: bool = False,
-                 dtype: npt.DTypeLike | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        data: TensorBase | npt.ArrayLike,
+        requires_grad: bool = False,
+        dtype: npt.DTypeLike | None = None,
+        name: str | None = None,
+    ) -> None:
         if isinstance(data, TensorBase):
             data = data.data
         arr = np.asarray(data, dtype=dtype)
@@ -123,8 +136,10 @@ class Tensor(TensorBase):
     dtype = property(lambda self: self.data.dtype, doc="The dtype of ``data`` (float32/float64 for variables).")
     ndim = property(lambda self: self.data.ndim, doc="The number of axes of ``data``.")
     size = property(lambda self: self.data.size, doc="The number of elements of ``data``.")
-    is_leaf = property(lambda self: self.grad_fn is None,
-                       doc="True for a tensor the user made (or a constant); False for an op's output.")
+    is_leaf = property(
+        lambda self: self.grad_fn is None,
+        doc="True for a tensor the user made (or a constant); False for an op's output.",
+    )
 
     def __len__(self) -> int:
         return len(self.data)
@@ -404,7 +419,8 @@ def _run_backward(outputs, grads, retain_graph=False, create_graph=False, inputs
         leads_to_wanted = set()
         for node in order:  # parents come first, so one pass settles every node
             if type(node) is Context and any(
-                    p is not None and (id(p) in wanted or id(p) in leads_to_wanted) for p in node.parents):
+                p is not None and (id(p) in wanted or id(p) in leads_to_wanted) for p in node.parents
+            ):
                 leads_to_wanted.add(id(node))
 
     prev_enabled = _state.grad_enabled
@@ -512,8 +528,12 @@ def _unbroadcast(g, shape, fn, index):
     return g.reshape(shape)
 
 
-def tensor(data: TensorBase | npt.ArrayLike, requires_grad: bool = False, dtype: npt.DTypeLike | None = None,
-           name: str | None = None) -> Tensor:
+def tensor(
+    data: TensorBase | npt.ArrayLike,
+    requires_grad: bool = False,
+    dtype: npt.DTypeLike | None = None,
+    name: str | None = None,
+) -> Tensor:
     """Make a Tensor. Keeps the array's dtype (float32 stays float32) unless ``dtype`` is given.
 
     ``name`` is optional; gradcheck's error messages use it.
@@ -521,9 +541,14 @@ def tensor(data: TensorBase | npt.ArrayLike, requires_grad: bool = False, dtype:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, name=name)
 
 
-def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
-         grad_outputs: Tensor | np.ndarray | Sequence[TensorLike | None] | None = None, create_graph: bool = False,
-         retain_graph: bool | None = None, allow_unused: bool = False) -> Any:
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Tensor | np.ndarray | Sequence[TensorLike | None] | None = None,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+    allow_unused: bool = False,
+) -> Any:
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated into .grad).
 
     With ``create_graph=True`` the returned gradients are Tensors whose own graph can be
@@ -533,7 +558,7 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
     """
     single_input = isinstance(inputs, Tensor)
     outs: list[Tensor] = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    ins: list[Any] = [inputs] if isinstance(inputs, Tensor) else list(inputs)   # checked to be Tensors below
+    ins: list[Any] = [inputs] if isinstance(inputs, Tensor) else list(inputs)  # checked to be Tensors below
     grad_outs: Sequence[TensorLike | None]
     if grad_outputs is None:
         grad_outs = [None] * len(outs)
@@ -563,4 +588,3 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
             # A copy: gradients may share one buffer (a + b hands the same g to both) or be the caller's array.
             result[i] = np.array(r.data if isinstance(r, Tensor) else r, dtype=t.dtype, copy=True)
     return result[0] if single_input else tuple(result)
-

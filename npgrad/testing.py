@@ -22,6 +22,7 @@ round-off (a float32-only slip of 0.1% fails it)::
 This module imports hypothesis (a test-time dependency); ``import npgrad`` does not.
 Every strategy argument that is a size or a shape may also be a strategy.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,14 @@ from .tensor import Tensor, enable_grad
 from .tensor import grad as _grad
 
 __all__ = [
-    "float_arrays", "shapes", "mutually_broadcastable_shapes", "attention_masks", "class_targets", "axes",
-    "assert_gradients_close", "assert_float32_matches_float64",
+    "float_arrays",
+    "shapes",
+    "mutually_broadcastable_shapes",
+    "attention_masks",
+    "class_targets",
+    "axes",
+    "assert_gradients_close",
+    "assert_float32_matches_float64",
 ]
 
 
@@ -49,6 +56,7 @@ def _as_shape(value):
 
 # ------------------------------------------------------------------------------ shapes
 
+
 def shapes(min_dims=1, max_dims=3, min_side=1, max_side=5):
     """Array shapes (tuples of ints), e.g. ``(3,)``, ``(2, 1, 4)``. Shrinks towards small shapes."""
     return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
@@ -60,7 +68,11 @@ def mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side
     Draws size-1 axes and missing leading axes, so the gradient reduction of broadcasting is exercised.
     """
     return hnp.mutually_broadcastable_shapes(
-        num_shapes=num_shapes, min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side,
+        num_shapes=num_shapes,
+        min_dims=min_dims,
+        max_dims=max_dims,
+        min_side=min_side,
+        max_side=max_side,
     ).map(lambda drawn: tuple(drawn.input_shapes))
 
 
@@ -74,7 +86,7 @@ def axes(ndim, allow_none=True, allow_tuple=True, allow_negative=True):
         low = -ndim if allow_negative else 0
         options.append(st.integers(low, ndim - 1))
         if allow_tuple:
-            tuples = hnp.valid_tuple_axes(ndim, min_size=1)   # distinct axes, negative ones included
+            tuples = hnp.valid_tuple_axes(ndim, min_size=1)  # distinct axes, negative ones included
             if not allow_negative:
                 tuples = tuples.map(lambda ax: tuple(a % ndim for a in ax))
             options.append(tuples)
@@ -84,6 +96,7 @@ def axes(ndim, allow_none=True, allow_tuple=True, allow_negative=True):
 
 
 # ------------------------------------------------------------------------------ float arrays
+
 
 def _float_bound(value, dtype, inward):
     """``value`` rounded to ``dtype`` and moved inward, so hypothesis accepts it as an exact bound."""
@@ -99,8 +112,16 @@ _ANY_SHAPE = shapes()
 
 
 @st.composite
-def float_arrays(draw, shape=_ANY_SHAPE, dtype=np.float64, min_value=None, max_value=None,
-                 min_magnitude=None, max_magnitude=None, from_seed=False):
+def float_arrays(
+    draw,
+    shape=_ANY_SHAPE,
+    dtype=np.float64,
+    min_value=None,
+    max_value=None,
+    min_magnitude=None,
+    max_magnitude=None,
+    from_seed=False,
+):
     """Float arrays of a given (or drawn) shape and dtype, with values kept where derivatives behave.
 
     Bound the values either by ``min_value``/``max_value`` (an interval) or by magnitude:
@@ -135,11 +156,17 @@ def float_arrays(draw, shape=_ANY_SHAPE, dtype=np.float64, min_value=None, max_v
         values = rng.uniform(low, high, size=shape)
         if by_magnitude:
             values = values * rng.choice([-1.0, 1.0], size=shape)
-        return np.asarray(values, dtype=dtype)   # an ndarray even for shape ()
+        return np.asarray(values, dtype=dtype)  # an ndarray even for shape ()
 
     width = 8 * dtype.itemsize
-    magnitude = st.floats(_float_bound(low, dtype, +1), _float_bound(high, dtype, -1), width=width,
-                          allow_nan=False, allow_infinity=False, allow_subnormal=False)
+    magnitude = st.floats(
+        _float_bound(low, dtype, +1),
+        _float_bound(high, dtype, -1),
+        width=width,
+        allow_nan=False,
+        allow_infinity=False,
+        allow_subnormal=False,
+    )
     if by_magnitude:
         elements = st.tuples(magnitude, st.booleans()).map(lambda pair: -pair[0] if pair[1] else pair[0])
     else:
@@ -148,6 +175,7 @@ def float_arrays(draw, shape=_ANY_SHAPE, dtype=np.float64, min_value=None, max_v
 
 
 # ------------------------------------------------------------------------------ masks and targets
+
 
 @st.composite
 def attention_masks(draw, batch, lq, lk, allow_fully_masked=True, kind="random"):
@@ -167,10 +195,10 @@ def attention_masks(draw, batch, lq, lk, allow_fully_masked=True, kind="random")
     if kind == "padding":
         min_len = 0 if allow_fully_masked else 1
         lengths = draw(hnp.arrays(np.int64, batch, elements=st.integers(min_len, lk), fill=st.nothing()))
-        return (np.arange(lk) < lengths[..., None])[..., None, :]          # batch + (1, lk)
+        return (np.arange(lk) < lengths[..., None])[..., None, :]  # batch + (1, lk)
     if kind == "causal":
         offset = draw(st.integers(-lq if allow_fully_masked else 0, max(lk - 1, 0)))
-        causal = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + offset   # (lq, lk)
+        causal = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + offset  # (lq, lk)
         return np.broadcast_to(causal, batch + (lq, lk)).copy()
     if kind != "random":
         raise ValueError(f"attention_masks: kind must be 'random', 'padding' or 'causal', got {kind!r}")
@@ -208,6 +236,7 @@ def class_targets(draw, shape, num_classes, ignore_index=-100, ignore_fraction=0
 
 # ------------------------------------------------------------------------------ assertion
 
+
 def _to_float64(x):
     if isinstance(x, Tensor):
         if x.dtype.kind == "f" and x.dtype != np.float64:
@@ -232,8 +261,9 @@ def assert_gradients_close(fn, inputs, order=1, eps=None, atol=None, rtol=None, 
     inputs = [_to_float64(x) for x in inputs]
     if order not in (1, 2):
         raise ValueError(f"assert_gradients_close: order must be 1 or 2, got {order}")
-    gradcheck(fn, inputs, eps=eps, atol=atol, rtol=rtol, mode=mode,
-              **{k: v for k, v in kwargs.items() if k != "grad_outputs"})
+    gradcheck(
+        fn, inputs, eps=eps, atol=atol, rtol=rtol, mode=mode, **{k: v for k, v in kwargs.items() if k != "grad_outputs"}
+    )
     if order == 2:
         gradgradcheck(fn, inputs, eps=eps, atol=atol, rtol=rtol, mode=mode, **kwargs)
 
@@ -300,27 +330,34 @@ def assert_float32_matches_float64(fn, inputs, grad_output=None, scales=None, ul
     inputs = list(inputs)
     positions = [i for i, x in enumerate(inputs) if _cast_argument(x, np.float32)[1]]
     if not positions:
-        raise ValueError("assert_float32_matches_float64: no input to differentiate (pass float ndarrays, or float "
-                         "Tensors with requires_grad=True)")
+        raise ValueError(
+            "assert_float32_matches_float64: no input to differentiate (pass float ndarrays, or float "
+            "Tensors with requires_grad=True)"
+        )
     if grad_output is None:
+
         def grad_output(shape):
             return np.random.default_rng(seed).standard_normal(shape)
     elif not callable(grad_output):
         given_grad = np.asarray(grad_output.data if isinstance(grad_output, Tensor) else grad_output)
-        grad_output = lambda shape: np.broadcast_to(given_grad, shape)          # noqa: E731
+        grad_output = lambda shape: np.broadcast_to(given_grad, shape)  # noqa: E731
 
     out32, grads32, dtype32 = _float_run(fn, inputs, np.float32, grad_output)
     out64, grads64, dtype64 = _float_run(fn, inputs, np.float64, grad_output)
     if dtype32 != np.float32:
-        raise AssertionError(f"assert_float32_matches_float64: float32 inputs gave a {dtype32} output "
-                             "(an op promoted: the float32 path is not float32)")
+        raise AssertionError(
+            f"assert_float32_matches_float64: float32 inputs gave a {dtype32} output "
+            "(an op promoted: the float32 path is not float32)"
+        )
     if dtype64 != np.float64:
         raise AssertionError(f"assert_float32_matches_float64: float64 inputs gave a {dtype64} output")
     scales = dict(scales or {})
     unknown = set(scales) - {"output", *positions}
     if unknown:
-        raise ValueError(f"assert_float32_matches_float64: scales keys must be 'output' or positions of checked "
-                         f"inputs {positions}, got {sorted(map(repr, unknown))}")
+        raise ValueError(
+            f"assert_float32_matches_float64: scales keys must be 'output' or positions of checked "
+            f"inputs {positions}, got {sorted(map(repr, unknown))}"
+        )
     if terms is None:
         terms = max([np.size(out64)] + [np.size(g) for g in grads64] + [1])
     bound = float(ulps) * FLOAT32_EPS * float(np.sqrt(terms))

@@ -1,4 +1,5 @@
 """npgrad.retain_freed_memory: freed large blocks are reused instead of being faulted in afresh."""
+
 import subprocess
 import sys
 

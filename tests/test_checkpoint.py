@@ -1,6 +1,7 @@
 """Checkpoints: bit-exact round trip (weights, optimizer moments, schedule, RNG streams, training state), atomic
 replacement (a crash mid-write leaves the previous checkpoint intact), clear errors for truncated/foreign/pickled files
 and mismatched configs, and no code execution on load; averaging; the manager's pruning and best tracking."""
+
 import pickle
 import random
 from pathlib import Path
@@ -19,8 +20,19 @@ V = 17
 
 
 def tiny_config(**overrides):
-    fields = dict(src_vocab_size=V, tgt_vocab_size=V, d_model=16, n_heads=2, num_encoder_layers=1,
-                  num_decoder_layers=1, d_ff=24, dropout=0.1, dtype="float32", max_len=16, seed=4)
+    fields = dict(
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        d_model=16,
+        n_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        d_ff=24,
+        dropout=0.1,
+        dtype="float32",
+        max_len=16,
+        seed=4,
+    )
     fields.update(overrides)
     return TransformerConfig(**fields)
 
@@ -52,34 +64,50 @@ def _states_equal(a, b):
     assert list(a) == list(b)
     for key in a:
         assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-        assert a[key].tobytes() == b[key].tobytes(), key                      # bit-exact, NaN-safe
+        assert a[key].tobytes() == b[key].tobytes(), key  # bit-exact, NaN-safe
 
 
 def test_round_trip_is_bit_exact(tmp_path, trained):
     cfg, model, opt, schedule = trained
     data_rng, legacy, py = np.random.default_rng(123), np.random.RandomState(5), random.Random(9)
-    data_rng.random(3), legacy.rand(2), py.random()                            # mid-stream states
-    train_state = {"step": 2, "epoch": 0, "batch_in_epoch": 17, "best_bleu": float("nan"), "big": 2 ** 100 + 1,
-                   "lr": np.float32(0.1), "shape": (3, 4), "by_id": {7: "seven", (1, 2): [1.5, -0.0]},
-                   "order": np.arange(5, dtype=np.int32), "__weird_key__": None}
+    data_rng.random(3), legacy.rand(2), py.random()  # mid-stream states
+    train_state = {
+        "step": 2,
+        "epoch": 0,
+        "batch_in_epoch": 17,
+        "best_bleu": float("nan"),
+        "big": 2**100 + 1,
+        "lr": np.float32(0.1),
+        "shape": (3, 4),
+        "by_id": {7: "seven", (1, 2): [1.5, -0.0]},
+        "order": np.arange(5, dtype=np.int32),
+        "__weird_key__": None,
+    }
     tokenizer = tmp_path / "spm.model"
     tokenizer.write_bytes(b"\x00tokenizer bytes\xff")
-    path = save_checkpoint(tmp_path / "ck", model, cfg, optimizer=opt, scheduler=schedule, train_state=train_state,
-                           rng_states={"data": data_rng, "legacy": legacy, "python": py,
-                                       "dropout": model.rng_state_dict()},
-                           extra_files={"spm.model": tokenizer})
+    path = save_checkpoint(
+        tmp_path / "ck",
+        model,
+        cfg,
+        optimizer=opt,
+        scheduler=schedule,
+        train_state=train_state,
+        rng_states={"data": data_rng, "legacy": legacy, "python": py, "dropout": model.rng_state_dict()},
+        extra_files={"spm.model": tokenizer},
+    )
     loaded = load_checkpoint(path)
 
     _states_equal(loaded.model_state, model.state_dict())
     assert loaded.config == cfg.to_dict()
     saved_opt = opt.state_dict()
     _states_equal(loaded.optimizer_state["arrays"], saved_opt["arrays"])
-    assert {k: v for k, v in loaded.optimizer_state.items() if k != "arrays"} == \
-        {k: v for k, v in saved_opt.items() if k != "arrays"}
+    assert {k: v for k, v in loaded.optimizer_state.items() if k != "arrays"} == {
+        k: v for k, v in saved_opt.items() if k != "arrays"
+    }
     assert loaded.scheduler_state == schedule.state_dict()
 
     ts = loaded.train_state
-    assert ts["big"] == 2 ** 100 + 1 and np.isnan(ts["best_bleu"]) and ts["shape"] == (3, 4)
+    assert ts["big"] == 2**100 + 1 and np.isnan(ts["best_bleu"]) and ts["shape"] == (3, 4)
     assert type(ts["lr"]) is np.float32 and ts["lr"] == np.float32(0.1)
     assert ts["by_id"] == {7: "seven", (1, 2): [1.5, -0.0]} and ts["__weird_key__"] is None
     assert ts["order"].dtype == np.int32 and ts["order"].tolist() == list(range(5))
@@ -97,10 +125,11 @@ def test_round_trip_is_bit_exact(tmp_path, trained):
 def test_restore_into_fresh_objects_continues_training_identically(tmp_path, trained):
     cfg, model, opt, schedule = trained
     save_checkpoint(tmp_path / "ck", model, cfg, optimizer=opt, scheduler=schedule)
-    model2 = Transformer(tiny_config(seed=99))                                 # different initial weights
+    model2 = Transformer(tiny_config(seed=99))  # different initial weights
     opt2 = optim.Adam(model2.named_parameters(), lr=5.0)
-    schedule2 = type(schedule)(opt2, **{k: v for k, v in schedule.state_dict().items()
-                                        if k not in ("type", "step_num")})
+    schedule2 = type(schedule)(
+        opt2, **{k: v for k, v in schedule.state_dict().items() if k not in ("type", "step_num")}
+    )
     load_checkpoint(tmp_path / "ck").restore(model2, opt2, schedule2)
     rng = np.random.default_rng(1)
     src, tgt = rng.integers(4, V, (2, 4)), rng.integers(4, V, (2, 5))
@@ -123,8 +152,9 @@ def test_mismatched_config_is_a_clear_error(tmp_path, trained):
     with pytest.raises(CheckpointError, match=r"d_ff: checkpoint 24, model 12"):
         load_checkpoint(tmp_path / "ck", expected_config=tiny_config(d_model=8, d_ff=12))
     # dropout is a training choice, not part of the architecture: ignored by default.
-    load_checkpoint(tmp_path / "ck", expected_config=tiny_config(dropout=0.3)).restore(Transformer(tiny_config(
-        dropout=0.3)))
+    load_checkpoint(tmp_path / "ck", expected_config=tiny_config(dropout=0.3)).restore(
+        Transformer(tiny_config(dropout=0.3))
+    )
 
 
 def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, trained, monkeypatch):
@@ -153,7 +183,7 @@ def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, trained, mo
 def test_replacing_a_checkpoint(tmp_path, trained, monkeypatch, exchange):
     cfg, model, opt, _ = trained
     if not exchange:
-        monkeypatch.setattr(files, "_rename_exchange", lambda a, b: False)     # the two-rename fallback
+        monkeypatch.setattr(files, "_rename_exchange", lambda a, b: False)  # the two-rename fallback
     path = save_checkpoint(tmp_path / "ck", model, cfg, train_state={"step": 1})
     save_checkpoint(path, model, cfg, train_state={"step": 2})
     assert load_checkpoint(path).train_state == {"step": 2}
@@ -222,11 +252,17 @@ def _corrupt(path, how, tmp_path):
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "optimizer.safetensors"])
-@pytest.mark.parametrize("how,match", [
-    ("truncated", "truncated"), ("garbage", "truncated or not safetensors|not a safetensors file"),
-    ("pickle", "Python pickle; refusing"), ("empty", "truncated"), ("missing", "file is missing"),
-    ("bitflip", "checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("truncated", "truncated"),
+        ("garbage", "truncated or not safetensors|not a safetensors file"),
+        ("pickle", "Python pickle; refusing"),
+        ("empty", "truncated"),
+        ("missing", "file is missing"),
+        ("bitflip", "checksum mismatch"),
+    ],
+)
 def test_broken_weight_files_raise_errors_naming_the_file(tmp_path, trained, file, how, match):
     cfg, model, opt, _ = trained
     path = save_checkpoint(tmp_path / "ck", model, cfg, optimizer=opt)
@@ -237,8 +273,15 @@ def test_broken_weight_files_raise_errors_naming_the_file(tmp_path, trained, fil
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("how,match", [("truncated", "not valid JSON"), ("garbage", "not valid JSON"),
-                                       ("pickle", "Python pickle"), ("missing", "file is missing")])
+@pytest.mark.parametrize(
+    "how,match",
+    [
+        ("truncated", "not valid JSON"),
+        ("garbage", "not valid JSON"),
+        ("pickle", "Python pickle"),
+        ("missing", "file is missing"),
+    ],
+)
 def test_broken_manifest_raises_errors_naming_the_file(tmp_path, trained, how, match):
     cfg, model, _, _ = trained
     path = save_checkpoint(tmp_path / "ck", model, cfg)
@@ -304,12 +347,12 @@ def test_manager_keeps_last_n_and_the_best(tmp_path, trained):
     for step, loss in losses.items():
         manager.save(step, model, cfg, metric=loss, train_state={"step": step})
     steps = [info.step for info in manager.checkpoints()]
-    assert steps == [200, 400, 500]                                             # best (200) + last two
+    assert steps == [200, 400, 500]  # best (200) + last two
     assert manager.best() == manager.path_for(200) and manager.last() == manager.path_for(500)
     assert manager.load_best().train_state == {"step": 200}
     assert manager.load_last().train_state == {"step": 500}
     manager.save(600, model, cfg, metric=0.5)
-    assert [info.step for info in manager.checkpoints()] == [500, 600]          # the new best is also the last
+    assert [info.step for info in manager.checkpoints()] == [500, 600]  # the new best is also the last
     assert manager.average_last(2).keys() == model.state_dict().keys()
     # A leftover temporary directory or an unreadable checkpoint never breaks the listing.
     (tmp_path / "run" / ".step-000000700.tmp-x").mkdir()

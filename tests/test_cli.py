@@ -4,6 +4,7 @@ prepare -> train -> translate (stdin, --input/--output, greedy and beam) -> eval
 text, signature printed) -> average -> evaluate the average -> sheet-summary; translate keeps line count and order;
 every bad input ends with ``error: ...`` and exit code 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,23 +59,43 @@ def test_end_to_end(trained, tmp_path, capsys, monkeypatch):
     # translate: standard input, greedy and beam 3; one output line per input line
     sources = (FIXTURES / "tiny.de").read_text(encoding="utf-8").splitlines()[:3]
     for beam in (1, 3):
-        code, out, err = run(capsys, "translate", "--checkpoint", trained, "--beam", beam,
-                             stdin=("\n".join(sources) + "\n").encode(), monkeypatch=monkeypatch)
+        code, out, err = run(
+            capsys,
+            "translate",
+            "--checkpoint",
+            trained,
+            "--beam",
+            beam,
+            stdin=("\n".join(sources) + "\n").encode(),
+            monkeypatch=monkeypatch,
+        )
         assert code == 0, err
         lines = out.split("\n")
         assert lines[-1] == "" and len(lines) - 1 == len(sources)
         assert not any(SPIECE_SPACE in line for line in lines)
         # --input / --output give the same translations
         (tmp_path / "in.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")
-        code, _, err = run(capsys, "translate", "--checkpoint", trained, "--beam", beam,
-                           "--input", tmp_path / "in.txt", "--output", tmp_path / "out.txt", "--overwrite")
+        code, _, err = run(
+            capsys,
+            "translate",
+            "--checkpoint",
+            trained,
+            "--beam",
+            beam,
+            "--input",
+            tmp_path / "in.txt",
+            "--output",
+            tmp_path / "out.txt",
+            "--overwrite",
+        )
         assert code == 0, err
         assert (tmp_path / "out.txt").read_text(encoding="utf-8") == out
 
     # evaluate: sacreBLEU on the detokenised hypotheses against the raw references, with its signature
     hyps_path, sheet = tmp_path / "hyps.txt", tmp_path / "sheet.csv"
-    code, out, err = run(capsys, "evaluate", "--checkpoint", trained, "--beam", 2, "--hypotheses", hyps_path,
-                         "--sheet", sheet)
+    code, out, err = run(
+        capsys, "evaluate", "--checkpoint", trained, "--beam", 2, "--hypotheses", hyps_path, "--sheet", sheet
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["split"] == "test" and result["sentences"] == 4
@@ -113,6 +134,7 @@ def test_end_to_end(trained, tmp_path, capsys, monkeypatch):
 def test_references(run_dir):
     """The raw test-split references of the run (the same seeded split the run used)."""
     from transformer.tasks import DATA_DEFAULTS, load_corpus
+
     config = json.loads((Path(run_dir) / "config.json").read_text())
     return load_corpus({**DATA_DEFAULTS, **config["data"]})["test"].tgt
 
@@ -142,8 +164,9 @@ def test_translate_keeps_line_count_and_order(trained, tmp_path, capsys):
         # (The untrained model emits no EOS, so its output length follows its own input's length.)
         for index in (0, 2, 4, 8):
             (tmp_path / "one.txt").write_text(lines[index] + "\n", encoding="utf-8")
-            code, alone, err = run(capsys, "translate", "--checkpoint", trained, "--beam", beam,
-                                   "--input", tmp_path / "one.txt")
+            code, alone, err = run(
+                capsys, "translate", "--checkpoint", trained, "--beam", beam, "--input", tmp_path / "one.txt"
+            )
             assert code == 0, err
             assert alone == outputs[index] + "\n", f"line {index + 1}"
     assert len({len(o) for o in outputs if o}) > 1  # the order check above is not vacuous
@@ -159,19 +182,22 @@ def assert_clean_error(code, err, *fragments):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("train.max_stepz=3", ["[train]", "unknown key", "max_stepz"]),
-    ("model.d_modle=8", ["[model]", "unknown key", "d_modle"]),
-    ("model.src_vocab_size=8", ["[model]", "src_vocab_size"]),      # set by the tokenizer, not the config
-    ("data.srcpath=x", ["[data]", "srcpath"]),
-    ("tokenizer.vocab=8", ["[tokenizer]", "vocab"]),
-    ("train.max_steps", ["section.key=value"]),                     # no value
-    ("max_steps=3", ["must name its section", "train.max_steps"]),  # no section
-    ("trian.max_steps=3", ["unknown section", "trian"]),
-    ("train.max_steps=abc", ["[train] max_steps must be a whole number >= 0", "'abc'"]),
-    ("train.batch_size=2.5", ["[train] batch_size must be a whole number"]),
-    ("train.lr=true", ["[train] lr must be a number"]),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.max_stepz=3", ["[train]", "unknown key", "max_stepz"]),
+        ("model.d_modle=8", ["[model]", "unknown key", "d_modle"]),
+        ("model.src_vocab_size=8", ["[model]", "src_vocab_size"]),  # set by the tokenizer, not the config
+        ("data.srcpath=x", ["[data]", "srcpath"]),
+        ("tokenizer.vocab=8", ["[tokenizer]", "vocab"]),
+        ("train.max_steps", ["section.key=value"]),  # no value
+        ("max_steps=3", ["must name its section", "train.max_steps"]),  # no section
+        ("trian.max_steps=3", ["unknown section", "trian"]),
+        ("train.max_steps=abc", ["[train] max_steps must be a whole number >= 0", "'abc'"]),
+        ("train.batch_size=2.5", ["[train] batch_size must be a whole number"]),
+        ("train.lr=true", ["[train] lr must be a number"]),
+    ],
+)
 def test_bad_config_keys_and_overrides(tmp_path, capsys, override, fragments):
     code, _, err = run(capsys, "train", *config_args(tmp_path, override))
     assert_clean_error(code, err, *fragments)
@@ -184,8 +210,17 @@ def test_override_flag_without_value(tmp_path, capsys):
 
 def test_override_flags_with_separate_values(tmp_path, capsys):
     # "--section.key value" is the same override as "section.key=value", in any position and any number.
-    code, out, err = run(capsys, "train", "--train.max_steps", 2, *config_args(tmp_path),
-                         "--train.validate_every", 1, "--model.norm_first", "true")
+    code, out, err = run(
+        capsys,
+        "train",
+        "--train.max_steps",
+        2,
+        *config_args(tmp_path),
+        "--train.validate_every",
+        1,
+        "--model.norm_first",
+        "true",
+    )
     assert code == 0, err
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["train"]["max_steps"] == 2 and saved["train"]["validate_every"] == 1
@@ -201,8 +236,9 @@ def test_resume_keeps_the_runs_overrides(trained, tmp_path, capsys):
     code, out, err = run(capsys, "train", "--config", TINY_CONFIG, "--run-dir", run_dir, "--resume")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["step"] == 4
-    code, out, err = run(capsys, "train", "--config", TINY_CONFIG, "--run-dir", run_dir, "--resume",
-                         "train.max_steps=6")
+    code, out, err = run(
+        capsys, "train", "--config", TINY_CONFIG, "--run-dir", run_dir, "--resume", "train.max_steps=6"
+    )
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["step"] == 6
     assert json.loads((run_dir / "config.json").read_text())["train"]["max_steps"] == 6
@@ -233,7 +269,7 @@ def test_corpus_file_with_invalid_utf8(tmp_path, capsys):
     source[6] = b"Ein Mann \xff\xfe im Park."
     (tmp_path / "bad.de").write_bytes(b"\n".join(source))
     data = [f"data.src_path={tmp_path / 'bad.de'}", f"data.tgt_path={FIXTURES / 'tiny.en'}"]
-    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", "data.on_bad=\"error\"", data=data))
+    code, _, err = run(capsys, "prepare", *config_args(tmp_path / "run", 'data.on_bad="error"', data=data))
     assert_clean_error(code, err, "bad.de", "line 7", "UTF-8")
 
 
@@ -242,8 +278,9 @@ def test_translate_input_with_invalid_utf8(trained, tmp_path, capsys, monkeypatc
     code, out, err = run(capsys, "translate", "--checkpoint", trained, "--beam", 1, "--input", tmp_path / "in.txt")
     assert_clean_error(code, err, "in.txt", "line 2", "UTF-8")
     assert out == ""
-    code, _, err = run(capsys, "translate", "--checkpoint", trained, "--beam", 1,
-                       stdin=b"ok\n\xff\n", monkeypatch=monkeypatch)
+    code, _, err = run(
+        capsys, "translate", "--checkpoint", trained, "--beam", 1, stdin=b"ok\n\xff\n", monkeypatch=monkeypatch
+    )
     assert_clean_error(code, err, "standard input", "line 2", "UTF-8")
 
 
@@ -284,12 +321,16 @@ def test_average_needs_enough_checkpoints(trained, tmp_path, capsys):
 
 def test_override_normalisation_leaves_option_values_alone():
     from transformer.config import ConfigError, normalise_cli_overrides
+
     argv = ["lm-sample", "--prompt", "--Enter ROMEO. Hi", "--max-new-tokens", "10", "--output", "x.y"]
     assert normalise_cli_overrides(argv) == argv
-    assert normalise_cli_overrides(["train", "--train.lr", "1e-3", "--model.norm_first=true"]) == \
-        ["train", "train.lr=1e-3", "model.norm_first=true"]
+    assert normalise_cli_overrides(["train", "--train.lr", "1e-3", "--model.norm_first=true"]) == [
+        "train",
+        "train.lr=1e-3",
+        "model.norm_first=true",
+    ]
     with pytest.raises(ConfigError, match="no value"):
-        normalise_cli_overrides(["train", "--data.corpus", "--resume"])     # never swallows the next option
+        normalise_cli_overrides(["train", "--data.corpus", "--resume"])  # never swallows the next option
 
 
 def test_score_and_sheet_summary_print_json_and_refuse_mismatched_files(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The one output channel (transformer/console.py): logging configured once, to standard error as it is at each
 message; progress as plain lines when standard error is not a terminal (a log file, a pipe)."""
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,19 @@ def test_track_yields_everything_and_reports_about_every_tenth(capsys):
     assert list(console.track(range(25), "translating")) == list(range(25))
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" | ")[0] for line in lines] == [
-        "translating 1/25", "translating 2/25", "translating 4/25", "translating 6/25", "translating 8/25",
-        "translating 10/25", "translating 12/25", "translating 14/25", "translating 16/25", "translating 18/25",
-        "translating 20/25", "translating 22/25", "translating 24/25", "translating 25/25"]
+        "translating 1/25",
+        "translating 2/25",
+        "translating 4/25",
+        "translating 6/25",
+        "translating 8/25",
+        "translating 10/25",
+        "translating 12/25",
+        "translating 14/25",
+        "translating 16/25",
+        "translating 18/25",
+        "translating 20/25",
+        "translating 22/25",
+        "translating 24/25",
+        "translating 25/25",
+    ]
     assert all("elapsed" in line for line in lines)

@@ -1,4 +1,5 @@
 """The whole stack learns: a small Transformer overfits a 10-sentence copy task to exact reproduction."""
+
 import numpy as np
 
 import npgrad as ng
@@ -11,12 +12,22 @@ from transformer.model import Transformer, TransformerConfig
 
 def test_overfits_ten_sentence_copy_task_within_a_few_hundred_steps():
     rng = np.random.default_rng(0)
-    vocab = 16                                    # ids 0-3 are pad/unk/bos/eos
+    vocab = 16  # ids 0-3 are pad/unk/bos/eos
     sentences = [list(rng.integers(4, vocab, size=rng.integers(3, 8))) for _ in range(10)]
-    batch = collate(sentences, sentences)         # src = x + EOS, tgt_in = BOS + x, tgt_out = x + EOS
-    config = TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=32, n_heads=2,
-                               num_encoder_layers=1, num_decoder_layers=1, d_ff=64, dropout=0.0,
-                               share_embeddings=True, max_len=16, seed=0)
+    batch = collate(sentences, sentences)  # src = x + EOS, tgt_in = BOS + x, tgt_out = x + EOS
+    config = TransformerConfig(
+        src_vocab_size=vocab,
+        tgt_vocab_size=vocab,
+        d_model=32,
+        n_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        d_ff=64,
+        dropout=0.0,
+        share_embeddings=True,
+        max_len=16,
+        seed=0,
+    )
     model = Transformer(config)
     optimizer = optim.Adam(list(model.named_parameters()), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
 

@@ -158,8 +158,12 @@ def test_fetch_downloads_from_file_url_verifies_and_then_stays_offline(tmp_path)
     assert path == cache / "sub" / "thing.txt" and path.read_bytes() == b"payload\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["thing.txt"]  # no temporary left behind
     # Filled cache: the fetcher is never called.
-    assert ds.fetch("sub/thing.txt", "https://unreachable.invalid/x", data_dir=cache, sha256=sha(remote),
-                    fetcher=no_network) == path
+    assert (
+        ds.fetch(
+            "sub/thing.txt", "https://unreachable.invalid/x", data_dir=cache, sha256=sha(remote), fetcher=no_network
+        )
+        == path
+    )
 
 
 def test_download_with_wrong_checksum_is_refused_and_leaves_nothing(tmp_path):
@@ -199,8 +203,11 @@ def fake_multi30k(root: Path, monkeypatch, train_de=None):
     """A miniature Multi30k cache (with its sums registered) built from the fixture sentences."""
     de = (FIXTURES / "tiny.de").read_text(encoding="utf-8").splitlines()
     en = (FIXTURES / "tiny.en").read_text(encoding="utf-8").splitlines()
-    parts = {"train": (train_de or de[:20], en[:20]), "val": (de[20:25], en[20:25]),
-             "test_2016_flickr": (de[25:], en[25:])}
+    parts = {
+        "train": (train_de or de[:20], en[:20]),
+        "val": (de[20:25], en[20:25]),
+        "test_2016_flickr": (de[25:], en[25:]),
+    }
     remote = root / "remote"
     for split, (de_lines, en_lines) in parts.items():
         for lang, lines in (("de", de_lines), ("en", en_lines)):
@@ -217,7 +224,8 @@ def test_multi30k_downloads_into_cache_then_loads_offline(tmp_path, monkeypatch)
     assert corpus["train"].src[0] == "A man is riding a red bicycle."
     assert corpus["train"].tgt[0] == "Ein Mann fährt ein rotes Fahrrad."
     assert sorted(p.name for p in (cache / "multi30k").iterdir()) == sorted(
-        f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en"))
+        f"{s}.{lang}.gz" for s in ("train", "val", "test_2016_flickr") for lang in ("de", "en")
+    )
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(cache))
     again = ds.load_multi30k("de", "en", fetcher=no_network)
     assert again["valid"].src == corpus["valid"].tgt
@@ -244,8 +252,12 @@ def test_multi30k_languages_checked():
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.lists(st.sampled_from("abcdefghijklmnopqrstuvwxyz"), min_size=20, max_size=60)
-       .filter(lambda sources: len(set(sources)) >= 10), st.integers(0, 3))
+@given(
+    st.lists(st.sampled_from("abcdefghijklmnopqrstuvwxyz"), min_size=20, max_size=60).filter(
+        lambda sources: len(set(sources)) >= 10
+    ),
+    st.integers(0, 3),
+)
 def test_split_is_a_seeded_partition_grouped_by_source(sources, seed):
     pairs = ds.ParallelText(sources, [f"{s}-{i}" for i, s in enumerate(sources)])
     splits = ds.split_corpus(pairs, valid_size=0.1, test_size=2, seed=seed)
@@ -288,15 +300,23 @@ def test_tatoeba_both_directions_from_zip(tmp_path, monkeypatch):
 
 
 def test_generic_corpus_from_files_and_tsv(tmp_path):
-    corpus = ds.load_parallel_corpus(src_path=FIXTURES / "tiny.de", tgt_path=FIXTURES / "tiny.en",
-                                     valid_size=3, test_size=3, seed=0, src_lang="de", tgt_lang="en")
+    corpus = ds.load_parallel_corpus(
+        src_path=FIXTURES / "tiny.de",
+        tgt_path=FIXTURES / "tiny.en",
+        valid_size=3,
+        test_size=3,
+        seed=0,
+        src_lang="de",
+        tgt_lang="en",
+    )
     assert [len(corpus[s]) for s in ("train", "valid", "test")] == [24, 3, 3]
     tsv = tmp_path / "pairs.tsv"
     de = (FIXTURES / "tiny.de").read_text(encoding="utf-8").splitlines()
     en = (FIXTURES / "tiny.en").read_text(encoding="utf-8").splitlines()
     tsv.write_text("".join(f"{e}\t{d}\n" for d, e in zip(de, en)), encoding="utf-8")
-    from_tsv = ds.load_translation_corpus("tsv", "de", "en", tsv_path=tsv, src_column=1, tgt_column=0,
-                                          valid_size=3, test_size=3)
+    from_tsv = ds.load_translation_corpus(
+        "tsv", "de", "en", tsv_path=tsv, src_column=1, tgt_column=0, valid_size=3, test_size=3
+    )
     assert {k: v.src for k, v in from_tsv.splits.items()} == {k: v.src for k, v in corpus.splits.items()}
 
 
@@ -420,7 +440,9 @@ def test_too_long_example_and_bad_arguments():
 def test_subword_length_limit_reports_or_refuses():
     src = [[4] * 3, [4] * 9, [4] * 2]
     tgt = [[5] * 3, [5] * 2, [5] * 9]
-    with pytest.raises(D.DataValidationError, match=r"2 of 3 pairs are longer than 8 sub-word tokens.*lines 2, 3 \(1-based"):
+    with pytest.raises(
+        D.DataValidationError, match=r"2 of 3 pairs are longer than 8 sub-word tokens.*lines 2, 3 \(1-based"
+    ):
         D.limit_subword_length(src, tgt, max_len=8)
     kept_src, kept_tgt, report = D.limit_subword_length(src, tgt, max_len=8, on_bad="filter")
     assert kept_src == [[4] * 3] and kept_tgt == [[5] * 3]
@@ -434,7 +456,10 @@ def test_encode_splits_with_a_character_level_stand_in():
         def encode(self, texts):
             return [[4 + (ord(c) % 50) for c in text] for text in texts]
 
-    splits = {"train": ds.ParallelText(["ab", "abcdefghij"], ["x", "y"]), "valid": ds.ParallelText(["abcdefghij"], ["z"])}
+    splits = {
+        "train": ds.ParallelText(["ab", "abcdefghij"], ["x", "y"]),
+        "valid": ds.ParallelText(["abcdefghij"], ["z"]),
+    }
     datasets, reports = D.encode_splits(splits, Chars(), Chars(), max_len=5, on_bad="filter")
     assert len(datasets["train"]) == 1 and len(datasets["valid"]) == 1  # evaluation splits are never cut
     assert reports[0].num_dropped == 1
@@ -446,7 +471,7 @@ def test_evaluation_batches_map_back_to_order():
     rows = {}
     for batch in D.evaluation_batches(dataset, max_tokens=90):
         for row, index in enumerate(batch.indices):
-            rows[int(index)] = batch.src[row, :batch.src_lengths[row] - 1].tolist()
+            rows[int(index)] = batch.src[row, : batch.src_lengths[row] - 1].tolist()
     assert [rows[i] for i in range(50)] == [s.tolist() for s in dataset.src_ids]
 
 

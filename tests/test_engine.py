@@ -1,4 +1,5 @@
 """The reverse-mode engine: graph bookkeeping, accumulation, memory, errors, user primitives."""
+
 import gc
 import weakref
 
@@ -43,6 +44,7 @@ class Boom(ng.Function):
 
 # ------------------------------------------------------------------------------ graph shape
 
+
 def test_reused_nodes_sum_their_gradients():
     a = ng.tensor(np.array([1.5, -2.0]), requires_grad=True)
     b = a + a
@@ -53,7 +55,7 @@ def test_reused_nodes_sum_their_gradients():
 
 def test_diamond_graph():
     a = ng.tensor(np.array([0.3, 2.0]), requires_grad=True)
-    y = a * a + Sin.apply(a) * a          # dy/da = 2a + cos(a) a + sin(a)
+    y = a * a + Sin.apply(a) * a  # dy/da = 2a + cos(a) a + sin(a)
     y.sum().backward()
     np.testing.assert_allclose(a.grad, 2 * a.data + np.cos(a.data) * a.data + np.sin(a.data))
 
@@ -70,14 +72,14 @@ def test_long_chain_has_no_recursion_limit():
     for _ in range(10_000):
         y = y * 1.0001
     y.sum().backward()
-    np.testing.assert_allclose(x.grad, np.full(2, 1.0001 ** 10_000), rtol=1e-9)
+    np.testing.assert_allclose(x.grad, np.full(2, 1.0001**10_000), rtol=1e-9)
 
 
 def test_broadcasting_gradients_are_summed_back_to_each_shape():
     a = ng.tensor(_rand(3, 1), requires_grad=True)
     b = ng.tensor(_rand(4, seed=1), requires_grad=True)
     c = ng.tensor(_rand(2, 1, 1, seed=2), requires_grad=True)
-    y = (a * b + c)                                 # (2, 3, 4)
+    y = a * b + c  # (2, 3, 4)
     assert y.shape == (2, 3, 4)
     y.sum().backward()
     assert a.grad.shape == (3, 1) and b.grad.shape == (4,) and c.grad.shape == (2, 1, 1)
@@ -96,13 +98,14 @@ def test_scalar_and_ndarray_operands_get_no_gradient():
 
 # ------------------------------------------------------------------------------ accumulation and retain_graph
 
+
 def test_backward_twice_accumulates():
     x = ng.tensor(_rand(3), requires_grad=True)
     y = (x * x).sum()
     y.backward(retain_graph=True)
     y.backward()
     np.testing.assert_allclose(x.grad, 4 * x.data)
-    (x * 3.0).sum().backward()                     # a new graph adds on top
+    (x * 3.0).sum().backward()  # a new graph adds on top
     np.testing.assert_allclose(x.grad, 4 * x.data + 3)
     x.zero_grad()
     assert x.grad is None
@@ -120,7 +123,7 @@ def test_grad_is_never_aliased():
     a = ng.tensor(_rand(3), requires_grad=True)
     b = ng.tensor(_rand(3, seed=1), requires_grad=True)
     g = np.ones(3)
-    (a + b).backward(g)                           # Add hands the same array to both inputs
+    (a + b).backward(g)  # Add hands the same array to both inputs
     assert a.grad is not b.grad and a.grad is not g
     a.grad += 1
     g[:] = 5
@@ -129,9 +132,9 @@ def test_grad_is_never_aliased():
 
 def test_saved_buffers_and_forward_attributes_are_freed_after_backward():
     x = ng.tensor(_rand(4, 3), requires_grad=True)
-    hidden = (x * 2.0).exp()                      # an intermediate array, saved by exp and by mul
+    hidden = (x * 2.0).exp()  # an intermediate array, saved by exp and by mul
     probe = weakref.ref(hidden.data)
-    y = (hidden * x).transpose(1, 0)              # Transpose keeps its axes on ctx
+    y = (hidden * x).transpose(1, 0)  # Transpose keeps its axes on ctx
     loss = y.sum()
     nodes = []
     stack = [loss.grad_fn]
@@ -142,10 +145,10 @@ def test_saved_buffers_and_forward_attributes_are_freed_after_backward():
             stack.extend(p for p in node.parents if p is not None)
     del hidden, y
     gc.collect()
-    assert probe() is not None                    # the graph keeps it alive for backward...
+    assert probe() is not None  # the graph keeps it alive for backward...
     loss.backward()
     gc.collect()
-    assert probe() is None                        # ...and backward lets it go
+    assert probe() is None  # ...and backward lets it go
     assert all(node.saved == () for node in nodes)
     assert all(not hasattr(node, "axes") for node in nodes)
 
@@ -181,6 +184,7 @@ def test_backward_records_nothing_without_create_graph():
 
 # ------------------------------------------------------------------------------ no_grad and detach
 
+
 def test_no_grad_records_nothing():
     x = ng.tensor(_rand(3), requires_grad=True)
     with ng.no_grad():
@@ -213,10 +217,11 @@ def test_detach_cuts_the_graph_and_shares_data():
     assert not d.requires_grad and d.grad_fn is None
     y = (x * d).sum()
     y.backward()
-    np.testing.assert_allclose(x.grad, 2 * x.data)   # d counted as a constant
+    np.testing.assert_allclose(x.grad, 2 * x.data)  # d counted as a constant
 
 
 # ------------------------------------------------------------------------------ dtypes
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtype_is_preserved_in_values_and_gradients(dtype):
@@ -230,7 +235,7 @@ def test_dtype_is_preserved_in_values_and_gradients(dtype):
 
 def test_float32_input_with_float64_constant_still_gets_float32_gradient():
     x = ng.tensor(_rand(3, dtype=np.float32), requires_grad=True)
-    y = x * np.array([1.0, 2.0, 3.0])              # NumPy promotes the value to float64
+    y = x * np.array([1.0, 2.0, 3.0])  # NumPy promotes the value to float64
     y.sum().backward()
     assert x.grad.dtype == np.float32
     np.testing.assert_allclose(x.grad, [1, 2, 3])
@@ -241,10 +246,11 @@ def test_requires_grad_on_integer_data_is_refused():
         ng.tensor(np.arange(3), requires_grad=True)
     with pytest.raises(TypeError, match="floating-point"):
         ng.tensor(np.array([True, False])).requires_grad_()
-    assert ng.tensor(np.arange(3)).dtype.kind == "i"     # integer data itself is fine
+    assert ng.tensor(np.arange(3)).dtype.kind == "i"  # integer data itself is fine
 
 
 # ------------------------------------------------------------------------------ errors
+
 
 def test_backward_on_non_scalar_needs_a_gradient():
     x = ng.tensor(_rand(2, 3), requires_grad=True)
@@ -295,6 +301,7 @@ def test_user_function_returning_wrong_shape_gradient():
 
 # ------------------------------------------------------------------------------ user primitives
 
+
 def test_user_defined_function():
     x = ng.tensor(_rand(3, 4), requires_grad=True)
     y = Sin.apply(x)
@@ -326,6 +333,7 @@ def test_function_with_non_tensor_arguments():
 
 # ------------------------------------------------------------------------------ ng.grad
 
+
 def test_grad_returns_gradients_without_touching_dot_grad():
     a = ng.tensor(_rand(3), requires_grad=True)
     b = ng.tensor(_rand(3, seed=1), requires_grad=True)
@@ -343,7 +351,7 @@ def test_grad_single_input_grad_outputs_and_intermediate():
     y = Sin.apply(h)
     v = _rand(3, seed=3)
     np.testing.assert_allclose(ng.grad(y, x, grad_outputs=v, retain_graph=True), v * np.cos(h.data) * 2)
-    gh = ng.grad(y, h, grad_outputs=v)                 # w.r.t. an intermediate tensor
+    gh = ng.grad(y, h, grad_outputs=v)  # w.r.t. an intermediate tensor
     np.testing.assert_allclose(gh, v * np.cos(h.data))
 
 
@@ -362,7 +370,7 @@ def test_grad_skips_branches_that_do_not_reach_the_inputs():
     a = ng.tensor(_rand(3), requires_grad=True)
     b = ng.tensor(_rand(3, seed=1), requires_grad=True)
     y = (a * 2 + Boom.apply(b)).sum()
-    np.testing.assert_allclose(ng.grad(y, a), 2.0)    # Boom.backward would raise
+    np.testing.assert_allclose(ng.grad(y, a), 2.0)  # Boom.backward would raise
 
 
 def test_grad_results_are_copies():
@@ -404,7 +412,7 @@ def test_numpy_scalar_forward_result_becomes_a_0d_tensor():
         @staticmethod
         def forward(ctx, a):
             ctx.shape = a.shape
-            return np.sum(a)            # a NumPy scalar, not an array
+            return np.sum(a)  # a NumPy scalar, not an array
 
         @staticmethod
         def backward(ctx, g):

@@ -74,7 +74,7 @@ def read_sheet(path):
 
 
 def test_sheet_is_shuffled_seeded_and_maps_back(tmp_path):
-    sources = [f"Quelle {i}, mit \"Anführung\"\nund Zeilenumbruch" for i in range(20)]
+    sources = [f'Quelle {i}, mit "Anführung"\nund Zeilenumbruch' for i in range(20)]
     refs = [f"reference {i}" for i in range(20)]
     hyps = [f"hypothesis {i}" for i in range(20)]
     path = E.write_human_eval_sheet(tmp_path / "sheet.csv", sources, refs, hyps, seed=4)
@@ -116,9 +116,14 @@ def test_summarise_filled_sheet(tmp_path, capsys):
     assert "adequacy  mean 4.00 over 3 rated (1 unrated)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("adequacy, message", [("good", r"line 3 \(id \d+\): adequacy 'good' is not a number"),
-                                               ("6", r"line 3 \(id \d+\): adequacy 6 is outside 1-5"),
-                                               ("0", "outside 1-5")])
+@pytest.mark.parametrize(
+    "adequacy, message",
+    [
+        ("good", r"line 3 \(id \d+\): adequacy 'good' is not a number"),
+        ("6", r"line 3 \(id \d+\): adequacy 6 is outside 1-5"),
+        ("0", "outside 1-5"),
+    ],
+)
 def test_summarise_names_the_bad_row(tmp_path, adequacy, message):
     path = E.write_human_eval_sheet(tmp_path / "sheet.csv", ["s"] * 3, ["r"] * 3, ["h"] * 3)
     fill(path, [("4", "4"), (adequacy, "3"), ("2", "2")])

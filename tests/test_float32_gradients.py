@@ -12,6 +12,7 @@ the magnitude of what cancels, computed below from the float64 inputs. A float32
 Shapes are small and drawn by hypothesis; values are moderate (attention logits within a few units) so that
 the magnitudes below bound the round-off without being loose. Inputs never hold -inf.
 """
+
 import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
@@ -22,11 +23,17 @@ from npgrad import functional as F
 from npgrad.ops.loss import CrossEntropy
 from npgrad.ops.norm import LayerNorm
 from npgrad.testing import (
-    assert_float32_matches_float64, attention_masks, axes, class_targets, float_arrays, shapes,
+    assert_float32_matches_float64,
+    attention_masks,
+    axes,
+    class_targets,
+    float_arrays,
+    shapes,
 )
 
 try:
     import numba  # noqa: F401
+
     BACKENDS = ["numpy", "numba"]
 except ImportError:  # pragma: no cover - depends on the machine
     BACKENDS = ["numpy"]
@@ -68,16 +75,21 @@ def _log_softmax(data):
     x, g = _f32(data, shape), _f32(data, shape, -1.0, 1.0)
     # out = x - lse (|lse| <= max|x| + log V) and g_x = g - exp(out) sum(g) both cancel.
     lse_bound = _abs_max(x) + np.log(shape[axis])
-    return ((lambda t: F.log_softmax(t, axis=axis)), [x], g,
-            {"output": _abs_max(x) + lse_bound, 0: _abs_max(g) + _abs_max(np.sum(g, axis=axis))})
+    return (
+        (lambda t: F.log_softmax(t, axis=axis)),
+        [x],
+        g,
+        {"output": _abs_max(x) + lse_bound, 0: _abs_max(g) + _abs_max(np.sum(g, axis=axis))},
+    )
 
 
 def _cross_entropy(data):
     lead = data.draw(shapes(min_dims=1, max_dims=2, max_side=4))
     num_classes = data.draw(st.integers(1, 6))
     ignore_index = data.draw(st.sampled_from([-100, 0]))
-    target = data.draw(class_targets(shape=lead, num_classes=num_classes, ignore_index=ignore_index,
-                                     ignore_fraction=0.5))
+    target = data.draw(
+        class_targets(shape=lead, num_classes=num_classes, ignore_index=ignore_index, ignore_fraction=0.5)
+    )
     smoothing = data.draw(st.sampled_from([0.0, 0.1, 1.0]))
     reduction = data.draw(st.sampled_from(["mean", "sum", "none"]))
     x = _f32(data, lead + (num_classes,), -5.0, 5.0)
@@ -113,7 +125,7 @@ def _layer_norm_options(s, w, b, g, magnitude=None, eps=1e-5):
         "gx": _abs_max(rstd) * h * (2.0 + xhat_terms * (1.0 + 2.0 * xhat)),
         "gw": _abs_max(np.abs(g_rows).sum(axis=0)) * xhat_terms,
         "gb": _abs_max(np.abs(g_rows).sum(axis=0)),
-    }, {"terms": max(rows.shape)}                        # the longest sum: over the features or over the rows
+    }, {"terms": max(rows.shape)}  # the longest sum: over the features or over the rows
 
 
 def _layer_norm(data):
@@ -135,16 +147,20 @@ def _add_layer_norm(data):
     shape = data.draw(shapes(min_dims=2, max_dims=3, max_side=6))
     num_features = shape[-1]
     x, g = _f32(data, shape), _f32(data, shape, -1.0, 1.0)
-    residual = _f32(data, shape[data.draw(st.integers(0, len(shape) - 1)):])     # broadcast over leading axes
+    residual = _f32(data, shape[data.draw(st.integers(0, len(shape) - 1)) :])  # broadcast over leading axes
     w, b = _f32(data, (num_features,), 0.5, 2.0), _f32(data, (num_features,))
     # s = x + residual is rounded once in float32: its terms are |x| + |residual|.
     s = x.astype(np.float64) + residual
     scales, options = _layer_norm_options(s, w, b, g, magnitude=np.abs(x) + np.abs(residual.astype(np.float64)))
-    copies = x.size // residual.size                     # the residual's gradient sums its broadcast copies
+    copies = x.size // residual.size  # the residual's gradient sums its broadcast copies
     options["terms"] = max(options["terms"], copies)
-    return ((lambda t, r, w, b: F.add_layer_norm(t, r, w, b)), [x, residual, w, b], g,
-            {"output": scales["output"], 0: scales["gx"], 1: scales["gx"] * copies, 2: scales["gw"],
-             3: scales["gb"]}, options)
+    return (
+        (lambda t, r, w, b: F.add_layer_norm(t, r, w, b)),
+        [x, residual, w, b],
+        g,
+        {"output": scales["output"], 0: scales["gx"], 1: scales["gx"] * copies, 2: scales["gw"], 3: scales["gb"]},
+        options,
+    )
 
 
 def _allowed(mask, is_causal, scores_shape):
@@ -171,12 +187,16 @@ def _attention_terms(q, k, v, g, terms, allowed, scale, dropout_p):
     shift[~np.isfinite(shift)] = 0.0
     exps = np.exp(scores - shift)
     sums = exps.sum(axis=-1, keepdims=True)
-    probs = exps / np.where(sums > 0, sums, 1.0)                              # fully masked rows: 0
+    probs = exps / np.where(sums > 0, sums, 1.0)  # fully masked rows: 0
     p_t = probs / (1.0 - dropout_p)
     dp_t = (g_t @ np.swapaxes(v_t, -1, -2)) / (1.0 - dropout_p)
     ds_t = p_t * (dp_t + (dp_t * p_t).sum(axis=-1, keepdims=True))
-    return {"out": p_t @ v_t, "gq": scale * ds_t @ k_t, "gk": scale * np.swapaxes(ds_t, -1, -2) @ q_t,
-            "gv": np.swapaxes(p_t, -1, -2) @ g_t}
+    return {
+        "out": p_t @ v_t,
+        "gq": scale * ds_t @ k_t,
+        "gk": scale * np.swapaxes(ds_t, -1, -2) @ q_t,
+        "gv": np.swapaxes(p_t, -1, -2) @ g_t,
+    }
 
 
 def _scaled_dot_product_attention(data):
@@ -192,13 +212,19 @@ def _scaled_dot_product_attention(data):
     g = _f32(data, batch + (lq, dv), -1.0, 1.0)
 
     def fn(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                              rng=np.random.default_rng(3))      # the same dropout mask every run
+        return F.scaled_dot_product_attention(
+            q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p, rng=np.random.default_rng(3)
+        )  # the same dropout mask every run
 
-    t = _attention_terms(q, k, v, g, (q, k, v, g), _allowed(mask, is_causal, batch + (lq, lk)), 1 / np.sqrt(d),
-                         dropout_p)
-    return fn, [q, k, v], g, {"output": _abs_max(t["out"]), 0: _abs_max(t["gq"]), 1: _abs_max(t["gk"]),
-                              2: _abs_max(t["gv"])}
+    t = _attention_terms(
+        q, k, v, g, (q, k, v, g), _allowed(mask, is_causal, batch + (lq, lk)), 1 / np.sqrt(d), dropout_p
+    )
+    return (
+        fn,
+        [q, k, v],
+        g,
+        {"output": _abs_max(t["out"]), 0: _abs_max(t["gq"]), 1: _abs_max(t["gk"]), 2: _abs_max(t["gv"])},
+    )
 
 
 def _heads(a, num_heads):
@@ -215,7 +241,7 @@ def _merged(a):
 
 def _multi_head_attention(data):
     batch, heads, head_size = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
-    lq, lk = data.draw(st.integers(1, 3)), data.draw(st.integers(2, 3))    # one key: gq = 0 (SDPA draws it)
+    lq, lk = data.draw(st.integers(1, 3)), data.draw(st.integers(2, 3))  # one key: gq = 0 (SDPA draws it)
     width = heads * head_size
     mask = data.draw(st.one_of(st.none(), attention_masks(batch=(batch, 1), lq=lq, lk=lk, kind="padding")))
     is_causal = data.draw(st.booleans())
@@ -225,48 +251,77 @@ def _multi_head_attention(data):
     g = _f32(data, (batch, lq, width), -1.0, 1.0)
 
     def fn(query, kv, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o):
-        return F.multi_head_attention(query, kv, kv, heads, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, mask=mask,
-                                      is_causal=is_causal)
+        return F.multi_head_attention(
+            query, kv, kv, heads, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, mask=mask, is_causal=is_causal
+        )
 
     # The projections x w + b (values, and terms |x| |w| + |b|), attention on the heads, the output projection;
     # each gradient of a projection is a product with the attention gradient's terms.
-    a = lambda x: np.abs(x.astype(np.float64))                                  # noqa: E731
+    a = lambda x: np.abs(x.astype(np.float64))  # noqa: E731
     values = [_heads(x @ w + b, heads) for x, w, b in ((query, w_q, b_q), (kv, w_k, b_k), (kv, w_v, b_v))]
     terms = [_heads(a(x) @ a(w) + a(b), heads) for x, w, b in ((query, w_q, b_q), (kv, w_k, b_k), (kv, w_v, b_v))]
     g_t = _heads(a(g) @ a(w_o).T, heads)
-    t = _attention_terms(*values, None, terms + [g_t], _allowed(mask, is_causal, (batch, heads, lq, lk)),
-                         1 / np.sqrt(head_size), 0.0)
+    t = _attention_terms(
+        *values, None, terms + [g_t], _allowed(mask, is_causal, (batch, heads, lq, lk)), 1 / np.sqrt(head_size), 0.0
+    )
     g_rows = a(g).reshape(-1, width)
     gq, gk, gv = _merged(t["gq"]), _merged(t["gk"]), _merged(t["gv"])
     q_rows, kv_rows = a(query).reshape(-1, width), a(kv).reshape(-1, width)
-    return fn, [query, kv, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o], g, {
-        "output": _abs_max(_merged(t["out"]) @ a(w_o) + a(b_o)),
-        0: _abs_max(gq @ a(w_q).T), 1: _abs_max(gk @ a(w_k).T + gv @ a(w_v).T),
-        2: _abs_max(q_rows.T @ gq), 3: _abs_max(kv_rows.T @ gk), 4: _abs_max(kv_rows.T @ gv),
-        5: _abs_max(_merged(t["out"]).T @ g_rows),
-        6: _abs_max(gq.sum(axis=0)), 7: _abs_max(gk.sum(axis=0)), 8: _abs_max(gv.sum(axis=0)),
-        9: _abs_max(g_rows.sum(axis=0)),
-    }, {"terms": max(width, batch * lq, batch * lk)}      # the longest sum: a projection or over the rows
+    return (
+        fn,
+        [query, kv, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o],
+        g,
+        {
+            "output": _abs_max(_merged(t["out"]) @ a(w_o) + a(b_o)),
+            0: _abs_max(gq @ a(w_q).T),
+            1: _abs_max(gk @ a(w_k).T + gv @ a(w_v).T),
+            2: _abs_max(q_rows.T @ gq),
+            3: _abs_max(kv_rows.T @ gk),
+            4: _abs_max(kv_rows.T @ gv),
+            5: _abs_max(_merged(t["out"]).T @ g_rows),
+            6: _abs_max(gq.sum(axis=0)),
+            7: _abs_max(gk.sum(axis=0)),
+            8: _abs_max(gv.sum(axis=0)),
+            9: _abs_max(g_rows.sum(axis=0)),
+        },
+        {"terms": max(width, batch * lq, batch * lk)},
+    )  # the longest sum: a projection or over the rows
 
 
 def _packed_self_attention(data):
-    batch, heads, head_size, length = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)),
-                                       data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)))
+    batch, heads, head_size, length = (
+        data.draw(st.integers(1, 2)),
+        data.draw(st.integers(1, 2)),
+        data.draw(st.integers(1, 3)),
+        data.draw(st.integers(1, 4)),
+    )
     width = heads * head_size
     kind = data.draw(st.sampled_from(["none", "padding", "is_causal"]))
-    mask = (data.draw(attention_masks(batch=(batch, 1), lq=length, lk=length, kind="padding"))
-            if kind == "padding" else None)
+    mask = (
+        data.draw(attention_masks(batch=(batch, 1), lq=length, lk=length, kind="padding"))
+        if kind == "padding"
+        else None
+    )
     is_causal = kind == "is_causal"
     dropout_p = data.draw(st.sampled_from([0.0, 0.3]))
     qkv, g = _f32(data, (batch, length, 3 * width), -2, 2), _f32(data, (batch, length, width), -1.0, 1.0)
 
     def fn(qkv):
-        return F.packed_self_attention(qkv, heads, mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                                       rng=np.random.default_rng(3))
+        return F.packed_self_attention(
+            qkv, heads, mask=mask, is_causal=is_causal, dropout_p=dropout_p, rng=np.random.default_rng(3)
+        )
 
     q, k, v = (_heads(part, heads) for part in np.split(qkv, 3, axis=-1))
-    t = _attention_terms(q, k, v, None, (q, k, v, _heads(g, heads)),
-                         _allowed(mask, is_causal, (batch, heads, length, length)), 1 / np.sqrt(head_size), dropout_p)
+    t = _attention_terms(
+        q,
+        k,
+        v,
+        None,
+        (q, k, v, _heads(g, heads)),
+        _allowed(mask, is_causal, (batch, heads, length, length)),
+        1 / np.sqrt(head_size),
+        dropout_p,
+    )
     return fn, [qkv], g, {"output": _abs_max(t["out"]), 0: max(_abs_max(t[key]) for key in ("gq", "gk", "gv"))}
 
 
@@ -286,8 +341,8 @@ def _linear(data):
     c_in, c_out = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
     x, w, g = _f32(data, lead + (c_in,)), _f32(data, (c_in, c_out)), _f32(data, lead + (c_out,), -1.0, 1.0)
     x2, g2 = x.reshape(-1, c_in), g.reshape(-1, c_out)
-    scales = {0: _abs_product(g2, w.T), 1: _abs_product(x2.T, g2)}        # dot products of mixed signs cancel
-    options = {"terms": max(x2.shape + g2.shape)}                        # the longest sum: c_in, c_out or rows
+    scales = {0: _abs_product(g2, w.T), 1: _abs_product(x2.T, g2)}  # dot products of mixed signs cancel
+    options = {"terms": max(x2.shape + g2.shape)}  # the longest sum: c_in, c_out or rows
     if data.draw(st.booleans()):
         b = _f32(data, (c_out,))
         scales.update({"output": _abs_product(x2, w) + _abs_max(b), 2: _abs_max(np.abs(g2).sum(axis=0))})
@@ -302,8 +357,12 @@ def _gelu(data):
     g = _f32(data, x.shape, -1.0, 1.0)
     # y = x Phi(x) with Phi from a float32 erf that is accurate absolutely (~5e-7), not relatively, in the tail;
     # dy/dx = Phi(x) + x phi(x) likewise: terms of size |x| and |g| (1 + |x|).
-    return ((lambda t: F.gelu(t, approximate=approximate)), [x], g,
-            {"output": _abs_max(x), 0: _abs_max(np.abs(g) * (1 + np.abs(x)))})
+    return (
+        (lambda t: F.gelu(t, approximate=approximate)),
+        [x],
+        g,
+        {"output": _abs_max(x), 0: _abs_max(np.abs(g) * (1 + np.abs(x)))},
+    )
 
 
 def _dropout(data):

@@ -1,5 +1,6 @@
 """gradcheck, jacobian and numerical_jacobian: they pass on correct derivatives and, above all, fail
 (with the right input, element and values named) on wrong ones."""
+
 import numpy as np
 import pytest
 
@@ -72,6 +73,7 @@ class MulWrongSecond(ng.Function):
 
 # ------------------------------------------------------------------------------ passes
 
+
 @pytest.mark.parametrize("mode", ["full", "fast", "auto"])
 def test_correct_derivatives_pass(mode):
     x = ng.tensor(_rand(3, 4), requires_grad=True)
@@ -87,24 +89,25 @@ def test_broadcasting_and_tuple_outputs_pass():
 
 
 def test_ndarray_inputs_are_checked_and_constants_pass_through():
-    index = np.array([2, 0, 1])                         # integer: passes through unchanged
-    scale = ng.tensor(_rand(3, seed=2))                  # float without requires_grad: constant
+    index = np.array([2, 0, 1])  # integer: passes through unchanged
+    scale = ng.tensor(_rand(3, seed=2))  # float without requires_grad: constant
     seen = {}
 
     def fn(x, idx, s, power):
         seen["idx"], seen["s"], seen["power"] = idx, s, power
-        return (x ** power) * s
+        return (x**power) * s
 
     assert ng.gradcheck(fn, [_rand(3), index, scale, 3])
     assert seen["idx"] is index and seen["s"] is scale and seen["power"] == 3
 
 
 def test_large_input_uses_fast_mode_and_passes():
-    x = ng.tensor(_rand(40, 30), requires_grad=True)     # 1200 elements > the full-mode bound
+    x = ng.tensor(_rand(40, 30), requires_grad=True)  # 1200 elements > the full-mode bound
     assert ng.gradcheck(lambda x: Sin.apply(x) * x, [x])
 
 
 # ------------------------------------------------------------------------------ failures
+
 
 @pytest.mark.parametrize("mode", ["full", "fast"])
 def test_wrong_backward_fails_with_details(mode):
@@ -180,6 +183,7 @@ def test_small_errors_within_tolerance_pass_and_outside_fail():
 
 # ------------------------------------------------------------------------------ float32
 
+
 def test_float32_refused_without_explicit_tolerances():
     x = ng.tensor(_rand(3, dtype=np.float32), requires_grad=True)
     with pytest.raises(ValueError, match="float32.*atol= and rtol= explicitly"):
@@ -216,9 +220,10 @@ def test_float32_with_explicit_tolerances_checks_the_float32_path():
 
 # ------------------------------------------------------------------------------ no side effects, usage errors
 
+
 def test_user_tensors_and_grads_untouched():
     x = ng.tensor(_rand(3, 4), requires_grad=True)
-    w = ng.tensor(_rand(4, 2, seed=1), requires_grad=True)   # closed over, not checked
+    w = ng.tensor(_rand(4, 2, seed=1), requires_grad=True)  # closed over, not checked
     x.grad = np.full(x.shape, 7.0)
     before = x.data.copy()
     for mode in ("full", "fast"):
@@ -238,6 +243,7 @@ def test_usage_errors():
 
 
 # ------------------------------------------------------------------------------ Jacobians
+
 
 def test_jacobian_of_linear_map_is_the_matrix():
     w = _rand(5, 3)

@@ -5,6 +5,7 @@ so a late import that only hides a cycle at run time is caught as well. Imports 
 ``if TYPE_CHECKING:`` are the one exception: they never run (they let a lower layer name ``Tensor`` in
 its annotations).
 """
+
 import ast
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def _resolve(importer, is_package, node, known):
     else:
         if node.level:
             base = importer.split(".") if is_package else importer.split(".")[:-1]
-            base = base[:len(base) - (node.level - 1)]
+            base = base[: len(base) - (node.level - 1)]
             prefix = ".".join(base + ([node.module] if node.module else []))
         else:
             prefix = node.module or ""
@@ -44,7 +45,7 @@ def _resolve(importer, is_package, node, known):
     own_packages = {".".join(importer.split(".")[:i]) for i in range(1, importer.count(".") + 1)}
     for target in targets:
         parts = target.split(".")
-        for i in range(2, len(parts) + 1):      # npgrad.ops.shape loads npgrad.ops and npgrad.ops.shape
+        for i in range(2, len(parts) + 1):  # npgrad.ops.shape loads npgrad.ops and npgrad.ops.shape
             name = ".".join(parts[:i])
             if name in known and name not in own_packages:
                 loaded.add(name)
@@ -83,7 +84,7 @@ def _find_cycle(graph):
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -104,7 +105,8 @@ def test_the_graph_is_read_from_the_source():
     graph = _import_graph()
     assert "npgrad.tensor" in graph and "npgrad.ops.elementwise" in graph
     assert {"npgrad.ops.arithmetic", "npgrad.function"} <= graph["npgrad.tensor"] | {
-        m for dep in graph["npgrad.tensor"] for m in graph[dep]}
+        m for dep in graph["npgrad.tensor"] for m in graph[dep]
+    }
     assert "npgrad.function" in graph["npgrad.ops.elementwise"]
 
 
@@ -123,18 +125,40 @@ def test_lower_layers_do_not_import_the_layers_above(lower):
 
 
 def test_an_ops_module_imports_on_its_own():
-    code = ("import sys, numpy as np\n"
-            "import npgrad.ops.elementwise as e\n"
-            "assert 'npgrad.tensor' in sys.modules\n"     # npgrad/__init__ runs first, as for any submodule
-            "y = e.exp(np.zeros(2))\n"
-            "assert type(y).__name__ == 'Tensor' and hasattr(y, 'backward')\n")
+    code = (
+        "import sys, numpy as np\n"
+        "import npgrad.ops.elementwise as e\n"
+        "assert 'npgrad.tensor' in sys.modules\n"  # npgrad/__init__ runs first, as for any submodule
+        "y = e.exp(np.zeros(2))\n"
+        "assert type(y).__name__ == 'Tensor' and hasattr(y, 'backward')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_tensor_methods_are_in_the_class_body():
     import npgrad as ng
 
-    for name in ("__add__", "__radd__", "__matmul__", "sum", "mean", "max", "reshape", "transpose", "swapaxes",
-                 "T", "__getitem__", "masked_fill", "exp", "log", "tanh", "sqrt", "relu", "astype", "eq", "__lt__"):
+    for name in (
+        "__add__",
+        "__radd__",
+        "__matmul__",
+        "sum",
+        "mean",
+        "max",
+        "reshape",
+        "transpose",
+        "swapaxes",
+        "T",
+        "__getitem__",
+        "masked_fill",
+        "exp",
+        "log",
+        "tanh",
+        "sqrt",
+        "relu",
+        "astype",
+        "eq",
+        "__lt__",
+    ):
         assert name in vars(ng.Tensor), f"Tensor.{name} is not defined in the class body"
         assert vars(ng.Tensor)[name].__doc__, f"Tensor.{name} has no docstring"

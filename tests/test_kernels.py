@@ -10,6 +10,7 @@ Compile time: each kernel is compiled once per dtype (float32, float64; the wrap
 input C-contiguous, so no other signatures appear), ~0.5-1 s each on a cold cache, cached on disk.
 Shapes: N rows, V classes, C features, B batch, Lq/Lk query/key length, D head size.
 """
+
 import multiprocessing
 import os
 import subprocess
@@ -56,7 +57,7 @@ def data(seed, shape, dtype, scale=3.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
 
 
-rows_shapes = st.tuples(st.integers(1, 9), st.integers(1, 70))          # (N, V)
+rows_shapes = st.tuples(st.integers(1, 9), st.integers(1, 70))  # (N, V)
 dtypes = st.sampled_from(DTYPES)
 seeds = st.integers(0, 2**16)
 
@@ -77,9 +78,14 @@ def test_softmax_and_log_softmax_equal_the_reference(shape, dtype, seed):
 
 
 @FEW
-@given(shape=rows_shapes, dtype=dtypes, seed=seeds, smoothing=st.sampled_from([0.0, 0.1, 1.0]),
-       ignore_index=st.sampled_from([-100, 0]))
-@example(shape=(1, 1), dtype=np.float32, seed=0, smoothing=0.1, ignore_index=-100)   # the loss cancels to 0
+@given(
+    shape=rows_shapes,
+    dtype=dtypes,
+    seed=seeds,
+    smoothing=st.sampled_from([0.0, 0.1, 1.0]),
+    ignore_index=st.sampled_from([-100, 0]),
+)
+@example(shape=(1, 1), dtype=np.float32, seed=0, smoothing=0.1, ignore_index=-100)  # the loss cancels to 0
 def test_cross_entropy_equals_the_reference(shape, dtype, seed, smoothing, ignore_index):
     num_rows, num_classes = shape
     rng = np.random.default_rng(seed)
@@ -96,14 +102,22 @@ def test_cross_entropy_equals_the_reference(shape, dtype, seed, smoothing, ignor
     assert np.all(loss[target == ignore_index] == 0)
     gloss = data(seed + 2, num_rows, dtype, 1.0)
     # glogits = gloss (p - q), p and q in [0, 1] (p - q = 1 - (1 - eps) - eps = 0 for V = 1): terms of size |gloss|
-    assert_close(N.cross_entropy_backward(x, target, ref_lse, gloss, ignore_index, smoothing),
-                 R.cross_entropy_backward(x, target, ref_lse, gloss, ignore_index, smoothing), dtype,
-                 "cross_entropy_backward", scale=float(np.max(np.abs(gloss))))
+    assert_close(
+        N.cross_entropy_backward(x, target, ref_lse, gloss, ignore_index, smoothing),
+        R.cross_entropy_backward(x, target, ref_lse, gloss, ignore_index, smoothing),
+        dtype,
+        "cross_entropy_backward",
+        scale=float(np.max(np.abs(gloss))),
+    )
 
 
 @FEW
-@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 40)), dtype=dtypes, seed=seeds,
-       offset=st.sampled_from([0.0, 50.0]))
+@given(
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 40)),
+    dtype=dtypes,
+    seed=seeds,
+    offset=st.sampled_from([0.0, 50.0]),
+)
 def test_layer_norm_and_add_layer_norm_equal_the_reference(shape, dtype, seed, offset):
     # offset: |mean| >> std, where a one-pass variance would lose float32 precision
     x = data(seed, shape, dtype) + dtype(offset)
@@ -119,21 +133,26 @@ def test_layer_norm_and_add_layer_norm_equal_the_reference(shape, dtype, seed, o
     assert_close(gx, ref_gx, dtype, "layer_norm_backward gx", scale=float(np.max(rstd) * np.max(np.abs(g * w))))
     assert_close(gw, ref_gw, dtype, "layer_norm_backward gw")
     assert_close(gb, ref_gb, dtype, "layer_norm_backward gb")
-    assert_all_close(N.add_layer_norm_forward(x, r, w, b, 1e-5), R.add_layer_norm_forward(x, r, w, b, 1e-5),
-                     dtype, "add_layer_norm_forward")
+    assert_all_close(
+        N.add_layer_norm_forward(x, r, w, b, 1e-5),
+        R.add_layer_norm_forward(x, r, w, b, 1e-5),
+        dtype,
+        "add_layer_norm_forward",
+    )
 
 
 @FEW
-@given(num_ids=st.integers(0, 40), num_embeddings=st.integers(1, 12), features=st.integers(1, 40),
-       dtype=dtypes, seed=seeds)
+@given(
+    num_ids=st.integers(0, 40), num_embeddings=st.integers(1, 12), features=st.integers(1, 40), dtype=dtypes, seed=seeds
+)
 def test_embedding_backward_equals_the_reference(num_ids, num_embeddings, features, dtype, seed):
-    ids = np.random.default_rng(seed).integers(0, num_embeddings, num_ids)     # repeats are likely
+    ids = np.random.default_rng(seed).integers(0, num_embeddings, num_ids)  # repeats are likely
     gy = data(seed, (num_ids, features), dtype)
     gw = N.embedding_backward(ids, gy, num_embeddings)
     assert_close(gw, R.embedding_backward(ids, gy, num_embeddings), dtype, "embedding_backward")
     expected = np.zeros((num_embeddings, features), dtype)
     np.add.at(expected, ids, gy)
-    np.testing.assert_array_equal(gw, expected)    # same order of additions as np.add.at: identical
+    np.testing.assert_array_equal(gw, expected)  # same order of additions as np.add.at: identical
 
 
 # ----------------------------------------------------------------------------------- gelu
@@ -151,8 +170,9 @@ def test_gelu_equals_the_reference(shape, dtype, seed, approximate):
     scale_y = float(np.max(np.abs(x)) + 1.0) if x.size else 0.0
     scale_g = float(np.max(np.abs(gy) * (np.abs(x) + 1.0))) if x.size else 0.0
     assert_close(N.gelu_forward(x, approximate), R.gelu_forward(x, approximate), dtype, "gelu_forward", scale_y)
-    assert_close(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate), dtype, "gelu_backward",
-                 scale_g)
+    assert_close(
+        N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate), dtype, "gelu_backward", scale_g
+    )
 
 
 def _terms_scale(x, gy):
@@ -192,10 +212,10 @@ def test_gelu_exact_float64_matches_codys_erf_relatively_also_in_the_tail():
 def test_gelu_tanh_kernel_is_relatively_accurate_where_one_plus_tanh_cancels(dtype):
     # y = x / (1 + exp(-2u)) in the kernel: relative accuracy for x < 0, where the reference's
     # x/2 (1 + tanh u) keeps only an absolute one. Compared with the formula in long double.
-    low = -9.0 if dtype == np.float32 else -20.0            # exp(-2u) stays finite: y is a normal number
+    low = -9.0 if dtype == np.float32 else -20.0  # exp(-2u) stays finite: y is a normal number
     x = np.linspace(low, 3.0, 24001).astype(dtype)
     xl = x.astype(np.longdouble)
-    u = np.sqrt(np.longdouble(2) / np.pi) * (xl + np.longdouble(0.044715) * xl ** 3)
+    u = np.sqrt(np.longdouble(2) / np.pi) * (xl + np.longdouble(0.044715) * xl**3)
     exact = xl / (1 + np.exp(-2 * u))
     nonzero = x != 0
     relative = np.abs(N.gelu_forward(x, "tanh") - exact)[nonzero] / np.abs(exact[nonzero])
@@ -212,17 +232,17 @@ def test_gelu_special_values_strided_inputs_and_errors(dtype):
     for approximate in ("none", "tanh"):
         with np.errstate(all="ignore"):
             y, expected = N.gelu_forward(x, approximate), R.gelu_forward(x, approximate)
-            np.testing.assert_array_equal(y, expected)                              # NaN where NaN, signs of 0
+            np.testing.assert_array_equal(y, expected)  # NaN where NaN, signs of 0
             assert np.array_equal(np.signbit(y), np.signbit(expected), equal_nan=True)
             np.testing.assert_array_equal(N.gelu_backward(x, gy, approximate), R.gelu_backward(x, gy, approximate))
         base = data(3, (5, 8), dtype)
-        for view in (base[:, ::2], base.T, base[::-1]):                            # strided views
+        for view in (base[:, ::2], base.T, base[::-1]):  # strided views
             g = np.broadcast_to(data(4, (1,) + view.shape[1:], dtype), view.shape)  # zero stride, read-only
             assert_close(N.gelu_forward(view, approximate), R.gelu_forward(view, approximate), dtype, "strided")
             assert_close(N.gelu_backward(view, g, approximate), R.gelu_backward(view, g, approximate), dtype, "strided")
         before = base.copy()
         N.gelu_forward(base, approximate), N.gelu_backward(base, base, approximate)
-        np.testing.assert_array_equal(base, before)                                 # inputs never modified
+        np.testing.assert_array_equal(base, before)  # inputs never modified
     for module in (N, R):
         with pytest.raises(ValueError, match="gelu_forward: approximate must be 'none' or 'tanh'"):
             module.gelu_forward(x, "fast")
@@ -233,18 +253,19 @@ def test_gelu_special_values_strided_inputs_and_errors(dtype):
 
 
 def test_gelu_threaded_split_gives_the_single_thread_result():
-    x, gy = data(5, (300, 700), np.float32), data(6, (300, 700), np.float32)    # > 2**15 elements a thread
+    x, gy = data(5, (300, 700), np.float32), data(6, (300, 700), np.float32)  # > 2**15 elements a thread
     results = {}
     try:
         for threads in (1, 2, 3):
             N.set_num_threads(threads)
-            results[threads] = [N.gelu_forward(x, a) for a in ("none", "tanh")] + \
-                               [N.gelu_backward(x, gy, a) for a in ("none", "tanh")]
+            results[threads] = [N.gelu_forward(x, a) for a in ("none", "tanh")] + [
+                N.gelu_backward(x, gy, a) for a in ("none", "tanh")
+            ]
     finally:
         N.set_num_threads(None)
     for threads in (2, 3):
         for single, split in zip(results[1], results[threads]):
-            np.testing.assert_array_equal(split, single)                           # elements are independent
+            np.testing.assert_array_equal(split, single)  # elements are independent
 
 
 # ----------------------------------------------------------------------------- attention
@@ -263,23 +284,31 @@ def check_attention(q, k, v, gout, mask, is_causal, scale, dtype):
     ref_out, ref_probs = R.attention_forward(q, k, v, mask, is_causal, scale)
     assert_close(out, ref_out, dtype, "attention out")
     assert_close(probs, ref_probs, dtype, "attention probs")
-    assert np.array_equal(probs == 0, ref_probs == 0)          # the same keys excluded, exactly
+    assert np.array_equal(probs == 0, ref_probs == 0)  # the same keys excluded, exactly
     grads = N.attention_backward(q, k, v, ref_probs, gout, scale)
     assert_all_close(grads, R.attention_backward(q, k, v, ref_probs, gout, scale), dtype, "attention_backward")
     return probs, out, grads
 
 
 @FEW
-@given(batch=st.integers(1, 4), lq=st.integers(1, 7), lk=st.integers(1, 7), head_size=st.integers(1, 6),
-       value_size=st.integers(1, 5), dtype=dtypes, seed=seeds, is_causal=st.booleans(),
-       mask_kind=st.sampled_from(["none", "random", "shared"]))
+@given(
+    batch=st.integers(1, 4),
+    lq=st.integers(1, 7),
+    lk=st.integers(1, 7),
+    head_size=st.integers(1, 6),
+    value_size=st.integers(1, 5),
+    dtype=dtypes,
+    seed=seeds,
+    is_causal=st.booleans(),
+    mask_kind=st.sampled_from(["none", "random", "shared"]),
+)
 def test_attention_equals_the_reference(batch, lq, lk, head_size, value_size, dtype, seed, is_causal, mask_kind):
     q, k, v, gout = attention_case(seed, batch, lq, lk, head_size, value_size, dtype)
     rng = np.random.default_rng(seed)
     mask = None
     if mask_kind == "random":
         mask = rng.random((batch, lq, lk)) < 0.7
-    elif mask_kind == "shared":                                   # a zero-stride broadcast view
+    elif mask_kind == "shared":  # a zero-stride broadcast view
         mask = np.broadcast_to(rng.random((1, lq, lk)) < 0.7, (batch, lq, lk))
     probs, _, _ = check_attention(q, k, v, gout, mask, is_causal, 1.0 / np.sqrt(head_size), dtype)
     allowed = np.ones((batch, lq, lk), bool) if mask is None else mask.copy()
@@ -303,9 +332,9 @@ def test_attention_q_kt_copy_on_both_sides_of_its_thresholds(dtype):
 def test_fully_masked_rows_are_zero_with_zero_gradients_under_both_backends(dtype):
     q, k, v, gout = attention_case(7, 3, 4, 5, 3, 2, dtype)
     mask = np.ones((3, 4, 5), bool)
-    mask[0, 1] = False                  # one query with no key
-    mask[2] = False                     # a whole batch entry (a padding sentence)
-    mask[1, :, 3:] = False              # padding keys
+    mask[0, 1] = False  # one query with no key
+    mask[2] = False  # a whole batch entry (a padding sentence)
+    mask[1, :, 3:] = False  # padding keys
     probs, out, (gq, gk, gv) = check_attention(q, k, v, gout, mask, False, 0.5, dtype)
     for name, array in (("probs", probs), ("out", out), ("gq", gq), ("gk", gk), ("gv", gv)):
         assert np.all(np.isfinite(array)), name
@@ -315,7 +344,7 @@ def test_fully_masked_rows_are_zero_with_zero_gradients_under_both_backends(dtyp
     assert np.all(probs[1, :, 3:] == 0) and np.all(gk[1, 3:] == 0) and np.all(gv[1, 3:] == 0)
     # causal with more queries than keys leaves no row empty; a mask that removes key 0 does
     causal_mask = np.ones((3, 4, 5), bool)
-    causal_mask[:, :, 0] = False        # query 0 may only see key 0 under is_causal: now nothing
+    causal_mask[:, :, 0] = False  # query 0 may only see key 0 under is_causal: now nothing
     probs, out, _ = check_attention(q, k, v, gout, causal_mask, True, 0.5, dtype)
     assert np.all(probs[:, 0] == 0) and np.all(out[:, 0] == 0)
 
@@ -327,19 +356,23 @@ def test_fully_masked_rows_are_zero_with_zero_gradients_under_both_backends(dtyp
 def test_strided_broadcast_and_read_only_inputs(dtype):
     base = data(11, (6, 20), dtype)
     g = data(12, (6, 10), dtype)
-    for x in (base[:, ::2], base.T[:10].T[:, :10], base[::-1, 3:13]):          # strided views
+    for x in (base[:, ::2], base.T[:10].T[:, :10], base[::-1, 3:13]):  # strided views
         assert not x.flags.c_contiguous
         assert_close(N.softmax_forward(x), R.softmax_forward(x), dtype, "strided softmax")
         assert_close(N.log_softmax_backward(x, g), R.log_softmax_backward(x, g), dtype, "strided log_softmax")
     row = data(13, (1, 10), dtype)
-    broadcast = np.broadcast_to(row, (6, 10))                                    # zero stride, read-only
+    broadcast = np.broadcast_to(row, (6, 10))  # zero stride, read-only
     assert_close(N.softmax_forward(broadcast), R.softmax_forward(broadcast), dtype, "broadcast softmax")
     w, b = np.ones(10, dtype), np.zeros(10, dtype)
     x = base[:, ::2]
-    assert_all_close(N.add_layer_norm_forward(x, broadcast, w, b, 1e-5),
-                     R.add_layer_norm_forward(x, broadcast, w, b, 1e-5), dtype, "strided add_layer_norm")
-    q = data(14, (2, 3, 8), dtype)[:, :, ::2]                                   # (B,Lq,D) strided
-    k = np.swapaxes(data(15, (2, 4, 5), dtype), 1, 2)[:, :, :4]                  # (B,Lk,D) transposed
+    assert_all_close(
+        N.add_layer_norm_forward(x, broadcast, w, b, 1e-5),
+        R.add_layer_norm_forward(x, broadcast, w, b, 1e-5),
+        dtype,
+        "strided add_layer_norm",
+    )
+    q = data(14, (2, 3, 8), dtype)[:, :, ::2]  # (B,Lq,D) strided
+    k = np.swapaxes(data(15, (2, 4, 5), dtype), 1, 2)[:, :, :4]  # (B,Lk,D) transposed
     v, gout = data(16, (2, 5, 3), dtype), data(17, (2, 3, 3), dtype)
     check_attention(q, k, v, gout, None, True, 0.3, dtype)
     # inputs are never modified
@@ -366,8 +399,8 @@ def test_special_values_match_numpy():
     with np.errstate(invalid="ignore"):
         expected = R.softmax_forward(x)
     y = N.softmax_forward(x)
-    np.testing.assert_array_equal(y[0, [1, 3]], 0)                 # exp(-inf) = 0 exactly
-    assert y[1, 0] == 0                                            # underflow to 0, as NumPy
+    np.testing.assert_array_equal(y[0, [1, 3]], 0)  # exp(-inf) = 0 exactly
+    assert y[1, 0] == 0  # underflow to 0, as NumPy
     assert np.all(np.isnan(y[2])) and np.all(np.isnan(expected[2]))  # NaN propagates to the row
     assert_close(y[:2], expected[:2], np.float32, "softmax with -inf")
 
@@ -379,7 +412,7 @@ def test_exp_is_accurate_over_the_whole_range(dtype):
     low = -87.0 if dtype == np.float32 else -708.0
     values = np.concatenate([np.linspace(low, 0, 20001), -np.geomspace(1e-30, 1, 200), [0.0]]).astype(dtype)
     out = values.reshape(-1, 1)
-    out = np.concatenate([np.full_like(out, -np.inf), out], axis=1)           # (N, 2): column 0 carries gout
+    out = np.concatenate([np.full_like(out, -np.inf), out], axis=1)  # (N, 2): column 0 carries gout
     gout = np.zeros_like(out)
     gout[:, 0] = 1
     ours = -N.log_softmax_backward(out, gout)[:, 1]
@@ -401,16 +434,19 @@ def test_threaded_split_gives_the_single_thread_result():
     try:
         for threads in (1, 2, 3):
             N.set_num_threads(threads)
-            results[threads] = (N.softmax_forward(x), N.log_softmax_backward(x, g),
-                                *N.layer_norm_backward(g, x, w, *N.layer_norm_forward(x, w, b, 1e-5)[1:]),
-                                N.embedding_backward(ids, gy, 50))
+            results[threads] = (
+                N.softmax_forward(x),
+                N.log_softmax_backward(x, g),
+                *N.layer_norm_backward(g, x, w, *N.layer_norm_forward(x, w, b, 1e-5)[1:]),
+                N.embedding_backward(ids, gy, 50),
+            )
     finally:
         N.set_num_threads(None)
     for threads in (2, 3):
         for i, (single, split) in enumerate(zip(results[1], results[threads])):
-            if i in (3, 4):      # gw, gb: per-thread partial sums, added in another order
+            if i in (3, 4):  # gw, gb: per-thread partial sums, added in another order
                 assert_close(split, single, np.float32, f"output {i}, {threads} threads")
-            else:                # rows (or columns) are independent: bit-identical
+            else:  # rows (or columns) are independent: bit-identical
                 np.testing.assert_array_equal(split, single, err_msg=f"output {i}, {threads} threads")
     with pytest.raises(ValueError, match="positive integer"):
         N.set_num_threads(0)
@@ -425,15 +461,22 @@ def test_tuning_thresholds_choose_a_path_not_a_result(monkeypatch):
     w, b = data(35, 50, np.float32, 1.0), data(36, 50, np.float32, 1.0)
 
     def run():
-        return (N.softmax_forward(x), *N.attention_forward(q, k, v, None, True, 0.5),
-                *N.layer_norm_backward(gy[:6], x, w, *N.layer_norm_forward(x, w, b, 1e-5)[1:]),
-                N.embedding_backward(ids, gy, 7))
+        return (
+            N.softmax_forward(x),
+            *N.attention_forward(q, k, v, None, True, 0.5),
+            *N.layer_norm_backward(gy[:6], x, w, *N.layer_norm_forward(x, w, b, 1e-5)[1:]),
+            N.embedding_backward(ids, gy, 7),
+        )
 
     default = run()
     try:
         N.set_num_threads(2)
-        for name, value in (("MIN_WORK_PER_THREAD", 1), ("ATTENTION_KT_COPY_MIN_QUERIES", 1),
-                            ("ATTENTION_KT_COPY_MAX_HEAD_SIZE", 1 << 20), ("CACHE_LINE_BYTES", 4)):
+        for name, value in (
+            ("MIN_WORK_PER_THREAD", 1),
+            ("ATTENTION_KT_COPY_MIN_QUERIES", 1),
+            ("ATTENTION_KT_COPY_MAX_HEAD_SIZE", 1 << 20),
+            ("CACHE_LINE_BYTES", 4),
+        ):
             monkeypatch.setattr(tuning, name, value)
         for i, (changed, expected) in enumerate(zip(run(), default)):
             assert_close(changed, expected, np.float32, f"output {i}")
@@ -465,7 +508,7 @@ def _softmax_in_child(queue):
 
 def test_kernels_work_in_a_forked_child():
     # The thread pool is not inherited across fork: the child must start its own, not hang.
-    N.softmax_forward(np.ones((64, 4096), np.float32))          # the parent's pool exists now
+    N.softmax_forward(np.ones((64, 4096), np.float32))  # the parent's pool exists now
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_softmax_in_child, args=(queue,))
@@ -526,13 +569,21 @@ def test_unknown_backend_is_refused(restore_backend):
 def _python(code, **env):
     full_env = {**os.environ, **env}
     full_env.pop("NPGRAD_BACKEND", None) if "NPGRAD_BACKEND" not in env else None
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        timeout=120,
+    )
 
 
 def test_environment_variable_and_lazy_numba_import():
-    code = ("import sys, npgrad as ng; lazy = 'numba' not in sys.modules; "
-            "print(lazy, ng.get_backend(), 'npgrad.kernels.numba_kernels' in sys.modules)")
+    code = (
+        "import sys, npgrad as ng; lazy = 'numba' not in sys.modules; "
+        "print(lazy, ng.get_backend(), 'npgrad.kernels.numba_kernels' in sys.modules)"
+    )
     # import npgrad does not import numba; the default is numba when it imports
     result = _python(code)
     assert result.returncode == 0, result.stderr
@@ -548,24 +599,37 @@ def test_environment_variable_and_lazy_numba_import():
 # ----------------------------------------------------------- the ops on the Numba kernels
 
 
-@pytest.mark.parametrize("case", ["softmax", "log_softmax", "cross_entropy", "layer_norm", "add_layer_norm",
-                                  "attention", "embedding", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "softmax",
+        "log_softmax",
+        "cross_entropy",
+        "layer_norm",
+        "add_layer_norm",
+        "attention",
+        "embedding",
+        "gelu",
+        "gelu_tanh",
+    ],
+)
 def test_gradcheck_passes_through_the_ops_on_numba_kernels(case, restore_backend):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 5))
     w, b = rng.standard_normal(5), rng.standard_normal(5)
     target = np.array([[0, 4, -100], [2, 2, 1]])
     ids = np.array([[1, 3, 1], [0, 3, 3]])
-    mask = np.array([[True, True, False], [False, False, False]])[:, None, None, :]   # (B,1,1,Lk), item 1 empty
+    mask = np.array([[True, True, False], [False, False, False]])[:, None, None, :]  # (B,1,1,Lk), item 1 empty
     functions = {
         "softmax": (lambda x: F.softmax(x, axis=1), [x]),
         "log_softmax": (lambda x: F.log_softmax(x), [x]),
         "cross_entropy": (lambda x: F.cross_entropy(x, target, label_smoothing=0.1), [x]),
         "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), [x, w, b]),
         "add_layer_norm": (lambda x, r, w, b: F.add_layer_norm(x, r, w, b), [x, x[::-1].copy(), w, b]),
-        "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=True),
-                      [rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 3, 3)),
-                       rng.standard_normal((2, 2, 3, 2))]),
+        "attention": (
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=True),
+            [rng.standard_normal((2, 2, 4, 3)), rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 2, 3, 2))],
+        ),
         "embedding": (lambda w: F.embedding(ids, w), [rng.standard_normal((5, 4))]),
         "gelu": (lambda x: F.gelu(x), [x * 2]),
         "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), [x * 2]),

@@ -4,6 +4,7 @@ recomputed here with a NumPy log-softmax; bits per character; the Kneser-Ney bas
 and the clear errors: empty or one-character corpus, block size larger than a split, a prompt character
 outside the vocabulary.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,32 @@ from transformer.tasks import LMTask, encode_prompt, lm_generate, lm_split_loss
 from transformer.tokenizer import CharTokenizer
 from transformer.train import build_optimizer, train_settings
 
-LINES = ["the cat sat on the mat.", "a dog ran in the fog.", "we see the sea and the tree.",
-         "to be or not to be, that is it.", "my hat is on the cat."]
+LINES = [
+    "the cat sat on the mat.",
+    "a dog ran in the fog.",
+    "we see the sea and the tree.",
+    "to be or not to be, that is it.",
+    "my hat is on the cat.",
+]
 TINY_MODEL = dict(d_model=32, n_heads=2, n_layers=2, block_size=16, dropout=0.0, bias=False)
-TINY_TRAIN = dict(optimizer="adamw", lr=1e-2, min_lr=1e-3, lr_schedule="cosine", warmup_steps=5,
-                  betas=[0.9, 0.99], eps=1e-8, weight_decay=0.1, label_smoothing=0.0, clip_norm=1.0,
-                  batch_size=8, max_steps=60, validate_every=30, eval_iters=4, log_every=20, seed=3)
+TINY_TRAIN = dict(
+    optimizer="adamw",
+    lr=1e-2,
+    min_lr=1e-3,
+    lr_schedule="cosine",
+    warmup_steps=5,
+    betas=[0.9, 0.99],
+    eps=1e-8,
+    weight_decay=0.1,
+    label_smoothing=0.0,
+    clip_norm=1.0,
+    batch_size=8,
+    max_steps=60,
+    validate_every=30,
+    eval_iters=4,
+    log_every=20,
+    seed=3,
+)
 
 
 def corpus_text(n_lines=120, seed=0):
@@ -45,9 +66,12 @@ def toml_value(value):
 
 
 def write_config(path: Path, text_path: Path, model=None, train=None, tokenizer=None):
-    sections = {"data": {"text_path": str(text_path), "train_fraction": 0.9},
-                "tokenizer": {"kind": "char", **(tokenizer or {})},
-                "model": {**TINY_MODEL, **(model or {})}, "train": {**TINY_TRAIN, **(train or {})}}
+    sections = {
+        "data": {"text_path": str(text_path), "train_fraction": 0.9},
+        "tokenizer": {"kind": "char", **(tokenizer or {})},
+        "model": {**TINY_MODEL, **(model or {})},
+        "train": {**TINY_TRAIN, **(train or {})},
+    }
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
@@ -99,6 +123,7 @@ def test_lm_run_stopped_and_resumed_is_bit_identical(tmp_path):
     """The translation machinery (checkpoint, exact resume) serves the LM: the window generator, the
     dropout generator and AdamW's moments all carry over."""
     from transformer.checkpoint import load_checkpoint
+
     text_path = tmp_path / "corpus.txt"
     text_path.write_text(corpus_text(60))
     train = dict(max_steps=6, lr_schedule="constant", validate_every=3, eval_iters=1)
@@ -106,8 +131,14 @@ def test_lm_run_stopped_and_resumed_is_bit_identical(tmp_path):
     states = {}
     for name, stops in (("straight", [6]), ("resumed", [3, 6])):
         for i, stop in enumerate(stops):
-            args = ["lm-train", "--config", str(config), "--run-dir", str(tmp_path / name),
-                    f"train.max_steps={stop}"] + (["--resume"] if i else [])
+            args = [
+                "lm-train",
+                "--config",
+                str(config),
+                "--run-dir",
+                str(tmp_path / name),
+                f"train.max_steps={stop}",
+            ] + (["--resume"] if i else [])
             assert cli.main(args) == 0
         states[name] = load_checkpoint(tmp_path / name / "checkpoints" / "step-000000006").model_state
     assert states["straight"].keys() == states["resumed"].keys()
@@ -130,7 +161,7 @@ def test_adamw_decays_only_two_dimensional_weights():
 def test_the_nanogpt_recipe_configs_build_the_reported_models():
     config = load_config("shakespeare_char")
     model = LanguageModel(LMConfig(vocab_size=65, **config["model"]))
-    assert model.num_parameters() == 804_096 == sum(p.data.size for p in model.parameters())   # nanoGPT: 0.80M
+    assert model.num_parameters() == 804_096 == sum(p.data.size for p in model.parameters())  # nanoGPT: 0.80M
     settings = train_settings(config["train"])
     assert (settings["max_steps"], settings["batch_size"], settings["warmup_steps"]) == (2000, 12, 100)
     long = load_config("shakespeare_char_long")
@@ -145,11 +176,12 @@ def float64_model_and_tokenizer(seed=0):
     return model, tokenizer
 
 
-@pytest.mark.parametrize("options", [dict(temperature=1.0), dict(temperature=0.7, top_k=5),
-                                     dict(temperature=1.2, top_p=0.9)])
+@pytest.mark.parametrize(
+    "options", [dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(temperature=1.2, top_p=0.9)]
+)
 def test_sampling_with_a_fixed_seed_is_reproducible_and_the_cache_changes_nothing(options):
     model, tokenizer = float64_model_and_tokenizer()
-    n = 3 * TINY_MODEL["block_size"] + 5                    # slides the window twice
+    n = 3 * TINY_MODEL["block_size"] + 5  # slides the window twice
     _, first = lm_generate(model, tokenizer, "the ", n, seed=7, **options)
     _, again = lm_generate(model, tokenizer, "the ", n, seed=7, **options)
     _, uncached = lm_generate(model, tokenizer, "the ", n, seed=7, use_cache=False, **options)
@@ -163,14 +195,39 @@ def test_lm_sample_command_is_reproducible_and_starts_with_the_prompt(trained, c
     run_dir, _ = trained
     outputs = []
     for extra in ([], [], ["--no-cache"]):
-        code, out, err = run(capsys, "lm-sample", "--checkpoint", run_dir, "--prompt", "the cat", "--seed", 5,
-                             "--max-new-tokens", 40, "--top-k", 10, *extra)
+        code, out, err = run(
+            capsys,
+            "lm-sample",
+            "--checkpoint",
+            run_dir,
+            "--prompt",
+            "the cat",
+            "--seed",
+            5,
+            "--max-new-tokens",
+            40,
+            "--top-k",
+            10,
+            *extra,
+        )
         assert code == 0, err
         outputs.append(out)
     assert outputs[0] == outputs[1] == outputs[2]
     assert outputs[0].startswith("the cat") and len(outputs[0].rstrip("\n")) == len("the cat") + 40
-    code, out, err = run(capsys, "lm-sample", "--checkpoint", run_dir, "--prompt", "the cat", "--seed", 6,
-                         "--max-new-tokens", 40, "--temperature", 1.0)
+    code, out, err = run(
+        capsys,
+        "lm-sample",
+        "--checkpoint",
+        run_dir,
+        "--prompt",
+        "the cat",
+        "--seed",
+        6,
+        "--max-new-tokens",
+        40,
+        "--temperature",
+        1.0,
+    )
     assert code == 0 and out != outputs[0]
 
 
@@ -178,12 +235,13 @@ def test_lm_sample_command_is_reproducible_and_starts_with_the_prompt(trained, c
 def numpy_token_losses(model, ids, block_size):
     """-log p(target) of every token but the first, windows of block_size, by a NumPy log-softmax."""
     import npgrad as ng
+
     losses = []
     with ng.no_grad():
         for start in range(0, len(ids) - 1, block_size):
-            x = ids[start:min(start + block_size, len(ids) - 1)]
-            y = ids[start + 1:start + 1 + len(x)]
-            logits = model(x[None, :]).data[0].astype(np.float64)              # (L, V)
+            x = ids[start : min(start + block_size, len(ids) - 1)]
+            y = ids[start + 1 : start + 1 + len(x)]
+            logits = model(x[None, :]).data[0].astype(np.float64)  # (L, V)
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             losses.append(-log_probs[np.arange(len(y)), y])
@@ -196,7 +254,7 @@ def test_lm_eval_perplexity_is_exp_of_the_mean_token_loss(trained, capsys):
     code, out, err = run(capsys, "lm-eval", "--checkpoint", run_dir, "--ngram", 3, "--stride", block)
     assert code == 0, err
     result = json.loads(out)
-    assert (result["block_size"], result["stride"]) == (block, block)         # non-overlapping windows
+    assert (result["block_size"], result["stride"]) == (block, block)  # non-overlapping windows
     model, (tokenizer, _), _ = cli.load_model(run_dir)
     ids = np.asarray(tokenizer.encode([text_path.read_text()])[0])
     _, val = split_stream(ids, 0.9)
@@ -211,6 +269,7 @@ def test_lm_eval_perplexity_is_exp_of_the_mean_token_loss(trained, capsys):
     assert ours["bits_per_byte"] == pytest.approx(ours["bits_per_char"], rel=1e-12)
     # The Kneser-Ney baseline, side by side, on the same predicted tokens.
     from transformer.ngram import KneserNeyLM
+
     train, _ = split_stream(ids, 0.9)
     baseline = -KneserNeyLM(3, tokenizer.vocab_size).fit(train).token_log_probs(val)[1:].mean()
     assert set(result["ngram"]) == {"order", *ours}
@@ -230,21 +289,22 @@ def test_lm_eval_slides_its_window_by_default(trained, capsys):
         losses[result["stride"]] = result["transformer"]["loss"]
         tokens.add(result["tokens"])
         assert "ngram" not in result
-    assert set(losses) == {8, 16, 4}                         # default: block_size // 2
-    assert len(tokens) == 1                                  # the same tokens, scored with different contexts
+    assert set(losses) == {8, 16, 4}  # default: block_size // 2
+    assert len(tokens) == 1  # the same tokens, scored with different contexts
     assert len(set(losses.values())) == 3
 
 
 def test_sliding_split_loss_with_stride_1_gives_every_token_its_full_context():
     """Brute force: token t predicted from exactly the min(t, L) tokens before it, one forward each."""
     import npgrad as ng
+
     model, tokenizer = float64_model_and_tokenizer(seed=4)
     ids = np.asarray(tokenizer.encode([corpus_text(3)])[0])[:40]
     L = TINY_MODEL["block_size"]
     expected = []
     with ng.no_grad():
         for t in range(1, len(ids)):
-            logits = model(ids[max(0, t - L):t][None, :]).data[0, -1]
+            logits = model(ids[max(0, t - L) : t][None, :]).data[0, -1]
             expected.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[ids[t]])
     loss, count = lm_split_loss(model, ids, L, stride=1, batch_size=7)
     assert count == len(ids) - 1
@@ -268,15 +328,19 @@ def test_sentencepiece_vocabulary_keeps_the_lines_and_round_trips(tmp_path):
     """A subword LM: SentencePiece trained on the corpus; the stream keeps the newlines (one byte piece
     between lines) so decoding the whole stream gives the text back."""
     from transformer.tasks import decode_lm_ids, encode_lm_text
+
     text = corpus_text(200)
     path = tmp_path / "corpus.txt"
     path.write_text(text)
-    config = {"data": {"text_path": str(path)}, "model": dict(TINY_MODEL),
-              "tokenizer": {"kind": "sentencepiece", "vocab_size": 300, "model_type": "bpe"}}
+    config = {
+        "data": {"text_path": str(path)},
+        "model": dict(TINY_MODEL),
+        "tokenizer": {"kind": "sentencepiece", "vocab_size": 300, "model_type": "bpe"},
+    }
     task = LMTask(config, tmp_path / "run", train_settings(dict(TINY_TRAIN)))
     stream = np.concatenate([task.train_ids, task.val_ids])
     assert task.model_config.vocab_size == task.tokenizer.vocab_size == 300
-    assert len(stream) < 0.6 * len(text)                     # subwords: fewer tokens than characters
+    assert len(stream) < 0.6 * len(text)  # subwords: fewer tokens than characters
     assert decode_lm_ids(task.tokenizer, stream) == text
     assert np.array_equal(encode_lm_text(task.tokenizer, text), stream)
     newline = encode_prompt(task.tokenizer, "")
@@ -291,23 +355,26 @@ def lm_task(tmp_path, text, **model):
     return LMTask(config, tmp_path / "run", train_settings(dict(TINY_TRAIN)))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "the corpus is empty"),
-    ("x", r"the corpus is one character \('x'\)"),
-    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", r"46 copies of one character \('a'\)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the corpus is empty"),
+        ("x", r"the corpus is one character \('x'\)"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", r"46 copies of one character \('a'\)"),
+    ],
+)
 def test_empty_or_one_character_corpus_is_refused(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         lm_task(tmp_path, text)
 
 
 def test_block_size_larger_than_a_split_is_refused(tmp_path):
-    text = corpus_text(4)                                    # ~100 characters: a validation split of ~10
+    text = corpus_text(4)  # ~100 characters: a validation split of ~10
     with pytest.raises(ValueError, match=r"block_size=16 is too large for the validation split: it has \d+ tokens"):
         lm_task(tmp_path, text)
     with pytest.raises(ValueError, match=r"block_size=1000 is too large for the training split"):
         lm_task(tmp_path, corpus_text(30), block_size=1000)
-    lm_task(tmp_path, corpus_text(30), block_size=8)         # long enough: accepted
+    lm_task(tmp_path, corpus_text(30), block_size=8)  # long enough: accepted
 
 
 def test_errors_reach_the_command_line_as_one_line(tmp_path, trained, capsys):
@@ -325,7 +392,10 @@ def test_errors_reach_the_command_line_as_one_line(tmp_path, trained, capsys):
 def test_prompt_outside_the_vocabulary_names_the_character_and_position():
     tokenizer = CharTokenizer.from_text("abc \n")
     assert encode_prompt(tokenizer, "ab c") == [2, 3, 1, 4]
-    assert encode_prompt(tokenizer, "") == [tokenizer.index["\n"]]       # nanoGPT starts from a newline
-    with pytest.raises(ValueError, match=r"character 'Z' \(U\+005A\) at position 2 is not in the model's "
-                                         r"vocabulary of 5 characters"):
+    assert encode_prompt(tokenizer, "") == [tokenizer.index["\n"]]  # nanoGPT starts from a newline
+    with pytest.raises(
+        ValueError,
+        match=r"character 'Z' \(U\+005A\) at position 2 is not in the model's "
+        r"vocabulary of 5 characters",
+    ):
         encode_prompt(tokenizer, "abZc")

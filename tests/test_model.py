@@ -5,6 +5,7 @@ never changes outputs at real positions, causality, cached decoding == full forw
 beam reordering of the cache, seeding, configs. Tiny dims; the NumPy backend (the reference kernels)
 keeps tiny shapes fast. One test runs the default backend to check it agrees.
 """
+
 import dataclasses
 
 import numpy as np
@@ -25,16 +26,40 @@ def numpy_backend():
 
 
 def seq2seq(positional="sinusoidal", norm_first=False, dtype="float64", **overrides):
-    settings = dict(src_vocab_size=V, tgt_vocab_size=V, d_model=8, n_heads=2, num_encoder_layers=1,
-                    num_decoder_layers=2, d_ff=16, dropout=0.0, positional=positional, norm_first=norm_first,
-                    max_len=16, max_relative_distance=2, dtype=dtype, seed=1)
+    settings = dict(
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        d_model=8,
+        n_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        d_ff=16,
+        dropout=0.0,
+        positional=positional,
+        norm_first=norm_first,
+        max_len=16,
+        max_relative_distance=2,
+        dtype=dtype,
+        seed=1,
+    )
     settings.update(overrides)
     return Transformer(TransformerConfig(**settings))
 
 
 def language_model(positional="learned", norm_first=True, dtype="float64", **overrides):
-    settings = dict(vocab_size=V, d_model=8, n_heads=2, n_layers=2, block_size=12, dropout=0.0,
-                    positional=positional, norm_first=norm_first, max_relative_distance=2, dtype=dtype, seed=1)
+    settings = dict(
+        vocab_size=V,
+        d_model=8,
+        n_heads=2,
+        n_layers=2,
+        block_size=12,
+        dropout=0.0,
+        positional=positional,
+        norm_first=norm_first,
+        max_relative_distance=2,
+        dtype=dtype,
+        seed=1,
+    )
     settings.update(overrides)
     return LanguageModel(LMConfig(**settings))
 
@@ -52,13 +77,18 @@ def batch(seed=0):
 
 # ---------------------------------------------------------------------------------- gradients
 
+
 def check_model_gradients(model, run):
     """ng.gradcheck over every parameter (fast mode: one random direction each, float64).
 
     gradcheck calls ``fn`` with fresh tensors; ``fn`` puts them in the parameters' slots for the call.
     """
-    slots = [(module, local) for _, module in model.named_modules()
-             for local, p in module._parameters.items() if p is not None]
+    slots = [
+        (module, local)
+        for _, module in model.named_modules()
+        for local, p in module._parameters.items()
+        if p is not None
+    ]
     names = [name for name, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     index_of = {id(p): i for i, p in enumerate(params)}
@@ -97,9 +127,8 @@ def test_seq2seq_gradcheck_every_parameter(positional, norm_first):
 
 @pytest.mark.parametrize("positional", POSITIONALS)
 def test_lm_gradcheck_every_parameter(positional):
-    norm_first = positional != "alibi"            # one post-LN language model too
-    model = language_model(positional, norm_first, bias=positional != "relative",
-                           tie_output=positional != "sinusoidal")
+    norm_first = positional != "alibi"  # one post-LN language model too
+    model = language_model(positional, norm_first, bias=positional != "relative", tie_output=positional != "sinusoidal")
     ids = np.random.default_rng(3).integers(0, V, size=(2, 6))
     check_model_gradients(model, lambda: model(ids))
 
@@ -113,7 +142,9 @@ def test_gradcheck_fails_on_a_broken_model():
         memory, src_real = model.encode(src)
         h = model.decode(tgt, memory, src_real)
         from npgrad import functional as F
-        return F.linear(h, ng.tensor(model.target_embedding.weight.data.T))    # cut from the graph
+
+        return F.linear(h, ng.tensor(model.target_embedding.weight.data.T))  # cut from the graph
+
     with pytest.raises(ng.GradcheckError):
         check_model_gradients(model, run_with_detached_output_weight)
 
@@ -135,13 +166,14 @@ def test_tied_output_gradient_reaches_the_embedding():
 
 # ---------------------------------------------------------------------------------- masks
 
+
 @pytest.mark.parametrize("positional", POSITIONALS)
 def test_padding_never_changes_real_positions(positional):
     model = seq2seq(positional)
     rng = np.random.default_rng(5)
     src_sentence = rng.integers(4, V, size=4)
     tgt_sentence = np.concatenate([[BOS], rng.integers(4, V, size=3)])
-    alone = model(src_sentence[None], tgt_sentence[None]).data[0]             # (4, V), no padding at all
+    alone = model(src_sentence[None], tgt_sentence[None]).data[0]  # (4, V), no padding at all
     # The same pair padded on both sides to different lengths, next to another (unpadded) pair.
     src = np.zeros((2, 7), dtype=np.int64)
     src[0, :4] = src_sentence
@@ -176,14 +208,14 @@ def test_encoder_output_at_padded_positions_is_ignored(positional):
 def test_seq2seq_is_causal(positional):
     model = seq2seq(positional, norm_first=positional in ("learned", "rope"))
     src, tgt = batch()
-    tgt[1, 3:] = [5, 6]                                                         # no padding here
+    tgt[1, 3:] = [5, 6]  # no padding here
     reference = model(src, tgt).data
     for t in range(1, tgt.shape[1]):
         changed = tgt.copy()
-        changed[:, t:] = (changed[:, t:] + 1 - 4) % (V - 4) + 4                   # still real tokens
+        changed[:, t:] = (changed[:, t:] + 1 - 4) % (V - 4) + 4  # still real tokens
         out = model(src, changed).data
         np.testing.assert_allclose(out[:, :t], reference[:, :t], atol=1e-12, rtol=0)
-        assert not np.allclose(out[:, t], reference[:, t])                     # later ones do change
+        assert not np.allclose(out[:, t], reference[:, t])  # later ones do change
 
 
 @pytest.mark.parametrize("positional", POSITIONALS)
@@ -200,13 +232,14 @@ def test_lm_is_causal(positional):
 
 # ---------------------------------------------------------------------------------- cached decoding
 
+
 @pytest.mark.parametrize("positional", POSITIONALS)
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_seq2seq_cached_decoding_equals_forward(positional, norm_first):
     model = seq2seq(positional, norm_first)
     model.eval()
     src, tgt = batch()
-    full = model(src, tgt).data                                                  # (B, T, V)
+    full = model(src, tgt).data  # (B, T, V)
     with ng.no_grad():
         memory, src_real = model.encode(src)
         state = model.start_decoding(memory, src_real)
@@ -238,7 +271,7 @@ def test_reorder_follows_beams(positional):
     """After reorder(index) the cache continues as if the reordered prefixes had been decoded."""
     model = seq2seq(positional)
     src, tgt = batch()
-    index = np.array([1, 1, 0])                                                 # repeat and reorder rows
+    index = np.array([1, 1, 0])  # repeat and reorder rows
     full = model(src[index], tgt[index]).data
     with ng.no_grad():
         memory, src_real = model.encode(src)
@@ -257,10 +290,10 @@ def test_reorder_within_sources_keeps_the_cross_cache():
     instead of gathering them, and decoding still continues exactly; one that changes sources gathers them."""
     model = seq2seq()
     src, tgt = batch()
-    expand = np.array([1, 1, 0])                        # sentence 1 gets two rows (beams), sentence 0 one
+    expand = np.array([1, 1, 0])  # sentence 1 gets two rows (beams), sentence 0 one
     targets = tgt[expand].copy()
-    targets[1, 1:] = np.array([5, 6, 7, 8])             # the two beams of sentence 1 follow different prefixes
-    swap = np.array([1, 0, 2])                          # the beams of sentence 1 trade places: sources unchanged
+    targets[1, 1:] = np.array([5, 6, 7, 8])  # the two beams of sentence 1 follow different prefixes
+    swap = np.array([1, 0, 2])  # the beams of sentence 1 trade places: sources unchanged
     full = model(src[expand[swap]], targets[swap]).data
     with ng.no_grad():
         memory, src_real = model.encode(src)
@@ -271,12 +304,15 @@ def test_reorder_within_sources_keeps_the_cross_cache():
         cross = [dict(cache["cross"]) for cache in state.caches]
         mask = state.memory_key_mask
         state.reorder(swap)
-        assert all(cache["cross"][name] is cross[layer][name]
-                   for layer, cache in enumerate(state.caches) for name in cross[layer])
+        assert all(
+            cache["cross"][name] is cross[layer][name]
+            for layer, cache in enumerate(state.caches)
+            for name in cross[layer]
+        )
         assert state.memory_key_mask is mask
         for t in range(2, targets.shape[1]):
             np.testing.assert_allclose(model.decode_step(targets[swap, t], state).data, full[:, t], atol=1e-9, rtol=0)
-        state.reorder(np.array([2]))                    # sentence 1 finished: only sentence 0's row stays
+        state.reorder(np.array([2]))  # sentence 1 finished: only sentence 0's row stays
         assert state.caches[0]["cross"]["k"].shape[0] == 1
         np.testing.assert_array_equal(state.caches[0]["cross"]["k"].data, cross[0]["k"].data[2:3])
         np.testing.assert_array_equal(state.source_row, [0])
@@ -311,6 +347,7 @@ def test_default_backend_agrees_with_the_reference():
 
 # ---------------------------------------------------------------------------------- dtype, seeding, dropout
 
+
 def test_float32_model_stays_float32():
     model = seq2seq("rope", dtype="float32")
     src, tgt = batch()
@@ -325,16 +362,17 @@ def test_float32_model_stays_float32():
 def test_same_seed_same_weights_and_dropout():
     def build(seed):
         return seq2seq("learned", dropout=0.3, attention_dropout=0.2, seed=seed)
+
     a, b, c = build(7), build(7), build(8)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         np.testing.assert_array_equal(x, y, err_msg=name)
     assert any(not np.array_equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
     src, tgt = batch()
-    out_a, out_b = a(src, tgt).data, b(src, tgt).data                          # training mode: dropout on
+    out_a, out_b = a(src, tgt).data, b(src, tgt).data  # training mode: dropout on
     np.testing.assert_array_equal(out_a, out_b)
-    assert not np.allclose(a(src, tgt).data, out_a)                            # fresh masks each call
+    assert not np.allclose(a(src, tgt).data, out_a)  # fresh masks each call
     a.eval()
-    np.testing.assert_array_equal(a(src, tgt).data, a(src, tgt).data)          # eval: deterministic
+    np.testing.assert_array_equal(a(src, tgt).data, a(src, tgt).data)  # eval: deterministic
     # The dropout generator is saved and restored with the module's rng state dict.
     state = b.rng_state_dict()
     first = b(src, tgt).data
@@ -353,10 +391,12 @@ def test_sinusoidal_table_is_a_buffer_not_a_parameter():
 
 # ---------------------------------------------------------------------------------- configs and errors
 
+
 def test_config_round_trip_and_unknown_keys():
     cfg = TransformerConfig(src_vocab_size=100, tgt_vocab_size=100, positional="alibi", share_embeddings=True)
     d = cfg.to_dict()
     import json
+
     assert TransformerConfig.from_dict(json.loads(json.dumps(d))) == cfg
     lm_cfg = LMConfig(vocab_size=65)
     assert lm_cfg.d_ff == 4 * lm_cfg.d_model
@@ -365,18 +405,21 @@ def test_config_round_trip_and_unknown_keys():
         LMConfig.from_dict({**lm_cfg.to_dict(), "n_layer": 3})
     with pytest.raises(ValueError, match="missing required key.*tgt_vocab_size"):
         TransformerConfig.from_dict({"src_vocab_size": 10})
-    assert Transformer(d).config == cfg                                         # a dict is accepted too
+    assert Transformer(d).config == cfg  # a dict is accepted too
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(positional="absolute"), "unknown positional encoding 'absolute'"),
-    (dict(d_model=10, n_heads=4), "divisible"),
-    (dict(share_embeddings=True, tgt_vocab_size=12), "share_embeddings needs one vocabulary"),
-    (dict(dtype="float16"), "dtype"),
-    (dict(activation="tanh"), "activation"),
-    (dict(positional="rope", d_model=6, n_heads=2), "even head size"),
-    (dict(pad_id=20), "pad_id=20"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(positional="absolute"), "unknown positional encoding 'absolute'"),
+        (dict(d_model=10, n_heads=4), "divisible"),
+        (dict(share_embeddings=True, tgt_vocab_size=12), "share_embeddings needs one vocabulary"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(activation="tanh"), "activation"),
+        (dict(positional="rope", d_model=6, n_heads=2), "even head size"),
+        (dict(pad_id=20), "pad_id=20"),
+    ],
+)
 def test_config_errors(bad, message):
     settings = dict(src_vocab_size=V, tgt_vocab_size=V, d_model=8, n_heads=2)
     settings.update(bad)
@@ -407,10 +450,44 @@ def test_bad_token_ids_are_reported():
 def test_config_fields_match_the_model_api():
     """The names helper code relies on (MODEL_API.md)."""
     names = {f.name for f in dataclasses.fields(TransformerConfig)}
-    assert {"src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "num_encoder_layers", "num_decoder_layers",
-            "d_ff", "dropout", "attention_dropout", "activation", "norm_first", "positional", "max_len",
-            "max_relative_distance", "share_embeddings", "tie_output", "pad_id", "unk_id", "bos_id", "eos_id",
-            "dtype", "seed"} <= names
+    assert {
+        "src_vocab_size",
+        "tgt_vocab_size",
+        "d_model",
+        "n_heads",
+        "num_encoder_layers",
+        "num_decoder_layers",
+        "d_ff",
+        "dropout",
+        "attention_dropout",
+        "activation",
+        "norm_first",
+        "positional",
+        "max_len",
+        "max_relative_distance",
+        "share_embeddings",
+        "tie_output",
+        "pad_id",
+        "unk_id",
+        "bos_id",
+        "eos_id",
+        "dtype",
+        "seed",
+    } <= names
     lm_names = {f.name for f in dataclasses.fields(LMConfig)}
-    assert {"vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "block_size", "dropout", "activation",
-            "norm_first", "positional", "tie_output", "bias", "dtype", "seed"} <= lm_names
+    assert {
+        "vocab_size",
+        "d_model",
+        "n_heads",
+        "n_layers",
+        "d_ff",
+        "block_size",
+        "dropout",
+        "activation",
+        "norm_first",
+        "positional",
+        "tie_output",
+        "bias",
+        "dtype",
+        "seed",
+    } <= lm_names

@@ -4,6 +4,7 @@ The PyTorch twin of the model (benchmarks/torch_twins.py, the one the benchmarks
 the same padded batch the logits, the label-smoothed loss and the gradient of every parameter must agree in
 float64. Skipped when torch is not installed (it is never a run-time dependency).
 """
+
 import numpy as np
 import pytest
 
@@ -26,10 +27,24 @@ def numpy_backend():
 def test_logits_loss_and_every_gradient_match_pytorch(norm_first, activation):
     torch.manual_seed(0)
     n_layers = 2
-    ours = Transformer(TransformerConfig(
-        src_vocab_size=V, tgt_vocab_size=V, d_model=C, n_heads=H, num_encoder_layers=n_layers,
-        num_decoder_layers=n_layers, d_ff=FF, dropout=0.0, activation=activation, norm_first=norm_first,
-        positional="sinusoidal", max_len=32, dtype="float64", seed=3))
+    ours = Transformer(
+        TransformerConfig(
+            src_vocab_size=V,
+            tgt_vocab_size=V,
+            d_model=C,
+            n_heads=H,
+            num_encoder_layers=n_layers,
+            num_decoder_layers=n_layers,
+            d_ff=FF,
+            dropout=0.0,
+            activation=activation,
+            norm_first=norm_first,
+            positional="sinusoidal",
+            max_len=32,
+            dtype="float64",
+            seed=3,
+        )
+    )
     theirs = torch_twins.Seq2SeqTwin(**ours.config.to_dict())
     # Every parameter on both sides is mapped (load_npgrad_weights refuses a difference in names).
     weights = {name: p.data for name, p in ours.named_parameters()}
@@ -54,8 +69,10 @@ def test_logits_loss_and_every_gradient_match_pytorch(norm_first, activation):
     # so that every position (padded ones included) sends gradient back.
     projection = rng.standard_normal(logits.shape)
     loss = ours.loss(logits, target, label_smoothing=0.1) + (logits * projection).sum() * 0.01
-    their_loss = (theirs.loss(their_logits, torch.from_numpy(target), label_smoothing=0.1)
-                  + (their_logits * torch.from_numpy(projection)).sum() * 0.01)
+    their_loss = (
+        theirs.loss(their_logits, torch.from_numpy(target), label_smoothing=0.1)
+        + (their_logits * torch.from_numpy(projection)).sum() * 0.01
+    )
     assert loss.item() == pytest.approx(their_loss.item(), rel=1e-12)
     loss.backward()
     their_loss.backward()
@@ -65,16 +82,25 @@ def test_logits_loss_and_every_gradient_match_pytorch(norm_first, activation):
     assert mine.keys() == reference.keys()
     for name in reference:
         scale = np.abs(reference[name]).max()
-        np.testing.assert_allclose(mine[name], reference[name], rtol=1e-9, atol=1e-11 * max(scale, 1.0),
-                                   err_msg=f"gradient of {name}")
+        np.testing.assert_allclose(
+            mine[name], reference[name], rtol=1e-9, atol=1e-11 * max(scale, 1.0), err_msg=f"gradient of {name}"
+        )
 
 
-@pytest.mark.parametrize("options", [dict(bias=False, norm_first=True, activation="gelu"),     # nanoGPT's
-                                     dict(bias=True, norm_first=False, activation="relu", positional="sinusoidal")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(bias=False, norm_first=True, activation="gelu"),  # nanoGPT's
+        dict(bias=True, norm_first=False, activation="relu", positional="sinusoidal"),
+    ],
+)
 def test_language_model_logits_loss_and_every_gradient_match_pytorch(options):
     """The decoder-only twin, the PyTorch contender of the nanoGPT and step benchmarks."""
-    ours = LanguageModel(LMConfig(vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=FF, block_size=8,
-                                  dtype="float64", seed=4, **options))
+    ours = LanguageModel(
+        LMConfig(
+            vocab_size=V, d_model=C, n_heads=H, n_layers=2, d_ff=FF, block_size=8, dtype="float64", seed=4, **options
+        )
+    )
     theirs = torch_twins.LanguageModelTwin(**ours.config.to_dict())
     torch_twins.load_npgrad_weights(theirs, {name: p.data for name, p in ours.named_parameters()})
     rng = np.random.default_rng(1)
@@ -91,5 +117,6 @@ def test_language_model_logits_loss_and_every_gradient_match_pytorch(options):
     assert reference.keys() == {name for name, _ in ours.named_parameters()}
     for name, p in ours.named_parameters():
         scale = np.abs(reference[name]).max()
-        np.testing.assert_allclose(p.grad, reference[name], rtol=1e-9, atol=1e-11 * max(scale, 1.0),
-                                   err_msg=f"gradient of {name}")
+        np.testing.assert_allclose(
+            p.grad, reference[name], rtol=1e-9, atol=1e-11 * max(scale, 1.0), err_msg=f"gradient of {name}"
+        )

@@ -7,8 +7,12 @@ from hypothesis import given, strategies as st
 from transformer.ngram import KneserNeyLM
 
 
-@given(order=st.integers(1, 4), vocab=st.integers(2, 9), seed=st.integers(0, 10_000),
-       context=st.lists(st.integers(0, 8), max_size=5))
+@given(
+    order=st.integers(1, 4),
+    vocab=st.integers(2, 9),
+    seed=st.integers(0, 10_000),
+    context=st.lists(st.integers(0, 8), max_size=5),
+)
 def test_distribution_sums_to_one_for_any_context(order, vocab, seed, context):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, size=200)

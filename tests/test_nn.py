@@ -1,5 +1,6 @@
 """npgrad.nn: registration, state dicts, modes, initialisation statistics and seeding, layers'
 forward/backward against plain NumPy, and a tiny MLP that learns."""
+
 import json
 
 import numpy as np
@@ -30,7 +31,7 @@ class TiedModel(nn.Module):
         self.embed = nn.Embedding(vocab, dim, padding_idx=0, rng=rng, dtype=dtype)
         self.blocks = nn.ModuleList([Block(dim, rng, dtype) for _ in range(2)])
         self.head = nn.Module()
-        self.head.weight = self.embed.weight            # shared: one Parameter, two names
+        self.head.weight = self.embed.weight  # shared: one Parameter, two names
         table = np.arange(4 * dim, dtype=dtype).reshape(4, dim)
         self.register_buffer("positions", table)
         self.register_buffer("cache", np.zeros(3, dtype=dtype), persistent=False)
@@ -48,8 +49,14 @@ def test_parameters_are_registered_in_order_with_dotted_names():
     names = [n for n, _ in model.named_parameters()]
     assert names == [
         "embed.weight",
-        "blocks.0.proj.weight", "blocks.0.proj.bias", "blocks.0.norm.weight", "blocks.0.norm.bias",
-        "blocks.1.proj.weight", "blocks.1.proj.bias", "blocks.1.norm.weight", "blocks.1.norm.bias",
+        "blocks.0.proj.weight",
+        "blocks.0.proj.bias",
+        "blocks.0.norm.weight",
+        "blocks.0.norm.bias",
+        "blocks.1.proj.weight",
+        "blocks.1.proj.bias",
+        "blocks.1.norm.weight",
+        "blocks.1.norm.bias",
     ]
     assert [n for n, _ in model.named_parameters(prefix="model")][0] == "model.embed.weight"
     assert [n for n, _ in model.named_children()] == ["embed", "blocks", "head"]
@@ -63,21 +70,21 @@ def test_shared_parameters_are_counted_once_but_saved_under_every_name():
     assert len(params) == len({id(p) for p in params}) == 9
     assert model.num_parameters() == 11 * 6 + 2 * (6 * 6 + 6 + 6 + 6)
     sd = model.state_dict()
-    assert "head.weight" in sd and "embed.weight" in sd                  # both aliases saved
+    assert "head.weight" in sd and "embed.weight" in sd  # both aliases saved
     assert np.array_equal(sd["head.weight"], sd["embed.weight"])
-    assert len(optim.Adam(model.parameters()).params) == 9               # the optimizer sees it once
+    assert len(optim.Adam(model.parameters()).params) == 9  # the optimizer sees it once
 
 
 def test_reassigning_and_deleting_attributes():
     lin = nn.Linear(3, 2, rng=0)
-    lin.bias = None                                                      # keeps the slot, drops it
+    lin.bias = None  # keeps the slot, drops it
     assert [n for n, _ in lin.named_parameters()] == ["weight"]
     with pytest.raises(TypeError, match=r"Linear.weight is a parameter: assign an nn.Parameter or None"):
         lin.weight = ng.tensor(np.zeros((3, 2)))
     lin.extra = nn.Linear(2, 2, rng=0)
     del lin.extra
     assert [n for n, _ in lin.named_modules()] == [""]
-    lin.note = "plain attribute"                                        # not registered
+    lin.note = "plain attribute"  # not registered
     assert "note" not in dict(lin.named_parameters())
 
 
@@ -136,16 +143,26 @@ def test_zero_grad_clears_every_gradient():
 def test_state_dict_round_trip_is_bit_exact_and_holds_copies():
     a, b = TiedModel(seed=1), TiedModel(seed=2)
     sd = a.state_dict()
-    assert list(sd) == ["positions", "embed.weight", "blocks.0.proj.weight", "blocks.0.proj.bias",
-                        "blocks.0.norm.weight", "blocks.0.norm.bias", "blocks.1.proj.weight",
-                        "blocks.1.proj.bias", "blocks.1.norm.weight", "blocks.1.norm.bias", "head.weight"]
-    assert "cache" not in sd                                          # non-persistent buffer
+    assert list(sd) == [
+        "positions",
+        "embed.weight",
+        "blocks.0.proj.weight",
+        "blocks.0.proj.bias",
+        "blocks.0.norm.weight",
+        "blocks.0.norm.bias",
+        "blocks.1.proj.weight",
+        "blocks.1.proj.bias",
+        "blocks.1.norm.weight",
+        "blocks.1.norm.bias",
+        "head.weight",
+    ]
+    assert "cache" not in sd  # non-persistent buffer
     assert not all(np.array_equal(x, y) for x, y in zip(sd.values(), b.state_dict().values()))
     result = b.load_state_dict(sd)
     assert result.missing_keys == [] and result.unexpected_keys == []
     for (k, x), (k2, y) in zip(sd.items(), b.state_dict().items()):
         assert k == k2 and x.dtype == y.dtype and x.tobytes() == y.tobytes()
-    a.blocks[0].proj.weight.data += 1.0                               # later changes ...
+    a.blocks[0].proj.weight.data += 1.0  # later changes ...
     assert not np.array_equal(a.blocks[0].proj.weight.data, sd["blocks.0.proj.weight"])  # ... don't leak
     ids = np.array([[3, 4, 0, 5]])
     a.load_state_dict(sd)
@@ -160,14 +177,14 @@ def test_load_state_dict_names_missing_unexpected_and_mis_shaped_keys_at_once():
     del sd["blocks.1.norm.bias"], sd["positions"]
     sd["blocks.2.proj.weight"] = np.zeros((6, 6))
     sd["blocks.0.proj.weight"] = np.zeros((6, 7))
-    sd["blocks.1.proj.bias"] = np.ones(6)                             # fits, but must not load
+    sd["blocks.1.proj.bias"] = np.ones(6)  # fits, but must not load
     with pytest.raises(nn.StateDictError) as info:
         model.load_state_dict(sd)
     message = str(info.value)
     assert "missing keys" in message and "'blocks.1.norm.bias'" in message and "'positions'" in message
     assert "unexpected keys" in message and "'blocks.2.proj.weight'" in message
     assert "'blocks.0.proj.weight': the model expects shape (6, 6), the state dict has (6, 7)" in message
-    for k, v in model.state_dict().items():                           # nothing was loaded
+    for k, v in model.state_dict().items():  # nothing was loaded
         assert np.array_equal(v, before[k])
 
 
@@ -177,7 +194,7 @@ def test_load_state_dict_non_strict_reports_what_it_skipped():
     result = model.load_state_dict(sd, strict=False)
     assert result.unexpected_keys == ["extra"] and "positions" in result.missing_keys
     assert np.all(model.embed.weight.data == 2.0) and model.head.weight is model.embed.weight
-    with pytest.raises(nn.StateDictError, match="mis-shaped"):            # shapes are never optional
+    with pytest.raises(nn.StateDictError, match="mis-shaped"):  # shapes are never optional
         model.load_state_dict({"embed.weight": np.zeros((6, 11))}, strict=False)
 
 
@@ -218,7 +235,7 @@ def test_buffers_follow_to_dtype_and_integer_buffers_stay():
     assert model.positions.dtype == np.float32 and model.cache.dtype == np.float32
     assert model.ids.dtype == np.int64
     assert np.array_equal(model.embed.weight.data, arr.astype(np.float32))
-    assert model.head.weight is model.embed.weight                  # sharing survives
+    assert model.head.weight is model.embed.weight  # sharing survives
     with pytest.raises(TypeError, match="float32 or np.float64"):
         model.to_dtype(np.int32)
 
@@ -253,8 +270,8 @@ def test_embedding_is_scaled_normal_with_a_zero_padding_row():
     emb = nn.Embedding(400, 256, padding_idx=-1, rng=1)
     w = emb.weight.data.astype(np.float64)
     assert emb.padding_idx == 399 and np.all(w[399] == 0)
-    assert w[:399].std() == pytest.approx(256 ** -0.5, rel=0.02)
-    assert abs(w[:399].mean()) < 0.01 * 256 ** -0.5
+    assert w[:399].std() == pytest.approx(256**-0.5, rel=0.02)
+    assert abs(w[:399].mean()) < 0.01 * 256**-0.5
     assert nn.Embedding(400, 64, init_std=0.02, rng=1).weight.data.std() == pytest.approx(0.02, rel=0.02)
 
 
@@ -276,7 +293,7 @@ def test_manual_seed_makes_default_initialisation_reproducible():
     a = build()
     nn.manual_seed(11)
     b = build()
-    c = build()                                       # the stream went on: different weights
+    c = build()  # the stream went on: different weights
     assert all(np.array_equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not np.array_equal(a[0].weight.data, c[0].weight.data)
     assert a.rng_state_dict() == b.rng_state_dict() != c.rng_state_dict()
@@ -317,7 +334,7 @@ def test_embedding_lookup_and_padding_row_gets_no_gradient():
     np.testing.assert_array_equal(emb.weight.grad[:, 0], [0, 1, 0, 0, 3, 0])
     optimizer = optim.Adam(emb.parameters(), lr=0.1)
     optimizer.step()
-    assert np.all(emb.weight.data[0] == 0)              # the padding row stays zero under training
+    assert np.all(emb.weight.data[0] == 0)  # the padding row stays zero under training
 
 
 def test_layer_norm_module():
@@ -340,9 +357,9 @@ def test_dropout_is_identity_in_eval_and_seeded_in_training():
     assert set(np.unique(first)) == {0.0, 1.0 / 0.75}
     assert abs((first == 0).mean() - 0.25) < 0.05
     second = drop(x).data
-    assert not np.array_equal(first, second)                  # the stream moves on
-    drop.rng.bit_generator.state = state                      # a checkpoint restores it ...
-    assert np.array_equal(drop(x).data, first)                # ... and the masks repeat exactly
+    assert not np.array_equal(first, second)  # the stream moves on
+    drop.rng.bit_generator.state = state  # a checkpoint restores it ...
+    assert np.array_equal(drop(x).data, first)  # ... and the masks repeat exactly
 
 
 def test_rng_state_dict_round_trip_through_json():
@@ -391,7 +408,7 @@ class MLP(nn.Module):
 def test_a_tiny_mlp_learns_xor_like_classes_with_adam():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, size=(128, 2))
-    y = ((x[:, 0] > 0) != (x[:, 1] > 0)).astype(np.int64)      # not linearly separable
+    y = ((x[:, 0] > 0) != (x[:, 1] > 0)).astype(np.int64)  # not linearly separable
     model = MLP(rng)
     opt = optim.Adam(model.parameters(), lr=0.02)
     losses = []

@@ -5,6 +5,7 @@ the argument and what is allowed: an axis that is not one int, a fractional igno
 tensor, a float16 variable, a fused op that differed between backends on float16, an optimizer eps of 0
 or a parameter listed twice, and finite-difference settings (eps, tolerances, directions) out of range.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,9 +105,16 @@ def test_cross_entropy_reduction_must_be_a_string():
 
 
 # ---------------------------------------------------------------------------------- 3. tensors hold numbers
-@pytest.mark.parametrize("data, kind", [("abc", "strings"), (b"abc", "bytes"), (["a", "b"], "strings"),
-                                        (np.array([1, None], dtype=object), "Python objects"),
-                                        (np.array([1.0, 2.0], dtype=object), "Python objects")])
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        ("abc", "strings"),
+        (b"abc", "bytes"),
+        (["a", "b"], "strings"),
+        (np.array([1, None], dtype=object), "Python objects"),
+        (np.array([1.0, 2.0], dtype=object), "Python objects"),
+    ],
+)
 def test_tensor_refuses_non_numeric_dtypes(data, kind):
     with pytest.raises(TypeError, match=rf"^a Tensor holds numbers or booleans, got dtype .* \({kind}\)"):
         ng.tensor(data)
@@ -119,8 +127,11 @@ def test_tensor_refuses_non_numeric_dtypes(data, kind):
 def test_requires_grad_needs_float32_or_float64(dtype):
     if np.dtype(dtype) == np.float64:
         pytest.skip("longdouble is float64 on this platform")
-    with pytest.raises(TypeError, match=rf"^requires_grad=True needs a float32 or float64 array, got dtype "
-                                        rf"{np.dtype(dtype)}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"^requires_grad=True needs a float32 or float64 array, got dtype "
+        rf"{np.dtype(dtype)}",
+    ):
         ng.tensor(np.ones(3, dtype), requires_grad=True)
     with pytest.raises(TypeError, match="needs a float32 or float64 array"):
         ng.tensor(np.ones(3, dtype)).requires_grad_()
@@ -144,10 +155,13 @@ FUSED = {
 def test_fused_ops_refuse_float16_alike_on_both_backends(op, backend):
     h = np.linspace(-1, 1, 6).reshape(2, 3).astype(np.float16)
     with ng.use_backend(backend):
-        with pytest.raises(TypeError, match=rf"^{op}: .* must be a floating-point array \(float32 or float64\), "
-                                            r"got dtype float16"):
+        with pytest.raises(
+            TypeError,
+            match=rf"^{op}: .* must be a floating-point array \(float32 or float64\), "
+            r"got dtype float16",
+        ):
             FUSED[op](h)
-        for dtype in (np.float32, np.float64):   # the supported dtypes still work and are kept
+        for dtype in (np.float32, np.float64):  # the supported dtypes still work and are kept
             assert FUSED[op](h.astype(dtype)).dtype == dtype
 
 
@@ -169,15 +183,18 @@ def test_adam_eps_is_checked_when_a_state_dict_is_loaded_too():
     state["hyperparameters"].update(eps=0.0, lr=0.5)
     with pytest.raises(ValueError, match=r"eps must be in \(0.0, inf\)"):
         opt.load_state_dict(state)
-    assert opt.lr == 0.1 and opt.eps == 1e-8   # nothing was loaded
+    assert opt.lr == 0.1 and opt.eps == 1e-8  # nothing was loaded
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
-    (dict(momentum=-0.5), r"momentum must be in \[0.0, 1.0\)"),
-    (dict(momentum=math.nan), r"momentum must be in \[0.0, 1.0\)"),
-    (dict(dampening=1.5), r"dampening must be in \[0.0, 1.0\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(momentum=1.0), r"momentum must be in \[0.0, 1.0\)"),
+        (dict(momentum=-0.5), r"momentum must be in \[0.0, 1.0\)"),
+        (dict(momentum=math.nan), r"momentum must be in \[0.0, 1.0\)"),
+        (dict(dampening=1.5), r"dampening must be in \[0.0, 1.0\]"),
+    ],
+)
 def test_sgd_momentum_and_dampening_ranges(kwargs, message):
     with pytest.raises(ValueError, match="^SGD: " + message):
         optim.SGD([a_param()], lr=0.1, **kwargs)
@@ -192,7 +209,7 @@ def test_a_parameter_listed_twice_is_kept_once_with_a_warning_naming_it():
         optim.Adam([("w", a), ("w2", a)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        optim.Adam([a, b])                         # distinct parameters: no warning
+        optim.Adam([a, b])  # distinct parameters: no warning
 
 
 # ---------------------------------------------------------------------------------- 6. gradcheck settings
@@ -205,19 +222,22 @@ def xin():
 
 
 @pytest.mark.parametrize("fn_name", ["gradcheck", "gradgradcheck"])
-@pytest.mark.parametrize("kwargs, error, message", [
-    (dict(eps=0), ValueError, r"eps must be in \(0.0, inf\), got 0"),
-    (dict(eps=math.nan), ValueError, r"eps must be in \(0.0, inf\), got nan"),
-    (dict(eps=-1e-6), ValueError, r"eps must be in \(0.0, inf\)"),
-    (dict(eps="1e-6"), TypeError, r"eps must be a real number"),
-    (dict(atol=-1.0), ValueError, r"atol must be in \[0.0, inf\)"),
-    (dict(atol=math.inf), ValueError, r"atol must be in \[0.0, inf\)"),
-    (dict(rtol=math.nan), ValueError, r"rtol must be in \[0.0, inf\)"),
-    (dict(n_directions=0), ValueError, r"n_directions must be an integer >= 1, got 0"),
-    (dict(n_directions=1.5), TypeError, r"n_directions must be an integer >= 1, got 1.5"),
-    (dict(seed=-1), ValueError, r"seed must be an integer >= 0"),
-    (dict(seed=0.5), TypeError, r"seed must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(eps=0), ValueError, r"eps must be in \(0.0, inf\), got 0"),
+        (dict(eps=math.nan), ValueError, r"eps must be in \(0.0, inf\), got nan"),
+        (dict(eps=-1e-6), ValueError, r"eps must be in \(0.0, inf\)"),
+        (dict(eps="1e-6"), TypeError, r"eps must be a real number"),
+        (dict(atol=-1.0), ValueError, r"atol must be in \[0.0, inf\)"),
+        (dict(atol=math.inf), ValueError, r"atol must be in \[0.0, inf\)"),
+        (dict(rtol=math.nan), ValueError, r"rtol must be in \[0.0, inf\)"),
+        (dict(n_directions=0), ValueError, r"n_directions must be an integer >= 1, got 0"),
+        (dict(n_directions=1.5), TypeError, r"n_directions must be an integer >= 1, got 1.5"),
+        (dict(seed=-1), ValueError, r"seed must be an integer >= 0"),
+        (dict(seed=0.5), TypeError, r"seed must be an integer"),
+    ],
+)
 def test_gradcheck_settings_are_checked_before_blaming_the_derivative(fn_name, kwargs, error, message):
     calls = []
 
@@ -227,7 +247,7 @@ def test_gradcheck_settings_are_checked_before_blaming_the_derivative(fn_name, k
 
     with pytest.raises(error, match=rf"^{fn_name}: {message}"):
         getattr(ng, fn_name)(fn, [xin()], **kwargs)
-    assert not calls   # refused up front, before fn runs
+    assert not calls  # refused up front, before fn runs
 
 
 def test_gradgradcheck_consistency_rtol_is_checked():

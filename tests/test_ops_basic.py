@@ -2,6 +2,7 @@
 stack, where, masked_fill, broadcast_to): forward equals NumPy, gradients equal finite
 differences (float64, hypothesis-drawn shapes/axes/options), second derivatives too, float32 stays
 float32, and bad input gets an error naming the op and the shapes."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -33,7 +34,7 @@ def array_and_axis(draw, allow_tuple=True):
     ndim = len(shape)
     choices = [st.none(), st.integers(-ndim, ndim - 1)]
     if allow_tuple:
-        choices.append(hnp.valid_tuple_axes(ndim, min_size=1))   # draws negative axes too
+        choices.append(hnp.valid_tuple_axes(ndim, min_size=1))  # draws negative axes too
     axis = draw(st.one_of(*choices))
     seed = draw(st.integers(0, 2**31 - 1))
     x = np.random.default_rng(seed).standard_normal(shape)
@@ -41,6 +42,7 @@ def array_and_axis(draw, allow_tuple=True):
 
 
 # ---------------------------------------------------------------------------------- reductions
+
 
 @pytest.mark.parametrize("name", ["sum", "mean", "max"])
 @settings(max_examples=12, deadline=None)
@@ -112,6 +114,7 @@ def test_reduction_bad_axis_is_named():
 
 # ---------------------------------------------------------------------------------- reshape / transpose
 
+
 def test_reshape_forms_and_gradient():
     rng = np.random.default_rng(3)
     x = randn(rng, 2, 3, 4)
@@ -132,8 +135,9 @@ def test_transpose_matches_numpy_and_gradchecks(shape, data):
     np.testing.assert_array_equal(x.transpose(perm).data, np.transpose(x.data, perm))
     np.testing.assert_array_equal(x.transpose().data, x.data.T)
     np.testing.assert_array_equal(x.T.data, x.data.T)
-    assert ng.gradcheck(lambda a: a.transpose(*perm) * np.arange(1.0, 1 + x.size).reshape(
-        np.transpose(x.data, perm).shape), [x])
+    assert ng.gradcheck(
+        lambda a: a.transpose(*perm) * np.arange(1.0, 1 + x.size).reshape(np.transpose(x.data, perm).shape), [x]
+    )
 
 
 def test_swapaxes_and_T_gradients():
@@ -141,7 +145,7 @@ def test_swapaxes_and_T_gradients():
     x = randn(rng, 2, 3, 4)
     np.testing.assert_array_equal(x.swapaxes(0, -1).data, np.swapaxes(x.data, 0, -1))
     assert ng.gradcheck(lambda a: a.swapaxes(0, -1) ** 2, [x])
-    assert ng.gradcheck(lambda a: a.T ** 2, [x])
+    assert ng.gradcheck(lambda a: a.T**2, [x])
     assert second_derivatives_match(lambda a: (a * a).swapaxes(1, 2).transpose(2, 0, 1), [x])
     with pytest.raises(ValueError, match="not a permutation"):
         x.transpose(0, 0, 1)
@@ -165,11 +169,11 @@ INDEX_KEYS = [
     (-1, slice(None, None, -1)),
     (slice(1, None), None, Ellipsis),
     (Ellipsis, 2),
-    (slice(None), np.array([0, 0, 2, 0])),           # repeated integer index
-    (np.array([[0, 1], [1, 1]]), 2),                 # integer array of another shape, repeats
-    (np.array([2, 0]), np.array([1, 1])),            # paired integer arrays
-    ([0, 2],),                                       # a list behaves as an integer array
-    (np.array([True, False, True]),),                # boolean mask over the first axis
+    (slice(None), np.array([0, 0, 2, 0])),  # repeated integer index
+    (np.array([[0, 1], [1, 1]]), 2),  # integer array of another shape, repeats
+    (np.array([2, 0]), np.array([1, 1])),  # paired integer arrays
+    ([0, 2],),  # a list behaves as an integer array
+    (np.array([True, False, True]),),  # boolean mask over the first axis
     (slice(None), slice(0, 4, 2)),
 ]
 
@@ -194,7 +198,7 @@ def test_index_forward_gradient_and_second_derivative(key):
 def test_index_with_boolean_mask_tensor_and_index_tensor():
     rng = np.random.default_rng(7)
     x = randn(rng, 4, 3)
-    mask = x > 0                                   # a boolean data Tensor
+    mask = x > 0  # a boolean data Tensor
     np.testing.assert_array_equal(x[mask].data, x.data[x.data > 0])
     ids = ng.tensor(np.array([3, 3, 1]))
     np.testing.assert_array_equal(x[ids].data, x.data[[3, 3, 1]])
@@ -218,6 +222,7 @@ def test_index_keeps_float32():
 
 
 # ---------------------------------------------------------------------------------- concatenate / stack
+
 
 @settings(max_examples=10, deadline=None)
 @given(shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=3), data=st.data())
@@ -264,6 +269,7 @@ def test_concatenate_stack_second_derivatives_and_errors():
 
 # ---------------------------------------------------------------------------------- where / masked_fill
 
+
 @settings(max_examples=12, deadline=None)
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3), seed=st.integers(0, 1000))
 def test_where_broadcasts_and_gradchecks(shapes, seed):
@@ -280,7 +286,7 @@ def test_where_broadcasts_and_gradchecks(shapes, seed):
 def test_where_with_scalars_tensor_cond_and_second_derivative():
     rng = np.random.default_rng(10)
     a = randn(rng, 2, 3)
-    out = ng.where(a > 0, a, 0.0)                    # cond a boolean Tensor, b a scalar
+    out = ng.where(a > 0, a, 0.0)  # cond a boolean Tensor, b a scalar
     np.testing.assert_array_equal(out.data, np.maximum(a.data, 0.0))
     out.sum().backward()
     np.testing.assert_array_equal(a.grad, (a.data > 0).astype(float))
@@ -296,20 +302,22 @@ def test_where_with_scalars_tensor_cond_and_second_derivative():
 def test_masked_fill_values_gradient_and_errors():
     rng = np.random.default_rng(11)
     x = randn(rng, 2, 3, 4)
-    mask = rng.random((3, 1)) < 0.5                  # broadcastable to x
+    mask = rng.random((3, 1)) < 0.5  # broadcastable to x
     mask[0, 0], mask[1, 0] = True, False
     out = F.masked_fill(x, mask, -np.inf)
     np.testing.assert_array_equal(out.data, np.where(mask, -np.inf, x.data))
     assert out.dtype == x.dtype
     finite = x.masked_fill(mask, 2.5)
     finite.backward(np.ones(x.shape))
-    np.testing.assert_array_equal(x.grad, np.broadcast_to(~mask, x.shape).astype(float))   # zero where filled
+    np.testing.assert_array_equal(x.grad, np.broadcast_to(~mask, x.shape).astype(float))  # zero where filled
     assert ng.gradcheck(lambda a: F.masked_fill(a, mask, 1.0) ** 2, [x])
     assert second_derivatives_match(lambda a: F.masked_fill(a * a, mask, 0.0), [x])
-    with pytest.raises(ValueError, match=r"masked_fill: mask of shape \(2, 3\) does not broadcast to the input's shape \(2, 3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"masked_fill: mask of shape \(2, 3\) does not broadcast to the input's shape \(2, 3, 4\)"
+    ):
         F.masked_fill(x, np.ones((2, 3), dtype=bool), 0.0)
     with pytest.raises(ValueError, match=r"mask of shape \(1, 1, 1, 4\)"):
-        F.masked_fill(x, np.ones((1, 1, 1, 4), dtype=bool), 0.0)   # would grow x: refused
+        F.masked_fill(x, np.ones((1, 1, 1, 4), dtype=bool), 0.0)  # would grow x: refused
     with pytest.raises(TypeError, match="masked_fill: mask must be a boolean array"):
         F.masked_fill(x, np.ones((3, 4)), 0.0)
 
@@ -324,7 +332,20 @@ def test_masked_fill_keeps_float32():
 
 def test_tensor_methods_exist_as_contract_says():
     x = ng.tensor(np.ones((2, 3)), requires_grad=True)
-    for name in ("sum", "mean", "max", "reshape", "transpose", "swapaxes", "exp", "log", "tanh", "sqrt",
-                 "masked_fill", "astype", "relu"):
+    for name in (
+        "sum",
+        "mean",
+        "max",
+        "reshape",
+        "transpose",
+        "swapaxes",
+        "exp",
+        "log",
+        "tanh",
+        "sqrt",
+        "masked_fill",
+        "astype",
+        "relu",
+    ):
         assert callable(getattr(x, name)), name
     assert x.T.shape == (3, 2)

@@ -1,6 +1,7 @@
 """Elementwise primitives: exp, log, tanh, sqrt, relu, gelu (exact and tanh), dropout, astype, and the
 vectorised erf behind the exact GELU: forward against NumPy/math formulas, gradients and second
 derivatives against finite differences, dtype preservation, dropout reproducibility and statistics."""
+
 import math
 
 import numpy as np
@@ -42,7 +43,7 @@ def gelu_exact_formula(x):
 
 def gelu_tanh_formula(x):
     # x/2 (1 + tanh u) = x / (1 + exp(-2u)): no cancellation for negative x (1 + tanh would lose it all)
-    u = [math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3) for v in np.ravel(x)]
+    u = [math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3) for v in np.ravel(x)]
     return np.array([v / (1.0 + math.exp(min(-2.0 * w, 700.0))) for v, w in zip(np.ravel(x), u)]).reshape(np.shape(x))
 
 
@@ -88,9 +89,15 @@ def test_relu_derivative_at_zero_is_zero():
 
 # ---------------------------------------------------------------------------------- erf / gelu
 
+
 def test_erf_float64_matches_math_erf_to_round_off():
-    z = np.concatenate([np.linspace(-7, 7, 20001), np.random.default_rng(2).standard_normal(2000) * 3,
-                        [0.46875, -0.46875, 4.0, -4.0, 1e-300, -1e-20]])
+    z = np.concatenate(
+        [
+            np.linspace(-7, 7, 20001),
+            np.random.default_rng(2).standard_normal(2000) * 3,
+            [0.46875, -0.46875, 4.0, -4.0, 1e-300, -1e-20],
+        ]
+    )
     expected = np.array([math.erf(v) for v in z])
     np.testing.assert_allclose(erf(z), expected, rtol=1e-15, atol=1e-300)
 
@@ -160,6 +167,7 @@ def test_gelu_bad_approximate():
 
 # ---------------------------------------------------------------------------------- dropout
 
+
 def test_dropout_same_seed_same_mask_and_inverted_scaling():
     x = ng.tensor(np.random.default_rng(3).standard_normal((64, 50)) + 5.0, requires_grad=True)
     p = 0.3
@@ -215,13 +223,14 @@ def test_dropout_gradient_checks():
     x = ng.tensor(np.random.default_rng(4).standard_normal((3, 5)), requires_grad=True)
 
     def fn(t):
-        return F.dropout(t * t, 0.4, rng=np.random.default_rng(5))    # same mask on every call
+        return F.dropout(t * t, 0.4, rng=np.random.default_rng(5))  # same mask on every call
 
     assert ng.gradcheck(fn, [x])
     assert second_derivatives_match(fn, [x])
 
 
 # ---------------------------------------------------------------------------------- astype
+
 
 def test_astype_is_differentiable_between_float_dtypes():
     x = ng.tensor(np.random.default_rng(6).standard_normal((2, 3)), requires_grad=True)

@@ -1,6 +1,7 @@
 """embedding and linear: forward equals NumPy indexing / GEMM, gradients equal finite differences and the
 np.add.at scatter, the embedding_backward kernel equals np.add.at on every id distribution, second
 derivatives, dtype preservation, and errors naming positions, values and shapes."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,20 +27,26 @@ def scatter_add_reference(ids, gy, num_embeddings):
 
 # ---------------------------------------------------------------------------------- embedding
 
+
 @settings(max_examples=10, deadline=None)
-@given(ids_shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3),
-       vocab=st.integers(1, 6), dim=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
+@given(
+    ids_shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3),
+    vocab=st.integers(1, 6),
+    dim=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_embedding_forward_and_gradient(ids_shape, vocab, dim, seed):
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, ids_shape)             # small vocab: repeated ids are common
+    ids = rng.integers(0, vocab, ids_shape)  # small vocab: repeated ids are common
     weight = ng.tensor(rng.standard_normal((vocab, dim)), requires_grad=True)
     out = F.embedding(ids, weight)
     assert out.shape == ids.shape + (dim,)
     np.testing.assert_array_equal(out.data, weight.data[ids])
     g = rng.standard_normal(out.shape)
     out.backward(g)
-    np.testing.assert_allclose(weight.grad, scatter_add_reference(ids.reshape(-1), g.reshape(-1, dim), vocab),
-                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        weight.grad, scatter_add_reference(ids.reshape(-1), g.reshape(-1, dim), vocab), rtol=1e-13, atol=1e-13
+    )
     if ids.size:
         assert ng.gradcheck(lambda w: F.embedding(ids, w) ** 2, [weight])
 
@@ -53,7 +60,7 @@ def test_embedding_backward_kernel_equals_add_at(distribution, dtype):
         "uniform": rng.integers(0, vocab, n),
         "zipf": np.minimum(rng.zipf(1.3, n) - 1, vocab - 1),
         "all_equal": np.full(n, 17),
-        "all_distinct": rng.permutation(vocab)[:n % vocab],
+        "all_distinct": rng.permutation(vocab)[: n % vocab],
         "single": np.array([vocab - 1]),
     }[distribution].astype(np.int64)
     gy = rng.standard_normal((len(ids), dim)).astype(dtype)
@@ -91,7 +98,9 @@ def test_embedding_keeps_float32():
 
 def test_embedding_errors_name_position_value_and_vocabulary():
     weight = ng.tensor(np.zeros((10, 2)), requires_grad=True)
-    with pytest.raises(IndexError, match=r"embedding: id 12 at position \(1, 0\) is out of range for a table of 10 rows"):
+    with pytest.raises(
+        IndexError, match=r"embedding: id 12 at position \(1, 0\) is out of range for a table of 10 rows"
+    ):
         F.embedding(np.array([[1, 2], [12, 30]]), weight)
     with pytest.raises(IndexError, match=r"id -1 at position 2 .* 10 rows"):
         F.embedding(np.array([0, 9, -1]), weight)
@@ -103,9 +112,15 @@ def test_embedding_errors_name_position_value_and_vocabulary():
 
 # ---------------------------------------------------------------------------------- linear
 
+
 @settings(max_examples=12, deadline=None)
-@given(lead=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3), in_features=st.integers(1, 4),
-       out_features=st.integers(1, 4), with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@given(
+    lead=hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
+    in_features=st.integers(1, 4),
+    out_features=st.integers(1, 4),
+    with_bias=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_linear_forward_and_gradient(lead, in_features, out_features, with_bias, seed):
     rng = np.random.default_rng(seed)
     x = ng.tensor(rng.standard_normal(lead + (in_features,)), requires_grad=True)
@@ -133,8 +148,8 @@ def test_linear_gradients_are_the_textbook_products():
 
 def test_linear_non_contiguous_input_and_partial_requires_grad():
     rng = np.random.default_rng(3)
-    x_data = rng.standard_normal((4, 3, 2)).transpose(2, 1, 0)        # (2, 3, 4), not contiguous
-    x = ng.tensor(x_data)                                               # a constant
+    x_data = rng.standard_normal((4, 3, 2)).transpose(2, 1, 0)  # (2, 3, 4), not contiguous
+    x = ng.tensor(x_data)  # a constant
     w = ng.tensor(rng.standard_normal((4, 2)), requires_grad=True)
     out = F.linear(x, w)
     np.testing.assert_allclose(out.data, x_data @ w.data, rtol=1e-13)
@@ -180,5 +195,6 @@ def test_embedding_gradient_under_each_backend(backend):
     g = rng.standard_normal((4, 5, 3))
     with ng.use_backend(backend):
         F.embedding(ids, weight).backward(g)
-    np.testing.assert_allclose(weight.grad, scatter_add_reference(ids.reshape(-1), g.reshape(-1, 3), 8),
-                               rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        weight.grad, scatter_add_reference(ids.reshape(-1), g.reshape(-1, 3), 8), rtol=1e-13, atol=1e-13
+    )

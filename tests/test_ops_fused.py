@@ -8,6 +8,7 @@ These run on the NumPy reference kernels (fast to call, no JIT compilation); tha
 same results on the Numba kernels is tested in test_ops_fused_backends.py.
 Legend: B batch, H heads, Lq/Lk query/key length, D head size, C width, V classes, N rows.
 """
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -36,6 +37,7 @@ def t(a, grad=True):
 
 
 # ------------------------------------------------------------------------------ NumPy formulas
+
 
 def np_softmax(x, axis=-1):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
@@ -96,6 +98,7 @@ def np_mha(x_q, x_kv, H, wq, wk, wv, wo, bq=0, bk=0, bv=0, bo=0, mask=None, is_c
 
 # ------------------------------------------------------------------------------ forward values
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_softmax_and_log_softmax_match_numpy(dtype, axis):
@@ -117,7 +120,7 @@ def test_softmax_is_stable_for_huge_logits_in_float32():
 
 def test_softmax_of_strided_input():
     base = rng().standard_normal((6, 10))
-    x = base[::2, ::3]                                                # non-contiguous view
+    x = base[::2, ::3]  # non-contiguous view
     np.testing.assert_allclose(F.softmax(x).data, np_softmax(x), rtol=1e-12)
     np.testing.assert_allclose(F.log_softmax(x.T, axis=0).data, np_log_softmax(x.T, 0), rtol=1e-12)
 
@@ -145,11 +148,13 @@ def test_layer_norm_and_add_layer_norm_match_numpy():
     w, b = r.standard_normal(8), r.standard_normal(8)
     np.testing.assert_allclose(F.layer_norm(x, w, b).data, np_layer_norm(x, w, b), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(F.layer_norm(x, None, None, eps=0.1).data, np_layer_norm(x, eps=0.1), rtol=1e-10)
-    np.testing.assert_allclose(F.add_layer_norm(x, res, w, b).data, np_layer_norm(x + res, w, b), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        F.add_layer_norm(x, res, w, b).data, np_layer_norm(x + res, w, b), rtol=1e-10, atol=1e-12
+    )
     # residual broadcast over the batch
-    np.testing.assert_allclose(F.add_layer_norm(x, res[0], w, None).data, np_layer_norm(x + res[0], w),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        F.add_layer_norm(x, res[0], w, None).data, np_layer_norm(x + res[0], w), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_layer_norm_float32_is_accurate_for_a_large_mean():
@@ -187,10 +192,10 @@ def test_multi_head_attention_matches_numpy():
     r = rng()
     x, mem = r.standard_normal((2, 4, 6)), r.standard_normal((2, 5, 6))
     (wq, wk, wv, wo), (bq, bk, bv, bo) = mha_weights(6, r)
-    pad = np.array([[True] * 5, [True, True, False, False, False]])[:, None, None, :]   # (B,1,1,Lk)
+    pad = np.array([[True] * 5, [True, True, False, False, False]])[:, None, None, :]  # (B,1,1,Lk)
     out = F.multi_head_attention(x, mem, mem, 3, wq, wk, wv, wo, bq, bk, bv, bo, mask=pad)
     np.testing.assert_allclose(out.data, np_mha(x, mem, 3, wq, wk, wv, wo, bq, bk, bv, bo, mask=pad), rtol=1e-10)
-    causal = np.tri(4, dtype=bool)                                                     # (Lq,Lk)
+    causal = np.tri(4, dtype=bool)  # (Lq,Lk)
     out = F.multi_head_attention(x, x, x, 2, wq, wk, wv, wo, mask=causal)
     np.testing.assert_allclose(out.data, np_mha(x, x, 2, wq, wk, wv, wo, mask=causal), rtol=1e-10)
     out2 = F.multi_head_attention(x, x, x, 2, wq, wk, wv, wo, is_causal=True)
@@ -198,6 +203,7 @@ def test_multi_head_attention_matches_numpy():
 
 
 # ------------------------------------------------------------------------------ gradcheck (float64)
+
 
 @st.composite
 def array_and_axis(draw, max_dims=3):
@@ -221,8 +227,9 @@ def test_gradcheck_cross_entropy(data, reduction, eps):
     V = data.draw(st.integers(1, 5))
     x = data.draw(float_arrays(shape=lead + (V,), min_value=-3, max_value=3))
     target = data.draw(class_targets(lead, V, ignore_index=-1, ignore_fraction=0.5))
-    assert_gradients_close(lambda a: F.cross_entropy(a, target, ignore_index=-1, label_smoothing=eps,
-                                                     reduction=reduction), [t(x)])
+    assert_gradients_close(
+        lambda a: F.cross_entropy(a, target, ignore_index=-1, label_smoothing=eps, reduction=reduction), [t(x)]
+    )
 
 
 @FEW
@@ -250,8 +257,14 @@ def test_gradcheck_add_layer_norm_with_broadcast_residual(data):
     shape = data.draw(shapes(min_dims=2, max_dims=3, min_side=2, max_side=4))
     C = shape[-1]
     x = data.draw(float_arrays(shape=shape, min_value=-3, max_value=3, from_seed=True))
-    res = data.draw(float_arrays(shape=data.draw(st.sampled_from([shape, shape[1:], (1,) + shape[1:]])),
-                                 min_value=-3, max_value=3, from_seed=True))
+    res = data.draw(
+        float_arrays(
+            shape=data.draw(st.sampled_from([shape, shape[1:], (1,) + shape[1:]])),
+            min_value=-3,
+            max_value=3,
+            from_seed=True,
+        )
+    )
     w, b = rng().standard_normal(C), rng(1).standard_normal(C)
     assert_gradients_close(lambda x, r, w, b: F.add_layer_norm(x, r, w, b), [t(x), t(res), t(w), t(b)])
 
@@ -273,29 +286,40 @@ def test_gradcheck_scaled_dot_product_attention(inputs, is_causal, scale):
     q, k, v, mask = inputs
     assert_gradients_close(
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale),
-        [t(q), t(k), t(v)])
+        [t(q), t(k), t(v)],
+    )
 
 
 @FEW
 @given(attention_inputs(), st.sampled_from([0.3, 1.0]))
 def test_gradcheck_attention_dropout(inputs, p):
     q, k, v, mask = inputs
+
     # The same seed on every call: the same dropout mask, so the function is deterministic.
-    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=p,  # noqa: E731
-                                                        rng=np.random.default_rng(7))
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=p, rng=np.random.default_rng(7))
+
     assert_gradients_close(fn, [t(q), t(k), t(v)])
 
 
 @settings(max_examples=max(6, settings().max_examples // 4), deadline=None)
-@given(st.integers(0, 2**16), st.sampled_from([1, 2]), st.booleans(), st.sampled_from(["none", "pad", "causal"]),
-       st.sampled_from([0.0, 0.4]))
+@given(
+    st.integers(0, 2**16),
+    st.sampled_from([1, 2]),
+    st.booleans(),
+    st.sampled_from(["none", "pad", "causal"]),
+    st.sampled_from([0.0, 0.4]),
+)
 def test_gradcheck_multi_head_attention(seed, H, biases, mask_kind, p):
     r = rng(seed)
     B, Lq, Lk, C = 2, 3, 2, 4
     x, mem = r.standard_normal((B, Lq, C)), r.standard_normal((B, Lk, C))
     ws, bs = mha_weights(C, r, biases)
-    mask = {"none": None, "pad": np.array([[True, True], [False, False]])[:, None, None, :],
-            "causal": np.tri(Lq, Lk, dtype=bool)}[mask_kind]
+    mask = {
+        "none": None,
+        "pad": np.array([[True, True], [False, False]])[:, None, None, :],
+        "causal": np.tri(Lq, Lk, dtype=bool),
+    }[mask_kind]
     present = [b is not None for b in bs]
     params = ws + [b for b in bs if b is not None]
 
@@ -304,8 +328,9 @@ def test_gradcheck_multi_head_attention(seed, H, biases, mask_kind, p):
         wq, wk, wv, wo = params[:4]
         rest = iter(params[4:])
         b = [next(rest) if keep else None for keep in present]
-        return F.multi_head_attention(x, mem, mem, H, wq, wk, wv, wo, *b, mask=mask, dropout_p=p,
-                                      rng=np.random.default_rng(3))
+        return F.multi_head_attention(
+            x, mem, mem, H, wq, wk, wv, wo, *b, mask=mask, dropout_p=p, rng=np.random.default_rng(3)
+        )
 
     assert_gradients_close(fn, [t(x), t(mem)] + [t(a) for a in params])
 
@@ -314,11 +339,13 @@ def test_gradcheck_multi_head_self_attention_same_tensor_thrice():
     r = rng(5)
     x = r.standard_normal((2, 3, 4))
     ws, _ = mha_weights(4, r)
-    assert_gradients_close(lambda x, *w: F.multi_head_attention(x, x, x, 2, *w, is_causal=True),
-                           [t(x)] + [t(w) for w in ws])
+    assert_gradients_close(
+        lambda x, *w: F.multi_head_attention(x, x, x, 2, *w, is_causal=True), [t(x)] + [t(w) for w in ws]
+    )
 
 
 # ------------------------------------------------------------------------------ second derivatives
+
 
 def test_second_derivatives_softmax_family_and_cross_entropy():
     r = rng(2)
@@ -327,9 +354,11 @@ def test_second_derivatives_softmax_family_and_cross_entropy():
     assert_gradients_close(lambda a: F.softmax(a, axis=0), [t(x)], order=2)
     assert_gradients_close(lambda a: F.log_softmax(a, axis=1), [t(x)], order=2)
     for reduction in ("mean", "none"):
-        assert_gradients_close(lambda a, reduction=reduction: F.cross_entropy(a, target, label_smoothing=0.1,
-                                                                             reduction=reduction),
-                               [t(x)], order=2)
+        assert_gradients_close(
+            lambda a, reduction=reduction: F.cross_entropy(a, target, label_smoothing=0.1, reduction=reduction),
+            [t(x)],
+            order=2,
+        )
 
 
 def test_second_derivatives_layer_norms():
@@ -342,19 +371,30 @@ def test_second_derivatives_layer_norms():
 def test_second_derivatives_attention():
     r = rng(4)
     q, k, v = r.standard_normal((2, 3, 2)), r.standard_normal((2, 2, 2)), r.standard_normal((2, 2, 2))
-    mask = np.array([[True, False], [False, False], [True, True]])            # a fully masked row
-    assert_gradients_close(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask), [t(q), t(k), t(v)],
-                           order=2)
-    assert_gradients_close(lambda q, k, v: F.scaled_dot_product_attention(
-        q, k, v, is_causal=True, dropout_p=0.5, rng=np.random.default_rng(1)), [t(q), t(k), t(v)], order=2)
+    mask = np.array([[True, False], [False, False], [True, True]])  # a fully masked row
+    assert_gradients_close(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=mask), [t(q), t(k), t(v)], order=2
+    )
+    assert_gradients_close(
+        lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=0.5, rng=np.random.default_rng(1)
+        ),
+        [t(q), t(k), t(v)],
+        order=2,
+    )
     x = r.standard_normal((1, 2, 4))
     ws, bs = mha_weights(4, r)
-    assert_gradients_close(lambda x, wq, wo, bv: F.multi_head_attention(x, x, x, 2, wq, ws[1], ws[2], wo, None, None,
-                                                                        bv, None, is_causal=True),
-                           [t(x), t(ws[0]), t(ws[3]), t(bs[2])], order=2)
+    assert_gradients_close(
+        lambda x, wq, wo, bv: F.multi_head_attention(
+            x, x, x, 2, wq, ws[1], ws[2], wo, None, None, bv, None, is_causal=True
+        ),
+        [t(x), t(ws[0]), t(ws[3]), t(bs[2])],
+        order=2,
+    )
 
 
 # ------------------------------------------------------------------------------ properties
+
 
 @FEW
 @given(array_and_axis(), st.integers(0, 2**16))
@@ -363,7 +403,7 @@ def test_softmax_rows_sum_to_one_and_gradient_rows_to_zero(x_axis, seed):
     xt = t(x)
     y = F.softmax(xt, axis=axis)
     np.testing.assert_allclose(y.data.sum(axis=axis), 1.0, rtol=1e-12)
-    y.backward(rng(seed).standard_normal(x.shape))                   # any upstream gradient
+    y.backward(rng(seed).standard_normal(x.shape))  # any upstream gradient
     np.testing.assert_allclose(xt.grad.sum(axis=axis), 0.0, atol=1e-12 * (1 + np.abs(xt.grad).max()))
     lx = t(x)
     F.log_softmax(lx, axis=axis).backward(rng(seed).standard_normal(x.shape))
@@ -376,8 +416,11 @@ def test_shift_invariance(x_axis, c):
     x, axis = x_axis
     shifted = x + np.expand_dims(np.full(np.delete(x.shape, axis % x.ndim), c), axis)
     np.testing.assert_allclose(F.softmax(shifted, axis=axis).data, F.softmax(x, axis=axis).data, atol=1e-12)
-    np.testing.assert_allclose(F.log_softmax(shifted, axis=axis).data - F.log_softmax(x, axis=axis).data, 0,
-                               atol=1e-12 * (1 + abs(c) + np.abs(x).max()))
+    np.testing.assert_allclose(
+        F.log_softmax(shifted, axis=axis).data - F.log_softmax(x, axis=axis).data,
+        0,
+        atol=1e-12 * (1 + abs(c) + np.abs(x).max()),
+    )
     logits = np.moveaxis(x, axis, -1)
     target = np.zeros(logits.shape[:-1], dtype=np.int64)
     ce = F.cross_entropy(logits, target, label_smoothing=0.1, reduction="none").data
@@ -401,13 +444,13 @@ def test_cross_entropy_gradient_is_softmax_minus_smoothed_onehot(data, eps, redu
     per_row = {"mean": np.full(N, 1 / max(kept.sum(), 1)), "sum": np.ones(N), "none": g}[reduction]
     expected = (np_softmax(x) - smoothed) * (per_row * kept)[:, None]
     np.testing.assert_allclose(xt.grad, expected, rtol=1e-10, atol=1e-14)
-    assert np.all(xt.grad[~kept] == 0.0)                                # ignored rows exactly zero
+    assert np.all(xt.grad[~kept] == 0.0)  # ignored rows exactly zero
 
 
 def test_cross_entropy_mean_over_no_target_is_nan_with_zero_gradient():
     xt = t(rng().standard_normal((3, 4)))
     loss = F.cross_entropy(xt, np.full(3, -100))
-    assert np.isnan(loss.item())                                       # PyTorch: 0 / 0
+    assert np.isnan(loss.item())  # PyTorch: 0 / 0
     loss.backward()
     assert np.all(xt.grad == 0.0)
     assert F.cross_entropy(xt, np.full(3, -100), reduction="sum").item() == 0.0
@@ -425,8 +468,11 @@ def test_layer_norm_output_mean_zero_and_gradient_orthogonal_to_one_and_xhat(dat
         s = x if residual is None else x + residual
         np.testing.assert_allclose(y.data.mean(axis=-1), 0.0, atol=1e-12)
         xt2 = t(x)
-        y2 = (F.layer_norm(xt2, w, None, eps=eps) if residual is None
-              else F.add_layer_norm(xt2, residual, w, None, eps=eps))
+        y2 = (
+            F.layer_norm(xt2, w, None, eps=eps)
+            if residual is None
+            else F.add_layer_norm(xt2, residual, w, None, eps=eps)
+        )
         y2.backward(rng(2).standard_normal(shape))
         xhat = np_layer_norm(s, eps=eps)
         scale = 1 + np.abs(xt2.grad).max()
@@ -461,10 +507,10 @@ def test_causal_output_at_t_ignores_later_positions(inputs, seed):
     q2, k2, v2 = q.copy(), k.copy(), v.copy()
     r = rng(seed + 1)
     for a in (q2, k2, v2):
-        a[..., cut + 1:, :] = r.standard_normal(a[..., cut + 1:, :].shape) * 10
+        a[..., cut + 1 :, :] = r.standard_normal(a[..., cut + 1 :, :].shape) * 10
     out2 = F.scaled_dot_product_attention(q2, k2, v2, is_causal=True).data
-    np.testing.assert_array_equal(out2[..., :cut + 1, :], out[..., :cut + 1, :])
-    assert cut + 1 == L or not np.allclose(out2[..., cut + 1:, :], out[..., cut + 1:, :])
+    np.testing.assert_array_equal(out2[..., : cut + 1, :], out[..., : cut + 1, :])
+    assert cut + 1 == L or not np.allclose(out2[..., cut + 1 :, :], out[..., cut + 1 :, :])
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.5])
@@ -473,7 +519,7 @@ def test_fully_masked_rows_give_zero_output_and_finite_zero_gradients(dropout_p)
     q, k, v = r.standard_normal((2, 3, 4)), r.standard_normal((2, 5, 4)), r.standard_normal((2, 5, 3))
     mask = r.random((2, 3, 5)) < 0.6
     mask[0, 1] = False
-    mask[1, :] = False                                                # a whole batch item masked
+    mask[1, :] = False  # a whole batch item masked
     qt, kt, vt = t(q), t(k), t(v)
     out = F.scaled_dot_product_attention(qt, kt, vt, mask=mask, dropout_p=dropout_p, rng=rng(0))
     out.backward(r.standard_normal(out.shape))
@@ -508,14 +554,15 @@ def test_attention_dropout_is_seeded_and_scaled():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     # E[P M / (1 - p)] = P: averaged over many draws the output approaches the undropped one.
-    mean = np.mean([F.scaled_dot_product_attention(q, k, v, dropout_p=0.25, rng=rng(s)).data for s in range(100)],
-                   axis=0)
+    mean = np.mean(
+        [F.scaled_dot_product_attention(q, k, v, dropout_p=0.25, rng=rng(s)).data for s in range(100)], axis=0
+    )
     assert np.abs(mean - plain).mean() < 0.1 * np.abs(plain).mean()
-    np.testing.assert_array_equal(F.scaled_dot_product_attention(q, k, v, dropout_p=0.25, training=False).data,
-                                  plain)
+    np.testing.assert_array_equal(F.scaled_dot_product_attention(q, k, v, dropout_p=0.25, training=False).data, plain)
 
 
 # ------------------------------------------------------------------------------ dtypes
+
 
 def test_float32_in_float32_out_and_grads():
     r = rng(10)
@@ -536,8 +583,7 @@ def test_float32_in_float32_out_and_grads():
         out.backward(np.ones(out.shape, np.float32))
     assert all(a.grad.dtype == np.float32 for a in (x, res, w, b))
     q, k, v = f32(2, 3, 4), f32(2, 5, 4), f32(2, 5, 3)
-    out = F.scaled_dot_product_attention(q, k, v, mask=np.ones((3, 5), bool), is_causal=True, dropout_p=0.1,
-                                         rng=rng())
+    out = F.scaled_dot_product_attention(q, k, v, mask=np.ones((3, 5), bool), is_causal=True, dropout_p=0.1, rng=rng())
     out.backward(np.ones(out.shape, np.float32))
     assert out.dtype == np.float32 and all(a.grad.dtype == np.float32 for a in (q, k, v))
     x = f32(2, 3, 4)
@@ -548,6 +594,7 @@ def test_float32_in_float32_out_and_grads():
 
 
 # ------------------------------------------------------------------------------ errors
+
 
 def test_cross_entropy_errors_name_the_problem():
     x = np.zeros((2, 3, 5))

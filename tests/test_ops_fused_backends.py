@@ -4,6 +4,7 @@
 rows, strided and broadcast inputs, masks as broadcast views, fully masked rows, float32/float64.)
 A handful of fixed cases, so that only a few kernel signatures get compiled.
 """
+
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def cases(dtype):
     w, b = r.standard_normal(6).astype(dtype), r.standard_normal(6).astype(dtype)
     target = np.array([[0, 5, -100, 2], [1, 1, 3, -100], [4, 0, 2, 5]])
     q, k, v = (r.standard_normal(s).astype(dtype) for s in ((2, 2, 3, 4), (2, 2, 5, 4), (2, 2, 5, 4)))
-    pad = np.array([[True, True, True, False, False], [False] * 5])[:, None, None, :]   # (B,1,1,Lk), item 1 empty
+    pad = np.array([[True, True, True, False, False], [False] * 5])[:, None, None, :]  # (B,1,1,Lk), item 1 empty
     return {
         "softmax": (lambda x: F.softmax(x, axis=1), [x]),
         "log_softmax(strided)": (lambda x: F.log_softmax(x[:, ::2], axis=-1), [x]),
@@ -42,8 +43,10 @@ def cases(dtype):
         "add_layer_norm": (lambda x, r, w: F.add_layer_norm(x, r, w, None), [x, x[::-1].copy(), w]),
         "attention(padding mask)": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=pad), [q, k, v]),
         "attention(causal)": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v]),
-        "mha(padding mask)": (lambda x, wq, wk: F.multi_head_attention(x, x, x, 2, wq, wk, wq, wk, mask=pad[:, :, :, :4]),
-                              [x[:2, :, :4], x[0, :, :4], x[1, :, :4]]),
+        "mha(padding mask)": (
+            lambda x, wq, wk: F.multi_head_attention(x, x, x, 2, wq, wk, wq, wk, mask=pad[:, :, :, :4]),
+            [x[:2, :, :4], x[0, :, :4], x[1, :, :4]],
+        ),
     }
 
 

@@ -6,6 +6,7 @@ causal order, fully masked rows and dropout; pass finite-difference checks (firs
 float64); keep float32; and reject bad inputs with errors in the user's terms.
 Legend: B batch, L sequence length, H heads, D head size, C = H D width.
 """
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -32,18 +33,18 @@ def unpacked_self_attention(qkv, num_heads, **kwargs):
     """The reference: split (B, L, 3C) into q, k, v heads (B, H, L, D), attention, merge to (B, L, C)."""
     batch, length, packed_width = qkv.shape
     head_size = packed_width // (3 * num_heads)
-    heads = qkv.reshape(batch, length, 3, num_heads, head_size).transpose(2, 0, 3, 1, 4)   # (3, B, H, L, D)
-    out = F.scaled_dot_product_attention(heads[0], heads[1], heads[2], **kwargs)           # (B, H, L, D)
+    heads = qkv.reshape(batch, length, 3, num_heads, head_size).transpose(2, 0, 3, 1, 4)  # (3, B, H, L, D)
+    out = F.scaled_dot_product_attention(heads[0], heads[1], heads[2], **kwargs)  # (B, H, L, D)
     return out.transpose(0, 2, 1, 3).reshape(batch, length, num_heads * head_size)
 
 
 def masks(B, H, L):
     """Every mask layout the transformer and users pass, each with at least one fully masked row."""
     padding = np.ones((B, 1, 1, L), bool)
-    padding[-1, ..., :] = False                       # a whole sequence of padding: every row fully masked
-    padding[0, ..., L - 1:] = False
+    padding[-1, ..., :] = False  # a whole sequence of padding: every row fully masked
+    padding[0, ..., L - 1 :] = False
     random = rng(9).random((B, H, L, L)) < 0.6
-    random[0, -1, 1] = False                          # one fully masked row in one head
+    random[0, -1, 1] = False  # one fully masked row in one head
     return {"none": None, "padding": padding, "square": np.tri(L, dtype=bool)[::-1].copy(), "per_head": random}
 
 
@@ -79,14 +80,14 @@ def test_gradient_columns_go_to_their_part_and_head():
     (out[:, :, D:] * ng.tensor(rng(5).standard_normal((B, L, D)))).sum().backward()
     grad = x.grad
     for part in range(3):
-        np.testing.assert_array_equal(grad[..., part * C:part * C + D], 0.0)
-        assert np.abs(grad[..., part * C + D:(part + 1) * C]).max() > 1e-6
+        np.testing.assert_array_equal(grad[..., part * C : part * C + D], 0.0)
+        assert np.abs(grad[..., part * C + D : (part + 1) * C]).max() > 1e-6
 
 
 def test_fully_masked_rows_give_zeros_and_zero_gradients():
     B, L, H, D = 2, 3, 2, 2
     qkv = rng(6).standard_normal((B, L, 3 * H * D))
-    padding = np.array([[True, True, False], [False, False, False]])[:, None, None, :]   # item 1: all padding
+    padding = np.array([[True, True, False], [False, False, False]])[:, None, None, :]  # item 1: all padding
     x = ng.tensor(qkv, requires_grad=True)
     out = F.packed_self_attention(x, H, mask=padding)
     np.testing.assert_array_equal(out.data[1], 0.0)
@@ -101,11 +102,21 @@ def packed_inputs(draw):
     B, L, H, D = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
     qkv = rng(draw(st.integers(0, 2**16))).standard_normal((B, L, 3 * H * D))
     kind = draw(st.sampled_from(["none", "random", "padding", "causal"]))
-    mask = None if kind == "none" else draw(attention_masks(
-        (B, H) if kind == "random" else (B,) if kind == "padding" else (), L, L, allow_fully_masked=True,
-        kind=kind))
+    mask = (
+        None
+        if kind == "none"
+        else draw(
+            attention_masks(
+                (B, H) if kind == "random" else (B,) if kind == "padding" else (),
+                L,
+                L,
+                allow_fully_masked=True,
+                kind=kind,
+            )
+        )
+    )
     if kind == "padding":
-        mask = mask[:, None]                                                   # (B, 1, 1, L)
+        mask = mask[:, None]  # (B, 1, 1, L)
     return qkv, H, mask
 
 
@@ -114,18 +125,23 @@ def packed_inputs(draw):
 def test_gradcheck_packed_self_attention(inputs, is_causal, scale, dropout_p):
     qkv, H, mask = inputs
     # A fixed seed on every call: the same dropout mask, so the function is deterministic.
-    assert_gradients_close(lambda x: F.packed_self_attention(x, H, mask=mask, is_causal=is_causal, scale=scale,
-                                                             dropout_p=dropout_p, rng=rng(7)),
-                           [ng.tensor(qkv, requires_grad=True)])
+    assert_gradients_close(
+        lambda x: F.packed_self_attention(
+            x, H, mask=mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng(7)
+        ),
+        [ng.tensor(qkv, requires_grad=True)],
+    )
 
 
 def test_second_derivatives():
-    qkv = rng(8).standard_normal((2, 3, 6))                                    # B 2, L 3, H 1, D 2
+    qkv = rng(8).standard_normal((2, 3, 6))  # B 2, L 3, H 1, D 2
     padding = np.array([[True, True, False], [False, False, False]])[:, None, None, :]
     ng.gradgradcheck(lambda x: F.packed_self_attention(x, 1, mask=padding), [ng.tensor(qkv, requires_grad=True)])
-    qkv = rng(9).standard_normal((1, 3, 12))                                   # H 2, D 2
-    ng.gradgradcheck(lambda x: F.packed_self_attention(x, 2, is_causal=True, dropout_p=0.5, rng=rng(1)),
-                     [ng.tensor(qkv, requires_grad=True)])
+    qkv = rng(9).standard_normal((1, 3, 12))  # H 2, D 2
+    ng.gradgradcheck(
+        lambda x: F.packed_self_attention(x, 2, is_causal=True, dropout_p=0.5, rng=rng(1)),
+        [ng.tensor(qkv, requires_grad=True)],
+    )
 
 
 def test_float32_stays_float32():

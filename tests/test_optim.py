@@ -1,5 +1,6 @@
 """npgrad.optim: update rules against hand-written references (and torch.optim where installed),
 state-dict resume, gradient clipping, LR schedules, and the errors for bad hyper-parameters."""
+
 import json
 import math
 
@@ -40,8 +41,8 @@ def reference_adam(p, grads, lr, beta1, beta2, eps, weight_decay=0.0, decoupled=
             g = g + weight_decay * p
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g * g
-        m_hat = m / (1 - beta1 ** t)
-        v_hat = v / (1 - beta2 ** t)
+        m_hat = m / (1 - beta1**t)
+        v_hat = v / (1 - beta2**t)
         p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
     return p
 
@@ -118,8 +119,9 @@ def test_no_decay_parameters_follow_the_rule_without_weight_decay(kind):
     run(opt, params, grads)
     for i, p in enumerate(params):
         wd = 0.0 if names[i] == "b" else 0.3
-        expected = reference_adam(start[i], [g[i] for g in grads], 0.01, 0.9, 0.999, 1e-8, wd,
-                                  decoupled=kind == "AdamW")
+        expected = reference_adam(
+            start[i], [g[i] for g in grads], 0.01, 0.9, 0.999, 1e-8, wd, decoupled=kind == "AdamW"
+        )
         np.testing.assert_allclose(p.data, expected, rtol=1e-12, atol=1e-14)
     state = json.loads(json.dumps({k: v for k, v in opt.state_dict().items() if k != "arrays"}))
     fresh = getattr(optim, kind)(list(zip(names, make_params(shapes=shapes))), lr=0.01, weight_decay=0.3)
@@ -135,14 +137,17 @@ def test_no_decay_refuses_unknown_names_and_a_bare_string():
         optim.AdamW(params, no_decay="b")
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(),
-    dict(momentum=0.9),
-    dict(momentum=0.9, dampening=0.3),
-    dict(momentum=0.8, nesterov=True),
-    dict(momentum=0.5, weight_decay=0.1, nesterov=True),
-    dict(weight_decay=0.2),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(momentum=0.9),
+        dict(momentum=0.9, dampening=0.3),
+        dict(momentum=0.8, nesterov=True),
+        dict(momentum=0.5, weight_decay=0.1, nesterov=True),
+        dict(weight_decay=0.2),
+    ],
+)
 def test_sgd_matches_its_formula(kwargs):
     params = make_params()
     start = [p.data.copy() for p in params]
@@ -164,29 +169,35 @@ def test_sgd_momentum_by_hand():
     np.testing.assert_allclose(p.data, [-0.125], rtol=1e-15)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1),
-    lambda ps: optim.AdamW(ps, lr=1e-2),
-    lambda ps: optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: optim.AdamW(ps, lr=1e-2),
+        lambda ps: optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.1),
+    ],
+)
 def test_updates_are_in_place_and_keep_float32(make):
     params = make_params(dtype=np.float32)
     arrays = [p.data for p in params]
     opt = make(params)
     run(opt, params, grad_sequence(params, 3))
     for p, arr in zip(params, arrays):
-        assert p.data is arr                      # updated in place, not replaced
+        assert p.data is arr  # updated in place, not replaced
         assert p.data.dtype == np.float32
     for st in opt.state:
         for arr in st.values():
-            assert arr.dtype == np.float32        # moments in the parameter dtype, no silent upcast
+            assert arr.dtype == np.float32  # moments in the parameter dtype, no silent upcast
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: optim.Adam(ps, lr=1e-3, weight_decay=0.1),
-    lambda ps: optim.AdamW(ps, lr=1e-3),
-    lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.1),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.Adam(ps, lr=1e-3, weight_decay=0.1),
+        lambda ps: optim.AdamW(ps, lr=1e-3),
+        lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=0.1),
+    ],
+)
 def test_a_step_allocates_no_arrays_after_the_first(make):
     import tracemalloc
 
@@ -194,14 +205,14 @@ def test_a_step_allocates_no_arrays_after_the_first(make):
     for p in params:
         p.grad = np.ones(p.shape, dtype=np.float32)
     opt = make(params)
-    opt.step()                                   # the first step creates moments and scratch
+    opt.step()  # the first step creates moments and scratch
     tracemalloc.start()
     try:
         opt.step()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 0.01 * sum(p.data.nbytes for p in params)   # bytes of bookkeeping, no temporaries
+    assert peak < 0.01 * sum(p.data.nbytes for p in params)  # bytes of bookkeeping, no temporaries
 
 
 def test_float32_adam_follows_float64_adam_to_float32_round_off():
@@ -226,7 +237,7 @@ def test_parameters_without_gradient_are_skipped():
 
 def test_zero_grad_and_duplicates():
     a, b = make_params(shapes=((2,), (3,)))
-    opt = optim.SGD([a, b, a], lr=0.1)        # a listed twice is one parameter
+    opt = optim.SGD([a, b, a], lr=0.1)  # a listed twice is one parameter
     assert len(opt.params) == 2
     a.grad, b.grad = np.ones(2), np.ones(3)
     opt.zero_grad()
@@ -241,11 +252,14 @@ def json_round_trip(state):
     return {**rest, "arrays": arrays}
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: optim.Adam(ps, lr=1e-2, betas=(0.8, 0.9), weight_decay=0.01),
-    lambda ps: optim.AdamW(ps, lr=1e-2),
-    lambda ps: optim.SGD(ps, lr=1e-2, momentum=0.9),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.Adam(ps, lr=1e-2, betas=(0.8, 0.9), weight_decay=0.01),
+        lambda ps: optim.AdamW(ps, lr=1e-2),
+        lambda ps: optim.SGD(ps, lr=1e-2, momentum=0.9),
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_resume_from_state_dict_equals_uninterrupted_training(make, dtype):
     grads = grad_sequence(make_params(dtype=dtype), 10)
@@ -266,11 +280,11 @@ def test_resume_from_state_dict_equals_uninterrupted_training(make, dtype):
     weights = [p.data.copy() for p in first]
     opt_state, sched_state = json_round_trip(opt1.state_dict()), json.loads(json.dumps(sched1.state_dict()))
 
-    resumed = make_params(seed=99, dtype=dtype)             # different weights, overwritten below
+    resumed = make_params(seed=99, dtype=dtype)  # different weights, overwritten below
     for p, w in zip(resumed, weights):
         p.data[...] = w
     opt2 = make(resumed)
-    opt2.lr = 123.0                                         # overwritten by the schedule state
+    opt2.lr = 123.0  # overwritten by the schedule state
     sched2 = optim.WarmupCosineSchedule(opt2, peak_lr=1e-2, warmup_steps=3, total_steps=10, min_lr=1e-3)
     opt2.load_state_dict(opt_state)
     sched2.load_state_dict(sched_state)
@@ -280,7 +294,7 @@ def test_resume_from_state_dict_equals_uninterrupted_training(make, dtype):
         sched2.step()
 
     for a, b in zip(straight, resumed):
-        assert np.array_equal(a.data, b.data)                # bit-identical
+        assert np.array_equal(a.data, b.data)  # bit-identical
 
 
 def test_state_dict_is_plain_data_and_a_copy():
@@ -288,7 +302,7 @@ def test_state_dict_is_plain_data_and_a_copy():
     opt = optim.Adam(params, lr=1e-3)
     run(opt, params, grad_sequence(params, 2))
     sd = opt.state_dict()
-    json.dumps({k: v for k, v in sd.items() if k != "arrays"})    # numbers only
+    json.dumps({k: v for k, v in sd.items() if k != "arrays"})  # numbers only
     assert all(isinstance(v, np.ndarray) for v in sd["arrays"].values())
     assert set(sd["arrays"]) == {f"{i}.{k}" for i in range(3) for k in ("exp_avg", "exp_avg_sq")}
     before = sd["arrays"]["0.exp_avg"].copy()
@@ -320,7 +334,7 @@ def test_load_state_dict_refuses_a_mismatch():
     fresh = optim.Adam(make_params(), lr=0.5)
     with pytest.raises(ValueError, match=r"'1.exp_avg': shape \(5,\), but the parameter has shape \(4,\)"):
         fresh.load_state_dict(bad)
-    assert fresh.lr == 0.5 and fresh.param_steps == [0, 0, 0]    # nothing loaded
+    assert fresh.lr == 0.5 and fresh.param_steps == [0, 0, 0]  # nothing loaded
     missing = dict(sd, arrays={k: v for k, v in sd["arrays"].items() if k != "2.exp_avg"})
     with pytest.raises(ValueError, match="parameter '2' has taken 1 steps"):
         fresh.load_state_dict(missing)
@@ -333,12 +347,12 @@ def test_clip_grad_norm_scales_to_max_norm_and_returns_the_total():
     for p in params:
         p.grad = rng.standard_normal(p.shape) * 10
     grads_before = [p.grad.copy() for p in params]
-    total = math.sqrt(sum(float((g ** 2).sum()) for g in grads_before))
+    total = math.sqrt(sum(float((g**2).sum()) for g in grads_before))
     returned = optim.clip_grad_norm_(params, max_norm=1.0)
     assert returned == pytest.approx(total, rel=1e-12)
-    new_total = math.sqrt(sum(float((p.grad ** 2).sum()) for p in params))
+    new_total = math.sqrt(sum(float((p.grad**2).sum()) for p in params))
     assert new_total == pytest.approx(1.0, rel=1e-5)
-    for p, g in zip(params, grads_before):                    # one common factor: directions kept
+    for p, g in zip(params, grads_before):  # one common factor: directions kept
         np.testing.assert_allclose(p.grad, g * (1.0 / (total + 1e-6)), rtol=1e-12)
 
 
@@ -385,10 +399,10 @@ def test_inverse_sqrt_is_the_papers_formula_and_peaks_at_warmup():
     d, w = 512, 40
     values = lrs(optim.InverseSqrtSchedule(sgd(), d_model=d, warmup_steps=w), 200)
     for step, lr in enumerate(values, start=1):
-        assert lr == pytest.approx(d ** -0.5 * min(step ** -0.5, step * w ** -1.5), rel=1e-15)
+        assert lr == pytest.approx(d**-0.5 * min(step**-0.5, step * w**-1.5), rel=1e-15)
     assert int(np.argmax(values)) + 1 == w
     assert max(values) == pytest.approx((d * w) ** -0.5)
-    assert all(np.diff(values[:w]) > 0) and all(np.diff(values[w - 1:]) < 0)
+    assert all(np.diff(values[:w]) > 0) and all(np.diff(values[w - 1 :]) < 0)
 
 
 def test_inverse_sqrt_peak_lr_form_equals_the_d_model_form_rescaled():
@@ -404,19 +418,20 @@ def test_warmup_cosine_hits_its_landmarks():
     sched = optim.WarmupCosineSchedule(sgd(), peak_lr=peak, warmup_steps=w, total_steps=t, min_lr=lo)
     values = lrs(sched, 130)
     assert values[0] == pytest.approx(peak / w)
-    assert values[w - 1] == pytest.approx(peak)                     # step w: the peak
+    assert values[w - 1] == pytest.approx(peak)  # step w: the peak
     assert values[(w + t) // 2 - 1] == pytest.approx((peak + lo) / 2)  # half-way through the decay
-    assert values[t - 1] == pytest.approx(lo)                       # step t: min_lr
-    assert all(v == lo for v in values[t:])                         # and after
-    assert all(np.diff(values[:w]) > 0) and all(np.diff(values[w - 1:t]) < 0)
+    assert values[t - 1] == pytest.approx(lo)  # step t: min_lr
+    assert all(v == lo for v in values[t:])  # and after
+    assert all(np.diff(values[:w]) > 0) and all(np.diff(values[w - 1 : t]) < 0)
     assert sched.lr_at(w + 30) == pytest.approx(lo + 0.5 * (1 + math.cos(math.pi * 0.3)) * (peak - lo))
 
 
 def test_constant_schedule_with_and_without_warmup():
     opt = optim.SGD(make_params(shapes=((2,),)), lr=0.3)
     assert lrs(optim.ConstantSchedule(opt), 5) == [0.3] * 5
-    np.testing.assert_allclose(lrs(optim.ConstantSchedule(opt, lr=0.5, warmup_steps=4), 6),
-                               [0.125, 0.25, 0.375, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(
+        lrs(optim.ConstantSchedule(opt, lr=0.5, warmup_steps=4), 6), [0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    )
 
 
 def test_schedule_state_dict_round_trip_and_type_check():
@@ -432,23 +447,26 @@ def test_schedule_state_dict_round_trip_and_type_check():
 
 
 # ---------------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("build, message", [
-    (lambda ps: optim.Adam(ps, lr=-1e-3), r"lr must be in \[0.0"),
-    (lambda ps: optim.Adam(ps, lr=float("nan")), "lr must be"),
-    (lambda ps: optim.Adam(ps, betas=(1.0, 0.999)), r"beta1 must be in \[0.0, 1.0\)"),
-    (lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), "beta2 must be"),
-    (lambda ps: optim.Adam(ps, betas=0.9), "betas must be a pair"),
-    (lambda ps: optim.AdamW(ps, eps=-1e-8), "eps must be"),
-    (lambda ps: optim.AdamW(ps, weight_decay=-0.01), "weight_decay must be"),
-    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), "momentum must be"),
-    (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
-    (lambda ps: optim.SGD([], lr=0.1), "empty parameter list"),
-    (lambda ps: optim.SGD(ps[0], lr=0.1), "not a single Tensor"),
-    (lambda ps: optim.InverseSqrtSchedule(optim.SGD(ps, lr=1.0), warmup_steps=10), "exactly one of"),
-    (lambda ps: optim.InverseSqrtSchedule(optim.SGD(ps, lr=1.0), d_model=8, warmup_steps=-1), "warmup_steps"),
-    (lambda ps: optim.WarmupCosineSchedule(optim.SGD(ps, lr=1.0), 1e-3, 100, 50), "total_steps"),
-    (lambda ps: optim.WarmupCosineSchedule(optim.SGD(ps, lr=1.0), 1e-3, 1, 50, min_lr=1e-2), "min_lr"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda ps: optim.Adam(ps, lr=-1e-3), r"lr must be in \[0.0"),
+        (lambda ps: optim.Adam(ps, lr=float("nan")), "lr must be"),
+        (lambda ps: optim.Adam(ps, betas=(1.0, 0.999)), r"beta1 must be in \[0.0, 1.0\)"),
+        (lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), "beta2 must be"),
+        (lambda ps: optim.Adam(ps, betas=0.9), "betas must be a pair"),
+        (lambda ps: optim.AdamW(ps, eps=-1e-8), "eps must be"),
+        (lambda ps: optim.AdamW(ps, weight_decay=-0.01), "weight_decay must be"),
+        (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), "momentum must be"),
+        (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+        (lambda ps: optim.SGD([], lr=0.1), "empty parameter list"),
+        (lambda ps: optim.SGD(ps[0], lr=0.1), "not a single Tensor"),
+        (lambda ps: optim.InverseSqrtSchedule(optim.SGD(ps, lr=1.0), warmup_steps=10), "exactly one of"),
+        (lambda ps: optim.InverseSqrtSchedule(optim.SGD(ps, lr=1.0), d_model=8, warmup_steps=-1), "warmup_steps"),
+        (lambda ps: optim.WarmupCosineSchedule(optim.SGD(ps, lr=1.0), 1e-3, 100, 50), "total_steps"),
+        (lambda ps: optim.WarmupCosineSchedule(optim.SGD(ps, lr=1.0), 1e-3, 1, 50, min_lr=1e-2), "min_lr"),
+    ],
+)
 def test_bad_hyper_parameters_are_refused_clearly(build, message):
     with pytest.raises((ValueError, TypeError), match=message):
         build(make_params())
@@ -462,6 +480,7 @@ def test_setting_a_negative_lr_later_is_refused():
 
 def test_non_float_or_frozen_parameters_are_refused():
     import npgrad as ng
+
     with pytest.raises(TypeError, match="dtype int64"):
         optim.SGD([ng.tensor(np.arange(3))], lr=0.1)
     with pytest.raises(ValueError, match="does not require grad"):
@@ -480,13 +499,16 @@ def _torch_run(torch_cls, kwargs, start, grads):
     return [tp.detach().numpy() for tp in tparams]
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("Adam", dict(lr=1e-2, betas=(0.85, 0.98), eps=1e-9)),
-    ("Adam", dict(lr=1e-2, weight_decay=0.05)),
-    ("AdamW", dict(lr=1e-2, weight_decay=0.1)),
-    ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.01)),
-    ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.1)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("Adam", dict(lr=1e-2, betas=(0.85, 0.98), eps=1e-9)),
+        ("Adam", dict(lr=1e-2, weight_decay=0.05)),
+        ("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+        ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.01)),
+        ("SGD", dict(lr=1e-2, momentum=0.9, dampening=0.1)),
+    ],
+)
 def test_matches_torch_optim_in_float64(name, kwargs):
     torch = pytest.importorskip("torch")
     params = make_params()

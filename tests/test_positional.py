@@ -4,6 +4,7 @@ Each encoding is checked against a direct transcription of its paper's formula (
 its backward by gradcheck through MultiHeadAttention, and the explicit attention path against the
 fused one.
 """
+
 import math
 
 import numpy as np
@@ -12,7 +13,11 @@ import pytest
 import npgrad as ng
 from transformer.attention import MultiHeadAttention, causal_mask
 from transformer.positional import (
-    RotaryEmbedding, SinusoidalPositionalEncoding, alibi_bias, alibi_slopes, relative_positions,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    alibi_bias,
+    alibi_slopes,
+    relative_positions,
     sinusoidal_table,
 )
 
@@ -27,17 +32,27 @@ def numpy_backend():
 
 
 def attention(positional=None, self_attention=True, seed=0, dtype=np.float64, **kw):
-    return MultiHeadAttention(C, H, 0.0, self_attention=self_attention, positional=positional,
-                              max_relative_distance=2, rng=np.random.default_rng(seed), dtype=dtype, **kw)
+    return MultiHeadAttention(
+        C,
+        H,
+        0.0,
+        self_attention=self_attention,
+        positional=positional,
+        max_relative_distance=2,
+        rng=np.random.default_rng(seed),
+        dtype=dtype,
+        **kw,
+    )
 
 
 def padding_mask():
     real = np.ones((B, T), dtype=bool)
     real[0, 3:] = False
-    return real[:, None, None, :]                                            # (B, 1, 1, T)
+    return real[:, None, None, :]  # (B, 1, 1, T)
 
 
 # ---------------------------------------------------------------------------------- absolute
+
 
 def test_sinusoidal_table_is_the_papers_formula():
     table = sinusoidal_table(7, 6)
@@ -46,17 +61,18 @@ def test_sinusoidal_table_is_the_papers_formula():
             angle = pos / 10000 ** (2 * i / 6)
             assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-15)
             assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-15)
-    assert sinusoidal_table(3, 5).shape == (3, 5)                              # odd width works
+    assert sinusoidal_table(3, 5).shape == (3, 5)  # odd width works
     assert sinusoidal_table(3, 4, np.float32).dtype == np.float32
 
 
 def test_sinusoidal_positions_extend_past_the_table():
     enc = SinusoidalPositionalEncoding(6, max_len=4, dtype=np.float64)
     np.testing.assert_array_equal(enc(3, offset=5).data, sinusoidal_table(8, 6)[5:8])
-    assert enc.table.shape == (4, 6)                                          # the buffer is unchanged
+    assert enc.table.shape == (4, 6)  # the buffer is unchanged
 
 
 # ---------------------------------------------------------------------------------- relative (Shaw et al.)
+
 
 def test_relative_positions_are_clipped_distances():
     index = relative_positions(3, 5, max_distance=2)
@@ -69,15 +85,19 @@ def test_relative_positions_are_clipped_distances():
 def naive_relative_attention(x, mha, mask):
     """Shaw et al. eq. (3)-(5) with explicit loops: e_ij = q_i (k_j + a^K_ij)^T / sqrt(D), z_i = sum a_ij (v_j + a^V_ij)."""
     qkv = x @ mha.qkv.weight.data + mha.qkv.bias.data
-    q, k, v = (qkv[..., n * C:(n + 1) * C].reshape(B, T, H, D) for n in range(3))
+    q, k, v = (qkv[..., n * C : (n + 1) * C].reshape(B, T, H, D) for n in range(3))
     aK, aV = mha.relative.key_table.data, mha.relative.value_table.data
     kmax = mha.relative.max_distance
     z = np.zeros((B, T, H, D))
     for b in range(B):
         for h in range(H):
             for i in range(T):
-                e = np.array([q[b, i, h] @ (k[b, j, h] + aK[np.clip(j - i, -kmax, kmax) + kmax]) / math.sqrt(D)
-                              for j in range(T)])
+                e = np.array(
+                    [
+                        q[b, i, h] @ (k[b, j, h] + aK[np.clip(j - i, -kmax, kmax) + kmax]) / math.sqrt(D)
+                        for j in range(T)
+                    ]
+                )
                 e = np.where(mask[b, 0, 0], e, -np.inf)
                 a = np.exp(e - e.max())
                 a /= a.sum()
@@ -95,6 +115,7 @@ def test_relative_attention_matches_shaw_formula():
 
 # ---------------------------------------------------------------------------------- rotary
 
+
 def test_rotary_rotates_pairs_and_preserves_norms():
     rope = RotaryEmbedding(D, max_len=8, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((1, 1, 6, D))
@@ -110,9 +131,10 @@ def test_rotary_rotates_pairs_and_preserves_norms():
 
 
 def test_rotary_scores_depend_only_on_relative_position():
-    rope = RotaryEmbedding(D, max_len=4, dtype=np.float64)                    # tables grow on demand
+    rope = RotaryEmbedding(D, max_len=4, dtype=np.float64)  # tables grow on demand
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((1, 1, 1, D)), rng.standard_normal((1, 1, 1, D))
+
     def score(m, n):
         return float((rope(ng.tensor(q), m).data * rope(ng.tensor(k), n).data).sum())
 
@@ -132,6 +154,7 @@ def test_rotary_needs_even_head_size():
 
 
 # ---------------------------------------------------------------------------------- ALiBi
+
 
 def test_alibi_slopes_as_in_the_paper():
     np.testing.assert_allclose(alibi_slopes(8), [2.0 ** -(h + 1) for h in range(8)])
@@ -156,7 +179,7 @@ def test_alibi_attention_matches_formula():
     x = np.random.default_rng(2).standard_normal((B, T, C))
     out = mha(ng.tensor(x), causal=True).data
     qkv = x @ mha.qkv.weight.data + mha.qkv.bias.data
-    q, k, v = (qkv[..., n * C:(n + 1) * C].reshape(B, T, H, D).transpose(0, 2, 1, 3) for n in range(3))
+    q, k, v = (qkv[..., n * C : (n + 1) * C].reshape(B, T, H, D).transpose(0, 2, 1, 3) for n in range(3))
     slopes = alibi_slopes(H)
     scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)
     i, j = np.arange(T)[:, None], np.arange(T)[None, :]
@@ -169,6 +192,7 @@ def test_alibi_attention_matches_formula():
 
 
 # ---------------------------------------------------------------------------------- the attention module
+
 
 @pytest.mark.parametrize("positional", [None, "relative", "rope", "alibi"])
 @pytest.mark.parametrize("causal", [False, True])
@@ -203,8 +227,7 @@ def test_cross_attention_gradcheck_and_cache():
     mask = padding_mask()
     ng.gradcheck(lambda x, m: mha(x, m, key_mask=mask), [x, memory], mode="fast", atol=1e-8, rtol=1e-6)
     cache = mha.precompute_memory(memory, {})
-    np.testing.assert_allclose(mha(x, key_mask=mask, cache=cache).data, mha(x, memory, key_mask=mask).data,
-                               atol=1e-13)
+    np.testing.assert_allclose(mha(x, key_mask=mask, cache=cache).data, mha(x, memory, key_mask=mask).data, atol=1e-13)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -216,8 +239,7 @@ def test_explicit_path_equals_fused_path(causal):
     q, k, v = (ng.tensor(rng.standard_normal((B, H, n, D)), requires_grad=True) for n in (3, 5, 5))
     mask = padding_mask()
     fused = mha._attend(q, k, v, mask, causal, offset=2)
-    explicit = mha._explicit_attention(q, k, v, mask if not causal else mask & causal_mask(3, 5, 2),
-                                       False, 2, 0.0)
+    explicit = mha._explicit_attention(q, k, v, mask if not causal else mask & causal_mask(3, 5, 2), False, 2, 0.0)
     np.testing.assert_allclose(explicit.data, fused.data, atol=1e-13)
     g = rng.standard_normal(fused.shape)
     grads_fused = ng.grad(fused, [q, k, v], g)
@@ -231,7 +253,7 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients(positional):
     mha = attention(positional)
     x = ng.tensor(np.random.default_rng(6).standard_normal((B, T, C)), requires_grad=True)
     real = np.ones((B, T), dtype=bool)
-    real[1] = False                                                           # a sequence that is all padding
+    real[1] = False  # a sequence that is all padding
     out = mha(x, key_mask=real[:, None, None, :])
     out.backward(np.ones(out.shape))
     assert np.isfinite(out.data).all() and np.isfinite(x.grad).all()
@@ -246,7 +268,7 @@ def test_self_attention_cache_equals_full_causal(positional):
     full = mha(ng.tensor(x), causal=True).data
     cache = {}
     with ng.no_grad():
-        steps = [mha(ng.tensor(x[:, t:t + 1]), causal=True, cache=cache).data for t in range(T)]
+        steps = [mha(ng.tensor(x[:, t : t + 1]), causal=True, cache=cache).data for t in range(T)]
     assert cache["k"].shape == (B, H, T, D)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-12)
 

@@ -4,6 +4,7 @@ Properties: beam 1 == greedy; cache == no cache (tokens equal, scores to 1e-9); 
 the length penalty picks the documented winner; length limits obeyed; sampling reproducible, top_k=1 == greedy,
 top-p keeps the smallest nucleus, empirical frequencies match; bad arguments raise clear errors.
 """
+
 import math
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ import npgrad as ng
 from transformer import search
 from transformer.model import LanguageModel, LMConfig, Transformer, TransformerConfig
 
-V = 20            # target/source vocabulary of the tiny models
+V = 20  # target/source vocabulary of the tiny models
 PAD, BOS, EOS = 0, 2, 3
 
 
@@ -45,12 +46,12 @@ class EOSBiased:
 
     def decode_step(self, tokens, state):
         position = state.step
-        logits = self.model.decode_step(tokens, state).data.copy()              # (N, V)
+        logits = self.model.decode_step(tokens, state).data.copy()  # (N, V)
         logits[:, EOS] += self.slope * (position - self.onset)
         return ng.tensor(logits)
 
     def forward(self, src, tgt_in):
-        logits = self.model.forward(src, tgt_in).data.copy()                    # (N, T, V)
+        logits = self.model.forward(src, tgt_in).data.copy()  # (N, T, V)
         logits[:, :, EOS] += self.slope * (np.arange(tgt_in.shape[1]) - self.onset)
         return ng.tensor(logits)
 
@@ -65,9 +66,22 @@ def _randomise(model, seed, scale=1.0):
 
 
 def tiny_seq2seq(positional="sinusoidal", seed=1, dtype="float64", norm_first=False):
-    cfg = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, n_heads=2, num_encoder_layers=1,
-                            num_decoder_layers=2, d_ff=32, dropout=0.0, dtype=dtype, max_len=40, seed=seed,
-                            positional=positional, tie_output=False, norm_first=norm_first)
+    cfg = TransformerConfig(
+        src_vocab_size=V,
+        tgt_vocab_size=V,
+        d_model=16,
+        n_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        d_ff=32,
+        dropout=0.0,
+        dtype=dtype,
+        max_len=40,
+        seed=seed,
+        positional=positional,
+        tie_output=False,
+        norm_first=norm_first,
+    )
     model = _randomise(Transformer(cfg), seed)
     model.eval()
     return EOSBiased(model)
@@ -76,7 +90,7 @@ def tiny_seq2seq(positional="sinusoidal", seed=1, dtype="float64", norm_first=Fa
 def source_batch(seed=0, B=5, S=7):
     rng = np.random.default_rng(seed)
     src = rng.integers(4, V, size=(B, S))
-    src[1, 3:] = PAD                    # padded sentences: the cache must carry the source mask through reorder
+    src[1, 3:] = PAD  # padded sentences: the cache must carry the source mask through reorder
     src[B - 1, 5:] = PAD
     return src
 
@@ -117,7 +131,7 @@ def test_greedy_outputs_are_valid_and_varied(seq2seq, src):
 def rescore(model, src_row, tokens, ended):
     """Sum of log-probs of ``tokens`` (+ EOS if ``ended``) given ``src_row`` (S,), teacher-forced by ``forward``."""
     tgt_in = np.array([[BOS] + tokens], dtype=np.int64)
-    logits = model.forward(src_row[None], tgt_in).data[0]                     # (T, V)
+    logits = model.forward(src_row[None], tgt_in).data[0]  # (T, V)
     shift = logits.max(1, keepdims=True)
     log_probs = logits - shift - np.log(np.exp(logits - shift).sum(1, keepdims=True))
     chosen = tokens + ([EOS] if ended else [])
@@ -193,7 +207,7 @@ def test_beam_best_is_at_least_as_good_as_greedy_under_alpha_zero(seq2seq, src):
 
 def test_length_limits_follow_max_len_a_b(seq2seq):
     src = source_batch(B=3)
-    src[0, 2:] = PAD                                                           # source lengths 2, 3, 5
+    src[0, 2:] = PAD  # source lengths 2, 3, 5
     src_len = (src != PAD).sum(1)
     g = search.greedy(seq2seq, src, max_len=50, max_len_a=0.5, max_len_b=1)
     b = search.beam_search(seq2seq, src, beam_size=3, max_len=50, max_len_a=0.5, max_len_b=1, nbest=3)
@@ -211,7 +225,7 @@ class Scripted:
     probability is known, to check which hypothesis the search must return."""
 
     def __init__(self, table):
-        self.table = np.log(np.asarray(table, dtype=np.float64) + 1e-300)     # (T, V, V)
+        self.table = np.log(np.asarray(table, dtype=np.float64) + 1e-300)  # (T, V, V)
         self.config = SimpleNamespace(bos_id=BOS, eos_id=EOS, pad_id=PAD, src_vocab_size=V, max_len=None)
 
     class State:
@@ -273,7 +287,7 @@ def test_search_does_not_stop_while_a_live_hypothesis_can_still_win():
 
 def test_unfinished_hypotheses_are_finalised_at_max_len():
     table = np.zeros((6, V, V))
-    table[:, :, 7] = 0.9                                                       # EOS never the best option
+    table[:, :, 7] = 0.9  # EOS never the best option
     table[:, :, EOS] = 0.1
     model = Scripted(table)
     beams = search.beam_search(model, np.full((1, 2), 5), beam_size=2, nbest=2, max_len=3, alpha=0.0)
@@ -299,7 +313,7 @@ def test_topk_sorted_breaks_ties_to_the_lower_index():
     scores = np.array([[1.0, 3.0, 3.0, 0.0, 3.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
     np.testing.assert_array_equal(search._topk_sorted(scores, 2), [[1, 2], [0, 1]])
     rng = np.random.default_rng(0)
-    many = rng.integers(0, 4, size=(50, 30)).astype(float)                    # lots of ties
+    many = rng.integers(0, 4, size=(50, 30)).astype(float)  # lots of ties
     np.testing.assert_array_equal(search._topk_sorted(many, 6), np.argsort(-many, axis=1, kind="stable")[:, :6])
 
 
@@ -322,8 +336,9 @@ def test_sampling_is_reproducible_and_the_seed_matters(lm):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8),
-                                    dict(temperature=1.3, top_k=8, top_p=0.9)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8), dict(temperature=1.3, top_k=8, top_p=0.9)]
+)
 def test_sampling_same_with_and_without_cache(lm, kwargs):
     prompt = np.array([[1, 2, 3], [7, 8, 9]])
     with_cache = search.sample(lm, prompt, 15, seed=11, **kwargs)
@@ -335,7 +350,7 @@ def test_greedy_limits_of_sampling_agree(lm):
     prompt = np.array([[1, 2, 3], [7, 8, 9]])
     by_k = search.sample(lm, prompt, 10, top_k=1, seed=1)
     by_t = search.sample(lm, prompt, 10, temperature=0, seed=2)
-    by_p = search.sample(lm, prompt, 10, top_p=1e-9, seed=3)                 # nucleus of one token
+    by_p = search.sample(lm, prompt, 10, top_p=1e-9, seed=3)  # nucleus of one token
     np.testing.assert_array_equal(by_k, by_t)
     np.testing.assert_array_equal(by_k, by_p)
     # ... and equal to argmax over the full prefix recomputed by forward.
@@ -360,7 +375,7 @@ def test_filter_logits_top_k_and_nucleus():
     np.testing.assert_allclose(search.filter_logits(logits, top_p=0.3), [[1, 0, 0, 0]])
     np.testing.assert_allclose(search.filter_logits(logits, top_k=3), [[0.5, 0.3, 0.15, 0]] / np.float64(0.95))
     hot = search.filter_logits(logits, temperature=0.5)
-    np.testing.assert_allclose(hot, probs ** 2 / (probs ** 2).sum())
+    np.testing.assert_allclose(hot, probs**2 / (probs**2).sum())
 
 
 class ConstantLM:
@@ -383,8 +398,11 @@ class ConstantLM:
 def test_sampled_frequencies_match_the_filtered_distribution():
     probs = np.array([0.4, 0.25, 0.2, 0.1, 0.05])
     model, n = ConstantLM(probs), 4000
-    for kwargs, expected in [(dict(), probs), (dict(top_k=2), probs[:2] / probs[:2].sum()),
-                             (dict(top_p=0.6), np.array([0.4, 0.25, 0, 0, 0]) / 0.65)]:
+    for kwargs, expected in [
+        (dict(), probs),
+        (dict(top_k=2), probs[:2] / probs[:2].sum()),
+        (dict(top_p=0.6), np.array([0.4, 0.25, 0, 0, 0]) / 0.65),
+    ]:
         tokens = search.sample(model, np.zeros((n, 1), np.int64), 1, seed=0, **kwargs)[:, 0]
         freq = np.bincount(tokens, minlength=len(probs)) / n
         expected = np.pad(expected, (0, len(probs) - len(expected)))
@@ -392,11 +410,18 @@ def test_sampled_frequencies_match_the_filtered_distribution():
         assert np.all(np.abs(freq - expected) <= 5 * np.sqrt(expected * (1 - expected) / n) + 1e-12), (kwargs, freq)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
-    (dict(top_k=0), "top_k"), (dict(top_k=1.5), "top_k"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(seed=1, rng=np.random.default_rng(1)), "either rng or seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_k=1.5), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(seed=1, rng=np.random.default_rng(1)), "either rng or seed"),
+    ],
+)
 def test_sampling_argument_errors(lm, kwargs, match):
     with pytest.raises(ValueError, match=match):
         search.sample(lm, np.array([[1, 2]]), 3, **kwargs)
@@ -405,7 +430,7 @@ def test_sampling_argument_errors(lm, kwargs, match):
 def test_sampling_refuses_more_than_block_size(lm):
     with pytest.raises(ValueError, match="block_size 24"):
         search.sample(lm, np.ones((1, 20), np.int64), 6, seed=0)
-    assert search.sample(lm, np.ones((1, 20), np.int64), 5, seed=0).shape == (1, 5)     # 20 + 4 fed = 24
+    assert search.sample(lm, np.ones((1, 20), np.int64), 5, seed=0).shape == (1, 5)  # 20 + 4 fed = 24
 
 
 class Spy(EOSBiased):

@@ -1,4 +1,5 @@
 """Derivatives of any order: create_graph, ng.hessian, ng.hvp, ng.gradgradcheck on every primitive."""
+
 import re
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def _rand(*shape, seed=0):
 
 # ------------------------------------------------------------------------------ closed forms
 
+
 def test_hessian_of_quadratic_form_is_a_plus_a_transpose():
     a = _rand(5, 5)
     x = _rand(5, seed=1)
@@ -36,12 +38,12 @@ def _softmax(x):
 def test_hessian_of_log_sum_exp_is_diag_p_minus_p_p_transpose(how):
     x = _rand(6, seed=2)
     p = _softmax(x)
-    if how == "exp-sum-log":       # elementary primitives
-        fn = lambda t: t.exp().sum().log()                                          # noqa: E731
-    elif how == "log_softmax":     # lse(x) = x_0 - log_softmax(x)_0
-        fn = lambda t: t[0] - F.log_softmax(t, axis=-1)[0]                          # noqa: E731
-    else:                          # cross-entropy of one row: lse(x) - x_target, Hessian the same
-        fn = lambda t: F.cross_entropy(t.reshape(1, 6), np.array([3]))              # noqa: E731
+    if how == "exp-sum-log":  # elementary primitives
+        fn = lambda t: t.exp().sum().log()  # noqa: E731
+    elif how == "log_softmax":  # lse(x) = x_0 - log_softmax(x)_0
+        fn = lambda t: t[0] - F.log_softmax(t, axis=-1)[0]  # noqa: E731
+    else:  # cross-entropy of one row: lse(x) - x_target, Hessian the same
+        fn = lambda t: F.cross_entropy(t.reshape(1, 6), np.array([3]))  # noqa: E731
     np.testing.assert_allclose(ng.hessian(fn, x), np.diag(p) - np.outer(p, p), rtol=1e-10, atol=1e-12)
 
 
@@ -53,7 +55,7 @@ def test_hessian_of_smoothed_cross_entropy_is_still_the_softmax_jacobian():
     expected = np.zeros((10, 10))
     for row in range(2):
         p = _softmax(x[row])
-        expected[row * 5:(row + 1) * 5, row * 5:(row + 1) * 5] = np.diag(p) - np.outer(p, p)
+        expected[row * 5 : (row + 1) * 5, row * 5 : (row + 1) * 5] = np.diag(p) - np.outer(p, p)
     np.testing.assert_allclose(h, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -63,7 +65,7 @@ def test_hvp_agrees_with_hessian_times_v():
     v = _rand(4, seed=2)
 
     def fn(t):
-        hidden = F.tanh(ng.tensor(w) @ t)                                  # (3,)
+        hidden = F.tanh(ng.tensor(w) @ t)  # (3,)
         return F.cross_entropy((hidden * t[:3]).reshape(1, 3), np.array([2])) + (t * t * t).sum()
 
     np.testing.assert_allclose(ng.hvp(fn, x, v), ng.hessian(fn, x) @ v, rtol=1e-10, atol=1e-12)
@@ -77,24 +79,25 @@ def test_third_derivative_of_tanh_matches_closed_form():
     d1 = ng.grad(F.tanh(x).sum(), x, create_graph=True)
     d2 = ng.grad(d1.sum(), x, create_graph=True)
     d3 = ng.grad(d2.sum(), x)
-    np.testing.assert_allclose(d1.data, 1 - t ** 2, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(d2.data, -2 * t * (1 - t ** 2), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(d3, -2 * (1 - t ** 2) * (1 - 3 * t ** 2), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(d1.data, 1 - t**2, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(d2.data, -2 * t * (1 - t**2), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(d3, -2 * (1 - t**2) * (1 - 3 * t**2), rtol=1e-10, atol=1e-14)
 
 
 # ------------------------------------------------------------------------------ create_graph semantics
 
+
 def test_backward_create_graph_gives_a_differentiable_grad():
     x = ng.tensor(_rand(4), requires_grad=True)
     v = _rand(4, seed=1)
-    (x * x * x).sum().backward(create_graph=True)          # x.grad = 3 x^2, a Tensor with a graph
+    (x * x * x).sum().backward(create_graph=True)  # x.grad = 3 x^2, a Tensor with a graph
     assert isinstance(x.grad, ng.Tensor) and x.grad.grad_fn is not None
     first = x.grad.data.copy()
-    np.testing.assert_allclose(first, 3 * x.data ** 2)
-    (x.grad * v).sum().backward()                          # accumulates H v = 6 x v on top
+    np.testing.assert_allclose(first, 3 * x.data**2)
+    (x.grad * v).sum().backward()  # accumulates H v = 6 x v on top
     assert type(x.grad) is np.ndarray
     np.testing.assert_allclose(x.grad, first + 6 * x.data * v)
-    np.testing.assert_allclose(first, 3 * x.data ** 2)     # the Tensor's array was not written into
+    np.testing.assert_allclose(first, 3 * x.data**2)  # the Tensor's array was not written into
 
 
 def _nodes(root):
@@ -112,7 +115,7 @@ def test_without_create_graph_buffers_are_freed_and_nothing_is_recorded():
     loss = F.log_softmax(F.tanh(x) * x, axis=-1).sum()
     nodes = _nodes(loss)
     g = ng.grad(loss, x)
-    assert type(g) is np.ndarray                           # a plain array: no graph behind it
+    assert type(g) is np.ndarray  # a plain array: no graph behind it
     assert all(n.saved == () and n._released for n in nodes)
     with pytest.raises(RuntimeError, match="retain_graph"):
         ng.grad(loss, x)
@@ -146,23 +149,24 @@ def test_missing_differentiable_backward_is_a_clear_error():
 
 # ------------------------------------------------------------------------------ gradgradcheck can fail
 
+
 class CubeConstantSlope(ng.Function):
     """x^3, right first derivative; differentiable_backward wraps 3x^2 as a constant (wrong d2)."""
 
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return x ** 3
+        return x**3
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return 3 * g * x ** 2
+        return 3 * g * x**2
 
     @staticmethod
     def differentiable_backward(ctx, g):
         (x,) = ctx.saved
-        return g * ng.tensor(3 * x ** 2)
+        return g * ng.tensor(3 * x**2)
 
 
 class SquareCutsIncomingGradient(ng.Function):
@@ -268,8 +272,8 @@ def test_gradgradcheck_catches_a_create_graph_gradient_0_1_percent_off(mode):
 @pytest.mark.parametrize("mode", ["full", "fast"])
 def test_gradgradcheck_catches_a_second_derivative_0_1_percent_off(mode):
     x = np.array([0.5, -1.2, 2.0])
-    f = lambda t: CubeSecondDerivativeOffByOnePerMille.apply(t)          # noqa: E731
-    assert ng.gradcheck(f, [x], mode=mode)                                # the first derivative is right
+    f = lambda t: CubeSecondDerivativeOffByOnePerMille.apply(t)  # noqa: E731
+    assert ng.gradcheck(f, [x], mode=mode)  # the first derivative is right
     with pytest.raises(ng.GradcheckError, match="second derivative") as info:
         ng.gradgradcheck(f, [x], mode=mode)
     err = info.value
@@ -278,6 +282,7 @@ def test_gradgradcheck_catches_a_second_derivative_0_1_percent_off(mode):
 
 
 # ------------------------------------------------------------------------------ every primitive
+
 
 def _arr(data, shape, low=0.5, high=2.0, signed=True):
     """A well-conditioned float64 array (values of magnitude in [low, high]; positive if not signed)."""
@@ -301,12 +306,14 @@ def _binary(op, positive_b=False):
     def build(data):
         sa, sb = data.draw(mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=2, max_side=3))
         return op, [_arr(data, sa), _arr(data, sb, signed=not positive_b)]
+
     return build
 
 
 def _unary(op, positive=False):
     def build(data):
         return op, [_arr(data, _small_shape(data), signed=not positive)]
+
     return build
 
 
@@ -316,6 +323,7 @@ def _reduction(name):
         axis = data.draw(axes(len(shape)))
         keepdims = data.draw(st.booleans())
         return (lambda x: _sq(getattr(x, name)(axis=axis, keepdims=keepdims))), [_arr(data, shape)]
+
     return build
 
 
@@ -329,12 +337,12 @@ def _matmul(data):
 
 def _pow_tensor_exponent(data):
     shape = _small_shape(data, max_dims=2)
-    return (lambda a, p: a ** p), [_arr(data, shape, signed=False), _arr(data, shape, 0.5, 1.5)]
+    return (lambda a, p: a**p), [_arr(data, shape, signed=False), _arr(data, shape, 0.5, 1.5)]
 
 
 def _pow_constant(data):
     p = data.draw(st.sampled_from([2, 3, 0.5, -1.5]))
-    return (lambda a: a ** p), [_arr(data, _small_shape(data), signed=False)]
+    return (lambda a: a**p), [_arr(data, _small_shape(data), signed=False)]
 
 
 def _shape_op(data):
@@ -357,7 +365,7 @@ def _getitem(data):
     keys = {
         "slice": (slice(1, None), slice(None, None, -1)),
         "int": (0,),
-        "int-array-repeats": (np.array([0, 1, 0, shape[0] - 1]),),   # repeated rows: gradients add up
+        "int-array-repeats": (np.array([0, 1, 0, shape[0] - 1]),),  # repeated rows: gradients add up
         "bool": (np.arange(shape[0]) % 2 == 0,),
     }
     key = keys[kind]
@@ -396,7 +404,7 @@ def _gelu(data):
 
 def _embedding(data):
     vocab, width = data.draw(st.integers(2, 4)), data.draw(st.integers(1, 3))
-    ids = data.draw(class_targets(shape=(data.draw(st.integers(1, 5)),), num_classes=vocab))   # repeats allowed
+    ids = data.draw(class_targets(shape=(data.draw(st.integers(1, 5)),), num_classes=vocab))  # repeats allowed
     return (lambda i, w: _sq(F.embedding(i, w))), [ids, _arr(data, (vocab, width))]
 
 
@@ -412,6 +420,7 @@ def _softmax_family(op):
         shape = _small_shape(data)
         axis = data.draw(st.integers(-len(shape), len(shape) - 1))
         return (lambda x: op(x, axis=axis)), [_arr(data, shape)]
+
     return build
 
 
@@ -425,7 +434,7 @@ def _cross_entropy(data):
 
 
 def _spread_rows(x):
-    assume(np.std(x, axis=-1).min() > 0.3)   # keep 1/sigma moderate: finite differences stay accurate
+    assume(np.std(x, axis=-1).min() > 0.3)  # keep 1/sigma moderate: finite differences stay accurate
     return x
 
 
@@ -439,8 +448,7 @@ def _add_layer_norm(data):
     rows, width = data.draw(st.integers(1, 3)), data.draw(st.integers(2, 4))
     x, residual = _arr(data, (rows, width)), _arr(data, (rows, width))
     _spread_rows(x + residual)
-    return (lambda x, r, w, b: F.add_layer_norm(x, r, w, b)), [x, residual, _arr(data, (width,)),
-                                                                _arr(data, (width,))]
+    return (lambda x, r, w, b: F.add_layer_norm(x, r, w, b)), [x, residual, _arr(data, (width,)), _arr(data, (width,))]
 
 
 def _attention(data):
@@ -452,7 +460,12 @@ def _attention(data):
 
 
 def _multi_head_attention(data):
-    heads, head_size, lq, lk = data.draw(st.integers(1, 2)), 2, data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    heads, head_size, lq, lk = (
+        data.draw(st.integers(1, 2)),
+        2,
+        data.draw(st.integers(1, 2)),
+        data.draw(st.integers(1, 2)),
+    )
     width = heads * head_size
     mask = data.draw(st.one_of(st.none(), attention_masks(batch=(1, heads), lq=lq, lk=lk)))
 
@@ -461,7 +474,9 @@ def _multi_head_attention(data):
 
     weights = [_arr(data, (width, width), 0.2, 0.8) for _ in range(4)]
     return fn, [_arr(data, (1, lq, width)), _arr(data, (1, lk, width))] + weights + [
-        _arr(data, (width,)), _arr(data, (width,))]
+        _arr(data, (width,)),
+        _arr(data, (width,)),
+    ]
 
 
 PRIMITIVES = {
@@ -497,13 +512,14 @@ PRIMITIVES = {
     "add_layer_norm": _add_layer_norm,
     "scaled_dot_product_attention": _attention,
 }
-FAST_MODE = {"multi_head_attention": _multi_head_attention}   # many inputs: random directions
+FAST_MODE = {"multi_head_attention": _multi_head_attention}  # many inputs: random directions
 
 
 # The drawn examples run on the NumPy reference kernels: the second-order path is the Tensor-op
 # differentiable_backward, identical under both backends, and the Numba kernels' small-shape call
 # overhead (~1 ms each, parallel launch) would make hundreds of tiny evaluations slow. One fixed
 # example per fused op runs under Numba below.
+
 
 @pytest.mark.parametrize("name", list(PRIMITIVES))
 @settings(max_examples=4, deadline=None)
@@ -528,7 +544,7 @@ def test_gradgradcheck_fused_ops_under_the_default_backend():
     x = rng.standard_normal((2, 4))
     w, b = rng.standard_normal(4), rng.standard_normal(4)
     q, k, v = rng.standard_normal((1, 2, 2)), rng.standard_normal((1, 3, 2)), rng.standard_normal((1, 3, 2))
-    mask = np.array([[[True, False, True], [False, False, False]]])       # includes a fully masked row
+    mask = np.array([[[True, False, True], [False, False, False]]])  # includes a fully masked row
     checks = [
         (lambda t: F.softmax(t, axis=-1), [x]),
         (lambda t: F.log_softmax(t, axis=0), [x]),
@@ -568,4 +584,6 @@ def test_derivatives_doc_references_are_current():
         if not (number <= len(lines) and text.strip() in lines[number - 1]):
             now = [i + 1 for i, source in enumerate(lines) if text.strip() in source]
             stale.append(f"{path}:{line} no longer says {text.strip()!r} (now at line(s) {now or 'none'})")
-    assert not stale, "docs/derivatives.md is stale (python docs/update_refs.py re-points moved lines):\n" + "\n".join(stale)
+    assert not stale, "docs/derivatives.md is stale (python docs/update_refs.py re-points moved lines):\n" + "\n".join(
+        stale
+    )

@@ -1,4 +1,5 @@
 """npgrad.testing: the strategies draw what they promise, and assert_gradients_close can fail."""
+
 import subprocess
 import sys
 
@@ -10,8 +11,14 @@ from hypothesis import strategies as st
 import npgrad as ng
 from npgrad import functional as F
 from npgrad.testing import (
-    assert_float32_matches_float64, assert_gradients_close, attention_masks, axes, class_targets, float_arrays,
-    mutually_broadcastable_shapes, shapes,
+    assert_float32_matches_float64,
+    assert_gradients_close,
+    attention_masks,
+    axes,
+    class_targets,
+    float_arrays,
+    mutually_broadcastable_shapes,
+    shapes,
 )
 
 
@@ -21,6 +28,7 @@ def test_import_npgrad_does_not_import_hypothesis():
 
 
 # ------------------------------------------------------------------------------ arrays and shapes
+
 
 @given(float_arrays(shape=shapes(max_dims=3), min_value=-2.0, max_value=0.5))
 def test_float_arrays_respect_value_bounds(x):
@@ -59,8 +67,7 @@ def test_mutually_broadcastable_shapes_broadcast(drawn):
 
 
 def test_mutually_broadcastable_shapes_draw_stretched_axes():
-    find(mutually_broadcastable_shapes(), lambda s: len(s[0]) != len(s[1]) or any(
-        a != b for a, b in zip(s[0], s[1])))
+    find(mutually_broadcastable_shapes(), lambda s: len(s[0]) != len(s[1]) or any(a != b for a, b in zip(s[0], s[1])))
 
 
 @given(st.data())
@@ -71,6 +78,7 @@ def test_axes_are_valid_reduction_axes(data):
 
 
 # ------------------------------------------------------------------------------ masks and targets
+
 
 @given(attention_masks(batch=(2, 3), lq=4, lk=5, allow_fully_masked=False))
 def test_masks_without_fully_masked_rows(mask):
@@ -93,8 +101,8 @@ def test_padding_masks_are_prefixes_broadcast_over_queries(mask):
 @given(attention_masks(batch=1, lq=4, lk=6, kind="causal", allow_fully_masked=False))
 def test_causal_masks_grow_with_the_query(mask):
     m = mask[0].astype(int)
-    assert np.all(np.diff(m.sum(axis=-1)) >= 0)        # later queries see at least as much
-    assert np.all(np.diff(m, axis=-1) <= 0)            # each row is a prefix
+    assert np.all(np.diff(m.sum(axis=-1)) >= 0)  # later queries see at least as much
+    assert np.all(np.diff(m, axis=-1) <= 0)  # each row is a prefix
     assert m.sum(axis=-1).min() >= 1
 
 
@@ -111,6 +119,7 @@ def test_class_targets_can_ignore_everything():
 
 # ------------------------------------------------------------------------------ assert_gradients_close
 
+
 class Cube(ng.Function):
     """x**3 with a correct first derivative and a deliberately wrong differentiable_backward:
     it treats 3x^2 as a constant (a wrapped copy of the data), so second derivatives are lost."""
@@ -118,17 +127,17 @@ class Cube(ng.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return x ** 3
+        return x**3
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved
-        return g * 3 * x ** 2
+        return g * 3 * x**2
 
     @staticmethod
     def differentiable_backward(ctx, g):
         (x,) = ctx.saved
-        return g * ng.tensor(3 * x ** 2)
+        return g * ng.tensor(3 * x**2)
 
 
 class WrongSquare(ng.Function):
@@ -150,7 +159,7 @@ def test_assert_gradients_close_checks_in_float64(x):
         seen.append(t.dtype)
         return t * t * t
 
-    assert_gradients_close(fn, [ng.tensor(x, requires_grad=True)])   # float32 in: no refusal
+    assert_gradients_close(fn, [ng.tensor(x, requires_grad=True)])  # float32 in: no refusal
     assert set(seen) == {np.dtype(np.float64)}
 
 
@@ -161,13 +170,14 @@ def test_assert_gradients_close_fails_on_wrong_first_derivative():
 
 def test_assert_gradients_close_order_2_fails_on_wrong_second_derivative():
     x = np.array([0.5, 1.5, -2.0])
-    assert_gradients_close(lambda t: Cube.apply(t), [x])              # first order is right
+    assert_gradients_close(lambda t: Cube.apply(t), [x])  # first order is right
     with pytest.raises(ng.GradcheckError) as info:
         assert_gradients_close(lambda t: Cube.apply(t), [x], order=2)
     assert info.value.order == 2
 
 
 # ------------------------------------------------------------------------------ assert_float32_matches_float64
+
 
 class Float32OnlySlip(ng.Function):
     """tanh with a right float64 backward and a float32 one that is 0.1% too big (~8000 eps32)."""

@@ -6,6 +6,7 @@ Skipped cleanly when torch is not installed (it is optional: the ``bench`` extra
 imports it. PyTorch's sdpa gives NaN for fully masked rows, so those are avoided (our zeros policy is
 tested in test_ops_fused.py).
 """
+
 import numpy as np
 import pytest
 
@@ -51,7 +52,7 @@ def test_cross_entropy(reduction, eps, lead):
     V = 7
     x, xt = pair(r.standard_normal(lead + (V,)) * 3)
     target = r.integers(0, V, size=lead)
-    target.reshape(-1)[[1, 3]] = 5                                      # ignore_index, a valid class here
+    target.reshape(-1)[[1, 3]] = 5  # ignore_index, a valid class here
     ours = F.cross_entropy(x, target, ignore_index=5, label_smoothing=eps, reduction=reduction)
     theirs = TT.cross_entropy(xt, torch.tensor(target), ignore_index=5, label_smoothing=eps, reduction=reduction)
     close(ours.data, theirs)
@@ -100,7 +101,7 @@ def test_scaled_dot_product_attention(case):
     kwargs = {}
     if case == "mask":
         mask = r.random((2, 1, 4, 6)) < 0.6
-        mask[..., 0] = True                                             # no fully masked row (torch gives NaN)
+        mask[..., 0] = True  # no fully masked row (torch gives NaN)
         kwargs = dict(mask=mask), dict(mask=torch.tensor(mask))
     elif case == "causal":
         kwargs = dict(is_causal=True), dict(is_causal=True)
@@ -121,11 +122,12 @@ def test_multi_head_attention_against_torch_composition():
     (x, xt), (mem, mt) = pair(r.standard_normal((B, Lq, C))), pair(r.standard_normal((B, Lk, C)))
     weights = [pair(r.standard_normal((C, C)) / np.sqrt(C)) for _ in range(4)]
     biases = [pair(r.standard_normal(C)) for _ in range(4)]
-    pad = np.array([[True] * 5, [True, True, True, False, False]])[:, None, None, :]   # (B,1,1,Lk)
+    pad = np.array([[True] * 5, [True, True, True, False, False]])[:, None, None, :]  # (B,1,1,Lk)
     ours = F.multi_head_attention(x, mem, mem, H, *(w for w, _ in weights), *(b for b, _ in biases), mask=pad)
 
-    theirs = TT.multi_head_attention(xt, mt, mt, H, *(w for _, w in weights), *(b for _, b in biases),
-                                     mask=torch.tensor(pad))
+    theirs = TT.multi_head_attention(
+        xt, mt, mt, H, *(w for _, w in weights), *(b for _, b in biases), mask=torch.tensor(pad)
+    )
     close(ours.data, theirs)
     backward_both(ours, theirs, r.standard_normal(ours.shape))
     for a, b in [(x, xt), (mem, mt)] + weights + biases:

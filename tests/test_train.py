@@ -6,6 +6,7 @@
 - The JSON-lines log: one train record per step (also across a kill and a resume), every line valid JSON.
 - The time budget stops training; Ctrl-C saves a checkpoint and exits with 130, SIGTERM likewise with 143.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,19 +31,33 @@ from transformer.checkpoint import MANIFEST, MODEL_FILE, OPTIMIZER_FILE
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY_CONFIG = FIXTURES / "tiny_config.toml"
-STEPS = 7          # N: the length of every compared run
+STEPS = 7  # N: the length of every compared run
 # Validation only at the end of a run (a stopped run validates at its stop: that must not disturb the trajectory);
 # a checkpoint after every step, so a kill at any step has a recent checkpoint to resume from.
-COMMON = ["train.validate_every=100", "train.checkpoint_every=1", "train.keep_last=3", "train.log_every=100",
-          "train.bleu_max_sentences=2"]
+COMMON = [
+    "train.validate_every=100",
+    "train.checkpoint_every=1",
+    "train.keep_last=3",
+    "train.log_every=100",
+    "train.bleu_max_sentences=2",
+]
 # Training subprocesses use the NumPy kernels: loading the compiled Numba kernels would double their start-up time,
 # and what they test (kill -9, Ctrl-C) is the loop's, not the kernels'. Their resumed runs use the same backend.
 SUBPROCESS_BACKEND = "numpy"
 
 
 def train_args(run_dir, *overrides, resume=False):
-    args = ["train", "--config", str(TINY_CONFIG), "--run-dir", str(run_dir),
-            f"data.src_path={FIXTURES / 'tiny.de'}", f"data.tgt_path={FIXTURES / 'tiny.en'}", *COMMON, *overrides]
+    args = [
+        "train",
+        "--config",
+        str(TINY_CONFIG),
+        "--run-dir",
+        str(run_dir),
+        f"data.src_path={FIXTURES / 'tiny.de'}",
+        f"data.tgt_path={FIXTURES / 'tiny.en'}",
+        *COMMON,
+        *overrides,
+    ]
     return args + ["--resume"] if resume else args
 
 
@@ -64,7 +79,9 @@ def final_state(run_dir, step):
     return {
         "weights": load_file(str(directory / MODEL_FILE)),
         "optimizer_arrays": load_file(str(directory / OPTIMIZER_FILE)),
-        "optimizer": manifest["optimizer"], "scheduler": manifest["scheduler"], "rng_states": manifest["rng_states"],
+        "optimizer": manifest["optimizer"],
+        "scheduler": manifest["scheduler"],
+        "rng_states": manifest["rng_states"],
         "train_state": {k: train_state[k] for k in ("step", "tokens", "data")},
     }
 
@@ -102,6 +119,7 @@ def reference(tmp_path_factory):
                 run_cli(train_args(run_dir, f"train.max_steps={STEPS}", f"train.accumulate={accumulate}"))
             runs[key] = run_dir
         return runs[key]
+
     return get
 
 
@@ -127,6 +145,7 @@ def test_stopped_and_resumed_run_is_bit_identical_to_uninterrupted(reference, tm
 def test_resume_without_the_rng_states_would_differ(reference, tmp_path, monkeypatch):
     """The equality above can fail: dropout is on, so a resume that forgets the generators' state diverges."""
     from transformer.checkpoint import Checkpoint
+
     run_cli(train_args(tmp_path, "train.max_steps=3"))
     monkeypatch.setattr(Checkpoint, "restore_rng", lambda self, name, target: target)
     run_cli(train_args(tmp_path, f"train.max_steps={STEPS}", resume=True))
@@ -137,10 +156,20 @@ def test_resume_without_the_rng_states_would_differ(reference, tmp_path, monkeyp
 # ------------------------------------------------------------------------------------------------ real processes
 def start_training(run_dir, *overrides, hold_at_step=0):
     # hold_at_step: the loop waits after that step until signalled, so the signal lands at a known step.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               NPGRAD_BACKEND=SUBPROCESS_BACKEND, TRANSFORMER_HOLD_AT_STEP=str(hold_at_step))
-    return subprocess.Popen([sys.executable, "-m", "transformer", *train_args(run_dir, *overrides)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        NPGRAD_BACKEND=SUBPROCESS_BACKEND,
+        TRANSFORMER_HOLD_AT_STEP=str(hold_at_step),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "transformer", *train_args(run_dir, *overrides)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_steps(process, run_dir, steps, timeout=120.0):
@@ -182,8 +211,9 @@ def test_kill_9_then_resume_is_bit_identical(reference, tmp_path):
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("signum, code, stopped", [(signal.SIGINT, 130, "interrupted"),
-                                                   (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize(
+    "signum, code, stopped", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_and_resumes(reference, tmp_path, signum, code, stopped):
     # SIGTERM is what `timeout`, `kill` and job schedulers send: treated like Ctrl-C, it must not lose the run.
     process = start_training(tmp_path, "train.max_steps=1000", "train.checkpoint_every=1000", hold_at_step=2)
@@ -232,8 +262,11 @@ def test_time_budget_stops_training(tmp_path, capsys):
 
 def test_early_stopping_and_epoch_budget(tmp_path, capsys):
     # lr 0: validation BLEU never improves on the first validation, so patience 2 stops at the third.
-    run_cli(train_args(tmp_path / "patience", "train.lr=0.0", "train.validate_every=1", "train.patience=2",
-                       "train.max_steps=50"))
+    run_cli(
+        train_args(
+            tmp_path / "patience", "train.lr=0.0", "train.validate_every=1", "train.patience=2", "train.max_steps=50"
+        )
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["stopped"], summary["step"]) == ("early_stopping", 3)
     # One epoch of the 22 training pairs is a few batches; the epoch budget stops after its last one.

@@ -25,6 +25,7 @@ Cache (incremental decoding; see model.DecoderState): a dict per attention modul
   cross-attention: {"k": (B, H, S, D), "v": (B, H, S, D)} computed once from the encoder output
                    by :meth:`MultiHeadAttention.precompute_memory`.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,7 @@ from npgrad import functional as F
 from npgrad import nn
 
 from .data import causal_mask
-from .positional import (RelativePositionEmbedding, Rotary, RotaryEmbedding, alibi_bias, alibi_slopes,
-                         rotary_tables)
+from .positional import RelativePositionEmbedding, Rotary, RotaryEmbedding, alibi_bias, alibi_slopes, rotary_tables
 
 ATTENTION_POSITIONAL = (None, "relative", "rope", "alibi")
 
@@ -58,7 +58,8 @@ def init_linear(linear, rng, blocks=1):
     fan_in, fan_out = linear.weight.shape
     block = fan_out // blocks
     linear.weight.data[...] = np.concatenate(
-        [xavier_uniform(rng, fan_in, block, dtype=linear.weight.dtype) for _ in range(blocks)], axis=1)
+        [xavier_uniform(rng, fan_in, block, dtype=linear.weight.dtype) for _ in range(blocks)], axis=1
+    )
     if getattr(linear, "bias", None) is not None:
         linear.bias.data[...] = 0
 
@@ -77,14 +78,28 @@ class MultiHeadAttention(nn.Module):
     ``dropout`` applies to the attention weights, drawn from ``dropout_rng`` (the model shares one).
     """
 
-    def __init__(self, d_model, n_heads, dropout=0.0, *, self_attention=True, positional=None,
-                 max_relative_distance=16, max_len=256, bias=True, rng=None, dropout_rng=None,
-                 dtype=np.float32):
+    def __init__(
+        self,
+        d_model,
+        n_heads,
+        dropout=0.0,
+        *,
+        self_attention=True,
+        positional=None,
+        max_relative_distance=16,
+        max_len=256,
+        bias=True,
+        rng=None,
+        dropout_rng=None,
+        dtype=np.float32,
+    ):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by n_heads={n_heads}")
         if positional not in ATTENTION_POSITIONAL:
-            raise ValueError(f"MultiHeadAttention: positional must be one of {ATTENTION_POSITIONAL}, got {positional!r}")
+            raise ValueError(
+                f"MultiHeadAttention: positional must be one of {ATTENTION_POSITIONAL}, got {positional!r}"
+            )
         if positional is not None and not self_attention:
             raise ValueError("MultiHeadAttention: positional terms apply to self-attention only")
         rng = np.random.default_rng() if rng is None else rng
@@ -117,7 +132,7 @@ class MultiHeadAttention(nn.Module):
         """(B, L, n C) -> n_parts tensors (B, H, L, D): one reshape + one transpose (views), then indexing."""
         batch, length, _ = projected.shape
         heads = projected.reshape(batch, length, n_parts, self.n_heads, self.head_dim)
-        heads = heads.transpose(2, 0, 3, 1, 4)                                    # (n, B, H, L, D)
+        heads = heads.transpose(2, 0, 3, 1, 4)  # (n, B, H, L, D)
         return [heads[i] for i in range(n_parts)]
 
     def _rotate_packed(self, qkv):
@@ -131,13 +146,13 @@ class MultiHeadAttention(nn.Module):
         rotary, heads, half = self.rotary, self.n_heads, self.head_dim // 2
         if length <= rotary.cos.shape[0]:
             cos, sin = (t.data if isinstance(t, ng.Tensor) else t for t in (rotary.cos, rotary.sin))
-            cos, sin = cos[:length], sin[:length]                                     # (T, D/2)
+            cos, sin = cos[:length], sin[:length]  # (T, D/2)
         else:
             cos, sin = rotary_tables(np.arange(length), self.head_dim, rotary.base, qkv.dtype)
-        cos3 = np.ones((length, 3 * heads, half), dtype=qkv.dtype)                   # (T, 3H, D/2)
+        cos3 = np.ones((length, 3 * heads, half), dtype=qkv.dtype)  # (T, 3H, D/2)
         sin3 = np.zeros((length, 3 * heads, half), dtype=qkv.dtype)
-        cos3[:, :2 * heads] = cos[:, None, :]
-        sin3[:, :2 * heads] = sin[:, None, :]
+        cos3[:, : 2 * heads] = cos[:, None, :]
+        sin3[:, : 2 * heads] = sin[:, None, :]
         rotated = Rotary.apply(qkv.reshape(batch, length, 3 * heads, self.head_dim), cos3, sin3)
         return rotated.reshape(batch, length, 3 * self.d_model)
 
@@ -159,13 +174,20 @@ class MultiHeadAttention(nn.Module):
         if self.self_attention and cache is None and self.positional in (None, "rope"):
             # Training and full-sequence scoring: one primitive from the fused projection to the merged
             # heads, whose backward writes the q/k/v gradients into one (B, T, 3C) buffer.
-            qkv = F.linear(x, self.qkv.weight, self.qkv.bias)                          # (B, T, 3C)
+            qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # (B, T, 3C)
             if self.positional == "rope":
                 qkv = self._rotate_packed(qkv)
             heads = F.packed_self_attention(
-                qkv, self.n_heads, mask=key_mask, is_causal=causal,
-                scale=self.scale, dropout_p=self.dropout_p, rng=self.dropout_rng, training=self.training)
-            return F.linear(heads, self.out_proj.weight, self.out_proj.bias)                # (B, T, C)
+                qkv,
+                self.n_heads,
+                mask=key_mask,
+                is_causal=causal,
+                scale=self.scale,
+                dropout_p=self.dropout_p,
+                rng=self.dropout_rng,
+                training=self.training,
+            )
+            return F.linear(heads, self.out_proj.weight, self.out_proj.bias)  # (B, T, C)
         if self.self_attention:
             q, k, v = self._split(F.linear(x, self.qkv.weight, self.qkv.bias), 3)
             offset = 0
@@ -191,7 +213,7 @@ class MultiHeadAttention(nn.Module):
                 else:
                     k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
             offset = 0
-        heads = self._attend(q, k, v, key_mask, causal, offset)                  # (B, H, T, D)
+        heads = self._attend(q, k, v, key_mask, causal, offset)  # (B, H, T, D)
         return F.linear(self._merge(heads), self.out_proj.weight, self.out_proj.bias)
 
     def precompute_memory(self, memory, cache):
@@ -221,27 +243,35 @@ class MultiHeadAttention(nn.Module):
         if causal and (offset or query_len != key_len):
             # Queries do not start at key 0 (a cached prefix): the causal mask is offset-aligned. A single
             # decode step (T = 1, the last position) sees every key, so no mask at all.
-            mask = causal_mask(query_len, key_len, offset)                       # (T, K)
+            mask = causal_mask(query_len, key_len, offset)  # (T, K)
             if not mask.all():
                 key_mask = mask if key_mask is None else (key_mask & mask)
             causal = False
         if self.positional in (None, "rope"):
             return F.scaled_dot_product_attention(
-                q, k, v, mask=key_mask, dropout_p=dropout_p, is_causal=causal,
-                scale=self.scale, rng=self.dropout_rng, training=self.training)
+                q,
+                k,
+                v,
+                mask=key_mask,
+                dropout_p=dropout_p,
+                is_causal=causal,
+                scale=self.scale,
+                rng=self.dropout_rng,
+                training=self.training,
+            )
         return self._explicit_attention(q, k, v, key_mask, causal, offset, dropout_p)
 
     def _explicit_attention(self, q, k, v, key_mask, causal, offset, dropout_p):
         """Scores with a positional term, then masked softmax and the weighted sum, in npgrad ops."""
         batch, heads, query_len, head_dim = q.shape
         key_len = k.shape[2]
-        scores = q @ k.swapaxes(-1, -2)                                          # (B, H, T, K)
+        scores = q @ k.swapaxes(-1, -2)  # (B, H, T, K)
         if self.positional == "relative":
-            rel_k, rel_v = self.relative(query_len, key_len, offset)            # (T, K, D) each
+            rel_k, rel_v = self.relative(query_len, key_len, offset)  # (T, K, D) each
             # q_i . a^K_ij for all (i, j): one batched GEMM per query position, batch rows = B*H:
             # (T, B*H, D) @ (T, D, K) -> (T, B*H, K).
             q_by_position = q.transpose(2, 0, 1, 3).reshape(query_len, batch * heads, head_dim)
-            rel_scores = (q_by_position @ rel_k.swapaxes(-1, -2))               # (T, B*H, K)
+            rel_scores = q_by_position @ rel_k.swapaxes(-1, -2)  # (T, B*H, K)
             rel_scores = rel_scores.reshape(query_len, batch, heads, key_len).transpose(1, 2, 0, 3)
             scores = scores + rel_scores
         scores = scores * self.scale
@@ -256,15 +286,15 @@ class MultiHeadAttention(nn.Module):
             # The most negative finite number rather than -inf: exp underflows to exactly 0 for a
             # masked key, and a row with no visible key stays finite (uniform) instead of NaN.
             scores = scores.masked_fill(~allowed, np.finfo(q.dtype).min)
-        weights = F.softmax(scores, axis=-1)                                     # (B, H, T, K)
+        weights = F.softmax(scores, axis=-1)  # (B, H, T, K)
         if allowed is not None:
-            visible = allowed.any(axis=-1, keepdims=True)                        # (B?, 1?, T, 1)
+            visible = allowed.any(axis=-1, keepdims=True)  # (B?, 1?, T, 1)
             if not visible.all():
                 # Rows with no visible key: the policy is zeros (and zero gradient), as the fused op.
                 weights = weights * visible.astype(q.dtype)
         if dropout_p > 0.0:
             weights = F.dropout(weights, dropout_p, training=True, rng=self.dropout_rng)
-        out = weights @ v                                                        # (B, H, T, D)
+        out = weights @ v  # (B, H, T, D)
         if self.positional == "relative":
             # sum_j w_ij a^V_ij: (T, B*H, K) @ (T, K, D) -> (T, B*H, D)
             w_by_position = weights.transpose(2, 0, 1, 3).reshape(query_len, batch * heads, key_len)

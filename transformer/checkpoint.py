@@ -21,6 +21,7 @@ Loading checks every file before trusting it: a truncated file, a file that is n
 .npy), bad JSON, a missing file or a checksum mismatch raises :class:`CheckpointError` naming the file and the problem.
 The only parsers involved are ``json`` and safetensors' header/byte reader: nothing is unpickled or executed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,6 +72,7 @@ def _file_record(path):
 
 def _write_safetensors(path, tensors, kind):
     from safetensors.numpy import save_file
+
     tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
     save_file(tensors, str(path), metadata={"format": FORMAT, "content": kind})
     fsync_path(path)
@@ -105,11 +107,14 @@ def _read_safetensors(path, expected=None, order=None):
         raise CheckpointError(f"{path}: not a safetensors file: it is {foreign}")
     if expected is not None:
         if len(data) != expected["bytes"]:
-            raise CheckpointError(f"{path}: size {len(data)} bytes, the manifest says {expected['bytes']}: truncated "
-                                  "or not safetensors (replaced by another file)")
+            raise CheckpointError(
+                f"{path}: size {len(data)} bytes, the manifest says {expected['bytes']}: truncated "
+                "or not safetensors (replaced by another file)"
+            )
         if hashlib.sha256(data).hexdigest() != expected["sha256"]:
             raise CheckpointError(f"{path}: SHA-256 checksum mismatch with the manifest (corrupted or replaced)")
     from safetensors.numpy import load
+
     try:
         arrays = load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type; restate it with the file name
@@ -127,8 +132,10 @@ def _read_manifest(directory):
         hint = ""
         leftovers = sorted(directory.parent.glob(f".{directory.name}.old-*")) if directory.parent.is_dir() else []
         if leftovers:
-            hint = (f"; an interrupted save left the previous checkpoint at {leftovers[-1]} "
-                    f"(rename it to {directory.name} to use it)")
+            hint = (
+                f"; an interrupted save left the previous checkpoint at {leftovers[-1]} "
+                f"(rename it to {directory.name} to use it)"
+            )
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist{hint}")
     path = directory / MANIFEST
     if not path.is_file():
@@ -140,13 +147,15 @@ def _read_manifest(directory):
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is truncated or not a checkpoint "
-                              "manifest") from None
+        raise CheckpointError(
+            f"{path}: not valid JSON ({exc}); the file is truncated or not a checkpoint manifest"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an npgrad checkpoint manifest (no \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{path}: not an npgrad checkpoint manifest (no "format": "{FORMAT}")')
     if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {manifest.get('version')!r}; this code reads "
-                              f"versions up to {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {manifest.get('version')!r}; this code reads versions up to {VERSION}"
+        )
     for key in ("config", "files"):
         if key not in manifest:
             raise CheckpointError(f"{path}: the manifest has no {key!r} entry")
@@ -171,8 +180,9 @@ def _model_state(model):
     elif isinstance(model, Mapping):
         state = model
     else:
-        raise TypeError(f"save_checkpoint: model must be a Module (with state_dict()) or a state dict, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"save_checkpoint: model must be a Module (with state_dict()) or a state dict, got {type(model).__name__}"
+        )
     out = OrderedDict()
     for name, value in state.items():
         array = np.asarray(getattr(value, "data", value))
@@ -187,6 +197,7 @@ _RNG_KINDS = ("numpy.Generator", "numpy.BitGenerator", "numpy.RandomState", "pyt
 
 def _rng_record(name, rng):
     import random
+
     if isinstance(rng, np.random.Generator):
         return {"kind": "numpy.Generator", "state": rng.bit_generator.state}
     if isinstance(rng, np.random.BitGenerator):
@@ -197,24 +208,48 @@ def _rng_record(name, rng):
         return {"kind": "python.random", "state": rng.getstate()}
     if isinstance(rng, Mapping):
         return {"kind": "state", "state": dict(rng)}
-    raise TypeError(f"save_checkpoint: rng_states[{name!r}] is a {type(rng).__name__}; give a numpy Generator, "
-                    "BitGenerator, RandomState, random.Random, or a bit_generator state dict")
+    raise TypeError(
+        f"save_checkpoint: rng_states[{name!r}] is a {type(rng).__name__}; give a numpy Generator, "
+        "BitGenerator, RandomState, random.Random, or a bit_generator state dict"
+    )
 
 
-_BIT_GENERATORS = {"PCG64": np.random.PCG64, "PCG64DXSM": np.random.PCG64DXSM, "MT19937": np.random.MT19937,
-                   "Philox": np.random.Philox, "SFC64": np.random.SFC64}
+_BIT_GENERATORS = {
+    "PCG64": np.random.PCG64,
+    "PCG64DXSM": np.random.PCG64DXSM,
+    "MT19937": np.random.MT19937,
+    "Philox": np.random.Philox,
+    "SFC64": np.random.SFC64,
+}
 
 
 def _check_extra_name(name):
-    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
-            or "/" in name or "\\" in name or name in _RESERVED):
-        raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name (no directories, not "
-                         f"hidden, not one of {sorted(_RESERVED)})")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or name in _RESERVED
+    ):
+        raise ValueError(
+            f"save_checkpoint: extra file name {name!r} must be a plain file name (no directories, not "
+            f"hidden, not one of {sorted(_RESERVED)})"
+        )
 
 
-def save_checkpoint(directory: str | os.PathLike, model: Any, config_dict: Any, optimizer: Any = None,
-                    scheduler: Any = None, train_state: dict | None = None, rng_states: dict | None = None,
-                    extra_files: dict[str, str | os.PathLike] | None = None, metadata: dict | None = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: Any,
+    config_dict: Any,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    train_state: dict | None = None,
+    rng_states: dict | None = None,
+    extra_files: dict[str, str | os.PathLike] | None = None,
+    metadata: dict | None = None,
+) -> Path:
     """Write a checkpoint directory atomically; returns its path.
 
     model: an npgrad Module (``state_dict()``) or a state dict name -> array. config_dict: the model config (a dict
@@ -229,18 +264,21 @@ def save_checkpoint(directory: str | os.PathLike, model: Any, config_dict: Any, 
     """
     target = Path(directory)
     if target.exists() and not (target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))):
-        raise FileExistsError(f"save_checkpoint: {target} exists and is not a checkpoint directory; refusing to "
-                              "replace it")
+        raise FileExistsError(
+            f"save_checkpoint: {target} exists and is not a checkpoint directory; refusing to replace it"
+        )
     config = encode_state(_config_dict(config_dict), "config")
     weights = _model_state(model)
     manifest = {"format": FORMAT, "version": VERSION, "config": config, "files": {}}
     optimizer_arrays: OrderedDict[str, np.ndarray] = OrderedDict()
-    manifest["optimizer"] = (None if optimizer is None
-                             else encode_state(optimizer.state_dict(), "optimizer", optimizer_arrays))
+    manifest["optimizer"] = (
+        None if optimizer is None else encode_state(optimizer.state_dict(), "optimizer", optimizer_arrays)
+    )
     manifest["scheduler"] = None if scheduler is None else encode_state(scheduler.state_dict(), "scheduler")
     manifest["train_state"] = None if train_state is None else encode_state(dict(train_state), "train_state")
-    manifest["rng_states"] = {name: encode_state(_rng_record(name, rng), f"rng_states.{name}")
-                              for name, rng in (rng_states or {}).items()}
+    manifest["rng_states"] = {
+        name: encode_state(_rng_record(name, rng), f"rng_states.{name}") for name, rng in (rng_states or {}).items()
+    }
     manifest["metadata"] = encode_state(dict(metadata or {}), "metadata")
     extra = {}
     for name, source in (extra_files or {}).items():
@@ -286,13 +324,17 @@ def check_average_output(output: str | os.PathLike, overwrite: bool = False) -> 
         except (CheckpointError, OSError):
             averaged = False
         if not averaged:
-            raise FileExistsError(f"average --output {target} is a training checkpoint; averaging into it would "
-                                  "replace it with weights only and the run could no longer resume. Choose another "
-                                  "--output")
+            raise FileExistsError(
+                f"average --output {target} is a training checkpoint; averaging into it would "
+                "replace it with weights only and the run could no longer resume. Choose another "
+                "--output"
+            )
     inside = checkpoint_area(target.parent)
     if inside is not None:
-        raise FileExistsError(f"average --output {target} is inside {inside}, which the run's checkpoint rotation "
-                              "deletes or takes for its own; choose a directory outside the run's checkpoints/")
+        raise FileExistsError(
+            f"average --output {target} is inside {inside}, which the run's checkpoint rotation "
+            "deletes or takes for its own; choose a directory outside the run's checkpoints/"
+        )
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
     if not (target / MANIFEST).is_file():
@@ -306,9 +348,13 @@ def read_manifest_fields(directory: str | os.PathLike) -> dict:
     (no weights read)."""
     manifest_path, manifest = _read_manifest(directory)
     where = str(manifest_path)
-    return {"config": _decoded(manifest["config"], where), "train_state": _decoded(manifest.get("train_state"), where),
-            "metadata": _decoded(manifest.get("metadata") or {}, where), "files": manifest["files"],
-            "extra_files": list(manifest.get("extra_files") or [])}
+    return {
+        "config": _decoded(manifest["config"], where),
+        "train_state": _decoded(manifest.get("train_state"), where),
+        "metadata": _decoded(manifest.get("metadata") or {}, where),
+        "files": manifest["files"],
+        "extra_files": list(manifest.get("extra_files") or []),
+    }
 
 
 def checkpoint_area(path: str | os.PathLike) -> Path | None:
@@ -318,8 +364,11 @@ def checkpoint_area(path: str | os.PathLike) -> Path | None:
     for directory in (path, *path.parents):
         if (directory / MANIFEST).is_file():
             return directory
-        if directory.name == "checkpoints" and directory.is_dir() and any(
-                CheckpointManager._PATTERN.match(child.name) for child in directory.iterdir()):
+        if (
+            directory.name == "checkpoints"
+            and directory.is_dir()
+            and any(CheckpointManager._PATTERN.match(child.name) for child in directory.iterdir())
+        ):
             return directory
     return None
 
@@ -328,7 +377,7 @@ def check_config(saved, expected, ignore=NON_ARCHITECTURE_KEYS, where="checkpoin
     """Raise CheckpointError listing every key where ``saved`` and ``expected`` configs differ (``ignore`` skipped)."""
     if hasattr(expected, "to_dict"):
         expected = expected.to_dict()
-    expected = _decoded(encode_state(dict(expected), "config"), "config")   # same normal form as a loaded config
+    expected = _decoded(encode_state(dict(expected), "config"), "config")  # same normal form as a loaded config
     problems = []
     for key in sorted(set(saved) | set(expected)):
         if key in ignore:
@@ -353,12 +402,18 @@ class Checkpoint:
     optimizer_state: dict | None = None
     scheduler_state: dict | None = None
     train_state: dict | None = None
-    rng_states: dict = field(default_factory=dict)   # name -> {"kind": ..., "state": ...}
+    rng_states: dict = field(default_factory=dict)  # name -> {"kind": ..., "state": ...}
     extra_files: dict = field(default_factory=dict)  # name -> Path inside the checkpoint
     metadata: dict = field(default_factory=dict)
 
-    def restore(self, model=None, optimizer=None, scheduler=None, check_model_config=True,
-                ignore_config_keys=NON_ARCHITECTURE_KEYS):
+    def restore(
+        self,
+        model=None,
+        optimizer=None,
+        scheduler=None,
+        check_model_config=True,
+        ignore_config_keys=NON_ARCHITECTURE_KEYS,
+    ):
         """Load the saved states into the given objects; the model's config is checked against the saved one."""
         if model is not None:
             if check_model_config and getattr(model, "config", None) is not None:
@@ -381,6 +436,7 @@ class Checkpoint:
     def restore_rng(self, name, target):
         """Set the saved state ``name`` into ``target`` (Generator, BitGenerator, RandomState, random.Random)."""
         import random
+
         entry = self._rng_entry(name)
         state = entry["state"]
         if isinstance(target, np.random.Generator):
@@ -400,15 +456,18 @@ class Checkpoint:
         state = self._rng_entry(name)["state"]
         kind = state.get("bit_generator") if isinstance(state, Mapping) else None
         if kind not in _BIT_GENERATORS:
-            raise CheckpointError(f"{self.directory}: RNG state {name!r} is not a known NumPy bit generator state "
-                                  f"(bit_generator={kind!r}; known: {sorted(_BIT_GENERATORS)})")
+            raise CheckpointError(
+                f"{self.directory}: RNG state {name!r} is not a known NumPy bit generator state "
+                f"(bit_generator={kind!r}; known: {sorted(_BIT_GENERATORS)})"
+            )
         bit_generator = _BIT_GENERATORS[kind]()
         bit_generator.state = state
         return np.random.Generator(bit_generator)
 
 
-def load_checkpoint(directory: str | os.PathLike, expected_config: Any = None,
-                    ignore_config_keys: Sequence[str] = NON_ARCHITECTURE_KEYS) -> Checkpoint:
+def load_checkpoint(
+    directory: str | os.PathLike, expected_config: Any = None, ignore_config_keys: Sequence[str] = NON_ARCHITECTURE_KEYS
+) -> Checkpoint:
     """Read and verify a checkpoint directory written by :func:`save_checkpoint`; returns a :class:`Checkpoint`.
 
     Every file is checked (format, size and SHA-256 against the manifest) before use; problems raise
@@ -429,8 +488,9 @@ def load_checkpoint(directory: str | os.PathLike, expected_config: Any = None,
     if manifest.get("optimizer") is not None:
         if OPTIMIZER_FILE not in files:
             raise CheckpointError(f"{where}: optimizer state present but {OPTIMIZER_FILE} is not listed")
-        arrays = _read_safetensors(directory / OPTIMIZER_FILE, files[OPTIMIZER_FILE],
-                                   _tensor_order(manifest, OPTIMIZER_FILE))
+        arrays = _read_safetensors(
+            directory / OPTIMIZER_FILE, files[OPTIMIZER_FILE], _tensor_order(manifest, OPTIMIZER_FILE)
+        )
         optimizer_state = _decoded(manifest["optimizer"], where, arrays)
     extra = {}
     for name in manifest.get("extra_files", []):
@@ -441,8 +501,10 @@ def load_checkpoint(directory: str | os.PathLike, expected_config: Any = None,
             raise CheckpointError(f"{path}: file is missing")
         record = _file_record(path)
         if record != files[name]:
-            raise CheckpointError(f"{path}: size/checksum differ from the manifest ({record['bytes']} bytes vs "
-                                  f"{files[name]['bytes']}): corrupted or replaced")
+            raise CheckpointError(
+                f"{path}: size/checksum differ from the manifest ({record['bytes']} bytes vs "
+                f"{files[name]['bytes']}): corrupted or replaced"
+            )
         extra[name] = path
     rng_states = {}
     for name, entry in (manifest.get("rng_states") or {}).items():
@@ -451,10 +513,16 @@ def load_checkpoint(directory: str | os.PathLike, expected_config: Any = None,
             raise CheckpointError(f"{where}: RNG state {name!r} is malformed")
         rng_states[name] = entry
     return Checkpoint(
-        directory=directory, config=config, model_state=model_state, optimizer_state=optimizer_state,
+        directory=directory,
+        config=config,
+        model_state=model_state,
+        optimizer_state=optimizer_state,
         scheduler_state=_decoded(manifest.get("scheduler"), where),
-        train_state=_decoded(manifest.get("train_state"), where), rng_states=rng_states, extra_files=extra,
-        metadata=_decoded(manifest.get("metadata") or {}, where))
+        train_state=_decoded(manifest.get("train_state"), where),
+        rng_states=rng_states,
+        extra_files=extra,
+        metadata=_decoded(manifest.get("metadata") or {}, where),
+    )
 
 
 def _load_weights(directory):
@@ -487,22 +555,31 @@ def average_checkpoints(directories: Sequence[str | os.PathLike]) -> OrderedDict
         state = _load_weights(directory)
         missing, extra = [k for k in first if k not in state], [k for k in state if k not in first]
         if missing or extra:
-            raise CheckpointError(f"average_checkpoints: {directory} has different weights than {directories[0]}: "
-                                  f"missing {missing}, extra {extra}")
-        bad = [f"{k}: {v.shape} {v.dtype} vs {first[k].shape} {first[k].dtype}" for k, v in state.items()
-               if v.shape != first[k].shape or v.dtype != first[k].dtype]
+            raise CheckpointError(
+                f"average_checkpoints: {directory} has different weights than {directories[0]}: "
+                f"missing {missing}, extra {extra}"
+            )
+        bad = [
+            f"{k}: {v.shape} {v.dtype} vs {first[k].shape} {first[k].dtype}"
+            for k, v in state.items()
+            if v.shape != first[k].shape or v.dtype != first[k].dtype
+        ]
         if bad:
-            raise CheckpointError(f"average_checkpoints: {directory} differs from {directories[0]} in shape/dtype: "
-                                  + "; ".join(bad))
+            raise CheckpointError(
+                f"average_checkpoints: {directory} differs from {directories[0]} in shape/dtype: " + "; ".join(bad)
+            )
         for key, value in state.items():
             if value.dtype.kind == "f":
                 sums[key] += value
             elif not np.array_equal(value, first[key]):
-                raise CheckpointError(f"average_checkpoints: non-float array {key!r} differs between {directory} "
-                                      f"and {directories[0]}; it cannot be averaged")
+                raise CheckpointError(
+                    f"average_checkpoints: non-float array {key!r} differs between {directory} "
+                    f"and {directories[0]}; it cannot be averaged"
+                )
     count = len(directories)
-    return OrderedDict((k, (v / count).astype(first[k].dtype) if first[k].dtype.kind == "f" else v.copy())
-                       for k, v in sums.items())
+    return OrderedDict(
+        (k, (v / count).astype(first[k].dtype) if first[k].dtype.kind == "f" else v.copy()) for k, v in sums.items()
+    )
 
 
 # ============================================================================================== manager
@@ -595,7 +672,7 @@ class CheckpointManager:
     def prune(self) -> None:
         """Delete checkpoints that are neither among the last ``keep_last`` nor the best."""
         infos = self.checkpoints()
-        keep = {info.path for info in infos[-self.keep_last:]}
+        keep = {info.path for info in infos[-self.keep_last :]}
         best = self.best()
         if best is not None:
             keep.add(best)

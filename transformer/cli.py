@@ -3,6 +3,7 @@
 Translation:  prepare, train, translate, evaluate, score, average, sheet-summary
 Language modelling:  lm-train, lm-sample, lm-eval
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,8 @@ _PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
 
 def _load(args):
     from .config import load_config
-    return _absolute_paths(load_config(args.config, args.overrides))     # overrides: normalised by main()
+
+    return _absolute_paths(load_config(args.config, args.overrides))  # overrides: normalised by main()
 
 
 def _absolute_paths(config):
@@ -55,6 +57,7 @@ def _absolute_paths(config):
 def _resolve_checkpoint(path):
     """A checkpoint directory, or a run directory (its best checkpoint, else its last)."""
     from .checkpoint import MANIFEST, CheckpointManager
+
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
@@ -76,6 +79,7 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     from .checkpoint import load_checkpoint
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
+
     checkpoint = load_checkpoint(_resolve_checkpoint(checkpoint_dir))
     config = checkpoint.config
     if not isinstance(config, dict):
@@ -83,8 +87,10 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     found = "lm" if "vocab_size" in config else "translation"
     if kind is not None and kind != found:
         use = "lm-sample / lm-eval" if found == "lm" else "translate / evaluate"
-        raise ValueError(f"{checkpoint.directory} is a {'language-model' if found == 'lm' else 'translation'} "
-                         f"checkpoint; use {use} with it")
+        raise ValueError(
+            f"{checkpoint.directory} is a {'language-model' if found == 'lm' else 'translation'} "
+            f"checkpoint; use {use} with it"
+        )
     # Every key must be there, with its type: a missing n_heads must never quietly become today's default.
     where = f"{checkpoint.directory}/manifest.json config"
     config_class = LMConfig if found == "lm" else TransformerConfig
@@ -99,6 +105,7 @@ def _check_output(path, option, overwrite, protected=()):
     """An output file may not be a directory, a file of a run's checkpoints or one of the run's data files (``protected``),
     and replaces an existing file only with --overwrite: checked before any work, so nothing is lost by a typo."""
     from .checkpoint import checkpoint_area
+
     if path is None:
         return
     path = Path(path)
@@ -116,6 +123,7 @@ def _check_output(path, option, overwrite, protected=()):
 def _read_input(path):
     """Lines of a file (or standard input), split on newline only; invalid UTF-8 names the file and line."""
     from .datasets import decode_lines
+
     if path in (None, "-"):
         data, name = sys.stdin.buffer.read(), "standard input"
     else:
@@ -127,18 +135,28 @@ def _read_input(path):
 def cmd_prepare(args):
     from .tasks import TranslationTask
     from .train import train_settings
+
     config = _load(args)
     settings = train_settings({**config["train"], "max_steps": 1}, "translation")
     task = TranslationTask(config, _run_dir(config, args.run_dir), settings, build_model=False)
-    print(f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "
-          f"vocabulary {task.src_tok.vocab_size}/{task.tgt_tok.vocab_size}; tokenizer in {task.tok_dir}")
+    print(
+        f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "
+        f"vocabulary {task.src_tok.vocab_size}/{task.tgt_tok.vocab_size}; tokenizer in {task.tok_dir}"
+    )
     return 0
 
 
 def _train(args, task_class, kind):
     from .train import (
-        EXIT_CODES, Trainer, check_fresh_run_dir, check_run_tokenizer, resume_config, seed_everything, train_settings,
+        EXIT_CODES,
+        Trainer,
+        check_fresh_run_dir,
+        check_run_tokenizer,
+        resume_config,
+        seed_everything,
+        train_settings,
     )
+
     config = _load(args)
     run_dir = _run_dir(config, args.run_dir)
     # Everything about the directory is checked before anything is created, the corpus read or a tokenizer trained.
@@ -158,28 +176,33 @@ def _train(args, task_class, kind):
     # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
     write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
     state = trainer.run()
-    print(json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"],
-                      "run_dir": str(run_dir)}))
+    print(
+        json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"], "run_dir": str(run_dir)})
+    )
     return EXIT_CODES.get(state["stopped"], 0)
 
 
 def cmd_train(args):
     from .tasks import TranslationTask
+
     return _train(args, TranslationTask, "translation")
 
 
 def cmd_lm_train(args):
     from .tasks import LMTask
+
     return _train(args, LMTask, "lm")
 
 
 def cmd_translate(args):
     from .tasks import translate_sentences
+
     _check_output(args.output, "--output", args.overwrite)
     model, (src_tok, tgt_tok), _ = load_model(args.checkpoint, kind="translation")
     lines = _read_input(args.input)
-    out = translate_sentences(model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens,
-                              alpha=args.alpha, progress=True)
+    out = translate_sentences(
+        model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens, alpha=args.alpha, progress=True
+    )
     text = "".join(line.replace("\n", " ") + "\n" for line in out)
     if args.output:
         write_atomic(args.output, text)
@@ -192,6 +215,7 @@ def cmd_evaluate(args):
     from .datasets import file_identity
     from .evaluate import write_human_eval_sheet
     from .tasks import DATA_DEFAULTS, evaluate_translation, load_corpus
+
     model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
     data = {**DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
@@ -205,8 +229,9 @@ def cmd_evaluate(args):
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
     if len(pairs) == 0:
         raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
-    scores, hyps = evaluate_translation(model, src_tok, tgt_tok, pairs, beam=args.beam, alpha=args.alpha,
-                                        max_tokens=args.max_tokens, progress=True)
+    scores, hyps = evaluate_translation(
+        model, src_tok, tgt_tok, pairs, beam=args.beam, alpha=args.alpha, max_tokens=args.max_tokens, progress=True
+    )
     result = {"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
         write_atomic(args.hypotheses, "\n".join(hyps) + "\n")
@@ -220,10 +245,14 @@ def cmd_evaluate(args):
 def cmd_score(args):
     """sacreBLEU BLEU and chrF of a file of detokenised hypotheses against a file of references."""
     from .evaluate import translation_scores
+
     scores = translation_scores(_read_input(args.hyps), _read_input(args.refs))
-    print(json.dumps(scores, indent=2) if args.json else
-          f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}\nchrF = {scores['chrf']:.2f}  "
-          f"{scores['chrf_signature']}")
+    print(
+        json.dumps(scores, indent=2)
+        if args.json
+        else f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}\nchrF = {scores['chrf']:.2f}  "
+        f"{scores['chrf_signature']}"
+    )
     return 0
 
 
@@ -231,16 +260,19 @@ def _check_same_data(checkpoint, current, allow_changed):
     """Refuse to score a checkpoint on data other than its run's (the splits would silently differ); with
     ``--allow-changed-data`` say what changed and go on."""
     from .datasets import identity_changes
+
     recorded = (checkpoint.train_state or {}).get("data_files")
     if not recorded:
-        return                                   # a checkpoint written before data identities were recorded
+        return  # a checkpoint written before data identities were recorded
     changes = identity_changes(recorded, current)
     if not changes:
         return
     text = "the data differs from what the run trained on: " + "; ".join(changes)
     if not allow_changed:
-        raise UsageError(f"{checkpoint.directory}: {text}. The splits (and scores) would not be the run's; restore "
-                         "the files, point --data-dir at the run's copy, or pass --allow-changed-data")
+        raise UsageError(
+            f"{checkpoint.directory}: {text}. The splits (and scores) would not be the run's; restore "
+            "the files, point --data-dir at the run's copy, or pass --allow-changed-data"
+        )
     log.warning(f"{text} (--allow-changed-data)")
 
 
@@ -258,13 +290,14 @@ def _run_config_of(checkpoint):
 def cmd_average(args):
     from .checkpoint import CheckpointManager, check_average_output
     from .train import write_averaged_checkpoint
+
     dirs = list(args.checkpoints)
-    check_average_output(args.output, overwrite=args.overwrite)       # before any checkpoint is read
+    check_average_output(args.output, overwrite=args.overwrite)  # before any checkpoint is read
     if args.run_dir:
         infos = CheckpointManager(Path(args.run_dir) / "checkpoints").checkpoints()
         if len(infos) < args.last:
             raise UsageError(f"{args.run_dir} has {len(infos)} checkpoints, {args.last} requested")
-        dirs += [i.path for i in infos[-args.last:]]
+        dirs += [i.path for i in infos[-args.last :]]
     if not dirs:
         raise UsageError("give checkpoint directories or --run-dir with --last N")
     seen = {}
@@ -279,6 +312,7 @@ def cmd_average(args):
 
 def cmd_sheet_summary(args):
     from .evaluate import format_sheet_summary, summarise_sheet
+
     summary = summarise_sheet(args.sheet)
     print(json.dumps(summary, indent=2) if args.json else format_sheet_summary(summary))
     return 0
@@ -286,10 +320,19 @@ def cmd_sheet_summary(args):
 
 def cmd_lm_sample(args):
     from .tasks import decode_lm_ids, lm_generate
+
     model, (tokenizer, _), _ = load_model(args.checkpoint, kind="lm")
-    _, new = lm_generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None,
-                         seed=args.seed, use_cache=not args.no_cache)
+    _, new = lm_generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p or None,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+    )
     print(args.prompt + decode_lm_ids(tokenizer, new))
     return 0
 
@@ -300,6 +343,7 @@ def cmd_lm_eval(args):
     from .data import split_stream
     from .datasets import file_identity
     from .tasks import LM_DATA_DEFAULTS, encode_lm_text, evaluate_lm, load_lm_text, lm_text_path
+
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="lm")
     data = {**LM_DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
@@ -307,9 +351,10 @@ def cmd_lm_eval(args):
     if args.text:
         data["text_path"] = args.text
     path = lm_text_path(data)
-    if not args.text:                            # --text asks for another text on purpose
+    if not args.text:  # --text asks for another text on purpose
         _check_same_data(checkpoint, file_identity([path]), args.allow_changed_data)
     from .tokenizer import TokenizerError
+
     try:
         ids = encode_lm_text(tokenizer, load_lm_text(data, path))
     except TokenizerError as error:
@@ -317,7 +362,7 @@ def cmd_lm_eval(args):
     train, val = split_stream(ids, float(data["train_fraction"]))
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
-        split = split[:args.max_tokens]
+        split = split[: args.max_tokens]
     result = evaluate_lm(model, tokenizer, split, stride=args.stride, ngram=args.ngram, ngram_train_ids=train)
     print(json.dumps({"split": args.split, **result, "checkpoint": str(checkpoint.directory)}, indent=2))
     return 0
@@ -325,14 +370,19 @@ def cmd_lm_eval(args):
 
 def build_parser():
     from .config import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, Number
+
     p = _Parser(prog="transformer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback behind an error message")
     sub = p.add_subparsers(dest="command", required=True)
 
     def number(q, flag, spec, default, help=None):
         # Every numeric option is checked by the same table-driven rule as config numbers (config.Number).
-        q.add_argument(flag, type=spec.option(flag), default=default,
-                       help=(help + "; " if help else "") + f"{spec.describe()} (default {default})")
+        q.add_argument(
+            flag,
+            type=spec.option(flag),
+            default=default,
+            help=(help + "; " if help else "") + f"{spec.describe()} (default {default})",
+        )
 
     def with_config(q):
         q.add_argument("--config", required=True, help="a file or a name in configs/ (e.g. multi30k_de_en)")
@@ -364,8 +414,11 @@ def build_parser():
     decoding(q)
     number(q, "--limit", NON_NEGATIVE_INT, 0, "only the first N sentences (0: all)")
     q.add_argument("--data-dir")
-    q.add_argument("--allow-changed-data", action="store_true",
-                   help="evaluate even if the corpus files differ from those the run trained on (warns)")
+    q.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="evaluate even if the corpus files differ from those the run trained on (warns)",
+    )
     q.add_argument("--hypotheses", help="write the detokenised hypotheses here")
     q.add_argument("--sheet", help="write a human-evaluation CSV sheet here")
     q.add_argument("--overwrite", action="store_true", help="replace existing --hypotheses / --sheet files")
@@ -401,26 +454,49 @@ def build_parser():
     q.add_argument("--split", default="val", choices=["train", "val"])
     q.add_argument("--text", help="a text file instead of the run's corpus (split by the run's train_fraction)")
     q.add_argument("--data-dir", help="the corpus cache (default: the run's, or TRANSFORMER_DATA)")
-    q.add_argument("--allow-changed-data", action="store_true",
-                   help="evaluate even if the corpus file differs from the one the run trained on (warns)")
+    q.add_argument(
+        "--allow-changed-data",
+        action="store_true",
+        help="evaluate even if the corpus file differs from the one the run trained on (warns)",
+    )
     number(q, "--max-tokens", NON_NEGATIVE_INT, 0, "only the first N tokens of the split (0: all)")
-    number(q, "--stride", NON_NEGATIVE_INT, 0,
-           "windows of block_size tokens start every STRIDE tokens and each token is scored once, so every token "
-           "after the first window has at least block_size - STRIDE tokens of context (0: block_size // 2; "
-           "block_size gives non-overlapping windows, as in training)")
-    number(q, "--ngram", NON_NEGATIVE_INT, 0,
-           "also fit a Kneser-Ney n-gram model of this order on the training split and score it on the same tokens")
+    number(
+        q,
+        "--stride",
+        NON_NEGATIVE_INT,
+        0,
+        "windows of block_size tokens start every STRIDE tokens and each token is scored once, so every token "
+        "after the first window has at least block_size - STRIDE tokens of context (0: block_size // 2; "
+        "block_size gives non-overlapping windows, as in training)",
+    )
+    number(
+        q,
+        "--ngram",
+        NON_NEGATIVE_INT,
+        0,
+        "also fit a Kneser-Ney n-gram model of this order on the training split and score it on the same tokens",
+    )
     return p
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "lm-train": cmd_lm_train, "translate": cmd_translate,
-            "evaluate": cmd_evaluate, "score": cmd_score, "average": cmd_average, "sheet-summary": cmd_sheet_summary,
-            "lm-sample": cmd_lm_sample, "lm-eval": cmd_lm_eval}
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "lm-train": cmd_lm_train,
+    "translate": cmd_translate,
+    "evaluate": cmd_evaluate,
+    "score": cmd_score,
+    "average": cmd_average,
+    "sheet-summary": cmd_sheet_summary,
+    "lm-sample": cmd_lm_sample,
+    "lm-eval": cmd_lm_eval,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError, normalise_cli_overrides
     from .datasets import ChecksumError, DownloadError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -437,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
             # fresh ones each step (npgrad/allocator.py: a Multi30k step 1.03-1.37x faster).
             from npgrad.allocator import retain_freed_memory
+
             retain_freed_memory()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C
@@ -450,8 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         message = str(error)
         if isinstance(error, MemoryError):
-            message = f"out of memory ({error or 'an allocation failed'}); use a smaller batch (--max-tokens, " \
-                      "train.max_tokens) or beam (--beam)"
+            message = (
+                f"out of memory ({error or 'an allocation failed'}); use a smaller batch (--max-tokens, "
+                "train.max_tokens) or beam (--beam)"
+            )
         print(f"error: {message}", file=sys.stderr)
         return 2
 

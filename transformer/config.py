@@ -5,6 +5,7 @@ command line, ``train.max_steps=100`` (or ``--train.max_steps 100``) replaces on
 parsed as TOML (``model.norm_first=true``, ``train.betas=[0.9,0.98]``, ``data.corpus="tatoeba"``),
 and a bare word that is not valid TOML is taken as a string (``data.corpus=tatoeba``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,7 +60,9 @@ def check_structure(config, where: str) -> dict:
     """A config is a table of known sections, each a table (the [run] section's keys known too); missing sections
     are added empty. ``where`` names the file in messages."""
     if not isinstance(config, dict):
-        raise ConfigError(f"{where}: a config must be a table of sections {list(SECTIONS)}, got {type(config).__name__}")
+        raise ConfigError(
+            f"{where}: a config must be a table of sections {list(SECTIONS)}, got {type(config).__name__}"
+        )
     unknown = [key for key in config if key not in SECTIONS]
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; expected {list(SECTIONS)}")
@@ -77,13 +80,16 @@ def check_structure(config, where: str) -> dict:
 def read_json_config(path) -> dict:
     """A run's saved config.json, checked like a config file; errors name the file."""
     import json
+
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a JSON config (not UTF-8 text)") from None
     except ValueError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error}); the file is damaged: restore it, or delete it to "
-                          "resume with the configuration saved in the run's last checkpoint") from None
+        raise ConfigError(
+            f"{path}: not valid JSON ({error}); the file is damaged: restore it, or delete it to "
+            "resume with the configuration saved in the run's last checkpoint"
+        ) from None
     return check_structure(config, str(path))
 
 
@@ -146,6 +152,7 @@ def check_keys(section: str, given: dict, allowed) -> None:
 # Every number a user gives (a config key, an override, a command-line option, a model config read from a
 # checkpoint) is checked here, against one table, with the allowed range in the message.
 
+
 class Number:
     """A numeric setting's type and allowed range: ``Number(int, 1)`` is a whole number >= 1,
     ``Number(float, 0, 1, hi_open=True)`` a number in [0, 1), ``Number(float, 0, lo_open=True)`` one > 0."""
@@ -167,14 +174,14 @@ class Number:
         """``value`` as an int/float, or ConfigError: '{where} must be {range}, got {value!r}'."""
         bad = ConfigError(f"{where} must be {self.describe()}, got {value!r}")
         if isinstance(value, (np.integer, np.floating)):
-            value = value.item()                                           # a NumPy scalar
-        if isinstance(value, bool) or not isinstance(value, (int, float)):   # bool is an int: refused too
+            value = value.item()  # a NumPy scalar
+        if isinstance(value, bool) or not isinstance(value, (int, float)):  # bool is an int: refused too
             raise bad
         if self.kind is int:
             if isinstance(value, float):
                 if not value.is_integer():
                     raise ConfigError(f"{where} must be {self.describe()} (a whole number), got {value!r}")
-                value = int(value)                                         # max_steps = 2e3 -> 2000
+                value = int(value)  # max_steps = 2e3 -> 2000
         else:
             value = float(value)
             if value != value or value in (float("inf"), float("-inf")):
@@ -194,6 +201,7 @@ class Number:
                 return self.check(flag, parse_number(text))
             except (ValueError, ConfigError):
                 raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}") from None
+
         parse.__name__ = flag
         return parse
 
@@ -208,7 +216,7 @@ def parse_number(text: str):
 
 POSITIVE_INT, NON_NEGATIVE_INT = Number(int, 1), Number(int, 0)
 POSITIVE, NON_NEGATIVE = Number(float, 0, lo_open=True), Number(float, 0)
-PROBABILITY_BELOW_1 = Number(float, 0, 1, hi_open=True)          # dropout, label smoothing, betas
+PROBABILITY_BELOW_1 = Number(float, 0, 1, hi_open=True)  # dropout, label smoothing, betas
 FRACTION_OPEN = Number(float, 0, 1, lo_open=True, hi_open=True)  # a split between two non-empty parts
 
 MAX_POSITIONS = 1 << 16
@@ -216,29 +224,69 @@ MAX_POSITIONS = 1 << 16
 # section -> key -> Number. Keys missing here are not numbers (strings, booleans, lists checked elsewhere).
 RANGES = {
     "train": dict(
-        lr=NON_NEGATIVE, min_lr=NON_NEGATIVE, warmup_steps=NON_NEGATIVE_INT, eps=POSITIVE,
-        momentum=PROBABILITY_BELOW_1, weight_decay=NON_NEGATIVE, label_smoothing=PROBABILITY_BELOW_1,
-        clip_norm=NON_NEGATIVE, accumulate=POSITIVE_INT, max_tokens=POSITIVE_INT, batch_size=POSITIVE_INT,
-        max_steps=NON_NEGATIVE_INT, max_epochs=NON_NEGATIVE_INT, max_minutes=NON_NEGATIVE,
-        validate_every=POSITIVE_INT, checkpoint_every=NON_NEGATIVE_INT, keep_last=POSITIVE_INT,
-        patience=NON_NEGATIVE_INT, log_every=POSITIVE_INT, seed=NON_NEGATIVE_INT, eval_iters=POSITIVE_INT,
-        bleu_beam=POSITIVE_INT, bleu_max_sentences=NON_NEGATIVE_INT, decode_max_tokens=POSITIVE_INT),
+        lr=NON_NEGATIVE,
+        min_lr=NON_NEGATIVE,
+        warmup_steps=NON_NEGATIVE_INT,
+        eps=POSITIVE,
+        momentum=PROBABILITY_BELOW_1,
+        weight_decay=NON_NEGATIVE,
+        label_smoothing=PROBABILITY_BELOW_1,
+        clip_norm=NON_NEGATIVE,
+        accumulate=POSITIVE_INT,
+        max_tokens=POSITIVE_INT,
+        batch_size=POSITIVE_INT,
+        max_steps=NON_NEGATIVE_INT,
+        max_epochs=NON_NEGATIVE_INT,
+        max_minutes=NON_NEGATIVE,
+        validate_every=POSITIVE_INT,
+        checkpoint_every=NON_NEGATIVE_INT,
+        keep_last=POSITIVE_INT,
+        patience=NON_NEGATIVE_INT,
+        log_every=POSITIVE_INT,
+        seed=NON_NEGATIVE_INT,
+        eval_iters=POSITIVE_INT,
+        bleu_beam=POSITIVE_INT,
+        bleu_max_sentences=NON_NEGATIVE_INT,
+        decode_max_tokens=POSITIVE_INT,
+    ),
     "data": dict(
-        src_column=NON_NEGATIVE_INT, tgt_column=NON_NEGATIVE_INT, split_seed=NON_NEGATIVE_INT,
-        max_tokens=NON_NEGATIVE_INT, max_chars=NON_NEGATIVE_INT, max_ratio=NON_NEGATIVE,
-        train_fraction=FRACTION_OPEN),                       # valid_size/test_size: a count or a fraction
+        src_column=NON_NEGATIVE_INT,
+        tgt_column=NON_NEGATIVE_INT,
+        split_seed=NON_NEGATIVE_INT,
+        max_tokens=NON_NEGATIVE_INT,
+        max_chars=NON_NEGATIVE_INT,
+        max_ratio=NON_NEGATIVE,
+        train_fraction=FRACTION_OPEN,
+    ),  # valid_size/test_size: a count or a fraction
     "tokenizer": dict(
-        vocab_size=Number(int, 8), character_coverage=Number(float, 0, 1, lo_open=True),
-        input_sentence_size=POSITIVE_INT, seed=NON_NEGATIVE_INT),
+        vocab_size=Number(int, 8),
+        character_coverage=Number(float, 0, 1, lo_open=True),
+        input_sentence_size=POSITIVE_INT,
+        seed=NON_NEGATIVE_INT,
+    ),
     "model": dict(
-        src_vocab_size=POSITIVE_INT, tgt_vocab_size=POSITIVE_INT, vocab_size=POSITIVE_INT,
-        d_model=POSITIVE_INT, n_heads=POSITIVE_INT, d_ff=POSITIVE_INT, num_encoder_layers=POSITIVE_INT,
-        num_decoder_layers=POSITIVE_INT, n_layers=POSITIVE_INT,
+        src_vocab_size=POSITIVE_INT,
+        tgt_vocab_size=POSITIVE_INT,
+        vocab_size=POSITIVE_INT,
+        d_model=POSITIVE_INT,
+        n_heads=POSITIVE_INT,
+        d_ff=POSITIVE_INT,
+        num_encoder_layers=POSITIVE_INT,
+        num_decoder_layers=POSITIVE_INT,
+        n_layers=POSITIVE_INT,
         # Position tables of max_len x d_model: beyond 65,536 positions a typo, not a model for a CPU.
-        max_len=Number(int, 2, MAX_POSITIONS), block_size=Number(int, 1, MAX_POSITIONS),
-        max_relative_distance=POSITIVE_INT, dropout=PROBABILITY_BELOW_1, attention_dropout=PROBABILITY_BELOW_1,
-        pad_id=NON_NEGATIVE_INT, unk_id=NON_NEGATIVE_INT, bos_id=NON_NEGATIVE_INT, eos_id=NON_NEGATIVE_INT,
-        seed=NON_NEGATIVE_INT, init_std=POSITIVE),
+        max_len=Number(int, 2, MAX_POSITIONS),
+        block_size=Number(int, 1, MAX_POSITIONS),
+        max_relative_distance=POSITIVE_INT,
+        dropout=PROBABILITY_BELOW_1,
+        attention_dropout=PROBABILITY_BELOW_1,
+        pad_id=NON_NEGATIVE_INT,
+        unk_id=NON_NEGATIVE_INT,
+        bos_id=NON_NEGATIVE_INT,
+        eos_id=NON_NEGATIVE_INT,
+        seed=NON_NEGATIVE_INT,
+        init_std=POSITIVE,
+    ),
 }
 
 

@@ -5,6 +5,7 @@ bar on a terminal and a few plain lines otherwise (a log file, a pipe, a job sch
 Results (JSON, translations, samples) go to standard output; everything else goes here, to standard error.
 Library users who never call ``configure`` see warnings only, as with any library that logs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ class _StderrHandler(logging.Handler):
             stream = sys.stderr
             if _is_terminal(stream):
                 from tqdm import tqdm
+
                 tqdm.write(text, file=stream)
             else:
                 stream.write(text + "\n")
@@ -40,7 +42,7 @@ class _Format(logging.Formatter):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    log.warning(str(message))          # a Python warning, said like every other message (no source line)
+    log.warning(str(message))  # a Python warning, said like every other message (no source line)
 
 
 def configure(level=logging.INFO) -> None:
@@ -66,13 +68,22 @@ class Progress:
     ``update(n, **fields)`` advances by ``n`` and shows ``fields`` (e.g. loss, lr); ``close()`` ends it.
     """
 
-    def __init__(self, desc: str, total: int | None = None, every: int = 1, initial: int = 0, unit: str = "it",
-                 leave: bool = True, timed: bool = False):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        every: int = 1,
+        initial: int = 0,
+        unit: str = "it",
+        leave: bool = True,
+        timed: bool = False,
+    ):
         self.desc, self.total, self.every, self.count = desc, total, max(int(every), 1), int(initial)
         self.start, self.timed = time.perf_counter(), timed
         self.bar = None
         if _is_terminal(sys.stderr):
             from tqdm import tqdm
+
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, file=sys.stderr)
 
     def update(self, n: int = 1, **fields) -> None:

@@ -72,7 +72,7 @@ class ValidationReport:
     stripped: int = 0  # pairs whose leading/trailing whitespace was removed (kept, just cleaned)
     dropped: dict[str, list[int]] = field(default_factory=dict)
     kept_lines: list[int] = field(default_factory=list, repr=False)  # the line of each kept pair, in order
-    message: str = ""                                                 # what was dropped and why, in words
+    message: str = ""  # what was dropped and why, in words
 
     @property
     def num_dropped(self) -> int:
@@ -83,14 +83,20 @@ class ValidationReport:
         if self.stripped:
             text += f", stripped stray leading/trailing whitespace on {self.stripped}"
         if self.dropped:
-            parts = [f"{reason}: {len(lines)} ({_format_lines(lines, max_lines)})"
-                     for reason, lines in self.dropped.items()]
+            parts = [
+                f"{reason}: {len(lines)} ({_format_lines(lines, max_lines)})" for reason, lines in self.dropped.items()
+            ]
             text += f", dropped {self.num_dropped} [" + "; ".join(parts) + "]"
         return text
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "total": self.total, "kept": self.kept, "stripped": self.stripped,
-                "dropped": {reason: len(lines) for reason, lines in self.dropped.items()}}
+        return {
+            "name": self.name,
+            "total": self.total,
+            "kept": self.kept,
+            "stripped": self.stripped,
+            "dropped": {reason: len(lines) for reason, lines in self.dropped.items()},
+        }
 
 
 def _format_lines(lines: Sequence[int], max_lines: int) -> str:
@@ -105,7 +111,8 @@ def check_line_counts(src_name: str, src_count: int, tgt_name: str, tgt_count: i
     if src_count != tgt_count:
         raise DataValidationError(
             f"parallel files differ in length: {src_name} has {src_count} lines, {tgt_name} has {tgt_count} lines; "
-            f"line i of one must translate line i of the other")
+            f"line i of one must translate line i of the other"
+        )
 
 
 def validate_pairs(
@@ -171,14 +178,19 @@ def validate_pairs(
     report.kept = len(src_kept)
 
     if report.dropped and on_bad == "error":
-        limits = {REASON_TOO_MANY_TOKENS: f" (> {max_tokens} whitespace tokens on a side)",
-                  REASON_TOO_MANY_CHARS: f" (> {max_chars} characters on a side)",
-                  REASON_LENGTH_RATIO: f" (token-length ratio > {max_ratio})"}
-        details = "; ".join(f"{reason}{limits.get(reason, '')}: {len(lines)} pair(s) at {_format_lines(lines, 5)}"
-                            for reason, lines in report.dropped.items())
+        limits = {
+            REASON_TOO_MANY_TOKENS: f" (> {max_tokens} whitespace tokens on a side)",
+            REASON_TOO_MANY_CHARS: f" (> {max_chars} characters on a side)",
+            REASON_LENGTH_RATIO: f" (token-length ratio > {max_ratio})",
+        }
+        details = "; ".join(
+            f"{reason}{limits.get(reason, '')}: {len(lines)} pair(s) at {_format_lines(lines, 5)}"
+            for reason, lines in report.dropped.items()
+        )
         raise DataValidationError(
             f"{name} ({src_name} / {tgt_name}): {report.num_dropped} of {report.total} pairs are bad: {details}. "
-            f"Fix the data, change the limits, or set on_bad='filter' to drop them (they will be reported).")
+            f"Fix the data, change the limits, or set on_bad='filter' to drop them (they will be reported)."
+        )
     log.log(logging.WARNING if report.dropped else logging.INFO, "%s", report.summary())
     return src_kept, tgt_kept, report
 
@@ -188,8 +200,14 @@ def validate_pairs(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def pad_sequences(sequences: Sequence[Sequence[int] | np.ndarray], pad_id: int = PAD_ID, *, prefix: int | None = None,
-                  suffix: int | None = None, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_sequences(
+    sequences: Sequence[Sequence[int] | np.ndarray],
+    pad_id: int = PAD_ID,
+    *,
+    prefix: int | None = None,
+    suffix: int | None = None,
+    length: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Stack ``[prefix] + seq + [suffix]`` rows into an int64 array padded with ``pad_id`` on the right.
 
     Returns ``(ids (B, L), lengths (B,))``; ``L = max(lengths)`` unless ``length`` asks for more.
@@ -206,7 +224,7 @@ def pad_sequences(sequences: Sequence[Sequence[int] | np.ndarray], pad_id: int =
     for row, seq in enumerate(sequences):
         if prefix is not None:
             ids[row, 0] = prefix
-        ids[row, start:start + len(seq)] = seq
+        ids[row, start : start + len(seq)] = seq
         if suffix is not None:
             ids[row, start + len(seq)] = suffix
     return ids, lengths
@@ -251,12 +269,12 @@ def attention_masks(src_mask: np.ndarray, tgt_mask: np.ndarray | None = None) ->
 class Batch:
     """One padded translation batch. All arrays int64; masks derived on demand (True = real token)."""
 
-    src: np.ndarray          # (B, S)  x + [EOS] (if enabled), padded
-    tgt_in: np.ndarray       # (B, T)  [BOS] + y, padded
-    tgt_out: np.ndarray      # (B, T)  y + [EOS], padded
+    src: np.ndarray  # (B, S)  x + [EOS] (if enabled), padded
+    tgt_in: np.ndarray  # (B, T)  [BOS] + y, padded
+    tgt_out: np.ndarray  # (B, T)  y + [EOS], padded
     src_lengths: np.ndarray  # (B,)
     tgt_lengths: np.ndarray  # (B,)    len(y) + 1
-    indices: np.ndarray      # (B,)    positions of these pairs in the dataset, to map outputs back
+    indices: np.ndarray  # (B,)    positions of these pairs in the dataset, to map outputs back
     epoch: int = 0
     batch_index: int = 0
     last_in_epoch: bool = False
@@ -282,9 +300,16 @@ class Batch:
         return int(self.src_lengths.sum())
 
 
-def collate(src_seqs: Sequence[Sequence[int] | np.ndarray], tgt_seqs: Sequence[Sequence[int] | np.ndarray] | None,
-            *, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID, src_eos: bool = True,
-            indices: Sequence[int] | np.ndarray | None = None) -> Batch:
+def collate(
+    src_seqs: Sequence[Sequence[int] | np.ndarray],
+    tgt_seqs: Sequence[Sequence[int] | np.ndarray] | None,
+    *,
+    pad_id: int = PAD_ID,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
+    src_eos: bool = True,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> Batch:
     """Pad one group of encoded pairs into a ``Batch`` (see the module docstring for the layout).
 
     ``tgt_seqs=None`` gives a source-only batch (for translation): the target arrays are then empty (B, 0).
@@ -298,8 +323,14 @@ def collate(src_seqs: Sequence[Sequence[int] | np.ndarray], tgt_seqs: Sequence[S
         tgt_out, _ = pad_sequences(tgt_seqs, pad_id, suffix=eos_id)
     if indices is None:
         indices = range(len(src_seqs))
-    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt_out, src_lengths=src_lengths, tgt_lengths=tgt_lengths,
-                 indices=np.asarray(indices, dtype=np.int64))
+    return Batch(
+        src=src,
+        tgt_in=tgt_in,
+        tgt_out=tgt_out,
+        src_lengths=src_lengths,
+        tgt_lengths=tgt_lengths,
+        indices=np.asarray(indices, dtype=np.int64),
+    )
 
 
 class TranslationDataset:
@@ -309,8 +340,16 @@ class TranslationDataset:
     (``src_length = len(x) + src_eos``, ``tgt_length = len(y) + 1``).
     """
 
-    def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], *,
-                 pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID, src_eos: bool = True):
+    def __init__(
+        self,
+        src_ids: Sequence[Sequence[int]],
+        tgt_ids: Sequence[Sequence[int]],
+        *,
+        pad_id: int = PAD_ID,
+        bos_id: int = BOS_ID,
+        eos_id: int = EOS_ID,
+        src_eos: bool = True,
+    ):
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"TranslationDataset: {len(src_ids)} source sentences but {len(tgt_ids)} targets")
         self.src_ids = [np.asarray(seq, dtype=np.int64) for seq in src_ids]
@@ -323,15 +362,29 @@ class TranslationDataset:
         return len(self.src_ids)
 
     def collate(self, indices: Sequence[int] | np.ndarray) -> Batch:
-        return collate([self.src_ids[i] for i in indices], [self.tgt_ids[i] for i in indices],
-                       pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id, src_eos=self.src_eos,
-                       indices=indices)
+        return collate(
+            [self.src_ids[i] for i in indices],
+            [self.tgt_ids[i] for i in indices],
+            pad_id=self.pad_id,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            src_eos=self.src_eos,
+            indices=indices,
+        )
 
 
-def limit_subword_length(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], *, max_len: int,
-                         on_bad: str = "error", name: str = "train", src_eos: bool = True,
-                         line_numbers: Sequence[int] | None = None, origin: str = "", why: str = "",
-                         ) -> tuple[list, list, ValidationReport]:
+def limit_subword_length(
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    *,
+    max_len: int,
+    on_bad: str = "error",
+    name: str = "train",
+    src_eos: bool = True,
+    line_numbers: Sequence[int] | None = None,
+    origin: str = "",
+    why: str = "",
+) -> tuple[list, list, ValidationReport]:
     """Keep pairs whose padded lengths (source + EOS, target + BOS/EOS) fit ``max_len`` sub-words (what a batch or
     the model's position table holds, as ``why`` says); the rest raise ``DataValidationError`` or are dropped and
     reported, like ``validate_pairs``, with their 1-based ``line_numbers`` in ``origin`` (default: position in the
@@ -356,35 +409,51 @@ def limit_subword_length(src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Seq
     report.kept = len(kept_src)
     if report.dropped:
         lines = report.dropped[REASON_TOO_MANY_SUBWORDS]
-        report.message = (f"{name}: {len(lines)} of {report.total} pairs are longer than {limit}: "
-                          f"{_format_lines(lines, 5)}{where}")
+        report.message = (
+            f"{name}: {len(lines)} of {report.total} pairs are longer than {limit}: {_format_lines(lines, 5)}{where}"
+        )
         if on_bad == "error":
-            raise DataValidationError(f"{report.message}; shorten or remove them, or set data.on_bad='filter' to "
-                                      "drop them")
+            raise DataValidationError(
+                f"{report.message}; shorten or remove them, or set data.on_bad='filter' to drop them"
+            )
         report.message += "; dropped"
         log.warning("%s", report.message)
     return kept_src, kept_tgt, report
 
 
-def encode_splits(splits: dict, src_tokenizer, tgt_tokenizer, *, src_eos: bool = True,
-                  max_len: int | None = None, on_bad: str = "error") -> tuple[dict, list[ValidationReport]]:
+def encode_splits(
+    splits: dict,
+    src_tokenizer,
+    tgt_tokenizer,
+    *,
+    src_eos: bool = True,
+    max_len: int | None = None,
+    on_bad: str = "error",
+) -> tuple[dict, list[ValidationReport]]:
     """``{split: TranslationDataset}`` from ``{split: ParallelText}`` (anything with ``.src``/``.tgt`` lists of
     strings) and the two tokenizers; ``max_len`` limits the training split through ``limit_subword_length``."""
     datasets, reports = {}, []
     for split, pairs in splits.items():
         src_ids, tgt_ids = src_tokenizer.encode(pairs.src), tgt_tokenizer.encode(pairs.tgt)
         if max_len is not None and split == "train":
-            src_ids, tgt_ids, report = limit_subword_length(src_ids, tgt_ids, max_len=max_len, on_bad=on_bad,
-                                                            name=split, src_eos=src_eos)
+            src_ids, tgt_ids, report = limit_subword_length(
+                src_ids, tgt_ids, max_len=max_len, on_bad=on_bad, name=split, src_eos=src_eos
+            )
             reports.append(report)
-        datasets[split] = TranslationDataset(src_ids, tgt_ids, pad_id=src_tokenizer.pad_id,
-                                             bos_id=tgt_tokenizer.bos_id, eos_id=tgt_tokenizer.eos_id,
-                                             src_eos=src_eos)
+        datasets[split] = TranslationDataset(
+            src_ids,
+            tgt_ids,
+            pad_id=src_tokenizer.pad_id,
+            bos_id=tgt_tokenizer.bos_id,
+            eos_id=tgt_tokenizer.eos_id,
+            src_eos=src_eos,
+        )
     return datasets, reports
 
 
-def pack_batches(order: np.ndarray, sizes: np.ndarray, max_tokens: int,
-                 max_sentences: int | None = None) -> list[np.ndarray]:
+def pack_batches(
+    order: np.ndarray, sizes: np.ndarray, max_tokens: int, max_sentences: int | None = None
+) -> list[np.ndarray]:
     """Greedily cut ``order`` (indices, already in the desired sequence) into batches whose padded size
     ``len(batch) * max(sizes[batch])`` is at most ``max_tokens`` (and at most ``max_sentences`` rows)."""
     batches: list[np.ndarray] = []
@@ -395,7 +464,8 @@ def pack_batches(order: np.ndarray, sizes: np.ndarray, max_tokens: int,
             raise ValueError(
                 f"sentence {int(index) + 1} of the set is {size} sub-word tokens long (with special tokens), more than "
                 f"a batch of max_tokens={max_tokens} holds; raise the batch size in tokens (--max-tokens, or "
-                f"train.max_tokens / train.decode_max_tokens)")
+                f"train.max_tokens / train.decode_max_tokens)"
+            )
         count = pos - start + 1
         new_longest = max(longest, size)
         if count > 1 and (new_longest * count > max_tokens or (max_sentences is not None and count > max_sentences)):
@@ -407,8 +477,17 @@ def pack_batches(order: np.ndarray, sizes: np.ndarray, max_tokens: int,
     return batches
 
 
-def batch_order(src_lengths: np.ndarray, tgt_lengths: np.ndarray, *, max_tokens: int, seed: int, epoch: int,
-                shuffle: bool = True, chunk_size: int = 8192, max_sentences: int | None = None) -> list[np.ndarray]:
+def batch_order(
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    *,
+    max_tokens: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    chunk_size: int = 8192,
+    max_sentences: int | None = None,
+) -> list[np.ndarray]:
     """The batches (arrays of example indices) of one epoch: a pure function of its arguments.
 
     With ``shuffle``: a generator seeded by ``(seed, epoch)`` permutes the examples; the permutation is cut into
@@ -426,7 +505,7 @@ def batch_order(src_lengths: np.ndarray, tgt_lengths: np.ndarray, *, max_tokens:
     permutation = rng.permutation(n)
     batches: list[np.ndarray] = []
     for start in range(0, n, chunk_size):
-        chunk = permutation[start:start + chunk_size]
+        chunk = permutation[start : start + chunk_size]
         # lexsort is stable: ties keep their shuffled order, so equal-length sentences mix differently every epoch.
         chunk = chunk[np.lexsort((src_lengths[chunk], tgt_lengths[chunk]))]
         batches.extend(pack_batches(chunk, sizes, max_tokens, max_sentences))
@@ -442,8 +521,18 @@ class BatchIterator:
     state from a different seed or dataset size). ``epoch_batches()`` iterates only the rest of the current epoch.
     """
 
-    def __init__(self, dataset: TranslationDataset, *, max_tokens: int, seed: int = 0, shuffle: bool = True,
-                 chunk_size: int = 8192, max_sentences: int | None = None, epoch: int = 0, batch_index: int = 0):
+    def __init__(
+        self,
+        dataset: TranslationDataset,
+        *,
+        max_tokens: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        chunk_size: int = 8192,
+        max_sentences: int | None = None,
+        epoch: int = 0,
+        batch_index: int = 0,
+    ):
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         if len(dataset) == 0:
@@ -459,8 +548,15 @@ class BatchIterator:
         """The index arrays of every batch of ``epoch`` (cached for the current epoch)."""
         if self._cached_epoch != epoch:
             self._cached_batches = batch_order(
-                self.dataset.src_lengths, self.dataset.tgt_lengths, max_tokens=self.max_tokens, seed=self.seed,
-                epoch=epoch, shuffle=self.shuffle, chunk_size=self.chunk_size, max_sentences=self.max_sentences)
+                self.dataset.src_lengths,
+                self.dataset.tgt_lengths,
+                max_tokens=self.max_tokens,
+                seed=self.seed,
+                epoch=epoch,
+                shuffle=self.shuffle,
+                chunk_size=self.chunk_size,
+                max_sentences=self.max_sentences,
+            )
             self._cached_epoch = epoch
         return self._cached_batches
 
@@ -495,8 +591,12 @@ class BatchIterator:
                 return
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed,
-                "num_examples": len(self.dataset)}
+        return {
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "seed": self.seed,
+            "num_examples": len(self.dataset),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("epoch", "batch_index"):
@@ -505,17 +605,27 @@ class BatchIterator:
         if "seed" in state and state["seed"] != self.seed:
             raise ValueError(f"BatchIterator state was saved with seed {state['seed']}, this iterator has {self.seed}")
         if "num_examples" in state and state["num_examples"] != len(self.dataset):
-            raise ValueError(f"BatchIterator state was saved for {state['num_examples']} examples, "
-                             f"this dataset has {len(self.dataset)}; the data changed since the checkpoint")
+            raise ValueError(
+                f"BatchIterator state was saved for {state['num_examples']} examples, "
+                f"this dataset has {len(self.dataset)}; the data changed since the checkpoint"
+            )
         self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
 
 
-def evaluation_batches(dataset: TranslationDataset, max_tokens: int,
-                       max_sentences: int | None = None) -> list[Batch]:
+def evaluation_batches(dataset: TranslationDataset, max_tokens: int, max_sentences: int | None = None) -> list[Batch]:
     """All of ``dataset`` in length-sorted batches (no shuffling); ``batch.indices`` map rows back to the order."""
-    return [dataset.collate(indices) for indices in
-            batch_order(dataset.src_lengths, dataset.tgt_lengths, max_tokens=max_tokens, seed=0, epoch=0,
-                        shuffle=False, max_sentences=max_sentences)]
+    return [
+        dataset.collate(indices)
+        for indices in batch_order(
+            dataset.src_lengths,
+            dataset.tgt_lengths,
+            max_tokens=max_tokens,
+            seed=0,
+            epoch=0,
+            shuffle=False,
+            max_sentences=max_sentences,
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -547,8 +657,10 @@ class LMBatcher:
         if block_size <= 0 or batch_size <= 0:
             raise ValueError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
         if len(data) <= block_size:
-            raise ValueError(f"the {name} split has {len(data)} tokens, not more than block_size={block_size}: "
-                             f"a window needs block_size + 1 tokens; use a smaller block_size or more text")
+            raise ValueError(
+                f"the {name} split has {len(data)} tokens, not more than block_size={block_size}: "
+                f"a window needs block_size + 1 tokens; use a smaller block_size or more text"
+            )
         self.data, self.block_size, self.batch_size, self.name = data, block_size, batch_size, name
         self.rng = np.random.default_rng(seed)
 
@@ -579,4 +691,4 @@ def sequential_windows(data: np.ndarray, block_size: int) -> Iterator[tuple[np.n
     data = np.asarray(data, dtype=np.int64)
     for start in range(0, len(data) - 1, block_size):
         end = min(start + block_size, len(data) - 1)
-        yield data[start:end], data[start + 1:end + 1]
+        yield data[start:end], data[start + 1 : end + 1]

@@ -116,11 +116,18 @@ def verify(path: Path, expected: str | None, label: str | None = None) -> None:
     if actual != expected:
         raise ChecksumError(
             f"{label or path}: SHA-256 mismatch: expected {expected}, got {actual}. The file is corrupt or a different "
-            f"version; delete it to download it again (or restore a good copy).")
+            f"version; delete it to download it again (or restore a good copy)."
+        )
 
 
-def fetch(relative_path: str, url: str, *, data_dir: str | os.PathLike | None = None,
-          sha256: str | None = None, fetcher: Fetcher | None = None) -> Path:
+def fetch(
+    relative_path: str,
+    url: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    fetcher: Fetcher | None = None,
+) -> Path:
     """The verified local path of ``relative_path`` in the cache, downloading it from ``url`` only if missing.
 
     ``sha256`` defaults to the known sum in ``SHA256`` (``None`` there means unverified). A present file is only
@@ -139,8 +146,10 @@ def fetch(relative_path: str, url: str, *, data_dir: str | os.PathLike | None = 
         handle, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.close(handle)
     except OSError as error:
-        raise DownloadError(f"{path} is not in the cache and the cache directory {root} is not writable ({error}); "
-                            f"set --data-dir or {DATA_DIR_ENV} to a writable directory or a filled cache") from error
+        raise DownloadError(
+            f"{path} is not in the cache and the cache directory {root} is not writable ({error}); "
+            f"set --data-dir or {DATA_DIR_ENV} to a writable directory or a filled cache"
+        ) from error
     temporary = Path(temporary_name)
     try:
         log.info("downloading %s -> %s", url, path)
@@ -149,7 +158,8 @@ def fetch(relative_path: str, url: str, *, data_dir: str | os.PathLike | None = 
         except Exception as error:  # network errors come in many types; all mean the same to the user
             raise DownloadError(
                 f"{path} is not in the cache and downloading {url} failed: {error}. Without a network, copy the "
-                f"file to {path} (or point --data-dir / {DATA_DIR_ENV} at a filled cache)") from error
+                f"file to {path} (or point --data-dir / {DATA_DIR_ENV} at a filled cache)"
+            ) from error
         verify(temporary, expected, label=f"{path} (downloaded from {url})")
         os.replace(temporary, path)  # atomic: the cache never holds a half-written file under the real name
     finally:
@@ -185,9 +195,10 @@ def decode_lines(raw: bytes, name: str, *, on_bad: str = "error") -> list[str | 
             lines.append(piece.decode("utf-8"))
         except UnicodeDecodeError as error:
             if on_bad == "error":
-                raise TextDecodeError(f"{name}: line {number} is not valid UTF-8 ({error.reason} at byte "
-                                      f"{error.start} of the line: {piece[max(0, error.start - 10):error.end + 10]!r})"
-                                      ) from None
+                raise TextDecodeError(
+                    f"{name}: line {number} is not valid UTF-8 ({error.reason} at byte "
+                    f"{error.start} of the line: {piece[max(0, error.start - 10) : error.end + 10]!r})"
+                ) from None
             lines.append(None)
     return lines
 
@@ -213,8 +224,8 @@ class ParallelText:
     tgt: list[str]
     src_lang: str = "src"
     tgt_lang: str = "tgt"
-    lines: list[int] | None = None   # lines[i]: the 1-based line of pair i in ``origin`` (None: i + 1)
-    origin: str = ""                 # the file(s) the pairs were read from, for messages
+    lines: list[int] | None = None  # lines[i]: the 1-based line of pair i in ``origin`` (None: i + 1)
+    origin: str = ""  # the file(s) the pairs were read from, for messages
 
     def __post_init__(self):
         if len(self.src) != len(self.tgt):
@@ -226,8 +237,14 @@ class ParallelText:
         return self.lines[i] if self.lines is not None else i + 1
 
     def subset(self, indices) -> "ParallelText":
-        return ParallelText([self.src[i] for i in indices], [self.tgt[i] for i in indices], self.src_lang,
-                            self.tgt_lang, [self.line_of(i) for i in indices], self.origin)
+        return ParallelText(
+            [self.src[i] for i in indices],
+            [self.tgt[i] for i in indices],
+            self.src_lang,
+            self.tgt_lang,
+            [self.line_of(i) for i in indices],
+            self.origin,
+        )
 
     def __len__(self) -> int:
         return len(self.src)
@@ -240,7 +257,7 @@ class Corpus:
     splits: dict[str, ParallelText]
     reports: dict[str, ValidationReport] = field(default_factory=dict)
     name: str = "corpus"
-    files: list[Path] = field(default_factory=list)   # what was read: its identity is recorded in a run
+    files: list[Path] = field(default_factory=list)  # what was read: its identity is recorded in a run
 
     def __getitem__(self, split: str) -> ParallelText:
         if split not in self.splits:
@@ -264,8 +281,12 @@ class ValidationOptions:
 
     def for_split(self, split: str) -> dict:
         if split == "train":
-            return {"max_tokens": self.max_tokens, "max_chars": self.max_chars, "max_ratio": self.max_ratio,
-                    "on_bad": self.on_bad}
+            return {
+                "max_tokens": self.max_tokens,
+                "max_chars": self.max_chars,
+                "max_ratio": self.max_ratio,
+                "on_bad": self.on_bad,
+            }
         return {"max_tokens": None, "max_chars": None, "max_ratio": None, "on_bad": self.on_bad}
 
 
@@ -279,8 +300,9 @@ def _fraction_or_count(size: int | float, total: int, what: str) -> int:
     return int(size)
 
 
-def split_corpus(pairs: ParallelText, *, valid_size: int | float = 0.05, test_size: int | float = 0.05,
-                 seed: int = 0) -> dict[str, ParallelText]:
+def split_corpus(
+    pairs: ParallelText, *, valid_size: int | float = 0.05, test_size: int | float = 0.05, seed: int = 0
+) -> dict[str, ParallelText]:
     """Seeded train/valid/test split of a corpus without one (see the module docstring for the exact rule).
 
     Sizes are counts (int) or fractions of the pairs (float); because whole source-sentence groups move together,
@@ -313,25 +335,44 @@ def split_corpus(pairs: ParallelText, *, valid_size: int | float = 0.05, test_si
     return result
 
 
-def load_parallel_files(src_path: str | os.PathLike, tgt_path: str | os.PathLike, *, src_lang: str = "src",
-                        tgt_lang: str = "tgt", name: str | None = None,
-                        validation: ValidationOptions | None = None, split: str = "train",
-                        ) -> tuple[ParallelText, ValidationReport]:
+def load_parallel_files(
+    src_path: str | os.PathLike,
+    tgt_path: str | os.PathLike,
+    *,
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+    name: str | None = None,
+    validation: ValidationOptions | None = None,
+    split: str = "train",
+) -> tuple[ParallelText, ValidationReport]:
     """Two aligned text files (optionally ``.gz``), one sentence per line, validated (see ``validate_pairs``)."""
     validation = validation or ValidationOptions()
     src_path, tgt_path = Path(src_path), Path(tgt_path)
     src_lines = read_lines(src_path, on_bad=validation.on_bad)
     tgt_lines = read_lines(tgt_path, on_bad=validation.on_bad)
     check_line_counts(str(src_path), len(src_lines), str(tgt_path), len(tgt_lines))
-    src, tgt, report = validate_pairs(src_lines, tgt_lines, name=name or f"{src_path.name} / {tgt_path.name}",
-                                      src_name=str(src_path), tgt_name=str(tgt_path),
-                                      **validation.for_split(split))
+    src, tgt, report = validate_pairs(
+        src_lines,
+        tgt_lines,
+        name=name or f"{src_path.name} / {tgt_path.name}",
+        src_name=str(src_path),
+        tgt_name=str(tgt_path),
+        **validation.for_split(split),
+    )
     return ParallelText(src, tgt, src_lang, tgt_lang, report.kept_lines, f"{src_path} / {tgt_path}"), report
 
 
-def read_tsv_pairs(raw_lines: Sequence[str | None], name: str, *, src_column: int, tgt_column: int,
-                   validation: ValidationOptions, split: str = "train",
-                   src_lang: str = "src", tgt_lang: str = "tgt") -> tuple[ParallelText, ValidationReport]:
+def read_tsv_pairs(
+    raw_lines: Sequence[str | None],
+    name: str,
+    *,
+    src_column: int,
+    tgt_column: int,
+    validation: ValidationOptions,
+    split: str = "train",
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+) -> tuple[ParallelText, ValidationReport]:
     """Pairs from TSV lines: columns ``src_column`` and ``tgt_column`` (0-based); extra columns (Tatoeba's
     attribution) are ignored; a line with too few columns is bad (reported with its line number)."""
     needed = max(src_column, tgt_column) + 1
@@ -347,37 +388,74 @@ def read_tsv_pairs(raw_lines: Sequence[str | None], name: str, *, src_column: in
             continue
         src.append(None if columns is None else columns[src_column])
         tgt.append(None if columns is None else columns[tgt_column])
-    src_kept, tgt_kept, report = validate_pairs(src, tgt, name=name, src_name=f"{name} column {src_column + 1}",
-                                                tgt_name=f"{name} column {tgt_column + 1}", malformed=malformed,
-                                                **validation.for_split(split))
+    src_kept, tgt_kept, report = validate_pairs(
+        src,
+        tgt,
+        name=name,
+        src_name=f"{name} column {src_column + 1}",
+        tgt_name=f"{name} column {tgt_column + 1}",
+        malformed=malformed,
+        **validation.for_split(split),
+    )
     return ParallelText(src_kept, tgt_kept, src_lang, tgt_lang, report.kept_lines, name), report
 
 
-def load_tsv(path: str | os.PathLike, *, src_column: int = 0, tgt_column: int = 1, src_lang: str = "src",
-             tgt_lang: str = "tgt", validation: ValidationOptions | None = None,
-             split: str = "train") -> tuple[ParallelText, ValidationReport]:
+def load_tsv(
+    path: str | os.PathLike,
+    *,
+    src_column: int = 0,
+    tgt_column: int = 1,
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+    validation: ValidationOptions | None = None,
+    split: str = "train",
+) -> tuple[ParallelText, ValidationReport]:
     """A TSV file (optionally ``.gz``) of sentence pairs, validated."""
     validation = validation or ValidationOptions()
     lines = read_lines(path, on_bad=validation.on_bad)
-    return read_tsv_pairs(lines, str(path), src_column=src_column, tgt_column=tgt_column, validation=validation,
-                          split=split, src_lang=src_lang, tgt_lang=tgt_lang)
+    return read_tsv_pairs(
+        lines,
+        str(path),
+        src_column=src_column,
+        tgt_column=tgt_column,
+        validation=validation,
+        split=split,
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+    )
 
 
-def _split_then_validate(pairs_raw: ParallelText, validation: ValidationOptions, name: str, *,
-                         valid_size, test_size, seed) -> Corpus:
+def _split_then_validate(
+    pairs_raw: ParallelText, validation: ValidationOptions, name: str, *, valid_size, test_size, seed
+) -> Corpus:
     """Split already-checked pairs, then apply the training-only length limits to the train split."""
     splits = split_corpus(pairs_raw, valid_size=valid_size, test_size=test_size, seed=seed)
     train = splits["train"]
-    src, tgt, report = validate_pairs(train.src, train.tgt, name=f"{name} train (length limits)",
-                                      line_numbers=[train.line_of(i) for i in range(len(train))],
-                                      **validation.for_split("train"))
+    src, tgt, report = validate_pairs(
+        train.src,
+        train.tgt,
+        name=f"{name} train (length limits)",
+        line_numbers=[train.line_of(i) for i in range(len(train))],
+        **validation.for_split("train"),
+    )
     splits["train"] = ParallelText(src, tgt, train.src_lang, train.tgt_lang, report.kept_lines, train.origin)
     return Corpus(splits=splits, reports={"train": report}, name=name)
 
 
-def load_parallel_corpus(*, src_path=None, tgt_path=None, tsv_path=None, src_column: int = 0, tgt_column: int = 1,
-                         src_lang: str = "src", tgt_lang: str = "tgt", validation: ValidationOptions | None = None,
-                         valid_size: int | float = 0.05, test_size: int | float = 0.05, seed: int = 0) -> Corpus:
+def load_parallel_corpus(
+    *,
+    src_path=None,
+    tgt_path=None,
+    tsv_path=None,
+    src_column: int = 0,
+    tgt_column: int = 1,
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+    validation: ValidationOptions | None = None,
+    valid_size: int | float = 0.05,
+    test_size: int | float = 0.05,
+    seed: int = 0,
+) -> Corpus:
     """Any parallel corpus without official splits: two aligned files or one TSV, validated, then split by
     ``split_corpus``. Content problems (undecodable, empty, malformed) are checked on the whole corpus first; the
     length limits apply to the training split only."""
@@ -386,12 +464,20 @@ def load_parallel_corpus(*, src_path=None, tgt_path=None, tsv_path=None, src_col
     if tsv_path is not None:
         if src_path is not None or tgt_path is not None:
             raise ValueError("give either tsv_path or src_path and tgt_path, not both")
-        pairs, first_report = load_tsv(tsv_path, src_column=src_column, tgt_column=tgt_column, src_lang=src_lang,
-                                       tgt_lang=tgt_lang, validation=content_only, split="train")
+        pairs, first_report = load_tsv(
+            tsv_path,
+            src_column=src_column,
+            tgt_column=tgt_column,
+            src_lang=src_lang,
+            tgt_lang=tgt_lang,
+            validation=content_only,
+            split="train",
+        )
         name = str(tsv_path)
     elif src_path is not None and tgt_path is not None:
-        pairs, first_report = load_parallel_files(src_path, tgt_path, src_lang=src_lang, tgt_lang=tgt_lang,
-                                                  validation=content_only, split="train")
+        pairs, first_report = load_parallel_files(
+            src_path, tgt_path, src_lang=src_lang, tgt_lang=tgt_lang, validation=content_only, split="train"
+        )
         name = f"{Path(src_path).name} / {Path(tgt_path).name}"
     else:
         raise ValueError("load_parallel_corpus needs tsv_path, or both src_path and tgt_path")
@@ -417,8 +503,15 @@ def multi30k_files(*, data_dir=None, fetcher: Fetcher | None = None, base_url: s
     return paths
 
 
-def load_multi30k(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: Fetcher | None = None,
-                  base_url: str = MULTI30K_URL, validation: ValidationOptions | None = None) -> Corpus:
+def load_multi30k(
+    src: str = "de",
+    tgt: str = "en",
+    *,
+    data_dir=None,
+    fetcher: Fetcher | None = None,
+    base_url: str = MULTI30K_URL,
+    validation: ValidationOptions | None = None,
+) -> Corpus:
     """Multi30k task 1 (29,000 / 1,014 / 1,000 pairs) in the direction ``src -> tgt`` (``de``/``en``).
 
     Splits: ``train``, ``valid`` (val) and ``test`` (test_2016_flickr). Raw, cased text; stray leading/trailing
@@ -430,22 +523,38 @@ def load_multi30k(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: F
     paths = multi30k_files(data_dir=data_dir, fetcher=fetcher, base_url=base_url)
     splits, reports = {}, {}
     for split, split_file in MULTI30K_SPLITS.items():
-        pairs, report = load_parallel_files(paths[f"multi30k/{split_file}.{src}.gz"],
-                                            paths[f"multi30k/{split_file}.{tgt}.gz"], src_lang=src, tgt_lang=tgt,
-                                            name=f"multi30k {split}", validation=validation, split=split)
+        pairs, report = load_parallel_files(
+            paths[f"multi30k/{split_file}.{src}.gz"],
+            paths[f"multi30k/{split_file}.{tgt}.gz"],
+            src_lang=src,
+            tgt_lang=tgt,
+            name=f"multi30k {split}",
+            validation=validation,
+            split=split,
+        )
         splits[split], reports[split] = pairs, report
     return Corpus(splits=splits, reports=reports, name=f"multi30k {src}-{tgt}", files=list(paths.values()))
 
 
-def load_tatoeba(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: Fetcher | None = None,
-                 base_url: str = TATOEBA_URL, validation: ValidationOptions | None = None,
-                 valid_size: int | float = 2000, test_size: int | float = 2000, seed: int = 0) -> Corpus:
+def load_tatoeba(
+    src: str = "de",
+    tgt: str = "en",
+    *,
+    data_dir=None,
+    fetcher: Fetcher | None = None,
+    base_url: str = TATOEBA_URL,
+    validation: ValidationOptions | None = None,
+    valid_size: int | float = 2000,
+    test_size: int | float = 2000,
+    seed: int = 0,
+) -> Corpus:
     """Tatoeba pairs as packaged by manythings.org (``deu-eng.zip`` / ``fra-eng.zip``: ``English<TAB>other``
     [``<TAB>attribution``]), in either direction, split by ``split_corpus`` (no official split exists)."""
-    other = ({src, tgt} - {"en"})
+    other = {src, tgt} - {"en"}
     if "en" not in (src, tgt) or len(other) != 1 or next(iter(other)) not in TATOEBA_ARCHIVES:
-        raise ValueError(f"Tatoeba pairs are English with one of {sorted(TATOEBA_ARCHIVES)}; "
-                         f"got src={src!r}, tgt={tgt!r}")
+        raise ValueError(
+            f"Tatoeba pairs are English with one of {sorted(TATOEBA_ARCHIVES)}; got src={src!r}, tgt={tgt!r}"
+        )
     archive_name, member = TATOEBA_ARCHIVES[next(iter(other))]
     validation = validation or ValidationOptions()
     archive = fetch(f"tatoeba/{archive_name}", base_url + archive_name, data_dir=data_dir, fetcher=fetcher)
@@ -457,24 +566,25 @@ def load_tatoeba(src: str = "de", tgt: str = "en", *, data_dir=None, fetcher: Fe
     lines = decode_lines(raw, name, on_bad=validation.on_bad)
     content_only = ValidationOptions(max_tokens=None, max_chars=None, max_ratio=None, on_bad=validation.on_bad)
     columns = (0, 1) if src == "en" else (1, 0)
-    pairs, first_report = read_tsv_pairs(lines, name, src_column=columns[0], tgt_column=columns[1],
-                                         validation=content_only, src_lang=src, tgt_lang=tgt)
-    corpus = _split_then_validate(pairs, validation, f"tatoeba {src}-{tgt}", valid_size=valid_size,
-                                  test_size=test_size, seed=seed)
+    pairs, first_report = read_tsv_pairs(
+        lines, name, src_column=columns[0], tgt_column=columns[1], validation=content_only, src_lang=src, tgt_lang=tgt
+    )
+    corpus = _split_then_validate(
+        pairs, validation, f"tatoeba {src}-{tgt}", valid_size=valid_size, test_size=test_size, seed=seed
+    )
     corpus.reports = {"all": first_report, **corpus.reports}
     corpus.files = [Path(archive)]
     return corpus
 
 
-def load_tinyshakespeare(*, data_dir=None, fetcher: Fetcher | None = None,
-                         base_url: str = TINYSHAKESPEARE_URL) -> str:
+def load_tinyshakespeare(*, data_dir=None, fetcher: Fetcher | None = None, base_url: str = TINYSHAKESPEARE_URL) -> str:
     """The tiny Shakespeare text (1,115,394 characters) as one string."""
     path = fetch("tinyshakespeare/input.txt", base_url + "input.txt", data_dir=data_dir, fetcher=fetcher)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
+        line = raw[: error.start].count(b"\n") + 1
         raise TextDecodeError(f"{path}: line {line} is not valid UTF-8 ({error.reason})") from None
 
 
@@ -486,7 +596,7 @@ def load_text(path: str | os.PathLike) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
+        line = raw[: error.start].count(b"\n") + 1
         raise TextDecodeError(f"{path}: line {line} is not valid UTF-8 ({error.reason})") from None
 
 
@@ -507,13 +617,24 @@ def identity_changes(recorded: dict, current: dict) -> list[str]:
         elif now is None:
             changes.append(f"{name} (read by the run) is not read now")
         elif before != now:
-            changes.append(f"{name} changed ({before['bytes']} bytes, sha256 {before['sha256'][:12]}... when the run "
-                           f"read it; now {now['bytes']} bytes, sha256 {now['sha256'][:12]}...)")
+            changes.append(
+                f"{name} changed ({before['bytes']} bytes, sha256 {before['sha256'][:12]}... when the run "
+                f"read it; now {now['bytes']} bytes, sha256 {now['sha256'][:12]}...)"
+            )
     return changes
 
 
-def load_translation_corpus(name: str, src: str, tgt: str, *, data_dir=None, validation=None, seed: int = 0,
-                            fetcher: Fetcher | None = None, **paths) -> Corpus:
+def load_translation_corpus(
+    name: str,
+    src: str,
+    tgt: str,
+    *,
+    data_dir=None,
+    validation=None,
+    seed: int = 0,
+    fetcher: Fetcher | None = None,
+    **paths,
+) -> Corpus:
     """Dispatch by name: ``"multi30k"``, ``"tatoeba"``, or ``"files"`` (``src_path``/``tgt_path``) / ``"tsv"``
     (``tsv_path``) for your own parallel corpus; the entry point for the command line's ``prepare``."""
     if name == "multi30k":

@@ -58,8 +58,10 @@ def _check_corpus(hyps: Sequence[str], refs, metric: str) -> list[list[str]]:
         if not isinstance(hyp, str):
             raise TypeError(f"{metric}: hypothesis {index} is {type(hyp).__name__}, not a detokenised string")
         if SENTENCEPIECE_SPACE in hyp:
-            raise ValueError(f"{metric}: hypothesis {index} contains SentencePiece pieces ('\u2581'): {hyp[:80]!r}; "
-                             f"score detokenised text (tokenizer.decode), not pieces")
+            raise ValueError(
+                f"{metric}: hypothesis {index} contains SentencePiece pieces ('\u2581'): {hyp[:80]!r}; "
+                f"score detokenised text (tokenizer.decode), not pieces"
+            )
     if not hyps:
         raise ValueError(f"{metric}: no hypotheses to score")
     return streams
@@ -72,6 +74,7 @@ def bleu(hyps: Sequence[str], refs, **options) -> Score:
     records them.
     """
     from sacrebleu.metrics import BLEU
+
     streams = _check_corpus(hyps, refs, "bleu")
     metric = BLEU(**options)
     result = metric.corpus_score(list(hyps), streams)
@@ -81,6 +84,7 @@ def bleu(hyps: Sequence[str], refs, **options) -> Score:
 def chrf(hyps: Sequence[str], refs, **options) -> Score:
     """Corpus chrF (``word_order=2`` in options gives chrF++) of detokenised ``hyps`` against raw ``refs``."""
     from sacrebleu.metrics import CHRF
+
     streams = _check_corpus(hyps, refs, "chrf")
     metric = CHRF(**options)
     result = metric.corpus_score(list(hyps), streams)
@@ -90,8 +94,13 @@ def chrf(hyps: Sequence[str], refs, **options) -> Score:
 def translation_scores(hyps: Sequence[str], refs) -> dict:
     """BLEU and chrF with their signatures, as one JSON-able dict (what ``evaluate`` prints and logs)."""
     bleu_score, chrf_score = bleu(hyps, refs), chrf(hyps, refs)
-    return {"bleu": bleu_score.score, "bleu_signature": bleu_score.signature,
-            "chrf": chrf_score.score, "chrf_signature": chrf_score.signature, "sentences": len(list(hyps))}
+    return {
+        "bleu": bleu_score.score,
+        "bleu_signature": bleu_score.signature,
+        "chrf": chrf_score.score,
+        "chrf_signature": chrf_score.signature,
+        "sentences": len(list(hyps)),
+    }
 
 
 def _total(value, name: str) -> float:
@@ -117,15 +126,20 @@ def perplexity(total_loss, total_tokens) -> float:
 
 
 def _exp_or_inf(mean: float) -> float:
-    return math.exp(mean) if mean < 709.0 else math.inf     # exp(709.8) is the largest float64
+    return math.exp(mean) if mean < 709.0 else math.inf  # exp(709.8) is the largest float64
 
 
 def lm_scores(mean: float, tokens: int, characters: int, n_bytes: int) -> dict:
     """A language model's mean loss (nats per token over ``tokens`` predictions) as loss, perplexity and bits per
     token, per character and per UTF-8 byte of the text those tokens spell (the same total bits, divided)."""
     total_bits = mean * tokens / math.log(2)
-    return {"loss": mean, "perplexity": _exp_or_inf(mean), "bits_per_token": mean / math.log(2),
-            "bits_per_char": total_bits / characters, "bits_per_byte": total_bits / n_bytes}
+    return {
+        "loss": mean,
+        "perplexity": _exp_or_inf(mean),
+        "bits_per_token": mean / math.log(2),
+        "bits_per_char": total_bits / characters,
+        "bits_per_byte": total_bits / n_bytes,
+    }
 
 
 def bits_per_token(total_loss, total_tokens) -> float:
@@ -138,9 +152,16 @@ def bits_per_token(total_loss, total_tokens) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def write_human_eval_sheet(path: str | os.PathLike, sources: Sequence[str], references: Sequence[str],
-                           hypotheses: Sequence[str], *, seed: int = 0, sample_size: int | None = None,
-                           ids: Sequence[int] | None = None) -> Path:
+def write_human_eval_sheet(
+    path: str | os.PathLike,
+    sources: Sequence[str],
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    *,
+    seed: int = 0,
+    sample_size: int | None = None,
+    ids: Sequence[int] | None = None,
+) -> Path:
     """Write the rating sheet (UTF-8 CSV) and return its path.
 
     Rows are shuffled by ``np.random.default_rng(seed)``; ``sample_size`` keeps only the first ``sample_size``
@@ -148,8 +169,10 @@ def write_human_eval_sheet(path: str | os.PathLike, sources: Sequence[str], refe
     """
     count = len(sources)
     if not (len(references) == len(hypotheses) == count):
-        raise ValueError(f"human-eval sheet: {count} sources, {len(references)} references and {len(hypotheses)} "
-                         f"hypotheses; they must be aligned")
+        raise ValueError(
+            f"human-eval sheet: {count} sources, {len(references)} references and {len(hypotheses)} "
+            f"hypotheses; they must be aligned"
+        )
     ids = list(range(count)) if ids is None else list(ids)
     if len(ids) != count:
         raise ValueError(f"human-eval sheet: {len(ids)} ids for {count} sentences")
@@ -191,8 +214,10 @@ def _summarise_rows(reader, path):
         rows += 1
         line = reader.line_num
         if row.get("id") in seen:
-            raise SheetError(f"{path}: line {line}: id {row.get('id')} is already rated at line "
-                             f"{seen[row.get('id')]}; each sentence appears once")
+            raise SheetError(
+                f"{path}: line {line}: id {row.get('id')} is already rated at line "
+                f"{seen[row.get('id')]}; each sentence appears once"
+            )
         seen[row.get("id")] = line
         for column in SCORE_COLUMNS:
             cell = (row.get(column) or "").strip()
@@ -202,19 +227,31 @@ def _summarise_rows(reader, path):
             try:
                 value = float(cell)
             except ValueError:
-                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell!r} is not a number; "
-                                 f"use {SCORE_RANGE[0]}-{SCORE_RANGE[1]} or leave it empty") from None
+                raise SheetError(
+                    f"{path}: line {line} (id {row.get('id')}): {column} {cell!r} is not a number; "
+                    f"use {SCORE_RANGE[0]}-{SCORE_RANGE[1]} or leave it empty"
+                ) from None
             if not SCORE_RANGE[0] <= value <= SCORE_RANGE[1]:
-                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell} is outside "
-                                 f"{SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
+                raise SheetError(
+                    f"{path}: line {line} (id {row.get('id')}): {column} {cell} is outside "
+                    f"{SCORE_RANGE[0]}-{SCORE_RANGE[1]}"
+                )
             if not value.is_integer():
-                raise SheetError(f"{path}: line {line} (id {row.get('id')}): {column} {cell} is not a whole "
-                                 f"score; the scale is {SCORE_RANGE[0]}-{SCORE_RANGE[1]} in steps of 1")
+                raise SheetError(
+                    f"{path}: line {line} (id {row.get('id')}): {column} {cell} is not a whole "
+                    f"score; the scale is {SCORE_RANGE[0]}-{SCORE_RANGE[1]} in steps of 1"
+                )
             scores[column].append(value)
-    summary = {"rows": rows, "rated": {c: len(v) for c, v in scores.items()}, "unrated": unrated,
-               "mean": {c: (float(np.mean(v)) if v else None) for c, v in scores.items()},
-               "histogram": {c: {str(s): int(sum(1 for x in v if round(x) == s))
-                                 for s in range(SCORE_RANGE[0], SCORE_RANGE[1] + 1)} for c, v in scores.items()}}
+    summary = {
+        "rows": rows,
+        "rated": {c: len(v) for c, v in scores.items()},
+        "unrated": unrated,
+        "mean": {c: (float(np.mean(v)) if v else None) for c, v in scores.items()},
+        "histogram": {
+            c: {str(s): int(sum(1 for x in v if round(x) == s)) for s in range(SCORE_RANGE[0], SCORE_RANGE[1] + 1)}
+            for c, v in scores.items()
+        },
+    }
     return summary
 
 
@@ -224,6 +261,8 @@ def format_sheet_summary(summary: dict) -> str:
         mean = summary["mean"][column]
         mean_text = "n/a" if mean is None else f"{mean:.2f}"
         histogram = " ".join(f"{score}:{count}" for score, count in summary["histogram"][column].items())
-        lines.append(f"{column:9s} mean {mean_text} over {summary['rated'][column]} rated "
-                     f"({summary['unrated'][column]} unrated)  [{histogram}]")
+        lines.append(
+            f"{column:9s} mean {mean_text} over {summary['rated'][column]} rated "
+            f"({summary['unrated'][column]} unrated)  [{histogram}]"
+        )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Writing files so that a crash never leaves half of one: the one atomic-write helper of the package."""
+
 from __future__ import annotations
 
 import ctypes
@@ -69,7 +70,7 @@ def replace_directory(new, target):
     if not target.exists():
         os.rename(new, target)
     elif _rename_exchange(new, target):
-        shutil.rmtree(new)                     # ``new`` now holds the previous checkpoint
+        shutil.rmtree(new)  # ``new`` now holds the previous checkpoint
     else:
         old = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)

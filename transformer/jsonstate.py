@@ -9,6 +9,7 @@ for NumPy scalars, ``{"__array__": {dtype, shape, base64}}`` for small arrays in
 
 ``decode_state`` only builds numbers, strings, containers and NumPy arrays from their bytes: nothing is executed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-_EXACT_INT_LIMIT = 2 ** 53
+_EXACT_INT_LIMIT = 2**53
 
 
 class StateError(ValueError):
@@ -48,8 +49,13 @@ def encode_state(value, where, tensor_sink=None):
             tensor_sink[name] = np.ascontiguousarray(value)
             return {"__tensor__": name}
         data = np.ascontiguousarray(value)
-        return {"__array__": {"dtype": data.dtype.str, "shape": list(data.shape),
-                              "base64": base64.b64encode(data.tobytes()).decode("ascii")}}
+        return {
+            "__array__": {
+                "dtype": data.dtype.str,
+                "shape": list(data.shape),
+                "base64": base64.b64encode(data.tobytes()).decode("ascii"),
+            }
+        }
     if isinstance(value, Mapping):
         items = list(value.items())
         if all(isinstance(k, str) and not k.startswith("__") for k, _ in items):
@@ -59,8 +65,10 @@ def encode_state(value, where, tensor_sink=None):
         return {"__tuple__": [encode_state(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]}
     if isinstance(value, list):
         return [encode_state(v, f"{where}.{i}", tensor_sink) for i, v in enumerate(value)]
-    raise TypeError(f"checkpoint: cannot store {where} of type {type(value).__name__} "
-                    "(allowed: None, bool, int, float, str, list, tuple, dict, NumPy arrays and scalars)")
+    raise TypeError(
+        f"checkpoint: cannot store {where} of type {type(value).__name__} "
+        "(allowed: None, bool, int, float, str, list, tuple, dict, NumPy arrays and scalars)"
+    )
 
 
 def decode_state(value, where, tensors=None):
@@ -104,7 +112,7 @@ def decode_state(value, where, tensors=None):
 
 
 def safe_dtype(text):
-    dtype = np.dtype(str(text))           # a dtype string is parsed, never evaluated
+    dtype = np.dtype(str(text))  # a dtype string is parsed, never evaluated
     if dtype.kind not in "biufc" or dtype.hasobject:
         raise ValueError(f"dtype {text!r} is not a numeric dtype")
     return dtype

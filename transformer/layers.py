@@ -12,6 +12,7 @@ Dropout as in the paper: on every sub-layer output before the residual add (the 
 dropout is in model.py), plus, as in PyTorch's layers, on the feed-forward's hidden activation and
 (``attention_dropout``) on the attention weights.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,9 @@ def add_layer_norm(sublayer_out, residual, norm):
 class FeedForward(nn.Module):
     """FFN(x) = Dropout(act(x W1 + b1)) W2 + b2, applied to every position alone: (B, L, C) -> (B, L, C)."""
 
-    def __init__(self, d_model, d_ff, dropout=0.0, activation="relu", bias=True, rng=None, dropout_rng=None,
-                 dtype=np.float32):
+    def __init__(
+        self, d_model, d_ff, dropout=0.0, activation="relu", bias=True, rng=None, dropout_rng=None, dtype=np.float32
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -59,11 +61,11 @@ class FeedForward(nn.Module):
         init_linear(self.linear2, rng)
 
     def forward(self, x):
-        hidden = F.linear(x, self.linear1.weight, self.linear1.bias)             # (B, L, F)
+        hidden = F.linear(x, self.linear1.weight, self.linear1.bias)  # (B, L, F)
         hidden = F.relu(hidden) if self.activation == "relu" else F.gelu(hidden)
         if self.training and self.dropout_p > 0.0:
             hidden = F.dropout(hidden, self.dropout_p, training=True, rng=self.dropout_rng)
-        return F.linear(hidden, self.linear2.weight, self.linear2.bias)          # (B, L, C)
+        return F.linear(hidden, self.linear2.weight, self.linear2.bias)  # (B, L, C)
 
 
 class _Layer(nn.Module):
@@ -84,18 +86,41 @@ class _Layer(nn.Module):
 class EncoderLayer(_Layer):
     """Self-attention (all positions see all real positions) then feed-forward: (B, S, C) -> (B, S, C)."""
 
-    def __init__(self, d_model, n_heads, d_ff, dropout=0.1, attention_dropout=0.0, activation="relu",
-                 norm_first=False, positional=None, max_relative_distance=16, max_len=256, bias=True,
-                 rng=None, dropout_rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        d_model,
+        n_heads,
+        d_ff,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation="relu",
+        norm_first=False,
+        positional=None,
+        max_relative_distance=16,
+        max_len=256,
+        bias=True,
+        rng=None,
+        dropout_rng=None,
+        dtype=np.float32,
+    ):
         super().__init__()
         rng = np.random.default_rng() if rng is None else rng
         self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
         self.norm_first = norm_first
         self.dropout_p = float(dropout)
         self.self_attn = MultiHeadAttention(
-            d_model, n_heads, attention_dropout, self_attention=True, positional=positional,
-            max_relative_distance=max_relative_distance, max_len=max_len, bias=bias, rng=rng,
-            dropout_rng=self.dropout_rng, dtype=dtype)
+            d_model,
+            n_heads,
+            attention_dropout,
+            self_attention=True,
+            positional=positional,
+            max_relative_distance=max_relative_distance,
+            max_len=max_len,
+            bias=bias,
+            rng=rng,
+            dropout_rng=self.dropout_rng,
+            dtype=dtype,
+        )
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, bias, rng, self.dropout_rng, dtype)
         self.norm1 = make_layer_norm(d_model, bias, dtype)
         self.norm2 = make_layer_norm(d_model, bias, dtype)
@@ -112,9 +137,24 @@ class DecoderLayer(_Layer):
     With ``cross_attention=False`` it is a decoder-only (GPT) block: masked self-attention + feed-forward.
     """
 
-    def __init__(self, d_model, n_heads, d_ff, dropout=0.1, attention_dropout=0.0, activation="relu",
-                 norm_first=False, positional=None, max_relative_distance=16, max_len=256, bias=True,
-                 cross_attention=True, rng=None, dropout_rng=None, dtype=np.float32):
+    def __init__(
+        self,
+        d_model,
+        n_heads,
+        d_ff,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation="relu",
+        norm_first=False,
+        positional=None,
+        max_relative_distance=16,
+        max_len=256,
+        bias=True,
+        cross_attention=True,
+        rng=None,
+        dropout_rng=None,
+        dtype=np.float32,
+    ):
         super().__init__()
         rng = np.random.default_rng() if rng is None else rng
         self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
@@ -122,14 +162,30 @@ class DecoderLayer(_Layer):
         self.dropout_p = float(dropout)
         self.has_cross_attention = cross_attention
         self.self_attn = MultiHeadAttention(
-            d_model, n_heads, attention_dropout, self_attention=True, positional=positional,
-            max_relative_distance=max_relative_distance, max_len=max_len, bias=bias, rng=rng,
-            dropout_rng=self.dropout_rng, dtype=dtype)
+            d_model,
+            n_heads,
+            attention_dropout,
+            self_attention=True,
+            positional=positional,
+            max_relative_distance=max_relative_distance,
+            max_len=max_len,
+            bias=bias,
+            rng=rng,
+            dropout_rng=self.dropout_rng,
+            dtype=dtype,
+        )
         self.norm1 = make_layer_norm(d_model, bias, dtype)
         if cross_attention:
             self.cross_attn = MultiHeadAttention(
-                d_model, n_heads, attention_dropout, self_attention=False, bias=bias, rng=rng,
-                dropout_rng=self.dropout_rng, dtype=dtype)
+                d_model,
+                n_heads,
+                attention_dropout,
+                self_attention=False,
+                bias=bias,
+                rng=rng,
+                dropout_rng=self.dropout_rng,
+                dtype=dtype,
+            )
             self.norm2 = make_layer_norm(d_model, bias, dtype)
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, bias, rng, self.dropout_rng, dtype)
         self.norm3 = make_layer_norm(d_model, bias, dtype)
@@ -143,9 +199,11 @@ class DecoderLayer(_Layer):
         if cache is not None:
             self_cache = cache.setdefault("self", {})
             cross_cache = cache.setdefault("cross", {})
-        x = self._residual(x, self.norm1,
-                           lambda h: self.self_attn(h, key_mask=self_key_mask, causal=True, cache=self_cache))
+        x = self._residual(
+            x, self.norm1, lambda h: self.self_attn(h, key_mask=self_key_mask, causal=True, cache=self_cache)
+        )
         if self.has_cross_attention:
-            x = self._residual(x, self.norm2,
-                               lambda h: self.cross_attn(h, memory, key_mask=memory_key_mask, cache=cross_cache))
+            x = self._residual(
+                x, self.norm2, lambda h: self.cross_attn(h, memory, key_mask=memory_key_mask, cache=cross_cache)
+            )
         return self._residual(x, self.norm3, self.feed_forward)

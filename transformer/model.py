@@ -20,6 +20,7 @@ the cached self-attention keys/values, and gives the same logits as ``forward`` 
 Randomness is seeded by ``config.seed``: one generator for the initial weights (same seed, same
 weights) and one, ``model.rng``, for dropout (saved/restored with ``Module.rng_state_dict``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,13 +38,16 @@ from .attention import init_linear
 from .config import ConfigError, check_numbers
 from .layers import ACTIVATIONS, DecoderLayer, EncoderLayer, layer_norm, make_layer_norm
 from .positional import (
-    LearnedPositionalEmbedding, SinusoidalPositionalEncoding, check_positional_kind,
+    LearnedPositionalEmbedding,
+    SinusoidalPositionalEncoding,
+    check_positional_kind,
 )
 
 DTYPES = ("float32", "float64")
 
 
 # ====================================================================================== configs
+
 
 class _ConfigMixin:
     """to_dict / from_dict (JSON-safe) and the checks shared by both configs."""
@@ -62,13 +66,21 @@ class _ConfigMixin:
         unknown = sorted(k for k in d if k not in fields)
         if unknown:
             raise ValueError(f"{who}: unknown key(s) {unknown}; the known keys are {sorted(fields)}")
-        required = [name for name, f in fields.items()
-                    if strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)]
+        required = [
+            name
+            for name, f in fields.items()
+            if strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        ]
         missing = [k for k in required if k not in d]
         if missing:
-            raise ValueError(f"{who}: missing required key(s) {missing}" + (
-                " (a checkpoint's config must hold every key; it was written by other code or edited)"
-                if strict else ""))
+            raise ValueError(
+                f"{who}: missing required key(s) {missing}"
+                + (
+                    " (a checkpoint's config must hold every key; it was written by other code or edited)"
+                    if strict
+                    else ""
+                )
+            )
         for name, value in d.items():
             _check_field_type(who, name, fields[name].type, value)
         try:
@@ -93,15 +105,25 @@ class _ConfigMixin:
 
 
 # The annotation (a string under ``from __future__ import annotations``) -> the types a value may have.
-_FIELD_TYPES = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating), "bool": (bool, np.bool_),
-                "str": (str,), "Optional[int]": (int, np.integer, type(None))}
+_FIELD_TYPES = {
+    "int": (int, np.integer),
+    "float": (int, float, np.integer, np.floating),
+    "bool": (bool, np.bool_),
+    "str": (str,),
+    "Optional[int]": (int, np.integer, type(None)),
+}
 
 
 def _check_field_type(who, name, annotation, value):
     allowed = _FIELD_TYPES[annotation]
     if not isinstance(value, allowed) or (isinstance(value, (bool, np.bool_)) and bool not in allowed):
-        kind = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-                "Optional[int]": "a whole number or null"}[annotation]
+        kind = {
+            "int": "a whole number",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "Optional[int]": "a whole number or null",
+        }[annotation]
         raise ValueError(f"{who}: {name} must be {kind}, got {value!r}")
 
 
@@ -119,12 +141,12 @@ class TransformerConfig(_ConfigMixin):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation: str = "relu"
-    norm_first: bool = False          # False: post-LN (the paper); True: pre-LN (+ final LayerNorms)
-    positional: str = "sinusoidal"    # sinusoidal | learned | relative | rope | alibi
-    max_len: int = 256                # rows of the absolute position tables
-    max_relative_distance: int = 16   # Shaw et al.'s clipping distance k
-    share_embeddings: bool = False    # one table for source and target (needs one vocabulary)
-    tie_output: bool = True           # logits = h @ E_target^T
+    norm_first: bool = False  # False: post-LN (the paper); True: pre-LN (+ final LayerNorms)
+    positional: str = "sinusoidal"  # sinusoidal | learned | relative | rope | alibi
+    max_len: int = 256  # rows of the absolute position tables
+    max_relative_distance: int = 16  # Shaw et al.'s clipping distance k
+    share_embeddings: bool = False  # one table for source and target (needs one vocabulary)
+    tie_output: bool = True  # logits = h @ E_target^T
     pad_id: int = 0
     unk_id: int = 1
     bos_id: int = 2
@@ -137,7 +159,8 @@ class TransformerConfig(_ConfigMixin):
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 f"TransformerConfig: share_embeddings needs one vocabulary, but src_vocab_size="
-                f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}")
+                f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}"
+            )
         for field in ("pad_id", "unk_id", "bos_id", "eos_id"):
             value = getattr(self, field)
             limit = min(self.src_vocab_size, self.tgt_vocab_size)
@@ -154,13 +177,13 @@ class LMConfig(_ConfigMixin):
     n_heads: int = 4
     n_layers: int = 4
     d_ff: Optional[int] = None
-    block_size: int = 64              # context length; the learned position table has this many rows
+    block_size: int = 64  # context length; the learned position table has this many rows
     dropout: float = 0.0
     activation: str = "gelu"
     norm_first: bool = True
     positional: str = "learned"
     tie_output: bool = True
-    bias: bool = True                 # biases in linear layers and layer norms
+    bias: bool = True  # biases in linear layers and layer norms
     dtype: str = "float32"
     seed: int = 0
     attention_dropout: float = 0.0
@@ -173,6 +196,7 @@ class LMConfig(_ConfigMixin):
 
 
 # ====================================================================================== decoding state
+
 
 class DecoderState:
     """Everything incremental decoding keeps between steps, for a batch of B' rows.
@@ -203,8 +227,9 @@ class DecoderState:
         returns self."""
         index = np.asarray(index)
         if index.ndim != 1 or index.dtype.kind not in "iu":
-            raise ValueError(f"DecoderState.reorder: index must be a 1-D integer array, got shape {index.shape} "
-                             f"dtype {index.dtype}")
+            raise ValueError(
+                f"DecoderState.reorder: index must be a 1-D integer array, got shape {index.shape} dtype {index.dtype}"
+            )
         if index.size and (index.min() < 0 or index.max() >= self.batch_size):
             bad = int(index[(index < 0) | (index >= self.batch_size)][0])
             raise IndexError(f"DecoderState.reorder: index {bad} out of range for batch size {self.batch_size}")
@@ -227,6 +252,7 @@ class DecoderState:
 
 # ====================================================================================== helpers
 
+
 def _token_array(name, ids, vocab_size, ndim):
     """The ids as an int64 ndarray of ``ndim`` axes, every value in [0, vocab_size), or a clear error."""
     array = ids.data if isinstance(ids, ng.Tensor) else np.asarray(ids)
@@ -239,8 +265,9 @@ def _token_array(name, ids, vocab_size, ndim):
         bad = (array < 0) | (array >= vocab_size)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise IndexError(f"{name}: token id {int(array[where])} at index {where} is outside the "
-                             f"vocabulary [0, {vocab_size})")
+            raise IndexError(
+                f"{name}: token id {int(array[where])} at index {where} is outside the vocabulary [0, {vocab_size})"
+            )
     return array.astype(np.int64, copy=False)
 
 
@@ -268,19 +295,21 @@ class _Decoding:
         """tokens (B,) int -> logits (B, V) for the next position; appends to ``state``'s cache."""
         tokens = _token_array("decode_step", tokens, self._target_vocab_size, ndim=1)
         if tokens.shape[0] != state.batch_size:
-            raise ValueError(f"decode_step: {tokens.shape[0]} tokens for a decoder state of batch size "
-                             f"{state.batch_size}")
-        h = self._decode_chunk(tokens[:, None], state)                            # (B, 1, C)
-        return _tied_or_projected_logits(h.reshape(h.shape[0], h.shape[2]), self._output_embedding,
-                                         self.output_proj)                         # (B, V)
+            raise ValueError(
+                f"decode_step: {tokens.shape[0]} tokens for a decoder state of batch size {state.batch_size}"
+            )
+        h = self._decode_chunk(tokens[:, None], state)  # (B, 1, C)
+        return _tied_or_projected_logits(
+            h.reshape(h.shape[0], h.shape[2]), self._output_embedding, self.output_proj
+        )  # (B, V)
 
     def prefill(self, ids, state):
         """Feed a prompt ids (B, L) through the cache at once; returns the last position's logits (B, V)."""
         ids = _token_array("prefill", ids, self._target_vocab_size, ndim=2)
         if ids.shape[0] != state.batch_size:
             raise ValueError(f"prefill: {ids.shape[0]} rows for a decoder state of batch size {state.batch_size}")
-        h = self._decode_chunk(ids, state)                                        # (B, L, C)
-        last = h[:, h.shape[1] - 1]                                               # (B, C)
+        h = self._decode_chunk(ids, state)  # (B, L, C)
+        last = h[:, h.shape[1] - 1]  # (B, C)
         return _tied_or_projected_logits(last, self._output_embedding, self.output_proj)
 
     def _decode_chunk(self, ids, state):
@@ -308,6 +337,7 @@ def _positional_module(kind, d_model, max_len, rng, dtype, init_std=None):
 
 # ====================================================================================== encoder-decoder
 
+
 class Transformer(_Decoding, nn.Module):
     """The encoder-decoder of "Attention Is All You Need", configurable per :class:`TransformerConfig`.
 
@@ -324,7 +354,7 @@ class Transformer(_Decoding, nn.Module):
         cfg = config
         dtype = np.dtype(cfg.dtype)
         rng = np.random.default_rng(cfg.seed)
-        self.rng = np.random.default_rng([cfg.seed, 1])       # dropout masks (rng_state_dict saves it)
+        self.rng = np.random.default_rng([cfg.seed, 1])  # dropout masks (rng_state_dict saves it)
         C = cfg.d_model
         self.embed_scale = math.sqrt(C)
         self.dropout_p = cfg.dropout
@@ -336,15 +366,27 @@ class Transformer(_Decoding, nn.Module):
         self.tgt_positions = _positional_module(cfg.positional, C, cfg.max_len, rng, dtype)
 
         attention_positional = cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None
-        common = dict(dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation=cfg.activation,
-                      norm_first=cfg.norm_first, positional=attention_positional,
-                      max_relative_distance=cfg.max_relative_distance, max_len=cfg.max_len,
-                      rng=rng, dropout_rng=self.rng, dtype=dtype)
+        common = dict(
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation=cfg.activation,
+            norm_first=cfg.norm_first,
+            positional=attention_positional,
+            max_relative_distance=cfg.max_relative_distance,
+            max_len=cfg.max_len,
+            rng=rng,
+            dropout_rng=self.rng,
+            dtype=dtype,
+        )
         self.encoder_layers = nn.ModuleList(
-            [EncoderLayer(C, cfg.n_heads, cfg.d_ff, **common) for _ in range(cfg.num_encoder_layers)])
+            [EncoderLayer(C, cfg.n_heads, cfg.d_ff, **common) for _ in range(cfg.num_encoder_layers)]
+        )
         self.decoder_layers = nn.ModuleList(
-            [DecoderLayer(C, cfg.n_heads, cfg.d_ff, cross_attention=True, **common)
-             for _ in range(cfg.num_decoder_layers)])
+            [
+                DecoderLayer(C, cfg.n_heads, cfg.d_ff, cross_attention=True, **common)
+                for _ in range(cfg.num_decoder_layers)
+            ]
+        )
         if cfg.norm_first:
             self.encoder_norm = make_layer_norm(C, dtype=dtype)
             self.decoder_norm = make_layer_norm(C, dtype=dtype)
@@ -418,8 +460,9 @@ class Transformer(_Decoding, nn.Module):
         """src (B, S), tgt_in (B, T) int -> logits (B, T, V)."""
         memory, src_real = self.encode(src)
         if np.shape(tgt_in)[0] != src_real.shape[0]:
-            raise ValueError(f"Transformer: src has batch size {src_real.shape[0]} but tgt_in has "
-                             f"{np.shape(tgt_in)[0]}")
+            raise ValueError(
+                f"Transformer: src has batch size {src_real.shape[0]} but tgt_in has {np.shape(tgt_in)[0]}"
+            )
         h = self.decode(tgt_in, memory, src_real)
         return _tied_or_projected_logits(h, self.target_embedding, self.output_proj)
 
@@ -427,16 +470,19 @@ class Transformer(_Decoding, nn.Module):
         """Mean label-smoothed cross-entropy over non-pad target tokens: logits (B, T, V), target (B, T)."""
         V = logits.shape[-1]
         target = np.asarray(target.data if isinstance(target, ng.Tensor) else target)
-        return F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), ignore_index=self.config.pad_id,
-                               label_smoothing=label_smoothing)
+        return F.cross_entropy(
+            logits.reshape(-1, V), target.reshape(-1), ignore_index=self.config.pad_id, label_smoothing=label_smoothing
+        )
 
     # ---------------------------------------------------------------- incremental decoding
     def start_decoding(self, memory, src_pad):
         """Cross-attention keys/values of every decoder layer, computed once: -> DecoderState."""
         src_pad = np.asarray(src_pad, dtype=bool)
         if memory.ndim != 3 or src_pad.shape != tuple(memory.shape[:2]):
-            raise ValueError(f"start_decoding: memory must be (B, S, C) and src_pad (B, S); got "
-                             f"{tuple(memory.shape)} and {src_pad.shape}")
+            raise ValueError(
+                f"start_decoding: memory must be (B, S, C) and src_pad (B, S); got "
+                f"{tuple(memory.shape)} and {src_pad.shape}"
+            )
         state = DecoderState(len(self.decoder_layers), memory.shape[0], _key_mask(src_pad))
         for layer, cache in zip(self.decoder_layers, state.caches):
             layer.cross_attn.precompute_memory(memory, cache["cross"])
@@ -444,6 +490,7 @@ class Transformer(_Decoding, nn.Module):
 
 
 # ====================================================================================== language model
+
 
 class LanguageModel(_Decoding, nn.Module):
     """Decoder-only (GPT-style) language model from the same DecoderLayer, without cross-attention.
@@ -466,12 +513,28 @@ class LanguageModel(_Decoding, nn.Module):
         self.token_embed = nn.Embedding(cfg.vocab_size, C, rng=rng, dtype=dtype, init_std=0.02)
         self.positions = _positional_module(cfg.positional, C, cfg.block_size, rng, dtype, init_std=0.02)
         attention_positional = cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None
-        self.layers = nn.ModuleList([
-            DecoderLayer(C, cfg.n_heads, cfg.d_ff, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-                         activation=cfg.activation, norm_first=cfg.norm_first, positional=attention_positional,
-                         max_relative_distance=cfg.max_relative_distance, max_len=cfg.block_size, bias=cfg.bias,
-                         cross_attention=False, rng=rng, dropout_rng=self.rng, dtype=dtype)
-            for _ in range(cfg.n_layers)])
+        self.layers = nn.ModuleList(
+            [
+                DecoderLayer(
+                    C,
+                    cfg.n_heads,
+                    cfg.d_ff,
+                    dropout=cfg.dropout,
+                    attention_dropout=cfg.attention_dropout,
+                    activation=cfg.activation,
+                    norm_first=cfg.norm_first,
+                    positional=attention_positional,
+                    max_relative_distance=cfg.max_relative_distance,
+                    max_len=cfg.block_size,
+                    bias=cfg.bias,
+                    cross_attention=False,
+                    rng=rng,
+                    dropout_rng=self.rng,
+                    dtype=dtype,
+                )
+                for _ in range(cfg.n_layers)
+            ]
+        )
         if cfg.norm_first:
             self.final_norm = make_layer_norm(C, bias=cfg.bias, dtype=dtype)
         if cfg.tie_output:

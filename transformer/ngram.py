@@ -18,6 +18,7 @@ Discounts: D = n1 / (n1 + 2 n2) from the counts-of-counts of each order (Ney et 
 N-grams are packed into one int64 per n-gram (base V digits), counted with np.unique and looked
 up with np.searchsorted, so training and scoring are vectorised.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,7 @@ class KneserNeyLM:
             raise ValueError(f"token id {int(ids[bad])} at position {bad} is outside the vocabulary [0, {self.V})")
         tables = []
         for n in range(1, self.order + 1):
-            windows = np.lib.stride_tricks.sliding_window_view(ids, n)          # (M, n)
+            windows = np.lib.stride_tricks.sliding_window_view(ids, n)  # (M, n)
             grams, counts = np.unique(self._pack(windows), return_counts=True)
             if n < self.order:
                 # Continuation counts: distinct left neighbours of each n-gram, N1+(. g).
@@ -83,9 +84,16 @@ class KneserNeyLM:
             ctx = grams // np.int64(self.V + 1)
             ctx_keys, ctx_start, ctx_types = np.unique(ctx, return_index=True, return_counts=True)
             ctx_total = np.add.reduceat(counts, ctx_start) if counts.size else counts
-            tables.append(dict(grams=grams, counts=counts.astype(np.float64), D=discount,
-                               ctx=ctx_keys, ctx_total=ctx_total.astype(np.float64),
-                               ctx_types=ctx_types.astype(np.float64)))
+            tables.append(
+                dict(
+                    grams=grams,
+                    counts=counts.astype(np.float64),
+                    D=discount,
+                    ctx=ctx_keys,
+                    ctx_total=ctx_total.astype(np.float64),
+                    ctx_types=ctx_types.astype(np.float64),
+                )
+            )
         self.tables = tables
         return self
 
@@ -100,7 +108,7 @@ class KneserNeyLM:
         p = (np.maximum(c1 - uni["D"], 0.0) + uni["D"] * types1 / self.V) / total1
         for n in range(2, self.order + 1):
             t = self.tables[n - 1]
-            h = history[:, history.shape[1] - (n - 1):]                          # (M, n-1)
+            h = history[:, history.shape[1] - (n - 1) :]  # (M, n-1)
             valid = np.all(h >= 0, axis=1)
             hcode = self._pack(np.where(h >= 0, h, 0))
             total = self._lookup(t["ctx"], t["ctx_total"], hcode, 0.0)
@@ -128,7 +136,7 @@ class KneserNeyLM:
         hist = np.full(k, -1, dtype=np.int64)
         if k:
             tail = context[-k:]
-            hist[k - tail.size:] = tail
+            hist[k - tail.size :] = tail
         w = np.arange(self.V, dtype=np.int64)
         return self._prob(np.broadcast_to(hist, (self.V, k)), w)
 

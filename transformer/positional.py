@@ -23,6 +23,7 @@ Relative encodings act inside self-attention and add nothing at the input:
 * ``alibi`` (Press et al. 2022): a head-specific linear penalty -m_h |i - j| added to the scores.
   See :func:`alibi_slopes` and :func:`alibi_bias`.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,15 +47,16 @@ def check_positional_kind(kind):
 
 # --------------------------------------------------------------------------------- absolute
 
+
 def sinusoidal_table(n_positions, dim, dtype=np.float64):
     """The paper's table (P, C): PE[p, 2i] = sin(p w_i), PE[p, 2i+1] = cos(p w_i), w_i = 10000^(-2i/C).
 
     Computed in float64 and cast once, so float32 and float64 models see the same values up to rounding.
     An odd ``dim`` drops the last cosine column.
     """
-    positions = np.arange(n_positions, dtype=np.float64)[:, None]              # (P, 1)
-    frequencies = np.exp(-math.log(10000.0) * np.arange(0, dim, 2) / dim)     # (ceil(C/2),)
-    angles = positions * frequencies                                          # (P, ceil(C/2))
+    positions = np.arange(n_positions, dtype=np.float64)[:, None]  # (P, 1)
+    frequencies = np.exp(-math.log(10000.0) * np.arange(0, dim, 2) / dim)  # (ceil(C/2),)
+    angles = positions * frequencies  # (P, ceil(C/2))
     table = np.empty((n_positions, dim), dtype=np.float64)
     table[:, 0::2] = np.sin(angles)
     table[:, 1::2] = np.cos(angles[:, : dim // 2])
@@ -78,7 +80,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         table = self.table
         if end > table.shape[0]:
             table = sinusoidal_table(end, self.d_model, table.dtype)
-        return ng.tensor(table[offset:end])                                        # (T, C)
+        return ng.tensor(table[offset:end])  # (T, C)
 
 
 class LearnedPositionalEmbedding(nn.Module):
@@ -99,10 +101,11 @@ class LearnedPositionalEmbedding(nn.Module):
                 f"learned positional embedding: position {end - 1} is beyond the table of max_len={self.max_len} "
                 f"positions; use a shorter input or a config with a larger max_len (or block_size)"
             )
-        return F.embedding(np.arange(offset, end), self.embedding.weight)         # (T, C)
+        return F.embedding(np.arange(offset, end), self.embedding.weight)  # (T, C)
 
 
 # --------------------------------------------------------------------------------- relative (Shaw et al.)
+
 
 def relative_positions(query_len, key_len, max_distance, query_offset=0):
     """Clipped distances as table rows (T, K) int64: clip(j - i, -k, k) + k, with i = query_offset + row.
@@ -110,10 +113,10 @@ def relative_positions(query_len, key_len, max_distance, query_offset=0):
     Row r of the result belongs to query position i = query_offset + r (a cached decode step has T = 1 and
     query_offset = the number of tokens already decoded); column j is key position j.
     """
-    query_positions = np.arange(query_offset, query_offset + query_len)[:, None]   # (T, 1)
-    key_positions = np.arange(key_len)[None, :]                                      # (1, K)
+    query_positions = np.arange(query_offset, query_offset + query_len)[:, None]  # (T, 1)
+    key_positions = np.arange(key_len)[None, :]  # (1, K)
     distance = np.clip(key_positions - query_positions, -max_distance, max_distance)
-    return distance + max_distance                                                   # (T, K) in [0, 2k]
+    return distance + max_distance  # (T, K) in [0, 2k]
 
 
 class RelativePositionEmbedding(nn.Module):
@@ -130,21 +133,22 @@ class RelativePositionEmbedding(nn.Module):
         self.max_distance = max_distance
         rng = np.random.default_rng() if rng is None else rng
         rows = 2 * max_distance + 1
-        std = head_dim ** -0.5
+        std = head_dim**-0.5
         self.key_table = nn.Parameter(rng.normal(0.0, std, size=(rows, head_dim)).astype(dtype))
         self.value_table = nn.Parameter(rng.normal(0.0, std, size=(rows, head_dim)).astype(dtype))
 
     def forward(self, query_len, key_len, query_offset=0):
-        index = relative_positions(query_len, key_len, self.max_distance, query_offset)   # (T, K)
+        index = relative_positions(query_len, key_len, self.max_distance, query_offset)  # (T, K)
         return F.embedding(index, self.key_table), F.embedding(index, self.value_table)
 
 
 # --------------------------------------------------------------------------------- rotary (RoPE)
 
+
 def rotary_tables(positions, head_dim, base=10000.0, dtype=np.float64):
     """cos and sin of the angles p * theta_i, theta_i = base^(-2i/D), i < D/2: each (T, D/2)."""
-    theta = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)       # (D/2,)
-    angles = np.asarray(positions, dtype=np.float64)[:, None] * theta                 # (T, D/2)
+    theta = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * theta  # (T, D/2)
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
@@ -209,7 +213,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x, offset=0):
         end = offset + x.shape[-2]
         if end <= self.cos.shape[0]:
-            cos, sin = self.cos[offset:end], self.sin[offset:end]                  # (T, D/2)
+            cos, sin = self.cos[offset:end], self.sin[offset:end]  # (T, D/2)
         else:
             cos, sin = rotary_tables(np.arange(offset, end), self.head_dim, self.base, x.dtype)
         if cos.dtype != x.dtype:
@@ -219,12 +223,14 @@ class RotaryEmbedding(nn.Module):
 
 # --------------------------------------------------------------------------------- ALiBi
 
+
 def alibi_slopes(n_heads):
     """The paper's head slopes m_h: for H a power of two, 2^(-8/H), 2^(-16/H), ..., 2^(-8).
 
     Otherwise (as the authors' code does): the slopes of the largest power of two n < H, then every other
     slope of the 2n-head sequence until H slopes are found.
     """
+
     def power_of_two_slopes(n):
         start = 2.0 ** (-8.0 / n)
         return [start ** (h + 1) for h in range(n)]
@@ -246,5 +252,5 @@ def alibi_bias(slopes, query_len, key_len, query_offset=0, dtype=np.float64):
     """
     query_positions = np.arange(query_offset, query_offset + query_len)[:, None]
     key_positions = np.arange(key_len)[None, :]
-    distance = np.abs(query_positions - key_positions).astype(np.float64)           # (T, K)
+    distance = np.abs(query_positions - key_positions).astype(np.float64)  # (T, K)
     return (-np.asarray(slopes, dtype=np.float64)[:, None, None] * distance).astype(dtype)

@@ -23,6 +23,7 @@ Conventions shared by greedy and beam search
   is not renormalised).
 - The model is put in eval mode (no dropout) for the call and restored afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,9 +93,9 @@ def _topk_sorted(scores, k):
     n_rows, m = scores.shape
     if k >= m:
         return np.argsort(-scores, axis=1, kind="stable")
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]                      # (N, k) unordered
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (N, k) unordered
     values = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)                                # by value desc, then index asc
+    order = np.lexsort((part, -values), axis=1)  # by value desc, then index asc
     top = np.take_along_axis(part, order, axis=1)
     kth = values.min(axis=1)
     tied = (scores >= kth[:, None]).sum(axis=1) > k
@@ -161,8 +162,8 @@ class _FullPrefixSeq2Seq:
 
     def __init__(self, model, src):
         self.model = model
-        self.src = src                                                          # (N, S)
-        self.prefix = np.zeros((src.shape[0], 0), dtype=np.int64)              # (N, T)
+        self.src = src  # (N, S)
+        self.prefix = np.zeros((src.shape[0], 0), dtype=np.int64)  # (N, T)
 
     def step(self, tokens):
         self.prefix = np.concatenate([self.prefix, tokens[:, None]], axis=1)
@@ -208,13 +209,19 @@ def _seq2seq_stepper(model, src, use_cache):
 
 # ----------------------------------------------------------------------------------------------------- greedy
 class GreedyOutput(NamedTuple):
-    tokens: list        # B lists of generated token ids, without BOS/EOS
+    tokens: list  # B lists of generated token ids, without BOS/EOS
     scores: np.ndarray  # (B,) sum of log-probs of the generated tokens, EOS included when emitted
-    ended: np.ndarray   # (B,) bool: True = the sentence ended with EOS, False = cut at its length limit
+    ended: np.ndarray  # (B,) bool: True = the sentence ended with EOS, False = cut at its length limit
 
 
-def greedy(model: Transformer, src: np.ndarray, max_len: int = 200, max_len_a: float = 0.0,
-           max_len_b: int | None = None, use_cache: bool = True) -> GreedyOutput:
+def greedy(
+    model: Transformer,
+    src: np.ndarray,
+    max_len: int = 200,
+    max_len_a: float = 0.0,
+    max_len_b: int | None = None,
+    use_cache: bool = True,
+) -> GreedyOutput:
     """Greedy decoding of a batch of source sentences with an encoder-decoder ``model``.
 
     At every step each live sentence takes its most probable token (ties to the lowest id); a sentence stops when it
@@ -226,19 +233,19 @@ def greedy(model: Transformer, src: np.ndarray, max_len: int = 200, max_len_a: f
     config = model.config
     bos_id, eos_id = config.bos_id, config.eos_id
     n_sentences = src.shape[0]
-    out_tokens = np.zeros((n_sentences, int(limits.max())), dtype=np.int64)    # (B, L)
+    out_tokens = np.zeros((n_sentences, int(limits.max())), dtype=np.int64)  # (B, L)
     out_lengths = np.zeros(n_sentences, dtype=np.int64)
     ended = np.zeros(n_sentences, dtype=bool)
     scores = None
     with ng.no_grad(), _eval_mode(model):
         stepper = _seq2seq_stepper(model, src, use_cache)
-        active = np.arange(n_sentences)                                        # sentence id of each live row (N,)
-        tokens = np.full(n_sentences, bos_id, dtype=np.int64)                  # (N,) fed at this step
+        active = np.arange(n_sentences)  # sentence id of each live row (N,)
+        tokens = np.full(n_sentences, bos_id, dtype=np.int64)  # (N,) fed at this step
         for t in range(int(limits.max())):
             log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (N, V)
             if scores is None:
                 scores = np.zeros(n_sentences, dtype=log_probs.dtype)
-            choice = log_probs.argmax(axis=1)                                  # (N,)
+            choice = log_probs.argmax(axis=1)  # (N,)
             scores[active] += log_probs[np.arange(len(active)), choice]
             is_eos = choice == eos_id
             out_tokens[active, t] = choice
@@ -252,22 +259,31 @@ def greedy(model: Transformer, src: np.ndarray, max_len: int = 200, max_len_a: f
                 stepper.reorder(keep)
                 active, choice = active[keep], choice[keep]
             tokens = choice
-    token_lists = [out_tokens[i, :out_lengths[i]].tolist() for i in range(n_sentences)]
+    token_lists = [out_tokens[i, : out_lengths[i]].tolist() for i in range(n_sentences)]
     return GreedyOutput(token_lists, scores if scores is not None else np.zeros(n_sentences), ended)
 
 
 # ----------------------------------------------------------------------------------------------------- beam search
 class Hypothesis(NamedTuple):
-    tokens: list             # generated token ids, without BOS/EOS
-    score: float             # sum of log-probs of the generated tokens (EOS included when emitted)
+    tokens: list  # generated token ids, without BOS/EOS
+    score: float  # sum of log-probs of the generated tokens (EOS included when emitted)
     normalized_score: float  # score / ((5 + length) / 6) ** alpha
-    length: int              # generated tokens counted by the penalty: len(tokens) + (1 if ended else 0)
-    ended: bool              # True = finished with EOS, False = finalised at the length limit
+    length: int  # generated tokens counted by the penalty: len(tokens) + (1 if ended else 0)
+    ended: bool  # True = finished with EOS, False = finalised at the length limit
 
 
-def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len: int = 200, alpha: float = 0.6,
-                nbest: int = 1, max_len_a: float = 0.0, max_len_b: int | None = None, early_stopping: bool = False,
-                use_cache: bool = True) -> list[list[Hypothesis]]:
+def beam_search(
+    model: Transformer,
+    src: np.ndarray,
+    beam_size: int = 4,
+    max_len: int = 200,
+    alpha: float = 0.6,
+    nbest: int = 1,
+    max_len_a: float = 0.0,
+    max_len_b: int | None = None,
+    early_stopping: bool = False,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
     """Batched beam search with the GNMT length penalty; returns, per sentence, its ``nbest`` best hypotheses.
 
     The B sentences are decoded together as B*K rows of the decoder state (``reorder`` repeats each sentence's cache
@@ -299,7 +315,7 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
     if not math.isfinite(alpha):
         raise ValueError(f"alpha (length penalty exponent) must be finite, got {alpha!r}")
     src = _check_src(model, src)
-    limits = _length_limits(model, src, max_len, max_len_a, max_len_b)        # (B,)
+    limits = _length_limits(model, src, max_len, max_len_a, max_len_b)  # (B,)
     config = model.config
     bos_id, eos_id = config.bos_id, config.eos_id
     K = int(beam_size)
@@ -307,19 +323,19 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
     max_limit = int(limits.max())
 
     # Finished lists, indexed by sentence id; -inf marks an empty slot. Kept sorted best first, at most K each.
-    fin_norm = np.full((n_sentences, K), -np.inf)                              # (B, K)
+    fin_norm = np.full((n_sentences, K), -np.inf)  # (B, K)
     fin_score = np.full((n_sentences, K), -np.inf)
     fin_length = np.zeros((n_sentences, K), dtype=np.int64)
     fin_ended = np.zeros((n_sentences, K), dtype=bool)
-    fin_tokens = np.zeros((n_sentences, K, max_limit), dtype=np.int64)        # (B, K, L), EOS/garbage past length
+    fin_tokens = np.zeros((n_sentences, K, max_limit), dtype=np.int64)  # (B, K, L), EOS/garbage past length
 
     with ng.no_grad(), _eval_mode(model):
         stepper = _seq2seq_stepper(model, src, use_cache)
-        stepper.reorder(np.repeat(np.arange(n_sentences), K))                  # B rows -> B*K rows
-        active = np.arange(n_sentences)                                        # live sentence ids (n,)
-        beam_tokens = np.zeros((n_sentences, K, 0), dtype=np.int64)            # (n, K, T) live prefixes
-        beam_scores = None                                                     # (n, K)
-        tokens = np.full(n_sentences * K, bos_id, dtype=np.int64)              # (n*K,) fed at this step
+        stepper.reorder(np.repeat(np.arange(n_sentences), K))  # B rows -> B*K rows
+        active = np.arange(n_sentences)  # live sentence ids (n,)
+        beam_tokens = np.zeros((n_sentences, K, 0), dtype=np.int64)  # (n, K, T) live prefixes
+        beam_scores = None  # (n, K)
+        tokens = np.full(n_sentences * K, bos_id, dtype=np.int64)  # (n*K,) fed at this step
         for t in range(max_limit):
             n = len(active)
             log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (n*K, V)
@@ -330,7 +346,7 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
                 beam_scores[:, 0] = 0
                 fin_norm, fin_score = fin_norm.astype(dtype), fin_score.astype(dtype)
             candidates = (beam_scores[:, :, None] + log_probs.reshape(n, K, vocab)).reshape(n, K * vocab)
-            top = _topk_sorted(candidates, 2 * K)                              # (n, 2K) best first
+            top = _topk_sorted(candidates, 2 * K)  # (n, 2K) best first
             top_scores = np.take_along_axis(candidates, top, axis=1)
             top_beam, top_token = top // vocab, top % vocab
             new_length = t + 1
@@ -343,25 +359,31 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
 
             is_eos = top_token == eos_id
             finishing = is_eos & (np.arange(2 * K) < K) & np.isfinite(top_scores)
-            live = np.argsort(is_eos, axis=1, kind="stable")[:, :K]            # (n, K) first K non-EOS, in rank order
+            live = np.argsort(is_eos, axis=1, kind="stable")[:, :K]  # (n, K) first K non-EOS, in rank order
             live_scores = np.take_along_axis(top_scores, live, axis=1)
             live_beam = np.take_along_axis(top_beam, live, axis=1)
             live_token = np.take_along_axis(top_token, live, axis=1)
-            live_seqs = np.take_along_axis(seqs, live[:, :, None], axis=1)     # (n, K, L)
-            at_limit = limits[active] <= new_length                            # (n,)
-            cut = at_limit[:, None] & np.isfinite(live_scores)                 # finalised without EOS
+            live_seqs = np.take_along_axis(seqs, live[:, :, None], axis=1)  # (n, K, L)
+            at_limit = limits[active] <= new_length  # (n,)
+            cut = at_limit[:, None] & np.isfinite(live_scores)  # finalised without EOS
 
             if finishing.any() or cut.any():
                 # Merge old finished (K) + new EOS hypotheses (2K) + cut live ones (K); keep the best K.
-                pool_norm = np.concatenate([fin_norm[active],
-                                            np.where(finishing, top_scores / penalty, -np.inf).astype(dtype),
-                                            np.where(cut, live_scores / penalty, -np.inf).astype(dtype)], axis=1)
+                pool_norm = np.concatenate(
+                    [
+                        fin_norm[active],
+                        np.where(finishing, top_scores / penalty, -np.inf).astype(dtype),
+                        np.where(cut, live_scores / penalty, -np.inf).astype(dtype),
+                    ],
+                    axis=1,
+                )
                 pool_score = np.concatenate([fin_score[active], top_scores, live_scores], axis=1)
                 pool_length = np.concatenate([fin_length[active], np.full((n, 3 * K), new_length)], axis=1)
-                pool_ended = np.concatenate([fin_ended[active], np.ones((n, 2 * K), bool),
-                                             np.zeros((n, K), bool)], axis=1)
-                pool_tokens = np.concatenate([fin_tokens[active], seqs, live_seqs], axis=1)   # (n, 4K, L)
-                best = np.argsort(-pool_norm, axis=1, kind="stable")[:, :K]    # (n, K)
+                pool_ended = np.concatenate(
+                    [fin_ended[active], np.ones((n, 2 * K), bool), np.zeros((n, K), bool)], axis=1
+                )
+                pool_tokens = np.concatenate([fin_tokens[active], seqs, live_seqs], axis=1)  # (n, 4K, L)
+                best = np.argsort(-pool_norm, axis=1, kind="stable")[:, :K]  # (n, K)
                 fin_norm[active] = np.take_along_axis(pool_norm, best, axis=1)
                 fin_score[active] = np.take_along_axis(pool_score, best, axis=1)
                 fin_length[active] = np.take_along_axis(pool_length, best, axis=1)
@@ -373,9 +395,10 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
             if early_stopping:
                 done = n_finished >= K
             else:
-                best_penalty = np.maximum(length_penalty(new_length + 1, alpha),
-                                          length_penalty(limits[active], alpha)).astype(dtype)
-                live_bound = beam_scores[:, 0] / best_penalty                   # best reachable normalised score
+                best_penalty = np.maximum(
+                    length_penalty(new_length + 1, alpha), length_penalty(limits[active], alpha)
+                ).astype(dtype)
+                live_bound = beam_scores[:, 0] / best_penalty  # best reachable normalised score
                 done = (n_finished >= K) & (live_bound <= fin_norm[active, nbest - 1])
             done |= at_limit
             if done.all():
@@ -387,14 +410,21 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
             tokens = live_token[keep].reshape(-1)
 
     results = []
-    for i in range(n_sentences):                                              # output assembly, once, not per step
+    for i in range(n_sentences):  # output assembly, once, not per step
         hyps = []
         for j in range(nbest):
             if not np.isfinite(fin_norm[i, j]):
                 break
             n_tokens = int(fin_length[i, j]) - int(fin_ended[i, j])
-            hyps.append(Hypothesis(fin_tokens[i, j, :n_tokens].tolist(), float(fin_score[i, j]),
-                                   float(fin_norm[i, j]), int(fin_length[i, j]), bool(fin_ended[i, j])))
+            hyps.append(
+                Hypothesis(
+                    fin_tokens[i, j, :n_tokens].tolist(),
+                    float(fin_score[i, j]),
+                    float(fin_norm[i, j]),
+                    int(fin_length[i, j]),
+                    bool(fin_ended[i, j]),
+                )
+            )
         results.append(hyps)
     return results
 
@@ -403,18 +433,22 @@ def beam_search(model: Transformer, src: np.ndarray, beam_size: int = 4, max_len
 def _check_sampling_args(temperature, top_k, top_p, max_new_tokens):
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) \
-            or temperature < 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, numbers.Real)
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real)
-                              or not 0.0 < top_p <= 1.0):
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
-def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> np.ndarray:
+def filter_logits(
+    logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> np.ndarray:
     """Sampling distribution (N, V) float64 from logits (N, V): temperature, then top-k, then top-p (nucleus).
 
     - temperature: logits / temperature (> 0; 0 is handled by the caller as argmax).
@@ -423,18 +457,18 @@ def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | Non
       token is always kept); the rest get probability 0. Renormalised.
     The arithmetic is float64 whatever the model's dtype: a cumulative sum over a large vocabulary drifts in float32.
     """
-    scaled = np.asarray(logits, dtype=np.float64) / temperature                 # (N, V)
+    scaled = np.asarray(logits, dtype=np.float64) / temperature  # (N, V)
     vocab = scaled.shape[1]
     if top_k is not None and top_k < vocab:
-        kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k]    # (N,) k-th largest
+        kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k]  # (N,) k-th largest
         scaled = np.where(scaled < kth[:, None], -np.inf, scaled)
     probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=1, kind="stable")                      # (N, V) most probable first
+        order = np.argsort(-probs, axis=1, kind="stable")  # (N, V) most probable first
         sorted_probs = np.take_along_axis(probs, order, axis=1)
-        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs           # mass of the strictly better tokens
-        drop_sorted = mass_before >= top_p                                     # already reached p without this one
+        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs  # mass of the strictly better tokens
+        drop_sorted = mass_before >= top_p  # already reached p without this one
         drop = np.zeros_like(drop_sorted)
         np.put_along_axis(drop, order, drop_sorted, axis=1)
         probs = np.where(drop, 0.0, probs)
@@ -442,9 +476,17 @@ def filter_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | Non
     return probs
 
 
-def sample(model: LanguageModel, prompt_ids: np.ndarray, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, rng: np.random.Generator | None = None,
-           seed: int | None = None, use_cache: bool = True) -> np.ndarray:
+def sample(
+    model: LanguageModel,
+    prompt_ids: np.ndarray,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: np.random.Generator | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> np.ndarray:
     """Sample ``max_new_tokens`` continuations of ``prompt_ids`` (B, P) (or (P,)) from a language model.
 
     Returns the new tokens only, (B, max_new_tokens) int64 (or (max_new_tokens,) for a 1-D prompt).
@@ -465,29 +507,33 @@ def sample(model: LanguageModel, prompt_ids: np.ndarray, max_new_tokens: int, te
     if one_dimensional:
         prompt = prompt[None, :]
     if prompt.ndim != 2 or prompt.shape[1] == 0 or prompt.dtype.kind not in "iu":
-        raise ValueError(f"prompt_ids must be a non-empty (B, P) or (P,) integer array, got shape "
-                         f"{_array(prompt_ids).shape} dtype {_array(prompt_ids).dtype}")
+        raise ValueError(
+            f"prompt_ids must be a non-empty (B, P) or (P,) integer array, got shape "
+            f"{_array(prompt_ids).shape} dtype {_array(prompt_ids).dtype}"
+        )
     prompt = prompt.astype(np.int64, copy=False)
     block_size = getattr(model.config, "block_size", None)
     fed = prompt.shape[1] + max(int(max_new_tokens) - 1, 0)
     if block_size is not None and fed > block_size:
-        raise ValueError(f"prompt length {prompt.shape[1]} + {max_new_tokens} new tokens needs {fed} positions, "
-                         f"more than the model's block_size {block_size}")
+        raise ValueError(
+            f"prompt length {prompt.shape[1]} + {max_new_tokens} new tokens needs {fed} positions, "
+            f"more than the model's block_size {block_size}"
+        )
     greedy_pick = temperature == 0 or top_k == 1
     n_rows = prompt.shape[0]
     out = np.zeros((n_rows, int(max_new_tokens)), dtype=np.int64)
     if max_new_tokens > 0:
         with ng.no_grad(), _eval_mode(model):
             stepper = _CachedLM(model, n_rows) if use_cache else _FullPrefixLM(model, n_rows)
-            logits = stepper.prefill(prompt)                                   # (B, V)
+            logits = stepper.prefill(prompt)  # (B, V)
             for t in range(int(max_new_tokens)):
                 if np.isnan(logits).any():
                     raise FloatingPointError(f"the model produced NaN logits at sampling step {t}")
                 if greedy_pick:
                     tokens = logits.argmax(axis=1)
                 else:
-                    cdf = np.cumsum(filter_logits(logits, temperature, top_k, top_p), axis=1)   # (B, V)
-                    u = 1.0 - rng.random(n_rows)                               # in (0, 1]: never picks a 0-prob token
+                    cdf = np.cumsum(filter_logits(logits, temperature, top_k, top_p), axis=1)  # (B, V)
+                    u = 1.0 - rng.random(n_rows)  # in (0, 1]: never picks a 0-prob token
                     tokens = np.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=1), cdf.shape[1] - 1)
                 out[:, t] = tokens
                 if t + 1 < max_new_tokens:

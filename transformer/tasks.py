@@ -5,6 +5,7 @@ A task turns a run config into data, tokenizers and a model, and gives the loop 
 normalises), ``validate(model, settings)`` (a dict holding ``self.metric``), the data position and
 generators for exact resume, and the files a checkpoint must carry (the tokenizer).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ from . import search
 from .console import log, track
 from .config import ConfigError, check_keys, check_numbers, check_split_size
 from .data import (
-    ON_BAD_CHOICES, Batch, BatchIterator, DataValidationError, LMBatcher, TranslationDataset, evaluation_batches,
-    limit_subword_length, split_stream,
+    ON_BAD_CHOICES,
+    Batch,
+    BatchIterator,
+    DataValidationError,
+    LMBatcher,
+    TranslationDataset,
+    evaluation_batches,
+    limit_subword_length,
+    split_stream,
 )
 from .datasets import Corpus, ParallelText, ValidationOptions, file_identity, load_text, load_translation_corpus
 from .files import write_atomic
@@ -30,23 +38,47 @@ from .evaluate import lm_scores, perplexity, translation_scores
 from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
 from .tokenizer import CharTokenizer, Tokenizer, load_tokenizers, train_sentencepiece
 
-DATA_DEFAULTS = dict(corpus="multi30k", src="de", tgt="en", data_dir="", src_path="", tgt_path="", tsv_path="",
-                     src_column=0, tgt_column=1, valid_size=0.05, test_size=0.05, split_seed=0,
-                     max_tokens=250, max_chars=0, max_ratio=9.0, on_bad="filter",
-                     text_path="", train_fraction=0.9)
-TOKENIZER_DEFAULTS = dict(kind="sentencepiece", vocab_size=8000, model_type="unigram", joint=True,
-                          normalization_rule="nmt_nfkc", character_coverage=1.0, input_sentence_size=1_000_000,
-                          seed=0)
+DATA_DEFAULTS = dict(
+    corpus="multi30k",
+    src="de",
+    tgt="en",
+    data_dir="",
+    src_path="",
+    tgt_path="",
+    tsv_path="",
+    src_column=0,
+    tgt_column=1,
+    valid_size=0.05,
+    test_size=0.05,
+    split_seed=0,
+    max_tokens=250,
+    max_chars=0,
+    max_ratio=9.0,
+    on_bad="filter",
+    text_path="",
+    train_fraction=0.9,
+)
+TOKENIZER_DEFAULTS = dict(
+    kind="sentencepiece",
+    vocab_size=8000,
+    model_type="unigram",
+    joint=True,
+    normalization_rule="nmt_nfkc",
+    character_coverage=1.0,
+    input_sentence_size=1_000_000,
+    seed=0,
+)
 
 
 def model_settings(config: dict, config_class, from_tokenizer: tuple[str, ...], settings: dict) -> dict:
     """The [model] section checked (known keys, numbers in range) before any corpus is read or tokenizer trained;
     the vocabulary sizes come from the tokenizer, never from the config; the seed defaults to train.seed."""
     import dataclasses
+
     section = check_numbers("model", config.get("model", {}))
     check_keys("model", section, {f.name for f in dataclasses.fields(config_class)} - set(from_tokenizer))
     section.setdefault("seed", int(settings["seed"]))
-    config_class(**dict.fromkeys(from_tokenizer, 1 << 16), **section)   # the config's own checks, now (no weights)
+    config_class(**dict.fromkeys(from_tokenizer, 1 << 16), **section)  # the config's own checks, now (no weights)
     return section
 
 
@@ -64,19 +96,21 @@ class TranslationTask:
         # The vocabulary sizes come from the tokenizer, never from the config; the rest is checked before any work.
         model_section = model_settings(config, TransformerConfig, ("src_vocab_size", "tgt_vocab_size"), settings)
         self.corpus = load_corpus(data)
-        self.data_files = file_identity(self.corpus.files)     # (validation logged a report of each split)
+        self.data_files = file_identity(self.corpus.files)  # (validation logged a report of each split)
         if len(self.corpus["valid"]) == 0:
-            raise ConfigError(f"{self.corpus.name}: the validation split is empty (data.valid_size="
-                              f"{data['valid_size']}); validation (BLEU, the best checkpoint, early stopping) needs "
-                              "at least one pair: set data.valid_size to a count >= 1 or a fraction > 0")
+            raise ConfigError(
+                f"{self.corpus.name}: the validation split is empty (data.valid_size="
+                f"{data['valid_size']}); validation (BLEU, the best checkpoint, early stopping) needs "
+                "at least one pair: set data.valid_size to a count >= 1 or a fraction > 0"
+            )
         self.tok_dir = self.run_dir / "tokenizer"
         self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
-        self.model_config = TransformerConfig(src_vocab_size=self.src_tok.vocab_size,
-                                              tgt_vocab_size=self.tgt_tok.vocab_size, **model_section)
+        self.model_config = TransformerConfig(
+            src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size, **model_section
+        )
         self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
         self.valid_set = self.encode(self.corpus["valid"])
-        self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]),
-                                     seed=int(settings["seed"]))
+        self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]), seed=int(settings["seed"]))
         self.model = Transformer(self.model_config) if build_model else None
 
     def encode_training(self, pairs, on_bad):
@@ -88,8 +122,16 @@ class TranslationTask:
         if self.model_config.positional == "learned" and self.model_config.max_len < limit:
             limit, why = self.model_config.max_len, f"model.max_len={self.model_config.max_len} learned positions"
         lines = [pairs.line_of(i) for i in range(len(pairs))]
-        src_ids, tgt_ids, report = limit_subword_length(src_ids, tgt_ids, max_len=limit, on_bad=on_bad,
-                                                        name="train", line_numbers=lines, origin=pairs.origin, why=why)
+        src_ids, tgt_ids, report = limit_subword_length(
+            src_ids,
+            tgt_ids,
+            max_len=limit,
+            on_bad=on_bad,
+            name="train",
+            line_numbers=lines,
+            origin=pairs.origin,
+            why=why,
+        )
         if not src_ids:
             raise DataValidationError(f"no training pair is left: {report.message}; raise the limit ({why})")
         return TranslationDataset(src_ids, tgt_ids)
@@ -120,8 +162,14 @@ class TranslationTask:
         limit = int(settings["bleu_max_sentences"]) or len(self.valid_set)
         subset = self.corpus["valid"]
         sources, references = subset.src[:limit], subset.tgt[:limit]
-        hyps = translate_sentences(model, self.src_tok, self.tgt_tok, sources, beam=int(settings["bleu_beam"]),
-                                   max_tokens=int(settings["decode_max_tokens"]))
+        hyps = translate_sentences(
+            model,
+            self.src_tok,
+            self.tgt_tok,
+            sources,
+            beam=int(settings["bleu_beam"]),
+            max_tokens=int(settings["decode_max_tokens"]),
+        )
         scores = translation_scores(hyps, [references])
         metrics["valid_bleu"], metrics["valid_chrf"] = scores["bleu"], scores["chrf"]
         return metrics
@@ -141,14 +189,20 @@ class TranslationTask:
 
 def translation_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0) -> ng.Tensor:
     """The summed target cross-entropy of a batch (padding ignored): a scalar Tensor."""
-    logits = model(batch.src, batch.tgt_in)                                      # (B, T, V)
+    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
     V = logits.shape[-1]
-    return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1), ignore_index=model.config.pad_id,
-                           label_smoothing=label_smoothing, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, V),
+        batch.tgt_out.reshape(-1),
+        ignore_index=model.config.pad_id,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
 
 
-def corpus_loss(model: Transformer, dataset: TranslationDataset, max_tokens: int,
-                progress: bool = False) -> tuple[float, int]:
+def corpus_loss(
+    model: Transformer, dataset: TranslationDataset, max_tokens: int, progress: bool = False
+) -> tuple[float, int]:
     """(summed cross-entropy, target tokens) of a whole ``TranslationDataset``, without smoothing or gradients."""
     total, tokens = 0.0, 0
     model.eval()
@@ -160,20 +214,34 @@ def corpus_loss(model: Transformer, dataset: TranslationDataset, max_tokens: int
     return total, tokens
 
 
-def evaluate_translation(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, pairs: ParallelText, *,
-                         beam: int = 5, alpha: float = 0.6, max_tokens: int = 8000,
-                         progress: bool = False) -> tuple[dict, list[str]]:
+def evaluate_translation(
+    model: Transformer,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    pairs: ParallelText,
+    *,
+    beam: int = 5,
+    alpha: float = 0.6,
+    max_tokens: int = 8000,
+    progress: bool = False,
+) -> tuple[dict, list[str]]:
     """What ``evaluate`` reports for some pairs (a ``ParallelText``): loss and perplexity of the references, and
     sacreBLEU/chrF (with signatures) of the decoded hypotheses. Returns (scores, hypotheses)."""
     if len(pairs) == 0:
         raise ValueError("there are no sentence pairs to evaluate")
-    dataset = TranslationDataset(*truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt),
-                                                     model.config, pairs))
+    dataset = TranslationDataset(
+        *truncate_for_model(src_tok.encode(pairs.src), tgt_tok.encode(pairs.tgt), model.config, pairs)
+    )
     total, tokens = corpus_loss(model, dataset, max_tokens, progress)
-    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha,
-                               progress=progress)
-    scores = {"loss": total / tokens, "perplexity": perplexity(total, tokens),
-              **translation_scores(hyps, [pairs.tgt]), "beam": beam}
+    hyps = translate_sentences(
+        model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha, progress=progress
+    )
+    scores = {
+        "loss": total / tokens,
+        "perplexity": perplexity(total, tokens),
+        **translation_scores(hyps, [pairs.tgt]),
+        "beam": beam,
+    }
     return scores, hyps
 
 
@@ -184,8 +252,9 @@ def data_settings(section: dict) -> dict:
     for key in ("valid_size", "test_size"):
         data[key] = check_split_size(f"[data] {key}", data[key])
     if data["corpus"] == "tsv" and data["src_column"] == data["tgt_column"]:
-        raise ConfigError(f"[data] src_column and tgt_column are both {data['src_column']}: a sentence would be its "
-                          "own translation")
+        raise ConfigError(
+            f"[data] src_column and tgt_column are both {data['src_column']}: a sentence would be its own translation"
+        )
     if data["on_bad"] not in ON_BAD_CHOICES:
         raise ConfigError(f"[data] on_bad must be one of {', '.join(ON_BAD_CHOICES)}, got {data['on_bad']!r}")
     return data
@@ -199,16 +268,25 @@ def truncate_for_model(src_ids, tgt_ids, model_config, pairs=None):
     keep = model_config.max_len - 1
     cut = [i for i, (x, y) in enumerate(zip(src_ids, tgt_ids)) if len(x) > keep or len(y) > keep]
     if cut:
-        where = f"line {pairs.line_of(cut[0])} of {pairs.origin}" if pairs is not None and pairs.origin else \
-            f"pair {cut[0] + 1}"
-        log.info(f"note: {len(cut)} evaluation pair(s) longer than model.max_len={model_config.max_len} sub-words were "
-             f"cut to fit the positions (first: {where})")
+        where = (
+            f"line {pairs.line_of(cut[0])} of {pairs.origin}"
+            if pairs is not None and pairs.origin
+            else f"pair {cut[0] + 1}"
+        )
+        log.info(
+            f"note: {len(cut)} evaluation pair(s) longer than model.max_len={model_config.max_len} sub-words were "
+            f"cut to fit the positions (first: {where})"
+        )
     return [x[:keep] for x in src_ids], [y[:keep] for y in tgt_ids]
 
 
 def load_corpus(data: dict) -> Corpus:
-    validation = ValidationOptions(max_tokens=data["max_tokens"] or None, max_chars=data["max_chars"] or None,
-                                   max_ratio=data["max_ratio"] or None, on_bad=data["on_bad"])
+    validation = ValidationOptions(
+        max_tokens=data["max_tokens"] or None,
+        max_chars=data["max_chars"] or None,
+        max_ratio=data["max_ratio"] or None,
+        on_bad=data["on_bad"],
+    )
     paths = {}
     if data["corpus"] in ("files", "tsv"):
         for key in ("src_path", "tgt_path", "tsv_path"):
@@ -217,8 +295,15 @@ def load_corpus(data: dict) -> Corpus:
         if data["corpus"] == "tsv":
             paths.update(src_column=data["src_column"], tgt_column=data["tgt_column"])
         paths.update(valid_size=data["valid_size"], test_size=data["test_size"])
-    return load_translation_corpus(data["corpus"], data["src"], data["tgt"], data_dir=data["data_dir"] or None,
-                                   validation=validation, seed=int(data["split_seed"]), **paths)
+    return load_translation_corpus(
+        data["corpus"],
+        data["src"],
+        data["tgt"],
+        data_dir=data["data_dir"] or None,
+        validation=validation,
+        seed=int(data["split_seed"]),
+        **paths,
+    )
 
 
 def tokenizer_settings(config: dict, **defaults) -> dict:
@@ -237,14 +322,20 @@ TOKENIZER_SETTINGS_FILE = "settings.json"
 def check_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
     path = tok_dir / TOKENIZER_SETTINGS_FILE
     if not path.is_file():
-        return                                           # a tokenizer saved before settings were recorded
+        return  # a tokenizer saved before settings were recorded
     saved = json.loads(path.read_text(encoding="utf-8"))
-    changed = [f"{key}={saved.get(key)!r} (this command: {tok.get(key)!r})" for key in sorted(set(saved) | set(tok))
-               if saved.get(key) != tok.get(key)]
+    changed = [
+        f"{key}={saved.get(key)!r} (this command: {tok.get(key)!r})"
+        for key in sorted(set(saved) | set(tok))
+        if saved.get(key) != tok.get(key)
+    ]
     if changed:
-        raise ConfigError(f"{tok_dir} holds the run's tokenizer, trained with tokenizer." + ", tokenizer.".join(changed)
-                          + "; a run keeps the tokenizer it was prepared with: repeat those settings, or use another "
-                          "--run-dir for a new tokenizer")
+        raise ConfigError(
+            f"{tok_dir} holds the run's tokenizer, trained with tokenizer."
+            + ", tokenizer.".join(changed)
+            + "; a run keeps the tokenizer it was prepared with: repeat those settings, or use another "
+            "--run-dir for a new tokenizer"
+        )
 
 
 def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
@@ -253,8 +344,10 @@ def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
 
 def _say_if_capped(tokenizer, tok: dict) -> None:
     if tokenizer.vocab_size < int(tok["vocab_size"]):
-        log.warning(f"tokenizer.vocab_size={tok['vocab_size']} asked for more pieces than the training text has: "
-                    f"SentencePiece made {tokenizer.vocab_size}")
+        log.warning(
+            f"tokenizer.vocab_size={tok['vocab_size']} asked for more pieces than the training text has: "
+            f"SentencePiece made {tokenizer.vocab_size}"
+        )
 
 
 def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -> tuple[Tokenizer, Tokenizer]:
@@ -265,19 +358,35 @@ def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -
         check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)
     log.info(f"training SentencePiece ({tok['model_type']}, {tok['vocab_size']}, joint={tok['joint']}) into {tok_dir}")
-    tokenizers = train_sentencepiece(train_pairs.src, train_pairs.tgt, tok_dir, joint=bool(tok["joint"]),
-                                     vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
-                                     normalization_rule=tok["normalization_rule"],
-                                     character_coverage=float(tok["character_coverage"]),
-                                     input_sentence_size=int(tok["input_sentence_size"]), seed=int(tok["seed"]))
+    tokenizers = train_sentencepiece(
+        train_pairs.src,
+        train_pairs.tgt,
+        tok_dir,
+        joint=bool(tok["joint"]),
+        vocab_size=int(tok["vocab_size"]),
+        model_type=tok["model_type"],
+        normalization_rule=tok["normalization_rule"],
+        character_coverage=float(tok["character_coverage"]),
+        input_sentence_size=int(tok["input_sentence_size"]),
+        seed=int(tok["seed"]),
+    )
     record_tokenizer_settings(tok_dir, tok)
     _say_if_capped(tokenizers[0], tok)
     return tokenizers
 
 
-def translate_sentences(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokenizer, sentences: Sequence[str],
-                        beam: int = 1, max_tokens: int = 8000, alpha: float = 0.6, max_len_a: float = 1.5,
-                        max_len_b: int = 10, progress: bool = False) -> list[str]:
+def translate_sentences(
+    model: Transformer,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    sentences: Sequence[str],
+    beam: int = 1,
+    max_tokens: int = 8000,
+    alpha: float = 0.6,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    progress: bool = False,
+) -> list[str]:
     """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
     ``progress`` shows a progress bar (plain lines when standard error is not a terminal)."""
     sentences = list(sentences)
@@ -291,8 +400,10 @@ def translate_sentences(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokeniz
     kept = limit - 1
     long_inputs = [i for i in keep if len(encoded[i]) > kept]
     if long_inputs:
-        log.warning(f"{len(long_inputs)} input line(s) longer than {kept} sub-word tokens were truncated to {kept} "
-                    f"(first: line {long_inputs[0] + 1})")
+        log.warning(
+            f"{len(long_inputs)} input line(s) longer than {kept} sub-word tokens were truncated to {kept} "
+            f"(first: line {long_inputs[0] + 1})"
+        )
     dataset = TranslationDataset([encoded[i][:kept] for i in keep], [[] for _ in keep])
     model.eval()
     # A beam multiplies a batch's rows by its size: a batch holds at most max_tokens // beam sentences, so a large
@@ -305,8 +416,15 @@ def translate_sentences(model: Transformer, src_tok: Tokenizer, tgt_tok: Tokeniz
                 result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
                 token_lists = result.tokens
             else:
-                hyps = search.beam_search(model, batch.src, beam_size=beam, max_len=limit, alpha=alpha,
-                                          max_len_a=max_len_a, max_len_b=max_len_b)
+                hyps = search.beam_search(
+                    model,
+                    batch.src,
+                    beam_size=beam,
+                    max_len=limit,
+                    alpha=alpha,
+                    max_len_a=max_len_a,
+                    max_len_b=max_len_b,
+                )
                 token_lists = [h[0].tokens for h in hyps]
             texts = tgt_tok.decode([list(t) for t in token_lists])
             for row, text in zip(batch.indices, texts):
@@ -337,8 +455,13 @@ class LMTask:
         self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
         check_lm_block_size(self.train_ids, self.val_ids, block, float(data["train_fraction"]))
-        self.batcher = LMBatcher(self.train_ids, block_size=block, batch_size=int(settings["batch_size"]),
-                                 seed=int(settings["seed"]), name="train")
+        self.batcher = LMBatcher(
+            self.train_ids,
+            block_size=block,
+            batch_size=int(settings["batch_size"]),
+            seed=int(settings["seed"]),
+            name="train",
+        )
         self.model = LanguageModel(self.model_config) if build_model else None
         self.epoch = 0
 
@@ -351,20 +474,25 @@ class LMTask:
 
     def loss(self, model, batch, label_smoothing=0.0):
         x, y = batch
-        logits = model(x)                                                        # (B, T, V)
+        logits = model(x)  # (B, T, V)
         V = logits.shape[-1]
-        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), label_smoothing=label_smoothing,
-                               reduction="sum")
+        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), label_smoothing=label_smoothing, reduction="sum")
 
     def validate(self, model, settings):
         """nanoGPT's estimate: mean loss of ``eval_iters`` random batches of each split, from generators seeded
         afresh each time (so validation never touches the training stream)."""
         metrics = {}
         for name, ids, seed in (("train_loss", self.train_ids, 1), ("val_loss", self.val_ids, 2)):
-            batcher = LMBatcher(ids, block_size=self.model_config.block_size, batch_size=int(settings["batch_size"]),
-                                seed=[int(settings["seed"]), seed])
-            losses = [float(self.loss(model, batcher.sample()).data) / (batcher.batch_size * batcher.block_size)
-                      for _ in range(int(settings["eval_iters"]))]
+            batcher = LMBatcher(
+                ids,
+                block_size=self.model_config.block_size,
+                batch_size=int(settings["batch_size"]),
+                seed=[int(settings["seed"]), seed],
+            )
+            losses = [
+                float(self.loss(model, batcher.sample()).data) / (batcher.batch_size * batcher.block_size)
+                for _ in range(int(settings["eval_iters"]))
+            ]
             metrics[name] = float(np.mean(losses))
         return metrics
 
@@ -387,6 +515,7 @@ def lm_text_path(data: dict) -> Path:
         return Path(data["text_path"])
     if data["corpus"] == "tinyshakespeare":
         from .datasets import TINYSHAKESPEARE_URL, fetch
+
         return fetch("tinyshakespeare/input.txt", TINYSHAKESPEARE_URL + "input.txt", data_dir=data["data_dir"] or None)
     raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a text_path")
 
@@ -398,11 +527,14 @@ def load_lm_text(data: dict, path: Path | None = None) -> str:
     if not text:
         raise ValueError(f"{where}: the corpus is empty; a language model needs a text to learn from")
     if len(text) < 2:
-        raise ValueError(f"{where}: the corpus is one character ({text!r}); a language model needs a text "
-                         "(at least block_size + 1 characters in each split)")
+        raise ValueError(
+            f"{where}: the corpus is one character ({text!r}); a language model needs a text "
+            "(at least block_size + 1 characters in each split)"
+        )
     if len(set(text)) < 2:
-        raise ValueError(f"{where}: the corpus is {len(text)} copies of one character ({text[0]!r}); there is "
-                         "nothing to predict")
+        raise ValueError(
+            f"{where}: the corpus is {len(text)} copies of one character ({text[0]!r}); there is nothing to predict"
+        )
     return text
 
 
@@ -414,7 +546,8 @@ def check_lm_block_size(train_ids, val_ids, block_size, train_fraction):
             raise ValueError(
                 f"model.block_size={block_size} is too large for the {name} split: it has {len(ids)} tokens "
                 f"({total} in the corpus, train_fraction {train_fraction}) and a window needs block_size + 1 = "
-                f"{block_size + 1}; use a smaller block_size or a longer text")
+                f"{block_size + 1}; use a smaller block_size or a longer text"
+            )
 
 
 def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
@@ -429,9 +562,15 @@ def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
         tokenizer.save(tok_dir)
     elif tok["kind"] == "sentencepiece":
         lines = [line for line in text.splitlines() if line.strip()]
-        tokenizer = train_sentencepiece(lines, None, tok_dir, vocab_size=int(tok["vocab_size"]),
-                                        model_type=tok["model_type"], normalization_rule=tok["normalization_rule"],
-                                        seed=int(tok["seed"]))[0]
+        tokenizer = train_sentencepiece(
+            lines,
+            None,
+            tok_dir,
+            vocab_size=int(tok["vocab_size"]),
+            model_type=tok["model_type"],
+            normalization_rule=tok["normalization_rule"],
+            seed=int(tok["seed"]),
+        )[0]
         _say_if_capped(tokenizer, tok)
     else:
         raise ConfigError(f"[tokenizer] kind must be char or sentencepiece, got {tok['kind']!r}")
@@ -476,8 +615,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     if isinstance(tokenizer, CharTokenizer):
         for position, char in enumerate(prompt):
             if char not in tokenizer.index:
-                raise ValueError(f"prompt: character {char!r} (U+{ord(char):04X}) at position {position} is not in "
-                                 f"the model's vocabulary of {tokenizer.vocab_size} characters")
+                raise ValueError(
+                    f"prompt: character {char!r} (U+{ord(char):04X}) at position {position} is not in "
+                    f"the model's vocabulary of {tokenizer.vocab_size} characters"
+                )
         if not prompt:
             # nanoGPT starts from a newline; a vocabulary without one starts from its first character.
             return [tokenizer.index.get("\n", 0)]
@@ -489,9 +630,17 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def lm_generate(model: LanguageModel, tokenizer: Tokenizer, prompt: str = "", max_new_tokens: int = 500,
-                temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                use_cache: bool = True) -> tuple[list[int], list[int]]:
+def lm_generate(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str = "",
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> tuple[list[int], list[int]]:
     """(prompt ids, new ids): ``max_new_tokens`` sampled continuations of ``prompt``, any length.
 
     Within one window the KV cache (or, with ``use_cache=False``, full recomputation) feeds the
@@ -508,14 +657,22 @@ def lm_generate(model: LanguageModel, tokenizer: Tokenizer, prompt: str = "", ma
     while remaining > 0:
         # search.sample feeds the prompt and all but the last new token: len(context) + n - 1 <= block.
         n = min(remaining, block - len(context) + 1)
-        sampled = search.sample(model, np.asarray(context, dtype=np.int64), n, temperature=temperature,
-                                top_k=top_k, top_p=top_p, rng=rng, use_cache=use_cache)
+        sampled = search.sample(
+            model,
+            np.asarray(context, dtype=np.int64),
+            n,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            rng=rng,
+            use_cache=use_cache,
+        )
         new = [int(t) for t in np.ravel(sampled)]
         out += new
         remaining -= n
         context = context + new
         if len(context) >= block:
-            context = context[-(block // 2):]
+            context = context[-(block // 2) :]
     return prompt_ids, out
 
 
@@ -531,7 +688,7 @@ def lm_eval_windows(num_tokens, block_size, stride=None):
     stride = block_size if stride is None else int(stride)
     if not 1 <= stride <= block_size:
         raise ValueError(f"stride must be between 1 and block_size={block_size}, got {stride}")
-    windows, scored_until, start = [], 0, 0      # targets 1..scored_until are scored
+    windows, scored_until, start = [], 0, 0  # targets 1..scored_until are scored
     while scored_until < num_tokens - 1:
         length = min(block_size, num_tokens - 1 - start)
         windows.append((start, length, scored_until - start))
@@ -540,8 +697,15 @@ def lm_eval_windows(num_tokens, block_size, stride=None):
     return windows
 
 
-def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, ids: np.ndarray, *, stride: int | None = None,
-                ngram: int = 0, ngram_train_ids: np.ndarray | None = None) -> dict:
+def evaluate_lm(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    ids: np.ndarray,
+    *,
+    stride: int | None = None,
+    ngram: int = 0,
+    ngram_train_ids: np.ndarray | None = None,
+) -> dict:
     """What ``lm-eval`` reports for a token stream: loss, perplexity and bits per token/character/byte of the model
     (every token but the first predicted once, ``lm_split_loss``); with ``ngram`` the Kneser-Ney baseline of that
     order, fitted on ``ngram_train_ids``, on the very same predicted tokens."""
@@ -551,18 +715,27 @@ def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, ids: np.ndarray, *, 
     # Bits per character/byte divide the same total by the characters/UTF-8 bytes the predicted tokens spell.
     predicted_text = decode_lm_ids(tokenizer, ids[1:])
     chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
-    result = {"tokens": count, "characters": chars, "bytes": n_bytes, "tokenizer": tokenizer.config().get("kind"),
-              "block_size": block, "stride": stride, "transformer": lm_scores(loss, count, chars, n_bytes)}
+    result = {
+        "tokens": count,
+        "characters": chars,
+        "bytes": n_bytes,
+        "tokenizer": tokenizer.config().get("kind"),
+        "block_size": block,
+        "stride": stride,
+        "transformer": lm_scores(loss, count, chars, n_bytes),
+    }
     if ngram:
         from .ngram import KneserNeyLM
+
         lm = KneserNeyLM(ngram, tokenizer.vocab_size).fit(ngram_train_ids)
-        log_probs = lm.token_log_probs(ids)[1:]                  # the same targets as the transformer's
+        log_probs = lm.token_log_probs(ids)[1:]  # the same targets as the transformer's
         result["ngram"] = {"order": ngram, **lm_scores(float(-log_probs.mean()), count, chars, n_bytes)}
     return result
 
 
-def lm_split_loss(model: LanguageModel, ids: np.ndarray, block_size: int, batch_size: int = 32,
-                  stride: int | None = None) -> tuple[float, int]:
+def lm_split_loss(
+    model: LanguageModel, ids: np.ndarray, block_size: int, batch_size: int = 32, stride: int | None = None
+) -> tuple[float, int]:
     """Mean loss (nats per token) over a whole split, and the number of tokens predicted (len - 1).
 
     Every token but the first is predicted exactly once, from the tokens before it in its window
@@ -581,13 +754,14 @@ def lm_split_loss(model: LanguageModel, ids: np.ndarray, block_size: int, batch_
     with ng.no_grad():
         for length, group in by_length.items():
             for i in range(0, len(group), batch_size):
-                chunk = group[i:i + batch_size]
+                chunk = group[i : i + batch_size]
                 offsets = np.arange(length)
-                x = np.stack([ids[start + offsets] for start, _, _ in chunk])     # (B, L)
+                x = np.stack([ids[start + offsets] for start, _, _ in chunk])  # (B, L)
                 y = np.stack([ids[start + 1 + offsets] for start, _, _ in chunk])  # (B, L)
-                logits = model(x)                                                  # (B, L, V)
-                losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                         reduction="none").data.reshape(len(chunk), length)
+                logits = model(x)  # (B, L, V)
+                losses = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
+                ).data.reshape(len(chunk), length)
                 scored = offsets[None, :] >= np.array([first for _, _, first in chunk])[:, None]  # (B, L)
                 total += float(losses.astype(np.float64)[scored].sum())
                 count += int(scored.sum())

@@ -49,8 +49,10 @@ def _check_ids(sequences: Sequence[Sequence[int]], vocab_size: int, who: str) ->
     for row, seq in enumerate(sequences):
         for position, token in enumerate(seq):
             if not 0 <= int(token) < vocab_size:
-                raise TokenizerError(f"{who}.decode: id {int(token)} at position {position} of sequence {row} is "
-                                     f"outside the vocabulary [0, {vocab_size})")
+                raise TokenizerError(
+                    f"{who}.decode: id {int(token)} at position {position} of sequence {row} is "
+                    f"outside the vocabulary [0, {vocab_size})"
+                )
 
 
 def _check_texts(texts, who: str) -> list[str]:
@@ -78,8 +80,12 @@ class SentencePieceTokenizer:
         except (OSError, RuntimeError) as error:
             raise TokenizerError(f"{self.model_path} is not a SentencePiece model: {error}") from None
         self.options = dict(options or {})
-        found = {"pad_id": self.processor.pad_id(), "unk_id": self.processor.unk_id(),
-                 "bos_id": self.processor.bos_id(), "eos_id": self.processor.eos_id()}
+        found = {
+            "pad_id": self.processor.pad_id(),
+            "unk_id": self.processor.unk_id(),
+            "bos_id": self.processor.bos_id(),
+            "eos_id": self.processor.eos_id(),
+        }
         if found != SPECIAL_IDS:
             raise TokenizerError(f"{self.model_path} has special ids {found}; this project requires {SPECIAL_IDS}")
 
@@ -97,7 +103,7 @@ class SentencePieceTokenizer:
         for seq in sequences:
             seq = [int(token) for token in seq]
             if self.eos_id in seq:
-                seq = seq[:seq.index(self.eos_id)]
+                seq = seq[: seq.index(self.eos_id)]
             cut.append([token for token in seq if token not in (self.pad_id, self.bos_id)])
         _check_ids(cut, self.vocab_size, "SentencePieceTokenizer")
         return self.processor.decode(cut)
@@ -107,8 +113,13 @@ class SentencePieceTokenizer:
         return self.processor.encode(text, out_type=str)
 
     def config(self) -> dict:
-        return {"kind": "sentencepiece", "model_file": self.model_path.name, "vocab_size": self.vocab_size,
-                **SPECIAL_IDS, **self.options}
+        return {
+            "kind": "sentencepiece",
+            "model_file": self.model_path.name,
+            "vocab_size": self.vocab_size,
+            **SPECIAL_IDS,
+            **self.options,
+        }
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Copy the .model (and .vocab) into ``directory``; returns the new model path."""
@@ -123,37 +134,65 @@ class SentencePieceTokenizer:
         return target
 
 
-def _train_one(sentences: Iterable[str], directory: Path, prefix: str, *, vocab_size: int, model_type: str,
-               normalization_rule: str, character_coverage: float, input_sentence_size: int, seed: int,
-               num_threads: int) -> SentencePieceTokenizer:
+def _train_one(
+    sentences: Iterable[str],
+    directory: Path,
+    prefix: str,
+    *,
+    vocab_size: int,
+    model_type: str,
+    normalization_rule: str,
+    character_coverage: float,
+    input_sentence_size: int,
+    seed: int,
+    num_threads: int,
+) -> SentencePieceTokenizer:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise TokenizerError(f"cannot train the {prefix!r} SentencePiece model: no non-empty training sentences")
-    options = {"model_type": model_type, "requested_vocab_size": vocab_size, "normalization_rule": normalization_rule,
-               "byte_fallback": True, "character_coverage": character_coverage,
-               "input_sentence_size": input_sentence_size, "seed": seed}
+    options = {
+        "model_type": model_type,
+        "requested_vocab_size": vocab_size,
+        "normalization_rule": normalization_rule,
+        "byte_fallback": True,
+        "character_coverage": character_coverage,
+        "input_sentence_size": input_sentence_size,
+        "seed": seed,
+    }
     # Train in memory (model_writer): the saved model does not embed a scratch path, so the same data and seed
     # give a byte-identical file wherever it is trained.
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)  # sentence sampling/shuffling is seeded: same data, same model
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model,
-            vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            normalization_rule_name=normalization_rule, character_coverage=character_coverage,
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            normalization_rule_name=normalization_rule,
+            character_coverage=character_coverage,
             # A sample of at most input_sentence_size sentences is enough for a good vocabulary and keeps
             # training to seconds; shuffle so the sample is not just the corpus head.
-            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
             # A small corpus may not support the requested size; take what it supports instead of failing.
-            hard_vocab_limit=False, num_threads=num_threads, minloglevel=2)
+            hard_vocab_limit=False,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
     except RuntimeError as error:
         raise TokenizerError(f"SentencePiece training of {prefix!r} failed: {error}") from None
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    vocab = "".join(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
-                    for i in range(processor.get_piece_size()))
+    vocab = "".join(
+        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n" for i in range(processor.get_piece_size())
+    )
     # Write beside the target, then rename: a crash never leaves half a model under the real name.
     write_atomic(directory / f"{prefix}.model", model.getvalue())
     write_atomic(directory / f"{prefix}.vocab", vocab.encode("utf-8"))
@@ -164,11 +203,20 @@ def _train_one(sentences: Iterable[str], directory: Path, prefix: str, *, vocab_
 Tokenizer = Union["SentencePieceTokenizer", "CharTokenizer"]
 
 
-def train_sentencepiece(src_sentences: Iterable[str], tgt_sentences: Iterable[str] | None,
-                        directory: str | os.PathLike, *, joint: bool = True, vocab_size: int = 8000,
-                        model_type: str = "unigram", normalization_rule: str = "nmt_nfkc",
-                        character_coverage: float = 1.0, input_sentence_size: int = 1_000_000, seed: int = 0,
-                        num_threads: int = 2) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer]:
+def train_sentencepiece(
+    src_sentences: Iterable[str],
+    tgt_sentences: Iterable[str] | None,
+    directory: str | os.PathLike,
+    *,
+    joint: bool = True,
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    normalization_rule: str = "nmt_nfkc",
+    character_coverage: float = 1.0,
+    input_sentence_size: int = 1_000_000,
+    seed: int = 0,
+    num_threads: int = 2,
+) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer]:
     """Train SentencePiece on the training split and save it (plus ``tokenizer.json``) in ``directory``.
 
     ``joint=True``: one vocabulary of ``vocab_size`` from both sides (needed to share embeddings); returns the same
@@ -179,9 +227,14 @@ def train_sentencepiece(src_sentences: Iterable[str], tgt_sentences: Iterable[st
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = dict(
-        vocab_size=vocab_size, model_type=model_type, normalization_rule=normalization_rule,
-        character_coverage=character_coverage, input_sentence_size=input_sentence_size, seed=seed,
-        num_threads=num_threads)
+        vocab_size=vocab_size,
+        model_type=model_type,
+        normalization_rule=normalization_rule,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        seed=seed,
+        num_threads=num_threads,
+    )
     src_sentences = list(src_sentences)
     if tgt_sentences is None or joint:
         corpus = src_sentences + (list(tgt_sentences) if tgt_sentences is not None else [])
@@ -226,8 +279,10 @@ class CharTokenizer:
             return [self.index[c] for c in text]
         except KeyError:
             position = next(i for i, c in enumerate(text) if c not in self.index)
-            raise TokenizerError(f"character {text[position]!r} (U+{ord(text[position]):04X}) at position {position} "
-                                 f"is not in the vocabulary of {self.vocab_size} characters") from None
+            raise TokenizerError(
+                f"character {text[position]!r} (U+{ord(text[position]):04X}) at position {position} "
+                f"is not in the vocabulary of {self.vocab_size} characters"
+            ) from None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         texts = _check_texts(texts, "CharTokenizer")
@@ -300,8 +355,10 @@ def save_tokenizers(source, target, directory: str | os.PathLike) -> None:
     source.save(directory)
     if target is not source:
         target.save(directory)
-    _write_json_atomic(directory / METADATA_FILE, {"kind": "sentencepiece", "joint": target is source,
-                                                   "src": source.config(), "tgt": target.config()})
+    _write_json_atomic(
+        directory / METADATA_FILE,
+        {"kind": "sentencepiece", "joint": target is source, "src": source.config(), "tgt": target.config()},
+    )
 
 
 def _write_json_atomic(path: Path, value) -> None:

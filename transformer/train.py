@@ -12,6 +12,7 @@ A run stopped at any point (Ctrl-C, ``kill -9``: checkpoints are written atomica
 so both end with bit-identical weights. Validation runs in eval mode and draws no random numbers,
 and saving a checkpoint changes no state, so neither disturbs the training trajectory.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,9 +41,9 @@ if TYPE_CHECKING:
     Task = Union[TranslationTask, LMTask]
 
 TRAIN_DEFAULTS = dict(
-    optimizer="adam",            # adam | adamw | sgd
-    lr=7e-4,                     # peak learning rate (the schedule scales it)
-    min_lr=0.0,                  # cosine: the floor
+    optimizer="adam",  # adam | adamw | sgd
+    lr=7e-4,  # peak learning rate (the schedule scales it)
+    min_lr=0.0,  # cosine: the floor
     lr_schedule="inverse_sqrt",  # inverse_sqrt | cosine | constant
     warmup_steps=4000,
     betas=[0.9, 0.98],
@@ -50,29 +51,31 @@ TRAIN_DEFAULTS = dict(
     momentum=0.0,
     weight_decay=0.0,
     label_smoothing=0.1,
-    clip_norm=0.0,               # 0: no clipping
-    accumulate=1,                # batches per update
-    max_tokens=4096,             # translation: tokens per batch (padded size)
-    batch_size=12,               # LM: windows per batch
-    max_steps=0,                 # 0: no step budget
-    max_epochs=0,                # 0: no epoch budget (translation)
-    max_minutes=0.0,             # 0: no time budget
+    clip_norm=0.0,  # 0: no clipping
+    accumulate=1,  # batches per update
+    max_tokens=4096,  # translation: tokens per batch (padded size)
+    batch_size=12,  # LM: windows per batch
+    max_steps=0,  # 0: no step budget
+    max_epochs=0,  # 0: no epoch budget (translation)
+    max_minutes=0.0,  # 0: no time budget
     validate_every=1000,
-    checkpoint_every=0,          # 0: at every validation
+    checkpoint_every=0,  # 0: at every validation
     keep_last=5,
-    patience=0,                  # early stopping after this many validations without improvement; 0: never
-    log_every=50,                # progress line every N steps (the JSON log gets every step)
+    patience=0,  # early stopping after this many validations without improvement; 0: never
+    log_every=50,  # progress line every N steps (the JSON log gets every step)
     seed=1,
-    eval_iters=20,               # LM: validation batches per split
-    bleu_beam=1,                 # translation: beam size of validation decoding
-    bleu_max_sentences=0,        # translation: 0 = the whole validation set
-    decode_max_tokens=8000,      # translation: tokens per decoding batch
+    eval_iters=20,  # LM: validation batches per split
+    bleu_beam=1,  # translation: beam size of validation decoding
+    bleu_max_sentences=0,  # translation: 0 = the whole validation set
+    decode_max_tokens=8000,  # translation: tokens per decoding batch
 )
 
 
 # Keys that mean something to one task only: the other refuses them rather than ignore them silently.
-TASK_ONLY_KEYS = {"translation": ("max_tokens", "max_epochs", "bleu_beam", "bleu_max_sentences", "decode_max_tokens"),
-                  "lm": ("batch_size", "eval_iters")}
+TASK_ONLY_KEYS = {
+    "translation": ("max_tokens", "max_epochs", "bleu_beam", "bleu_max_sentences", "decode_max_tokens"),
+    "lm": ("batch_size", "eval_iters"),
+}
 
 
 def train_settings(section: dict, kind: str | None = None) -> dict:
@@ -85,13 +88,18 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
         given = sorted(set(section) & set(keys))
         if kind is not None and other != kind and given:
             name = "a translation model" if other == "translation" else "a language model"
-            raise ConfigError(f"[train] {', '.join(given)}: only for {name}; this is "
-                              f"{'a language model' if kind == 'lm' else 'a translation'} run")
+            raise ConfigError(
+                f"[train] {', '.join(given)}: only for {name}; this is "
+                f"{'a language model' if kind == 'lm' else 'a translation'} run"
+            )
     betas = settings["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"[train] betas must be a list of two numbers in [0, 1), got {betas!r}")
     settings["betas"] = [PROBABILITY_BELOW_1.check(f"[train] betas[{i}]", b) for i, b in enumerate(betas)]
-    for key, choices in (("optimizer", ("adam", "adamw", "sgd")), ("lr_schedule", ("inverse_sqrt", "cosine", "constant"))):
+    for key, choices in (
+        ("optimizer", ("adam", "adamw", "sgd")),
+        ("lr_schedule", ("inverse_sqrt", "cosine", "constant")),
+    ):
         if settings[key] not in choices:
             raise ConfigError(f"[train] {key} must be one of {', '.join(choices)}, got {settings[key]!r}")
     if settings["max_steps"] <= 0 and settings["max_epochs"] <= 0 and settings["max_minutes"] <= 0:
@@ -108,19 +116,26 @@ def check_fresh_run_dir(run_dir: str | os.PathLike) -> None:
     """A new run must not mix its log and checkpoints with an earlier run's (say how to go on instead), nor live
     inside another run's checkpoints, which rotation deletes."""
     from .checkpoint import checkpoint_area
+
     run_dir = Path(run_dir)
     inside = checkpoint_area(run_dir)
     if inside is not None:
-        raise FileExistsError(f"--run-dir {run_dir} is inside {inside}, which a run's checkpoint rotation deletes; "
-                              "choose a directory of its own")
+        raise FileExistsError(
+            f"--run-dir {run_dir} is inside {inside}, which a run's checkpoint rotation deletes; "
+            "choose a directory of its own"
+        )
     log_path = run_dir / "log.jsonl"
     has_log = log_path.is_file() and log_path.stat().st_size > 0
     if CheckpointManager(run_dir / "checkpoints").last() is not None:
-        raise FileExistsError(f"{run_dir} already holds a training run with checkpoints; continue it with --resume, "
-                              "or choose another --run-dir")
+        raise FileExistsError(
+            f"{run_dir} already holds a training run with checkpoints; continue it with --resume, "
+            "or choose another --run-dir"
+        )
     if has_log:
-        raise FileExistsError(f"{run_dir} holds a training run that stopped before its first checkpoint ({log_path}); "
-                              "start it again from step 0 with --resume, or choose another --run-dir")
+        raise FileExistsError(
+            f"{run_dir} holds a training run that stopped before its first checkpoint ({log_path}); "
+            "start it again from step 0 with --resume, or choose another --run-dir"
+        )
 
 
 # [data] keys a resumed run may change: where the files are (their content is checked against the run's record).
@@ -134,6 +149,7 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
     other ``kind`` ("translation" or "lm"), and overrides that would change the run's data split."""
     from .checkpoint import read_manifest_fields
     from .config import apply_overrides, read_json_config
+
     run_dir = Path(run_dir)
     path, last = run_dir / "config.json", CheckpointManager(run_dir / "checkpoints").last()
     fields = read_manifest_fields(last) if last is not None else None
@@ -141,24 +157,35 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
         found = "lm" if "vocab_size" in fields["config"] else "translation"
         if found != kind:
             command = "lm-train" if found == "lm" else "train"
-            raise ConfigError(f"--resume: {run_dir} is a {'language-model' if found == 'lm' else 'translation'} run; "
-                              f"resume it with {command}")
+            raise ConfigError(
+                f"--resume: {run_dir} is a {'language-model' if found == 'lm' else 'translation'} run; "
+                f"resume it with {command}"
+            )
     if path.is_file():
         saved = read_json_config(path)
     elif fields is not None and (fields["train_state"] or {}).get("run_config"):
         saved = fields["train_state"]["run_config"]
         log.warning(f"{path} is missing: resuming with the configuration saved in {last}")
     else:
-        raise ConfigError(f"--resume: {run_dir} holds no training run to resume (no config.json, no checkpoint); "
-                          "check the --run-dir, or start a new run without --resume")
+        raise ConfigError(
+            f"--resume: {run_dir} holds no training run to resume (no config.json, no checkpoint); "
+            "check the --run-dir, or start a new run without --resume"
+        )
     config = apply_overrides(saved, overrides)
-    changed = sorted(key for key in set(saved["data"]) | set(config["data"])
-                     if key not in DATA_PATH_KEYS and saved["data"].get(key) != config["data"].get(key))
+    changed = sorted(
+        key
+        for key in set(saved["data"]) | set(config["data"])
+        if key not in DATA_PATH_KEYS and saved["data"].get(key) != config["data"].get(key)
+    )
     if changed:
-        raise ConfigError(f"--resume: data.{', data.'.join(changed)} cannot change in a resumed run (the split and the "
-                          "saved position in the data would no longer match); start a new run for other data settings")
-    log.info(f"resuming with {path if path.is_file() else last} (the run's own configuration; overrides on this "
-             "command line apply on top, edits to the config file do not)")
+        raise ConfigError(
+            f"--resume: data.{', data.'.join(changed)} cannot change in a resumed run (the split and the "
+            "saved position in the data would no longer match); start a new run for other data settings"
+        )
+    log.info(
+        f"resuming with {path if path.is_file() else last} (the run's own configuration; overrides on this "
+        "command line apply on top, edits to the config file do not)"
+    )
     return config
 
 
@@ -167,6 +194,7 @@ def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
     holds a checksummed copy). A missing file is restored from that copy; a different one is refused."""
     from .checkpoint import read_manifest_fields
     from .datasets import sha256_of
+
     run_dir = Path(run_dir)
     last = CheckpointManager(run_dir / "checkpoints").last()
     if last is None:
@@ -182,8 +210,10 @@ def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
             shutil.copyfile(last / name, path)
             log.warning(f"{path} was missing: restored from {last}")
         elif path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
-            raise ConfigError(f"--resume: {path} differs from the tokenizer {last} was trained with; the model's "
-                              f"ids would mean other pieces. Restore it (cp {last / name} {path}) or start a new run")
+            raise ConfigError(
+                f"--resume: {path} differs from the tokenizer {last} was trained with; the model's "
+                f"ids would mean other pieces. Restore it (cp {last / name} {path}) or start a new run"
+            )
 
 
 def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
@@ -194,8 +224,9 @@ def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
     if kind == "adamw":
         # nanoGPT's rule: decay the 2-D weights (matrices, embeddings), never biases or LayerNorm gains.
         no_decay = [name for name, p in params if p.data.ndim < 2]
-        return optim.AdamW(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"],
-                           no_decay=no_decay)
+        return optim.AdamW(
+            params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"], no_decay=no_decay
+        )
     if kind == "sgd":
         return optim.SGD(params, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
     raise ValueError(f"[train] optimizer must be adam, adamw or sgd, got {kind!r}")
@@ -208,8 +239,13 @@ def build_schedule(optimizer: optim.Optimizer, s: dict, total_steps: int) -> opt
     if kind == "cosine":
         if total_steps <= 0:
             raise ValueError("[train] lr_schedule='cosine' needs max_steps (the length of the decay)")
-        return optim.WarmupCosineSchedule(optimizer, peak_lr=s["lr"], warmup_steps=int(s["warmup_steps"]),
-                                          total_steps=int(total_steps), min_lr=s["min_lr"])
+        return optim.WarmupCosineSchedule(
+            optimizer,
+            peak_lr=s["lr"],
+            warmup_steps=int(s["warmup_steps"]),
+            total_steps=int(total_steps),
+            min_lr=s["min_lr"],
+        )
     if kind == "constant":
         return optim.ConstantSchedule(optimizer, lr=s["lr"], warmup_steps=int(s["warmup_steps"]))
     raise ValueError(f"[train] lr_schedule must be inverse_sqrt, cosine or constant, got {kind!r}")
@@ -263,10 +299,18 @@ class Trainer:
         self.model = task.model
         self.optimizer = build_optimizer(self.model, settings)
         self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
-        self.manager = CheckpointManager(self.run_dir / "checkpoints", keep_last=int(settings["keep_last"]),
-                                         mode=task.metric_mode)
-        self.state: dict[str, Any] = {"step": 0, "tokens": 0, "elapsed": 0.0, "best": None, "bad_validations": 0,
-                      "last_validated": 0, "stopped": None}
+        self.manager = CheckpointManager(
+            self.run_dir / "checkpoints", keep_last=int(settings["keep_last"]), mode=task.metric_mode
+        )
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "tokens": 0,
+            "elapsed": 0.0,
+            "best": None,
+            "bad_validations": 0,
+            "last_validated": 0,
+            "stopped": None,
+        }
         self._stop_requested = False
         # For crash tests: TRANSFORMER_HOLD_AT_STEP=N makes the loop wait after step N (and its checkpoint)
         # until it is signalled, so a test can kill -9 or Ctrl-C it at a known step instead of racing it.
@@ -279,8 +323,10 @@ class Trainer:
                 self._resume()
             else:
                 # Stopped before its first checkpoint: nothing to restore, and a fresh start is exactly the run.
-                log.info(f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
-                                      "its first one); starting it again from step 0")
+                log.info(
+                    f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
+                    "its first one); starting it again from step 0"
+                )
             JsonLog.rewind(log_path, self.state["step"])
         else:
             # A fresh run in a used directory would mix its checkpoints and log records with the old run's
@@ -299,12 +345,23 @@ class Trainer:
     def save(self, metric=None):
         # The run config rides along so that evaluate/translate find the data of any checkpoint, even a copied or
         # averaged one far from its run directory.
-        train_state = dict(self.state, data=self.task.data_state(), run_config=getattr(self.task, "config", None),
-                           data_files=getattr(self.task, "data_files", None))
+        train_state = dict(
+            self.state,
+            data=self.task.data_state(),
+            run_config=getattr(self.task, "config", None),
+            data_files=getattr(self.task, "data_files", None),
+        )
         return self.manager.save(
-            self.state["step"], self.model, self.model.config, metric=metric, optimizer=self.optimizer,
-            scheduler=self.schedule, train_state=train_state, rng_states=self._rngs(),
-            extra_files=self.task.extra_files())
+            self.state["step"],
+            self.model,
+            self.model.config,
+            metric=metric,
+            optimizer=self.optimizer,
+            scheduler=self.schedule,
+            train_state=train_state,
+            rng_states=self._rngs(),
+            extra_files=self.task.extra_files(),
+        )
 
     def _resume(self):
         last = self.manager.last()
@@ -323,11 +380,14 @@ class Trainer:
         recorded, current = train_state.pop("data_files", None), getattr(self.task, "data_files", None)
         if recorded and current is not None:
             from .datasets import identity_changes
+
             changes = identity_changes(recorded, current)
             if changes:
-                raise ValueError(f"--resume: the data differs from what {last} trained on: {'; '.join(changes)}. "
-                                 "The saved position in the data refers to the old data; restore the files, or start "
-                                 "a new run on the new data")
+                raise ValueError(
+                    f"--resume: the data differs from what {last} trained on: {'; '.join(changes)}. "
+                    "The saved position in the data refers to the old data; restore the files, or start "
+                    "a new run on the new data"
+                )
         self.task.load_data_state(train_state.pop("data"))
         train_state.pop("run_config", None)
         self.state.update(train_state)
@@ -347,12 +407,16 @@ class Trainer:
         restored = self.schedule.state_dict()
         changed = {k: v for k, v in configured.items() if k not in ("step_num", "type") and restored.get(k) != v}
         if restored.get("type") != configured.get("type"):
-            raise ValueError(f"--resume: the checkpoint's schedule is {restored.get('type')}, the config asks for "
-                             f"{configured.get('type')}; resume with the run's own train.lr_schedule")
+            raise ValueError(
+                f"--resume: the checkpoint's schedule is {restored.get('type')}, the config asks for "
+                f"{configured.get('type')}; resume with the run's own train.lr_schedule"
+            )
         if changed:
             self.schedule.load_state_dict({**restored, **changed})
-            log.info("resume: schedule settings changed by the config: " + ", ".join(
-                f"{k} {restored.get(k)} -> {v}" for k, v in changed.items()))
+            log.info(
+                "resume: schedule settings changed by the config: "
+                + ", ".join(f"{k} {restored.get(k)} -> {v}" for k, v in changed.items())
+            )
 
     # ------------------------------------------------------------------ the loop
     def _on_stop_signal(self, signum, frame):
@@ -363,8 +427,9 @@ class Trainer:
         self._stop_requested = True
         self._stop_signal = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        log.info(f"{name}: finishing this step, saving a checkpoint, then exiting "
-                              "(signal again to abort without saving)")
+        log.info(
+            f"{name}: finishing this step, saving a checkpoint, then exiting (signal again to abort without saving)"
+        )
 
     def _budget_reason(self, start_time, start_elapsed):
         s, st = self.s, self.state
@@ -415,8 +480,9 @@ class Trainer:
     def run(self):
         s, st = self.s, self.state
         self.model.train()
-        previous_handlers = {signum: signal.signal(signum, self._on_stop_signal)
-                             for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous_handlers = {
+            signum: signal.signal(signum, self._on_stop_signal) for signum in (signal.SIGINT, signal.SIGTERM)
+        }
         start_time, start_elapsed = time.perf_counter(), st["elapsed"]
         progress = Progress("step", total=s["max_steps"] or None, every=int(s["log_every"]), initial=st["step"])
         window_tokens, window_time = 0, 0.0
@@ -436,20 +502,33 @@ class Trainer:
                 st["elapsed"] = start_elapsed + time.perf_counter() - start_time
                 window_tokens += tokens
                 window_time += dt
-                record = {"type": "train", "step": st["step"], "loss": loss, "lr": lr, "tokens": tokens,
-                          "tok_per_s": tokens / dt if dt > 0 else None, "epoch": self.task.epoch,
-                          "elapsed": round(st["elapsed"], 3)}
+                record = {
+                    "type": "train",
+                    "step": st["step"],
+                    "loss": loss,
+                    "lr": lr,
+                    "tokens": tokens,
+                    "tok_per_s": tokens / dt if dt > 0 else None,
+                    "epoch": self.task.epoch,
+                    "elapsed": round(st["elapsed"], 3),
+                }
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 self.log.write(record)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at step {st['step']} (lr {lr:.3g}); lower the learning rate "
-                        f"or enable clipping (train.clip_norm); the last good checkpoint is {self.manager.last()}")
+                        f"or enable clipping (train.clip_norm); the last good checkpoint is {self.manager.last()}"
+                    )
                 # A bar on a terminal, else a line every log_every steps; tok/s over the steps since the last line.
-                progress.update(1, loss=f"{loss:.4f}", lr=f"{lr:.3g}",
-                                **{"tok/s": f"{window_tokens / window_time:,.0f}" if window_time else "-"},
-                                epoch=self.task.epoch, elapsed=clock(st["elapsed"]))
+                progress.update(
+                    1,
+                    loss=f"{loss:.4f}",
+                    lr=f"{lr:.3g}",
+                    **{"tok/s": f"{window_tokens / window_time:,.0f}" if window_time else "-"},
+                    epoch=self.task.epoch,
+                    elapsed=clock(st["elapsed"]),
+                )
                 if st["step"] % int(s["log_every"]) == 0:
                     window_tokens, window_time = 0, 0.0
                 if st["step"] % int(s["validate_every"]) == 0:
@@ -472,8 +551,10 @@ class Trainer:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self.log.close()
-        log.info(f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
-                              f"{st['best']}; checkpoints in {self.manager.root}")
+        log.info(
+            f"stopped ({st['stopped']}) at step {st['step']}; best {self.task.metric} "
+            f"{st['best']}; checkpoints in {self.manager.root}"
+        )
         return dict(st)
 
     def _validate_and_save(self):
@@ -488,18 +569,31 @@ class Trainer:
         else:
             st["bad_validations"] += 1
         st["last_validated"] = st["step"]
-        self.log.write({"type": "valid", "step": st["step"], **metrics, "best": st["best"],
-                        "seconds": round(time.perf_counter() - t0, 3), "elapsed": round(st["elapsed"], 3)})
-        log.info("valid @ step {}: {}{}".format(
-            st["step"], ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()),
-            " (best)" if improved else ""))
+        self.log.write(
+            {
+                "type": "valid",
+                "step": st["step"],
+                **metrics,
+                "best": st["best"],
+                "seconds": round(time.perf_counter() - t0, 3),
+                "elapsed": round(st["elapsed"], 3),
+            }
+        )
+        log.info(
+            "valid @ step {}: {}{}".format(
+                st["step"],
+                ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()),
+                " (best)" if improved else "",
+            )
+        )
         self.save(metric=value)
         patience = int(self.s["patience"])
         return patience > 0 and st["bad_validations"] >= patience
 
 
-def write_averaged_checkpoint(directories: Sequence[str | os.PathLike], output: str | os.PathLike,
-                              overwrite: bool = False) -> Path:
+def write_averaged_checkpoint(
+    directories: Sequence[str | os.PathLike], output: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Average the weights of several checkpoints of one run into a new checkpoint directory (never over a
     training checkpoint or anything else not made by averaging; over an earlier average with ``overwrite``)."""
     from .checkpoint import average_checkpoints, check_average_output, load_checkpoint
@@ -509,8 +603,14 @@ def write_averaged_checkpoint(directories: Sequence[str | os.PathLike], output: 
     averaged = average_checkpoints(directories)
     newest = load_checkpoint(directories[-1])
     extra = dict(newest.extra_files)
-    save_checkpoint(output, averaged, newest.config, train_state=newest.train_state, extra_files=extra,
-                    metadata={"averaged": [str(d) for d in directories]})
+    save_checkpoint(
+        output,
+        averaged,
+        newest.config,
+        train_state=newest.train_state,
+        extra_files=extra,
+        metadata={"averaged": [str(d) for d in directories]},
+    )
     log.info(f"averaged {len(directories)} checkpoints into {output}")
     return Path(output)
 
@@ -518,5 +618,6 @@ def write_averaged_checkpoint(directories: Sequence[str | os.PathLike], output: 
 def seed_everything(seed: int) -> None:
     """The module-level default generator npgrad.nn uses when no rng is passed."""
     from npgrad import nn
+
     nn.manual_seed(int(seed))
-    np.random.seed(int(seed) % (2 ** 32))
+    np.random.seed(int(seed) % (2**32))

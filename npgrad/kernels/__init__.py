@@ -16,6 +16,7 @@ function, falling back to the reference for any function the Numba backend does 
 Select with ``ng.set_backend("numba" | "numpy")``, the ``NPGRAD_BACKEND`` environment variable,
 or ``with ng.use_backend("numpy"): ...``. The default is ``numba`` when Numba imports.
 """
+
 import contextlib
 import importlib
 import os
@@ -39,6 +40,7 @@ def _load(name):
     if name not in _modules:
         if name == "numba":
             from . import numba_kernels  # noqa: F401  (imports numba)
+
             _modules["numba"] = numba_kernels
     return _modules[name]
 

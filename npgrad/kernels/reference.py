@@ -13,6 +13,7 @@ that calls it (npgrad/ops/). Signatures are shared with numba_kernels/ exactly. 
 * Row dot products use ``np.einsum("nv,nv->n", a, b)``, which does not materialise ``a * b``.
 * The GELU kernels are elementwise: any shape in, the same shape out.
 """
+
 import numpy as np
 
 
@@ -30,7 +31,7 @@ def softmax_forward(x):
     Shifting by the row maximum changes nothing mathematically (it cancels between numerator
     and denominator) but keeps every exponent <= 0, so exp never overflows, even in float32.
     """
-    y = x - x.max(axis=-1, keepdims=True)     # (N,V) the only new array
+    y = x - x.max(axis=-1, keepdims=True)  # (N,V) the only new array
     np.exp(y, out=y)
     y /= y.sum(axis=-1, keepdims=True)
     return y
@@ -41,14 +42,14 @@ def softmax_backward(y, gy):
 
     The vector-Jacobian product of softmax: dy_i/dx_j = y_i (delta_ij - y_j).
     """
-    gx = gy - _row_dot(gy, y)[:, None]        # (N,V)
+    gx = gy - _row_dot(gy, y)[:, None]  # (N,V)
     gx *= y
     return gx
 
 
 def log_softmax_forward(x):
     """out[n, i] = x[n, i] - m_n - log sum_j exp(x[n, j] - m_n),  m_n = max_j x[n, j].   (N,V) -> (N,V)"""
-    out = x - x.max(axis=-1, keepdims=True)   # (N,V) shifted logits, every entry <= 0
+    out = x - x.max(axis=-1, keepdims=True)  # (N,V) shifted logits, every entry <= 0
     sum_exp = np.exp(out).sum(axis=-1, keepdims=True)
     out -= np.log(sum_exp)
     return out
@@ -60,7 +61,7 @@ def log_softmax_backward(out, gout):
     The vector-Jacobian product of log-softmax: d out_i / dx_j = delta_ij - softmax_j,
     and exp(out) is the softmax.
     """
-    gx = np.exp(out)                          # (N,V) softmax
+    gx = np.exp(out)  # (N,V) softmax
     gx *= gout.sum(axis=-1, keepdims=True)
     np.subtract(gout, gx, out=gx)
     return gx
@@ -81,16 +82,16 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     """
     num_rows, num_classes = logits.shape
     eps = float(label_smoothing)
-    row_max = logits.max(axis=-1)                                   # (N,)
-    shifted_exp = logits - row_max[:, None]                         # (N,V)
+    row_max = logits.max(axis=-1)  # (N,)
+    shifted_exp = logits - row_max[:, None]  # (N,V)
     np.exp(shifted_exp, out=shifted_exp)
-    lse = np.log(shifted_exp.sum(axis=-1))                          # (N,)
-    del shifted_exp                                                 # the big temporary, freed early
+    lse = np.log(shifted_exp.sum(axis=-1))  # (N,)
+    del shifted_exp  # the big temporary, freed early
     lse += row_max
 
-    ignored = target == ignore_index                                # (N,)
-    safe_target = np.where(ignored, 0, target)                      # any valid index on ignored rows
-    target_logit = logits[np.arange(num_rows), safe_target]         # (N,)
+    ignored = target == ignore_index  # (N,)
+    safe_target = np.where(ignored, 0, target)  # any valid index on ignored rows
+    target_logit = logits[np.arange(num_rows), safe_target]  # (N,)
 
     loss = lse - (1.0 - eps) * target_logit
     if eps != 0.0:
@@ -107,14 +108,14 @@ def cross_entropy_backward(logits, target, lse, gloss, ignore_index, label_smoot
     """
     num_rows, num_classes = logits.shape
     eps = float(label_smoothing)
-    glogits = logits - lse[:, None]                                 # (N,V) log-probabilities
-    np.exp(glogits, out=glogits)                                    # probabilities
+    glogits = logits - lse[:, None]  # (N,V) log-probabilities
+    np.exp(glogits, out=glogits)  # probabilities
     if eps != 0.0:
         glogits -= eps / num_classes
 
-    kept_rows = np.flatnonzero(target != ignore_index)              # rows that count
+    kept_rows = np.flatnonzero(target != ignore_index)  # rows that count
     glogits[kept_rows, target[kept_rows]] -= 1.0 - eps
-    row_scale = np.zeros(num_rows, dtype=glogits.dtype)             # (N,) gloss, 0 on ignored rows
+    row_scale = np.zeros(num_rows, dtype=glogits.dtype)  # (N,) gloss, 0 on ignored rows
     row_scale[kept_rows] = gloss[kept_rows]
     glogits *= row_scale[:, None]
     return glogits
@@ -132,11 +133,11 @@ def layer_norm_forward(x, w, b, eps):
     Returns (y, mean, rstd); mean and rstd are kept for the backward.
     """
     num_features = x.shape[-1]
-    mean = x.mean(axis=-1)                                          # (N,)
-    y = x - mean[:, None]                                           # (N,C) centred, becomes y
-    var = _row_dot(y, y) / num_features                             # (N,)
-    rstd = 1.0 / np.sqrt(var + float(eps))                          # (N,)
-    y *= rstd[:, None]                                              # xhat
+    mean = x.mean(axis=-1)  # (N,)
+    y = x - mean[:, None]  # (N,C) centred, becomes y
+    var = _row_dot(y, y) / num_features  # (N,)
+    rstd = 1.0 / np.sqrt(var + float(eps))  # (N,)
+    y *= rstd[:, None]  # xhat
     y *= w
     y += b
     return y, mean, rstd
@@ -149,17 +150,17 @@ def layer_norm_backward(gy, x, w, mean, rstd):
     gx = rstd * (gy*w - mean_j(gy*w) - xhat * mean_j(gy*w*xhat))   (row-wise means over C).
     """
     num_features = x.shape[-1]
-    xhat = x - mean[:, None]                                        # (N,C)
+    xhat = x - mean[:, None]  # (N,C)
     xhat *= rstd[:, None]
-    gb = gy.sum(axis=0)                                             # (C,)
-    gw = np.einsum("nc,nc->c", gy, xhat)                            # (C,)
+    gb = gy.sum(axis=0)  # (C,)
+    gw = np.einsum("nc,nc->c", gy, xhat)  # (C,)
 
-    gxhat = gy * w                                                  # (N,C) dL/dxhat, becomes gx
-    mean_gxhat = gxhat.mean(axis=-1)                                # (N,)
-    mean_gxhat_xhat = _row_dot(gxhat, xhat) / num_features          # (N,)
+    gxhat = gy * w  # (N,C) dL/dxhat, becomes gx
+    mean_gxhat = gxhat.mean(axis=-1)  # (N,)
+    mean_gxhat_xhat = _row_dot(gxhat, xhat) / num_features  # (N,)
     gx = gxhat
     gx -= mean_gxhat[:, None]
-    xhat *= mean_gxhat_xhat[:, None]                                # xhat is not needed any more
+    xhat *= mean_gxhat_xhat[:, None]  # xhat is not needed any more
     gx -= xhat
     gx *= rstd[:, None]
     return gx, gw, gb
@@ -171,7 +172,7 @@ def add_layer_norm_forward(x, r, w, b, eps):
     Returns (y, s, mean, rstd). The backward is layer_norm_backward on s, and since
     ds/dx = ds/dr = identity, dL/dx = dL/dr = dL/ds.
     """
-    s = x + r                                                       # (N,C) the residual stream
+    s = x + r  # (N,C) the residual stream
     y, mean, rstd = layer_norm_forward(s, w, b, eps)
     return y, s, mean, rstd
 
@@ -190,27 +191,27 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     broadcast view (zero strides); it is only read.
     """
     num_queries, num_keys = q.shape[1], k.shape[1]
-    scores = np.matmul(q, k.swapaxes(-1, -2))                       # (B,Lq,Lk)
+    scores = np.matmul(q, k.swapaxes(-1, -2))  # (B,Lq,Lk)
     scores *= float(scale)
 
-    allowed = mask                                                  # (B,Lq,Lk) bool, or None
+    allowed = mask  # (B,Lq,Lk) bool, or None
     if is_causal:
-        causal = np.tri(num_queries, num_keys, dtype=bool)          # (Lq,Lk) True where j <= i
+        causal = np.tri(num_queries, num_keys, dtype=bool)  # (Lq,Lk) True where j <= i
         allowed = causal if allowed is None else np.logical_and(allowed, causal)
     if allowed is not None:
         np.copyto(scores, -np.inf, where=np.logical_not(allowed))
 
     # Masked softmax: a fully masked row has max -inf; shifting by 0 instead keeps exp(-inf) = 0
     # (not exp(nan)), and dividing by 1 instead of 0 keeps its probabilities 0.
-    row_max = scores.max(axis=-1, keepdims=True)                    # (B,Lq,1)
+    row_max = scores.max(axis=-1, keepdims=True)  # (B,Lq,1)
     row_max[row_max == -np.inf] = 0.0
     probs = scores
     probs -= row_max
     np.exp(probs, out=probs)
-    denom = probs.sum(axis=-1, keepdims=True)                       # (B,Lq,1)
+    denom = probs.sum(axis=-1, keepdims=True)  # (B,Lq,1)
     denom[denom == 0.0] = 1.0
     probs /= denom
-    out = np.matmul(probs, v)                                       # (B,Lq,Dv)
+    out = np.matmul(probs, v)  # (B,Lq,Dv)
     return out, probs
 
 
@@ -222,14 +223,14 @@ def attention_backward(q, k, v, probs, gout, scale):
     gq = scale dS k;  gk = scale dS^T q.
     Disallowed keys have P = 0, so their dS is 0; fully masked rows give zero gradients.
     """
-    gv = np.matmul(probs.swapaxes(-1, -2), gout)                    # (B,Lk,Dv)
-    dS = np.matmul(gout, v.swapaxes(-1, -2))                        # (B,Lq,Lk) dP, becomes dS
-    row_dot = np.einsum("bqk,bqk->bq", dS, probs)                   # (B,Lq)
+    gv = np.matmul(probs.swapaxes(-1, -2), gout)  # (B,Lk,Dv)
+    dS = np.matmul(gout, v.swapaxes(-1, -2))  # (B,Lq,Lk) dP, becomes dS
+    row_dot = np.einsum("bqk,bqk->bq", dS, probs)  # (B,Lq)
     dS -= row_dot[..., None]
     dS *= probs
-    dS *= float(scale)                                              # fold the scale in once
-    gq = np.matmul(dS, k)                                           # (B,Lq,D)
-    gk = np.matmul(dS.swapaxes(-1, -2), q)                          # (B,Lk,D)
+    dS *= float(scale)  # fold the scale in once
+    gq = np.matmul(dS, k)  # (B,Lq,D)
+    gk = np.matmul(dS.swapaxes(-1, -2), q)  # (B,Lk,D)
     return gq, gk, gv
 
 
@@ -244,24 +245,54 @@ def attention_backward(q, k, v, probs, gout, scale):
 # with erfc(-z) = 2 - erfc(z). exp(-z^2) is evaluated as exp(-zr^2) exp(-(z - zr)(z + zr)) with
 # zr = z rounded down to a multiple of 1/16, so the rounding of z^2 does not cost accuracy.
 
-_ERF_A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
-          3.20937758913846947e03, 1.85777706184603153e-1)
-_ERF_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
-          2.84423683343917062e03)
-_ERF_C = (5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
-          2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
-          2.05107837782607147e03, 1.23033935479799725e03, 2.15311535474403846e-8)
-_ERF_D = (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
-          1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
-          3.43936767414372164e03, 1.23033935480374942e03)
-_ERF_P = (3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
-          1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2)
-_ERF_Q = (2.56852019228982242e00, 1.87295284992346047e00, 5.27905102951428412e-1,
-          6.05183413124413191e-2, 2.33520497626869185e-3)
+_ERF_A = (
+    3.16112374387056560e00,
+    1.13864154151050156e02,
+    3.77485237685302021e02,
+    3.20937758913846947e03,
+    1.85777706184603153e-1,
+)
+_ERF_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03, 2.84423683343917062e03)
+_ERF_C = (
+    5.64188496988670089e-1,
+    8.88314979438837594e00,
+    6.61191906371416295e01,
+    2.98635138197400131e02,
+    8.81952221241769090e02,
+    1.71204761263407058e03,
+    2.05107837782607147e03,
+    1.23033935479799725e03,
+    2.15311535474403846e-8,
+)
+_ERF_D = (
+    1.57449261107098347e01,
+    1.17693950891312499e02,
+    5.37181101862009858e02,
+    1.62138957456669019e03,
+    3.29079923573345963e03,
+    4.36261909014324716e03,
+    3.43936767414372164e03,
+    1.23033935480374942e03,
+)
+_ERF_P = (
+    3.05326634961232344e-1,
+    3.60344899949804439e-1,
+    1.25781726111229246e-1,
+    1.60837851487422766e-2,
+    6.58749161529837803e-4,
+    1.63153871373020978e-2,
+)
+_ERF_Q = (
+    2.56852019228982242e00,
+    1.87295284992346047e00,
+    5.27905102951428412e-1,
+    6.05183413124413191e-2,
+    2.33520497626869185e-3,
+)
 _INV_SQRT_PI = 5.6418958354775628695e-1
 _SQRT_HALF = 0.70710678118654752440
 _INV_SQRT_2PI = 0.39894228040143267794
-_TANH_K = 0.79788456080286535588    # sqrt(2/pi), the tanh GELU's constants
+_TANH_K = 0.79788456080286535588  # sqrt(2/pi), the tanh GELU's constants
 _TANH_C = 0.044715
 
 
@@ -321,11 +352,22 @@ def _erfc_large(y):
 # minimax fit used for float32 erf by Eigen and XLA: erf(x) ~ x P(x^2) / Q(x^2). Max error vs
 # math.erf ~5e-7 (a few float32 ulps), no exponential, no masks: ~4x faster than Cody's three
 # intervals on float32 arrays, which matters when the exact GELU sits in a training step.
-_ERF32_ALPHA = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04,
-                -5.69250639462346e-05, -2.10102402082508e-06, 2.77068142495902e-08,
-                -2.72614225801306e-10)
-_ERF32_BETA = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03,
-               -2.13374055278905e-04, -1.45660718464996e-05)
+_ERF32_ALPHA = (
+    -1.60960333262415e-02,
+    -2.95459980854025e-03,
+    -7.34990630326855e-04,
+    -5.69250639462346e-05,
+    -2.10102402082508e-06,
+    2.77068142495902e-08,
+    -2.72614225801306e-10,
+)
+_ERF32_BETA = (
+    -1.42647390514189e-02,
+    -7.37332916720468e-03,
+    -1.68282697438203e-03,
+    -2.13374055278905e-04,
+    -1.45660718464996e-05,
+)
 
 
 def _erf_float32(z):
@@ -365,7 +407,7 @@ def erfc(z):
     y = np.abs(z)
     small = y <= 0.46875
     mid = (y > 0.46875) & (y <= 4.0)
-    large = y > 4.0                             # NaN is in no interval: handled below
+    large = y > 4.0  # NaN is in no interval: handled below
     if small.any():
         out[small] = 1.0 - _erf_small(z[small])
     for region, tail in ((mid, _erfc_mid), (large, _erfc_large)):
@@ -471,9 +513,9 @@ def embedding_backward(ids, gy, num_embeddings):
     gw = np.zeros((num_embeddings, dim), dtype=gy.dtype)
     if n == 0:
         return gw
-    order = np.argsort(ids, kind="stable")          # (N,) rows grouped by id
+    order = np.argsort(ids, kind="stable")  # (N,) rows grouped by id
     sorted_ids = ids[order]
-    is_start = np.empty(n, dtype=bool)                # first row of each run of equal ids
+    is_start = np.empty(n, dtype=bool)  # first row of each run of equal ids
     is_start[0] = True
     np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=is_start[1:])
     starts = np.flatnonzero(is_start)
@@ -482,7 +524,7 @@ def embedding_backward(ids, gy, num_embeddings):
     gw[sorted_ids[starts[single]]] = gy[order[starts[single]]]
     if not single.all():
         repeated = ~single
-        rows = order[np.repeat(repeated, lengths)]    # rows of the repeated ids, grouped by id
+        rows = order[np.repeat(repeated, lengths)]  # rows of the repeated ids, grouped by id
         run_lengths = lengths[repeated]
         offsets = np.zeros(len(run_lengths), dtype=np.intp)
         np.cumsum(run_lengths[:-1], out=offsets[1:])

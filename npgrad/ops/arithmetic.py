@@ -7,6 +7,7 @@ sum along that axis as its vector-Jacobian product).
 Each backward but Pow's uses only operators that ndarrays and Tensors share, so it also serves
 ``create_graph=True`` (``differentiable_backward = backward_on_tensors``).
 """
+
 import numpy as np
 
 from ..function import Function, backward_on_tensors
@@ -16,9 +17,7 @@ def _binary(name, op, a, b):
     try:
         return op(a, b)
     except ValueError:
-        raise ValueError(
-            f"{name}: cannot broadcast shapes {np.shape(a)} and {np.shape(b)}"
-        ) from None
+        raise ValueError(f"{name}: cannot broadcast shapes {np.shape(a)} and {np.shape(b)}") from None
 
 
 class Add(Function):
@@ -60,8 +59,7 @@ class Mul(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
-        return (g * b if ctx.needs_input_grad[0] else None,
-                g * a if ctx.needs_input_grad[1] else None)
+        return (g * b if ctx.needs_input_grad[0] else None, g * a if ctx.needs_input_grad[1] else None)
 
     differentiable_backward = backward_on_tensors
 

@@ -15,6 +15,7 @@ M ~ Bernoulli(1 - p) drawn from the given ``np.random.Generator``; the output is
 computed here with the reference math (the kernels have no dropout): probabilities from the
 kernel, then the products and their backward below.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,11 @@ def _check_dropout(op, dropout_p, training, rng):
     if not training or dropout_p == 0.0:
         return 0.0, None
     if rng is None:
-        rng = default_rng()                  # seeded; ng.manual_seed reseeds it
+        rng = default_rng()  # seeded; ng.manual_seed reseeds it
     elif not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{op}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        raise TypeError(
+            f"{op}: rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+        )
     return dropout_p, rng
 
 
@@ -56,8 +59,9 @@ def _mask_array(op, mask, expected_shape):
     try:
         return np.broadcast_to(mask, expected_shape)
     except ValueError:
-        raise ValueError(f"{op}: mask of shape {mask.shape} does not broadcast to the expected shape "
-                         f"{tuple(expected_shape)}") from None
+        raise ValueError(
+            f"{op}: mask of shape {mask.shape} does not broadcast to the expected shape {tuple(expected_shape)}"
+        ) from None
 
 
 def _attention_core_forward(q, k, v, mask, is_causal, scale, dropout_p, rng):
@@ -65,8 +69,8 @@ def _attention_core_forward(q, k, v, mask, is_causal, scale, dropout_p, rng):
     out, probs = K.attention_forward(q, k, v, mask, is_causal, scale)
     if dropout_p == 0.0:
         return out, probs, None
-    keep = _keep_mask(rng, probs.shape, dropout_p)                      # (B,Lq,Lk) bool, P(keep) = 1 - p
-    out = np.matmul(_dropped(probs, keep, dropout_p), v)               # the kernel's P V is replaced
+    keep = _keep_mask(rng, probs.shape, dropout_p)  # (B,Lq,Lk) bool, P(keep) = 1 - p
+    out = np.matmul(_dropped(probs, keep, dropout_p), v)  # the kernel's P V is replaced
     return out, probs, keep
 
 
@@ -81,7 +85,7 @@ def _attention_core_backward(q, k, v, probs, keep, dropout_p, gout, scale):
     """Gradients of _attention_core_forward: -> gq (B,Lq,D), gk (B,Lk,D), gv (B,Lk,Dv)."""
     if keep is None:
         return K.attention_backward(q, k, v, probs, gout, scale)
-    keep_scale = _dropped(np.ones_like(probs), keep, dropout_p)        # (B,Lq,Lk) M / (1 - p)
+    keep_scale = _dropped(np.ones_like(probs), keep, dropout_p)  # (B,Lq,Lk) M / (1 - p)
     return _attention_vjp(q, k, v, probs, keep_scale, gout, scale)
 
 
@@ -119,7 +123,7 @@ def _attention_probs_tensor(q, k, mask, is_causal, scale):
     disallowed scores are multiplied by 0 before exp (no overflow) and their exp by 0 after,
     and a fully masked row divides 0 by 1: zeros, as in the kernel.
     """
-    scores = (q @ k.swapaxes(-1, -2)) * scale                          # (..., Lq, Lk)
+    scores = (q @ k.swapaxes(-1, -2)) * scale  # (..., Lq, Lk)
     if mask is None and not is_causal:
         return softmax(scores, axis=-1)
     allowed = _allowed_keys(mask, is_causal, scores.shape)
@@ -163,13 +167,15 @@ class ScaledDotProductAttention(Function):
         if q.shape[-1] != k.shape[-1]:
             raise ValueError(f"{op}: q of shape {q.shape} and k of shape {k.shape} must have the same last axis (D)")
         if k.shape[-2] != v.shape[-2]:
-            raise ValueError(f"{op}: k of shape {k.shape} and v of shape {v.shape} must have the same "
-                             "number of keys (axis -2)")
+            raise ValueError(
+                f"{op}: k of shape {k.shape} and v of shape {v.shape} must have the same number of keys (axis -2)"
+            )
         try:
             lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
         except ValueError:
-            raise ValueError(f"{op}: the leading axes of q {q.shape}, k {k.shape} and v {v.shape} "
-                             "do not broadcast") from None
+            raise ValueError(
+                f"{op}: the leading axes of q {q.shape}, k {k.shape} and v {v.shape} do not broadcast"
+            ) from None
         (num_queries, head_size), num_keys, value_size = q.shape[-2:], k.shape[-2], v.shape[-1]
         batch = math.prod(lead)
         scale = 1.0 / math.sqrt(head_size) if scale is None else float(scale)
@@ -197,8 +203,7 @@ class ScaledDotProductAttention(Function):
         g3 = g.reshape(v3.shape[0], q3.shape[1], v3.shape[2])
         gq, gk, gv = _attention_core_backward(q3, k3, v3, probs, keep, ctx.dropout_p, g3, ctx.scale)
         lead = ctx.lead
-        return (gq.reshape(lead + q.shape[-2:]), gk.reshape(lead + k.shape[-2:]),
-                gv.reshape(lead + v.shape[-2:]))
+        return (gq.reshape(lead + q.shape[-2:]), gk.reshape(lead + k.shape[-2:]), gv.reshape(lead + v.shape[-2:]))
 
     @staticmethod
     def differentiable_backward(ctx, g):
@@ -211,9 +216,17 @@ class ScaledDotProductAttention(Function):
         return _attention_vjp(q, k, v, probs, keep_scale, g, ctx.scale)
 
 
-def scaled_dot_product_attention(q: TensorLike, k: TensorLike, v: TensorLike, mask: TensorLike | None = None,
-                                 dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-                                 rng: np.random.Generator | None = None, training: bool = True) -> TensorResult:
+def scaled_dot_product_attention(
+    q: TensorLike,
+    k: TensorLike,
+    v: TensorLike,
+    mask: TensorLike | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    rng: np.random.Generator | None = None,
+    training: bool = True,
+) -> TensorResult:
     """softmax(q k^T * scale, over allowed keys) v.
 
     q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) -> (..., Lq, Dv); leading axes broadcast.
@@ -224,8 +237,9 @@ def scaled_dot_product_attention(q: TensorLike, k: TensorLike, v: TensorLike, ma
     A query with no allowed key gets output 0 and zero gradients (never NaN).
     """
     dropout_p, rng = _check_dropout("scaled_dot_product_attention", dropout_p, training, rng)
-    return ScaledDotProductAttention.apply(q, k, v, mask=mask, is_causal=bool(is_causal), scale=scale,
-                                           dropout_p=dropout_p, rng=rng)
+    return ScaledDotProductAttention.apply(
+        q, k, v, mask=mask, is_causal=bool(is_causal), scale=scale, dropout_p=dropout_p, rng=rng
+    )
 
 
 # -------------------------------------------------------------------------- multi-head attention
@@ -273,8 +287,25 @@ class MultiHeadAttention(Function):
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
-                num_heads=1, mask=None, is_causal=False, dropout_p=0.0, rng=None):
+    def forward(
+        ctx,
+        query,
+        key,
+        value,
+        w_q,
+        w_k,
+        w_v,
+        w_o,
+        b_q,
+        b_k,
+        b_v,
+        b_o,
+        num_heads=1,
+        mask=None,
+        is_causal=False,
+        dropout_p=0.0,
+        rng=None,
+    ):
         query, key, value = _check_mha_inputs(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, num_heads)
         batch, num_queries, width = query.shape
         num_keys = key.shape[1]
@@ -284,22 +315,37 @@ class MultiHeadAttention(Function):
 
         def heads(x, w, b, length):  # (B, L, C) -> (B*H, L, D) contiguous for the kernels
             return _split_heads(_project(x.reshape(-1, width), w, b), batch, length, num_heads).reshape(
-                batch * num_heads, length, head_size)
+                batch * num_heads, length, head_size
+            )
 
-        q_heads = heads(query, w_q, b_q, num_queries)                  # (B*H, Lq, D)
-        k_heads = heads(key, w_k, b_k, num_keys)                       # (B*H, Lk, D)
-        v_heads = heads(value, w_v, b_v, num_keys)                     # (B*H, Lk, D)
+        q_heads = heads(query, w_q, b_q, num_queries)  # (B*H, Lq, D)
+        k_heads = heads(key, w_k, b_k, num_keys)  # (B*H, Lk, D)
+        v_heads = heads(value, w_v, b_v, num_keys)  # (B*H, Lk, D)
         mask3 = None if mask is None else mask.reshape(batch * num_heads, num_queries, num_keys)
-        o_heads, probs, keep = _attention_core_forward(q_heads, k_heads, v_heads, mask3, is_causal, scale,
-                                                       dropout_p, rng)
+        o_heads, probs, keep = _attention_core_forward(
+            q_heads, k_heads, v_heads, mask3, is_causal, scale, dropout_p, rng
+        )
         concat = _merge_heads(o_heads.reshape(batch, num_heads, num_queries, head_size))
-        concat = concat.reshape(batch * num_queries, width)            # (B*Lq, C)
+        concat = concat.reshape(batch * num_queries, width)  # (B*Lq, C)
         out = _project(concat, w_o, b_o)
 
-        zeros = np.zeros(width, dtype=query.dtype)                     # stands in for absent biases
-        ctx.save_for_backward(query, key, value, w_q, w_k, w_v, w_o,
-                              *(zeros if b is None else b for b in (b_q, b_k, b_v, b_o)),
-                              q_heads, k_heads, v_heads, probs, concat, *(() if keep is None else (keep,)))
+        zeros = np.zeros(width, dtype=query.dtype)  # stands in for absent biases
+        ctx.save_for_backward(
+            query,
+            key,
+            value,
+            w_q,
+            w_k,
+            w_v,
+            w_o,
+            *(zeros if b is None else b for b in (b_q, b_k, b_v, b_o)),
+            q_heads,
+            k_heads,
+            v_heads,
+            probs,
+            concat,
+            *(() if keep is None else (keep,)),
+        )
         # keep (the dropout mask) is saved only when there is one: a None among the saved arrays
         # would be mistaken for an absent (None) bias argument by Context.saved_tensors.
         ctx.num_heads, ctx.scale, ctx.dropout_p = num_heads, scale, dropout_p
@@ -308,20 +354,18 @@ class MultiHeadAttention(Function):
 
     @staticmethod
     def backward(ctx, g):
-        (query, key, value, w_q, w_k, w_v, w_o, _, _, _, _,
-         q_heads, k_heads, v_heads, probs, concat, *keep) = ctx.saved
+        (query, key, value, w_q, w_k, w_v, w_o, _, _, _, _, q_heads, k_heads, v_heads, probs, concat, *keep) = ctx.saved
         keep = keep[0] if keep else None
         needs = ctx.needs_input_grad
         batch, num_queries, width = query.shape
         num_heads = ctx.num_heads
-        g_rows = g.reshape(-1, width)                                  # (B*Lq, C)
+        g_rows = g.reshape(-1, width)  # (B*Lq, C)
 
         g_w_o = concat.T @ g_rows if needs[6] else None
         g_b_o = g_rows.sum(axis=0) if needs[10] else None
-        g_concat = g_rows @ w_o.T                                      # (B*Lq, C)
+        g_concat = g_rows @ w_o.T  # (B*Lq, C)
         g_o_heads = _split_heads(g_concat, batch, num_queries, num_heads).reshape(q_heads.shape)
-        g_heads = _attention_core_backward(q_heads, k_heads, v_heads, probs, keep, ctx.dropout_p,
-                                           g_o_heads, ctx.scale)
+        g_heads = _attention_core_backward(q_heads, k_heads, v_heads, probs, keep, ctx.dropout_p, g_o_heads, ctx.scale)
 
         grads = [None] * 11
         grads[6], grads[10] = g_w_o, g_b_o
@@ -342,22 +386,21 @@ class MultiHeadAttention(Function):
     def differentiable_backward(ctx, g):
         # The same VJPs with Tensor ops on (B, H, L, D) heads; the projections are recomputed in the
         # graph so that second derivatives see how Q, K, V and P depend on the inputs.
-        (query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
-         _, _, _, _, _, *keep) = ctx.saved_tensors
+        (query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, _, _, _, _, _, *keep) = ctx.saved_tensors
         keep = keep[0] if keep else None
         batch, num_queries, width = query.shape
         num_keys, num_heads = key.shape[1], ctx.num_heads
 
-        q_heads = _split_heads(query @ w_q + b_q, batch, num_queries, num_heads)   # (B, H, Lq, D)
-        k_heads = _split_heads(key @ w_k + b_k, batch, num_keys, num_heads)        # (B, H, Lk, D)
-        v_heads = _split_heads(value @ w_v + b_v, batch, num_keys, num_heads)      # (B, H, Lk, D)
+        q_heads = _split_heads(query @ w_q + b_q, batch, num_queries, num_heads)  # (B, H, Lq, D)
+        k_heads = _split_heads(key @ w_k + b_k, batch, num_keys, num_heads)  # (B, H, Lk, D)
+        v_heads = _split_heads(value @ w_v + b_v, batch, num_keys, num_heads)  # (B, H, Lk, D)
         probs = _attention_probs_tensor(q_heads, k_heads, ctx.mask, ctx.is_causal, ctx.scale)
         keep_scale = None
         if keep is not None:
             keep_scale = _dropped(np.ones(keep.shape, dtype=probs.dtype), keep.data, ctx.dropout_p)
             keep_scale = keep_scale.reshape(probs.shape)
         dropped = probs if keep_scale is None else probs * keep_scale
-        concat = _merge_heads(dropped @ v_heads)                                   # (B, Lq, C)
+        concat = _merge_heads(dropped @ v_heads)  # (B, Lq, C)
 
         g_rows = g.reshape((batch * num_queries, width))
         g_w_o = concat.reshape((batch * num_queries, width)).T @ g_rows
@@ -367,7 +410,7 @@ class MultiHeadAttention(Function):
         grads = [None] * 11
         grads[6], grads[10] = g_w_o, g_b_o
         for i, (x, w, g_h) in enumerate(zip((query, key, value), (w_q, w_k, w_v), g_heads)):
-            g_proj = _merge_heads(g_h)                                             # (B, L, C)
+            g_proj = _merge_heads(g_h)  # (B, L, C)
             grads[i] = g_proj @ w.T
             grads[3 + i] = x.reshape((-1, width)).T @ g_proj.reshape((-1, width))
             grads[7 + i] = g_proj.reshape((-1, width)).sum(axis=0)
@@ -376,8 +419,7 @@ class MultiHeadAttention(Function):
 
 def _check_mha_inputs(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, num_heads):
     op = "multi_head_attention"
-    query, key, value = (as_float_array(op, a, name) for a, name in
-                         ((query, "query"), (key, "key"), (value, "value")))
+    query, key, value = (as_float_array(op, a, name) for a, name in ((query, "query"), (key, "key"), (value, "value")))
     if query.ndim != 3:
         raise ValueError(f"{op}: query must have shape (B, Lq, C), got {query.shape}")
     batch, _, width = query.shape
@@ -396,12 +438,25 @@ def _check_mha_inputs(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
     return query, key, value
 
 
-def multi_head_attention(query: TensorLike, key: TensorLike, value: TensorLike, num_heads: int,
-                         w_q: TensorLike, w_k: TensorLike, w_v: TensorLike, w_o: TensorLike,
-                         b_q: TensorLike | None = None, b_k: TensorLike | None = None, b_v: TensorLike | None = None,
-                         b_o: TensorLike | None = None, mask: TensorLike | None = None, is_causal: bool = False,
-                         dropout_p: float = 0.0, rng: np.random.Generator | None = None,
-                         training: bool = True) -> TensorResult:
+def multi_head_attention(
+    query: TensorLike,
+    key: TensorLike,
+    value: TensorLike,
+    num_heads: int,
+    w_q: TensorLike,
+    w_k: TensorLike,
+    w_v: TensorLike,
+    w_o: TensorLike,
+    b_q: TensorLike | None = None,
+    b_k: TensorLike | None = None,
+    b_v: TensorLike | None = None,
+    b_o: TensorLike | None = None,
+    mask: TensorLike | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    training: bool = True,
+) -> TensorResult:
     """Multi-head attention: out = concat_h attention(query w_q + b_q, key w_k + b_k, value w_v + b_v)_h w_o + b_o.
 
     query (B, Lq, C), key and value (B, Lk, C); weights (C, C) applied as x @ w, biases (C,) or
@@ -411,9 +466,24 @@ def multi_head_attention(query: TensorLike, key: TensorLike, value: TensorLike, 
     as in :func:`scaled_dot_product_attention`. Returns (B, Lq, C).
     """
     dropout_p, rng = _check_dropout("multi_head_attention", dropout_p, training, rng)
-    return MultiHeadAttention.apply(query, key, value, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o,
-                                    num_heads=num_heads, mask=mask, is_causal=bool(is_causal),
-                                    dropout_p=dropout_p, rng=rng)
+    return MultiHeadAttention.apply(
+        query,
+        key,
+        value,
+        w_q,
+        w_k,
+        w_v,
+        w_o,
+        b_q,
+        b_k,
+        b_v,
+        b_o,
+        num_heads=num_heads,
+        mask=mask,
+        is_causal=bool(is_causal),
+        dropout_p=dropout_p,
+        rng=rng,
+    )
 
 
 # ----------------------------------------------------------------- packed self-attention (fused q/k/v)
@@ -454,16 +524,17 @@ class PackedSelfAttention(Function):
         if qkv.ndim != 3:
             raise ValueError(f"{op}: qkv must have shape (B, L, 3C), got {qkv.shape}")
         batch, length, packed_width = qkv.shape
-        if (not isinstance(num_heads, (int, np.integer)) or num_heads < 1
-                or packed_width % (3 * num_heads)):
-            raise ValueError(f"{op}: num_heads={num_heads!r} must be a positive integer and 3 * num_heads must "
-                             f"divide the packed width {packed_width} (qkv of shape {qkv.shape})")
+        if not isinstance(num_heads, (int, np.integer)) or num_heads < 1 or packed_width % (3 * num_heads):
+            raise ValueError(
+                f"{op}: num_heads={num_heads!r} must be a positive integer and 3 * num_heads must "
+                f"divide the packed width {packed_width} (qkv of shape {qkv.shape})"
+            )
         head_size = packed_width // (3 * num_heads)
         scale = 1.0 / math.sqrt(head_size) if scale is None else float(scale)
         mask = _mask_array(op, mask, (batch, num_heads, length, length))
 
         # One copy into the kernels' layout; q, k, v are contiguous (B*H, L, D) views of it.
-        heads = np.ascontiguousarray(_packed_heads(qkv, batch, length, num_heads))   # (3, B, H, L, D)
+        heads = np.ascontiguousarray(_packed_heads(qkv, batch, length, num_heads))  # (3, B, H, L, D)
         q3, k3, v3 = (heads[p].reshape(batch * num_heads, length, head_size) for p in range(3))
         mask3 = None if mask is None else mask.reshape(batch * num_heads, length, length)
         out, probs, keep = _attention_core_forward(q3, k3, v3, mask3, is_causal, scale, dropout_p, rng)
@@ -471,7 +542,7 @@ class PackedSelfAttention(Function):
         ctx.save_for_backward(qkv, heads, probs, *(() if keep is None else (keep,)))
         ctx.num_heads, ctx.scale, ctx.dropout_p = num_heads, scale, dropout_p
         ctx.mask, ctx.is_causal = mask, is_causal
-        return _merge_heads(out.reshape(batch, num_heads, length, head_size))             # (B, L, C)
+        return _merge_heads(out.reshape(batch, num_heads, length, head_size))  # (B, L, C)
 
     @staticmethod
     def backward(ctx, g):
@@ -479,13 +550,13 @@ class PackedSelfAttention(Function):
         keep = keep[0] if keep else None
         _, batch, num_heads, length, head_size = heads.shape
         q3, k3, v3 = (heads[p].reshape(batch * num_heads, length, head_size) for p in range(3))
-        g_heads = _split_heads(g, batch, length, num_heads)                             # (B, H, L, D) view
-        g3 = np.ascontiguousarray(g_heads).reshape(q3.shape)                           # (B*H, L, D)
+        g_heads = _split_heads(g, batch, length, num_heads)  # (B, H, L, D) view
+        g3 = np.ascontiguousarray(g_heads).reshape(q3.shape)  # (B*H, L, D)
         grads = _attention_core_backward(q3, k3, v3, probs, keep, ctx.dropout_p, g3, ctx.scale)
 
-        g_qkv = np.empty(qkv.shape, dtype=qkv.dtype)                                   # (B, L, 3C)
-        g_parts = _packed_heads(g_qkv, batch, length, num_heads)                       # (3, B, H, L, D) view
-        for p, g_part in enumerate(grads):                                             # each column once
+        g_qkv = np.empty(qkv.shape, dtype=qkv.dtype)  # (B, L, 3C)
+        g_parts = _packed_heads(g_qkv, batch, length, num_heads)  # (3, B, H, L, D) view
+        for p, g_part in enumerate(grads):  # each column once
             g_parts[p] = g_part.reshape(batch, num_heads, length, head_size)
         return g_qkv
 
@@ -496,23 +567,30 @@ class PackedSelfAttention(Function):
         qkv, *_ = ctx.saved_tensors
         batch, length, packed_width = qkv.shape
         num_heads = ctx.num_heads
-        parts = _packed_heads(qkv, batch, length, num_heads)                           # (3, B, H, L, D)
+        parts = _packed_heads(qkv, batch, length, num_heads)  # (3, B, H, L, D)
         q, k, v = parts[0], parts[1], parts[2]
-        probs = _attention_probs_tensor(q, k, ctx.mask, ctx.is_causal, ctx.scale)      # (B, H, L, L)
+        probs = _attention_probs_tensor(q, k, ctx.mask, ctx.is_causal, ctx.scale)  # (B, H, L, L)
         keep_scale = None
         if len(ctx.saved) > 3:
             keep = ctx.saved[3]
             keep_scale = _dropped(np.ones(keep.shape, dtype=probs.dtype), keep, ctx.dropout_p)
             keep_scale = keep_scale.reshape(probs.shape)
-        g_heads = _split_heads(g, batch, length, num_heads)                            # (B, H, L, D)
+        g_heads = _split_heads(g, batch, length, num_heads)  # (B, H, L, D)
         g_q, g_k, g_v = _attention_vjp(q, k, v, probs, keep_scale, g_heads, ctx.scale)
-        g_parts = stack([g_q, g_k, g_v], axis=0)                                       # (3, B, H, L, D)
+        g_parts = stack([g_q, g_k, g_v], axis=0)  # (3, B, H, L, D)
         return g_parts.transpose(1, 3, 0, 2, 4).reshape((batch, length, packed_width))
 
 
-def packed_self_attention(qkv: TensorLike, num_heads: int, mask: TensorLike | None = None, is_causal: bool = False,
-                          scale: float | None = None, dropout_p: float = 0.0, rng: np.random.Generator | None = None,
-                          training: bool = True) -> TensorResult:
+def packed_self_attention(
+    qkv: TensorLike,
+    num_heads: int,
+    mask: TensorLike | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    training: bool = True,
+) -> TensorResult:
     """Multi-head self-attention on a fused q/k/v projection, before the output projection.
 
     qkv (B, L, 3C): [q | k | v] along the last axis (as ``x @ w_qkv`` with w_qkv (C, 3C) = [w_q | w_k | w_v]),
@@ -525,5 +603,6 @@ def packed_self_attention(qkv: TensorLike, num_heads: int, mask: TensorLike | No
     into one (B, L, 3C) buffer.
     """
     dropout_p, rng = _check_dropout("packed_self_attention", dropout_p, training, rng)
-    return PackedSelfAttention.apply(qkv, num_heads=num_heads, mask=mask, is_causal=bool(is_causal),
-                                     scale=scale, dropout_p=dropout_p, rng=rng)
+    return PackedSelfAttention.apply(
+        qkv, num_heads=num_heads, mask=mask, is_causal=bool(is_causal), scale=scale, dropout_p=dropout_p, rng=rng
+    )

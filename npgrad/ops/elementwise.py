@@ -11,6 +11,7 @@ Where the backward uses only operators (exp, log, tanh, sqrt, relu, the normal c
 serves ``create_graph=True`` (``differentiable_backward = backward_on_tensors``); GELU (a kernel),
 dropout (in place) and the cast (``copy=False``) keep a Tensor-op twin, and say why.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -24,7 +25,13 @@ from .._checks import as_float_array
 from ..function import Function, TensorBase, TensorLike, TensorResult, backward_on_tensors, constant
 from ..kernels import K
 from ..kernels.reference import (  # noqa: F401  (erf, erfc, normal_cdf: re-exported)
-    _INV_SQRT_2PI, _TANH_C, _TANH_K, erf, erfc, normal_cdf)
+    _INV_SQRT_2PI,
+    _TANH_C,
+    _TANH_K,
+    erf,
+    erfc,
+    normal_cdf,
+)
 
 
 class Exp(Function):
@@ -267,8 +274,8 @@ class Dropout(Function):
         keep = _keep_mask(rng, x.shape, p)
         scale = 1.0 / (1.0 - p)
         ctx.keep, ctx.scale = keep, scale
-        y = x * scale          # Python-float scale: keeps x's dtype
-        y *= keep              # in place: no second temporary (bool mask is 1 byte an element)
+        y = x * scale  # Python-float scale: keeps x's dtype
+        y *= keep  # in place: no second temporary (bool mask is 1 byte an element)
         return y
 
     @staticmethod
@@ -282,8 +289,9 @@ class Dropout(Function):
         return g * ctx.keep * ctx.scale
 
 
-def dropout(x: TensorLike, p: float = 0.5, training: bool = True,
-            rng: np.random.Generator | None = None) -> TensorResult:
+def dropout(
+    x: TensorLike, p: float = 0.5, training: bool = True, rng: np.random.Generator | None = None
+) -> TensorResult:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
 
     Returns x itself when ``training`` is False or p == 0, and zeros (with a zero gradient) when p == 1,
@@ -304,6 +312,7 @@ def dropout(x: TensorLike, p: float = 0.5, training: bool = True,
 
 
 # ------------------------------------------------------------------------------ astype
+
 
 class Cast(Function):
     r"""y = x converted to another floating dtype.   dL/dx = g converted back to x's dtype.
@@ -330,5 +339,5 @@ def astype(x: TensorLike, dtype: npt.DTypeLike) -> TensorResult:
     dtype = np.dtype(dtype)
     data = x.data if isinstance(x, TensorBase) else np.asarray(x)
     if dtype.kind != "f" or data.dtype.kind != "f":
-        return constant(data.astype(dtype))   # integers/booleans are data: no gradient through them
+        return constant(data.astype(dtype))  # integers/booleans are data: no gradient through them
     return Cast.apply(x, dtype=dtype)

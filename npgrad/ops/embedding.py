@@ -4,6 +4,7 @@ out[..., :] = W[ids[...], :] gathers rows; the derivative scatters each output r
 back to the row it was read from, summing where an id occurs several times. The scatter lives
 in the kernels (``K.embedding_backward``) because it is a hot path of every training step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,11 @@ def _check_ids(ids, num_embeddings):
     if ids.dtype.kind not in "iu":
         raise TypeError(
             f"embedding: ids must be an integer array, got dtype {ids.dtype}"
-            + (" (float ids are refused: round them and convert with .astype(np.int64))" if ids.dtype.kind == "f" else "")
+            + (
+                " (float ids are refused: round them and convert with .astype(np.int64))"
+                if ids.dtype.kind == "f"
+                else ""
+            )
         )
     if ids.size == 0:
         return
@@ -49,13 +54,13 @@ class Embedding(Function):
         ids = np.asarray(ids)
         _check_ids(ids, weight.shape[0])
         ctx.ids = ids
-        return np.take(weight, ids, axis=0)               # ids.shape + (C,)
+        return np.take(weight, ids, axis=0)  # ids.shape + (C,)
 
     @staticmethod
     def backward(ctx, g):
         num_embeddings, dim = ctx.input_shapes[1]
-        flat_ids = ctx.ids.reshape(-1).astype(np.int64, copy=False)    # (N,)
-        g2 = g.reshape(-1, dim)                                         # (N, C)
+        flat_ids = ctx.ids.reshape(-1).astype(np.int64, copy=False)  # (N,)
+        g2 = g.reshape(-1, dim)  # (N, C)
         return None, K.embedding_backward(flat_ids, g2, num_embeddings)
 
     @staticmethod

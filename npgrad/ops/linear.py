@@ -4,6 +4,7 @@ x (..., in) is viewed as rows x2 (N, in), N = the product of the leading axes, s
 is one matrix product (N, in) @ (in, out) and the backward is two, never a batched matmul
 with broadcast weight copies.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,28 +34,30 @@ class Linear(Function):
                 f"the input's last axis must equal the weight's first axis ({w.shape[0]})"
             )
         if b is not None and np.shape(b) != (w.shape[1],):
-            raise ValueError(f"linear: bias must have shape ({w.shape[1]},) to match weight {w.shape}, got {np.shape(b)}")
+            raise ValueError(
+                f"linear: bias must have shape ({w.shape[1]},) to match weight {w.shape}, got {np.shape(b)}"
+            )
         in_features, out_features = w.shape
-        x2 = x.reshape(-1, in_features)                  # (N, in): a view when x is contiguous
-        y2 = x2 @ w                                      # (N, out): the one GEMM
+        x2 = x.reshape(-1, in_features)  # (N, in): a view when x is contiguous
+        y2 = x2 @ w  # (N, out): the one GEMM
         if b is not None:
-            y2 += b                                      # in place: no temporary of y's size
+            y2 += b  # in place: no temporary of y's size
         ctx.save_for_backward(x, w, x2)
         return y2.reshape(x.shape[:-1] + (out_features,))
 
     @staticmethod
     def backward(ctx, g):
         x, w, x2 = ctx.saved
-        g2 = g.reshape(-1, w.shape[1])                   # (N, out)
+        g2 = g.reshape(-1, w.shape[1])  # (N, out)
         gx = (g2 @ w.T).reshape(x.shape) if ctx.needs_input_grad[0] else None
         # The same numbers either way, but OpenBLAS is faster when the product's first (M) axis is the
         # longer of in/out: x2^T g2 (in, out) for in >= out, (g2^T x2)^T for in < out (docs/tuning.md).
         if not ctx.needs_input_grad[1]:
             gw = None
         elif w.shape[0] >= w.shape[1]:
-            gw = x2.T @ g2                               # (in, out)
+            gw = x2.T @ g2  # (in, out)
         else:
-            gw = (g2.T @ x2).T                           # (in, out), a transposed view of (out, in)
+            gw = (g2.T @ x2).T  # (in, out), a transposed view of (out, in)
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 

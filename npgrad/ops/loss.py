@@ -1,4 +1,5 @@
 """Cross-entropy: log-softmax + negative log-likelihood fused, with label smoothing and ignore_index."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -37,8 +38,8 @@ class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
         num_classes = logits.shape[-1]
-        logits_rows = logits.reshape(-1, num_classes)                 # (N,V)
-        target_rows = target.reshape(-1)                              # (N,)
+        logits_rows = logits.reshape(-1, num_classes)  # (N,V)
+        target_rows = target.reshape(-1)  # (N,)
         loss, lse = K.cross_entropy_forward(logits_rows, target_rows, ignore_index, label_smoothing)
         num_kept = int(np.count_nonzero(target_rows != ignore_index))
         ctx.save_for_backward(logits, target_rows, lse)
@@ -57,9 +58,10 @@ class CrossEntropy(Function):
     def backward(ctx, g):
         logits, target_rows, lse = ctx.saved
         num_classes = logits.shape[-1]
-        gloss = _row_gradients(ctx, g, target_rows.shape[0])          # (N,)
-        glogits = K.cross_entropy_backward(logits.reshape(-1, num_classes), target_rows, lse, gloss,
-                                           ctx.ignore_index, ctx.label_smoothing)
+        gloss = _row_gradients(ctx, g, target_rows.shape[0])  # (N,)
+        glogits = K.cross_entropy_backward(
+            logits.reshape(-1, num_classes), target_rows, lse, gloss, ctx.ignore_index, ctx.label_smoothing
+        )
         return glogits.reshape(logits.shape), None
 
     @staticmethod
@@ -71,14 +73,14 @@ class CrossEntropy(Function):
         target_rows = target_rows.data
         num_rows, num_classes = target_rows.shape[0], logits.shape[-1]
         eps = ctx.label_smoothing
-        kept = target_rows != ctx.ignore_index                        # (N,) bool
+        kept = target_rows != ctx.ignore_index  # (N,) bool
         smoothed = np.full((num_rows, num_classes), eps / num_classes, dtype=logits.dtype)
         smoothed[np.flatnonzero(kept), target_rows[kept]] += 1.0 - eps
         probs = softmax(logits.reshape((num_rows, num_classes)), axis=-1)
         if ctx.reduction == "none":
             gloss = g.reshape((num_rows,)) * kept.astype(logits.dtype)
         else:
-            weight = kept.astype(logits.dtype)                        # (N,) 1 on counted rows
+            weight = kept.astype(logits.dtype)  # (N,) 1 on counted rows
             if ctx.reduction == "mean":
                 weight = weight / max(ctx.num_kept, 1)
             gloss = g * weight
@@ -97,8 +99,13 @@ def _row_gradients(ctx, g, num_rows):
     return np.full(num_rows, g, dtype=g.dtype)
 
 
-def cross_entropy(logits: TensorLike, target: TensorLike, ignore_index: int = -100, label_smoothing: float = 0.0,
-                  reduction: Literal["mean", "sum", "none"] = "mean") -> TensorResult:
+def cross_entropy(
+    logits: TensorLike,
+    target: TensorLike,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> TensorResult:
     """Cross-entropy between ``logits`` (..., V) and integer class ``target`` (...), as PyTorch.
 
     The class axis is the LAST axis of ``logits`` (PyTorch puts it second; for 2-D inputs they
@@ -117,12 +124,15 @@ def cross_entropy(logits: TensorLike, target: TensorLike, ignore_index: int = -1
     ignore_index = check_int(ignore_index, "ignore_index", "cross_entropy")
     target = _check_target(logits_data, target, ignore_index)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"cross_entropy: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+        raise ValueError(
+            f"cross_entropy: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}"
+        )
     label_smoothing = check_number(label_smoothing, "label_smoothing", "cross_entropy", 0.0, 1.0, high_open=False)
     if not isinstance(logits, TensorBase):
         logits = logits_data
-    return CrossEntropy.apply(logits, target, ignore_index=ignore_index,
-                              label_smoothing=label_smoothing, reduction=reduction)
+    return CrossEntropy.apply(
+        logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction
+    )
 
 
 def _check_target(logits, target, ignore_index):

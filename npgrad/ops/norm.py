@@ -1,4 +1,5 @@
 """Layer norm and residual-add + layer norm, over the last axis."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,18 +30,23 @@ def _check_affine(op, name, p, num_features, dtype):
         return None
     p = as_float_array(op, p, name)
     if p.shape != (num_features,):
-        raise ValueError(f"{op}: {name} has shape {p.shape} but the input's last axis has {num_features} "
-                         f"features: expected shape ({num_features},)")
+        raise ValueError(
+            f"{op}: {name} has shape {p.shape} but the input's last axis has {num_features} "
+            f"features: expected shape ({num_features},)"
+        )
     return p.astype(dtype, copy=False)
 
 
 class LayerNorm(Function):
-    __doc__ = r"""y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
+    __doc__ = (
+        r"""y = (x - mean) / sqrt(var + eps) * w + b over the last axis (biased variance).
 
     weight w and bias b have shape (C,) or are None (then 1 and 0, with no gradient).
     backward runs the fused kernel K.layer_norm_backward on the saved mean and rstd;
     differentiable_backward is the same VJP in Tensor ops with mean and rstd recomputed in the graph.
-    """ + _DERIVATION
+    """
+        + _DERIVATION
+    )
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
@@ -63,8 +69,9 @@ class LayerNorm(Function):
     def backward(ctx, g):
         x, w, mean, rstd = ctx.saved
         num_features = x.shape[-1]
-        gx, gw, gb = K.layer_norm_backward(g.reshape(-1, num_features), x.reshape(-1, num_features),
-                                           w.astype(x.dtype, copy=False), mean, rstd)
+        gx, gw, gb = K.layer_norm_backward(
+            g.reshape(-1, num_features), x.reshape(-1, num_features), w.astype(x.dtype, copy=False), mean, rstd
+        )
         return gx.reshape(x.shape), gw, gb
 
     @staticmethod
@@ -74,14 +81,17 @@ class LayerNorm(Function):
 
 
 class AddLayerNorm(Function):
-    __doc__ = r"""y = layer_norm(x + residual) over the last axis: the residual connection and the norm fused.
+    __doc__ = (
+        r"""y = layer_norm(x + residual) over the last axis: the residual connection and the norm fused.
 
     With s = x + residual (broadcasting), ds/dx = ds/dresidual = identity, so
     dL/dx = dL/dresidual = dL/ds, which is layer norm's input gradient at s (below, with x -> s).
     The sum s is not kept: x and residual are (they are usually alive anyway, and keeping them
     lets differentiable_backward see both in the graph); the backward recomputes s = x + residual.
     backward runs the fused kernel, differentiable_backward the Tensor-op VJP (as LayerNorm).
-    """ + _DERIVATION
+    """
+        + _DERIVATION
+    )
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps=1e-5):
@@ -104,11 +114,12 @@ class AddLayerNorm(Function):
     def backward(ctx, g):
         x, residual, w, mean, rstd = ctx.saved
         num_features = ctx.shape[-1]
-        s = np.add(x, residual)                                        # (..., C) recomputed residual sum
-        gs, gw, gb = K.layer_norm_backward(g.reshape(-1, num_features), s.reshape(-1, num_features),
-                                           w.astype(s.dtype, copy=False), mean, rstd)
+        s = np.add(x, residual)  # (..., C) recomputed residual sum
+        gs, gw, gb = K.layer_norm_backward(
+            g.reshape(-1, num_features), s.reshape(-1, num_features), w.astype(s.dtype, copy=False), mean, rstd
+        )
         gs = gs.reshape(ctx.shape)
-        return gs, gs, gw, gb                                          # dL/dx = dL/dresidual = dL/ds
+        return gs, gs, gw, gb  # dL/dx = dL/dresidual = dL/ds
 
     @staticmethod
     def differentiable_backward(ctx, g):
@@ -121,8 +132,9 @@ def _sum_shape(x, residual):
     try:
         shape = np.broadcast_shapes(x.shape, residual.shape)
     except ValueError:
-        raise ValueError(f"add_layer_norm: x of shape {x.shape} and residual of shape {residual.shape} "
-                         "do not broadcast") from None
+        raise ValueError(
+            f"add_layer_norm: x of shape {x.shape} and residual of shape {residual.shape} do not broadcast"
+        ) from None
     if len(shape) == 0:
         raise ValueError("add_layer_norm: inputs must have at least one axis (the features), got scalars")
     return shape
@@ -150,15 +162,16 @@ def _layer_norm_vjp_tensors(x, w, g, eps):
     centred = x - mean
     rstd = ((centred * centred).mean(axis=-1, keepdims=True) + eps) ** -0.5
     xhat = centred * rstd
-    h = g * w                                                         # dL/dxhat
+    h = g * w  # dL/dxhat
     gx = rstd * (h - h.mean(axis=-1, keepdims=True) - xhat * (h * xhat).mean(axis=-1, keepdims=True))
     gw = (g * xhat).sum(axis=lead_axes) if lead_axes else g * xhat
     gb = g.sum(axis=lead_axes) if lead_axes else g
     return gx, gw, gb
 
 
-def layer_norm(x: TensorLike, weight: TensorLike | None = None, bias: TensorLike | None = None,
-               eps: float = 1e-5) -> TensorResult:
+def layer_norm(
+    x: TensorLike, weight: TensorLike | None = None, bias: TensorLike | None = None, eps: float = 1e-5
+) -> TensorResult:
     """Layer norm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias (biased variance).
 
     ``weight`` and ``bias`` have shape (C,) or are None. Mean and variance are computed in two
@@ -167,7 +180,12 @@ def layer_norm(x: TensorLike, weight: TensorLike | None = None, bias: TensorLike
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
-def add_layer_norm(x: TensorLike, residual: TensorLike, weight: TensorLike | None = None,
-                   bias: TensorLike | None = None, eps: float = 1e-5) -> TensorResult:
+def add_layer_norm(
+    x: TensorLike,
+    residual: TensorLike,
+    weight: TensorLike | None = None,
+    bias: TensorLike | None = None,
+    eps: float = 1e-5,
+) -> TensorResult:
     """layer_norm(x + residual, weight, bias, eps) as one fused op (a post-LN residual connection)."""
     return AddLayerNorm.apply(x, residual, weight, bias, eps=eps)

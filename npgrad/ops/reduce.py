@@ -7,6 +7,7 @@ to the maximal element(s). Backward therefore first re-inserts the reduced axes 
 copy of the input's size is made until a consumer actually combines it with something.
 Each backward is written once, for arrays and (``create_graph=True``) Tensors alike.
 """
+
 import numpy as np
 
 from .._checks import check_axis, is_int
@@ -123,13 +124,12 @@ class Max(Function):
     def backward(ctx, g):
         x, out_kept = ctx.saved
         if isinstance(x, TensorBase):  # create_graph: the tie weights are piecewise constant in x,
-            x, out_kept = x.data, out_kept.data   # so they are data (derivative 0 almost everywhere)
+            x, out_kept = x.data, out_kept.data  # so they are data (derivative 0 almost everywhere)
         hit = x == out_kept
         if np.isnan(out_kept).any():  # NaN never equals itself: route the gradient to the NaNs
             hit |= np.isnan(x) & np.isnan(out_kept)
         count = hit.sum(axis=ctx.axes, keepdims=True).astype(x.dtype if x.dtype.kind == "f" else np.float64)
-        share = _expand(g, ctx.input_shapes[0], ctx.axes) / count    # keepdims shape, small
-        return select(hit, share, 0)                                 # one pass over x's shape
+        share = _expand(g, ctx.input_shapes[0], ctx.axes) / count  # keepdims shape, small
+        return select(hit, share, 0)  # one pass over x's shape
 
     differentiable_backward = backward_on_tensors
-

@@ -7,6 +7,7 @@ positions, split a concatenation. Each backward is written once, for arrays and 
 primitives, which makes them differentiable again. Where NumPy spells a movement differently
 (``np.where``, the scatter), a small helper picks the array function or the primitive.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ def _data(x):
 
 
 # ---------------------------------------------------------------------------------- reshape
+
 
 def _shape_arg(op, shape):
     """Accept reshape((2, 3)), reshape(2, 3) and reshape([2, 3])."""
@@ -89,6 +91,7 @@ def broadcast_to(x: TensorLike, shape: Sequence[int]) -> TensorResult:
 
 # ---------------------------------------------------------------------------------- transpose
 
+
 def _axes_arg(ndim, axes):
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
@@ -113,7 +116,7 @@ class Transpose(Function):
 
     @staticmethod
     def backward(ctx, g):
-        inverse = tuple(sorted(range(len(ctx.axes)), key=ctx.axes.__getitem__))   # argsort of axes
+        inverse = tuple(sorted(range(len(ctx.axes)), key=ctx.axes.__getitem__))  # argsort of axes
         return g.transpose(inverse)
 
     differentiable_backward = backward_on_tensors
@@ -148,6 +151,7 @@ def swapaxes(x: TensorLike, axis1: int, axis2: int) -> TensorResult:
 
 # ---------------------------------------------------------------------------------- indexing
 
+
 def _normalize_key(key):
     """Unwrap Tensors in an index, turn lists into arrays; a tuple always comes back."""
     if not isinstance(key, tuple):
@@ -158,9 +162,7 @@ def _normalize_key(key):
         if isinstance(k, list):
             k = np.asarray(k)
         if isinstance(k, np.ndarray) and k.dtype.kind not in "biu":
-            raise IndexError(
-                f"index: arrays used as indices must be integer or boolean, got dtype {k.dtype}"
-            )
+            raise IndexError(f"index: arrays used as indices must be integer or boolean, got dtype {k.dtype}")
         out.append(k)
     return tuple(out)
 
@@ -168,8 +170,7 @@ def _normalize_key(key):
 def _is_basic(key):
     """Basic indexing (ints, slices, None, Ellipsis) selects each element at most once."""
     return all(
-        k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) and not isinstance(k, bool)
-        for k in key
+        k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) and not isinstance(k, bool) for k in key
     )
 
 
@@ -178,8 +179,10 @@ def _selects_once(key):
     if _is_basic(key):
         return True
     arrays = [k for k in key if isinstance(k, np.ndarray)]
-    return len(arrays) == 1 and arrays[0].dtype == bool and all(
-        k is Ellipsis or k is None or isinstance(k, slice) or isinstance(k, np.ndarray) for k in key
+    return (
+        len(arrays) == 1
+        and arrays[0].dtype == bool
+        and all(k is Ellipsis or k is None or isinstance(k, slice) or isinstance(k, np.ndarray) for k in key)
     )
 
 
@@ -187,9 +190,9 @@ def _scatter(g, key, shape, dtype):
     """The adjoint of x[key]: a zero array of x's shape with g added at the indexed positions."""
     gx = np.zeros(shape, dtype=dtype)
     if _selects_once(key):
-        gx[key] = g                    # no position repeats: plain assignment
+        gx[key] = g  # no position repeats: plain assignment
     else:
-        np.add.at(gx, key, g)          # integer arrays may repeat a position: accumulate
+        np.add.at(gx, key, g)  # integer arrays may repeat a position: accumulate
     return gx
 
 
@@ -210,7 +213,7 @@ class Index(Function):
 
     @staticmethod
     def backward(ctx, g):
-        if isinstance(g, TensorBase):       # create_graph: the scatter as a primitive
+        if isinstance(g, TensorBase):  # create_graph: the scatter as a primitive
             return IndexScatter.apply(g, key=ctx.key, shape=ctx.input_shapes[0])
         return _scatter(g, ctx.key, ctx.input_shapes[0], ctx.input_dtypes[0])
 
@@ -251,6 +254,7 @@ def getitem(x: TensorLike, key: Any) -> TensorResult:
 
 
 # ---------------------------------------------------------------------------------- concatenate / stack
+
 
 def _check_tensors(op, tensors):
     if isinstance(tensors, (np.ndarray, TensorBase)):
@@ -325,6 +329,7 @@ def stack(tensors: Sequence[TensorLike], axis: int = 0) -> TensorResult:
 
 
 # ---------------------------------------------------------------------------------- where / masked_fill
+
 
 def _as_bool_mask(op, name, mask):
     mask = _data(mask)

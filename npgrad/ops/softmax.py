@@ -3,6 +3,7 @@
 The kernels work on rows: the op moves ``axis`` last and flattens the other axes into N rows,
 calls the kernel on (N, V), and moves the result back (a view when ``axis`` is the last one).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def to_rows(x, axis):
 
 def from_rows(rows, shape, axis):
     """Inverse of :func:`to_rows` for an input of ``shape``: (N, V) -> shape (a view)."""
-    moved_shape = shape[:axis] + shape[axis + 1:] + (shape[axis],)
+    moved_shape = shape[:axis] + shape[axis + 1 :] + (shape[axis],)
     return np.moveaxis(rows.reshape(moved_shape), -1, axis)
 
 
@@ -59,7 +60,7 @@ class Softmax(Function):
 
     @staticmethod
     def differentiable_backward(ctx, g):
-        (y,) = ctx.saved_tensors      # y is this node's output, so d(g_x)/dx flows through y
+        (y,) = ctx.saved_tensors  # y is this node's output, so d(g_x)/dx flows through y
         return y * (g - (g * y).sum(axis=ctx.axis, keepdims=True))
 
 

@@ -25,6 +25,7 @@ thresholds live in npgrad/kernels/tuning.py, the measurements behind the design 
 Shapes: N rows, V classes (row length), C features, B batch (every leading axis flattened,
 batch * heads for attention), Lq queries, Lk keys, D head size (Dv for values).
 """
+
 from . import _jit  # noqa: F401  (first: registers the kernels' cache locator before any kernel is compiled)
 from ._parallel import get_num_threads, set_num_threads
 from .attention import attention_backward, attention_forward
@@ -35,9 +36,20 @@ from .layer_norm import add_layer_norm_forward, layer_norm_backward, layer_norm_
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 
 __all__ = [
-    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
-    "layer_norm_forward", "layer_norm_backward", "add_layer_norm_forward",
-    "attention_forward", "attention_backward", "embedding_backward", "gelu_forward", "gelu_backward",
-    "set_num_threads", "get_num_threads",
+    "softmax_forward",
+    "softmax_backward",
+    "log_softmax_forward",
+    "log_softmax_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "add_layer_norm_forward",
+    "attention_forward",
+    "attention_backward",
+    "embedding_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "set_num_threads",
+    "get_num_threads",
 ]

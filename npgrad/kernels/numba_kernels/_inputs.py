@@ -4,6 +4,7 @@ A wrapper checks the dtype (float32 or float64; the output keeps it) and copies 
 mixed-dtype input to one C-contiguous array of that dtype, so each jitted kernel is compiled for at
 most two signatures (float32 and float64, C layout) and never reads strides it did not expect.
 """
+
 import numpy as np
 
 

@@ -8,15 +8,17 @@ own float32 exp: 2.4 ulp) and 1.7 ulp in float64, measured against a long-double
 range. ``_fmax`` is LLVM's ``maxnum``, which the loop vectoriser turns into a SIMD max reduction
 (Python's ``max`` or ``a if a > b else b`` stay scalar). Timings: docs/tuning.md.
 """
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .. import reference as _REF   # shared constants (erf coefficients), one home
+from .. import reference as _REF  # shared constants (erf coefficients), one home
 from ._jit import _EXP_FLAGS, _FAST
 
 # ------------------------------------------------------------------------ LLVM intrinsics
+
 
 @intrinsic
 def _fmax(typingctx, a, b):
@@ -69,8 +71,8 @@ def _times_two_factors(p, scale_a, scale_b):
     return (p * scale_a) * scale_b
 
 
-
 # -------------------------------------------------------------------------------- exp
+
 
 @njit(fastmath=_EXP_FLAGS)
 def _exp_float32(x):
@@ -122,10 +124,11 @@ def _exp_float64(x):
     r = r - n * 1.42860682030941723212e-6
     rr = r * r
     px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1)
-    qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
-          + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0
+    qx = (
+        (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1
+    ) * rr + 2.00000000000000000009e0
     p = 1.0 + 2.0 * (px / (qx - px))
-    ni = np.int32(n)                      # |n| <= 1077: int32 conversions vectorise, int64 ones do not here
+    ni = np.int32(n)  # |n| <= 1077: int32 conversions vectorise, int64 ones do not here
     half = np.int32(ni >> np.int32(1))
     scale_a = _int64_bits_as_float64(np.int64(np.int64(half + np.int32(1023)) << np.int64(52)))
     scale_b = _int64_bits_as_float64(np.int64(np.int64(ni - half + np.int32(1023)) << np.int64(52)))
@@ -151,7 +154,6 @@ def _exp_overload(x):
     return None
 
 
-
 # ------------------------------------------------------------------ erf and the normal CDF
 #
 # float32: the reference's rational erf (Eigen's/XLA's minimax fit on [-4, 4]), the same
@@ -167,7 +169,7 @@ _ERF_JIT = dict(fastmath=_EXP_FLAGS, error_model="numpy")
 def _erf_float32(z):
     """erf(z), float32: x P(x^2) / Q(x^2) on x = z clipped to [-4, 4] (reference._erf_float32)."""
     a, b = _REF._ERF32_ALPHA, _REF._ERF32_BETA
-    x = min(max(z, np.float32(-4.0)), np.float32(4.0))     # NaN stays NaN
+    x = min(max(z, np.float32(-4.0)), np.float32(4.0))  # NaN stays NaN
     xx = x * x
     num = np.float32(a[6]) * xx
     num = (num + np.float32(a[5])) * xx
@@ -223,9 +225,9 @@ def _erfc_float64(z):
         r = (_REF._INV_SQRT_PI - r) / y
         r = _exp_minus_square_float64(y) * r
     elif y == y:
-        r = 0.0                                              # also y = inf
+        r = 0.0  # also y = inf
     else:
-        return z                                             # NaN
+        return z  # NaN
     return 2.0 - r if z < 0.0 else r
 
 

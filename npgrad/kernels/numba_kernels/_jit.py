@@ -10,6 +10,7 @@ kernel compiled with an older ``_exp`` from _intrinsics.py would be loaded again
 ``_PackageSourceLocator`` makes the kernels of this package go stale together: their cache stamp is a
 hash of every module here and of reference.py (whose erf constants the GELU kernels compile in).
 """
+
 import functools
 import hashlib
 import os
@@ -77,7 +78,7 @@ class _PackageSourceLocator:
     @classmethod
     def from_function(cls, py_func, py_file):
         if os.path.dirname(os.path.abspath(py_file)) != _PACKAGE_DIR or not os.path.isfile(py_file):
-            return None                         # not ours, or not a plain file (a zip): Numba's locators decide
+            return None  # not ours, or not a plain file (a zip): Numba's locators decide
         for locator_class in _locator_classes:
             if locator_class is not cls:
                 inner = locator_class.from_function(py_func, py_file)

@@ -8,6 +8,7 @@ which compiled several times slower, launched threads even for a 5-row softmax, 
 OpenMP layer is not fork-safe (docs/tuning.md). ``set_num_threads(n)`` changes the count (default:
 the CPUs this process may use, capped by ``NUMBA_NUM_THREADS``).
 """
+
 import concurrent.futures
 import os
 import threading

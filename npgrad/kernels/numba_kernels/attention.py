@@ -6,6 +6,7 @@ for them (docs/tuning.md). Everything between the products (scale, mask, masked 
 backward) is one fused Numba pass over the (B,Lq,Lk) scores, in place: NumPy needs about ten passes
 (and temporaries) for the same work.
 """
+
 import numpy as np
 from numba import njit
 
@@ -49,7 +50,7 @@ def _attention_softmax_kernel(scores, mask, has_mask, is_causal, scale, start, s
                 continue
             total = T(0.0)
             for j in range(num_keys):
-                p = _exp(row[j] - row_max)           # exp(-inf) = 0 for disallowed keys
+                p = _exp(row[j] - row_max)  # exp(-inf) = 0 for disallowed keys
                 row[j] = p
                 total += p
             inv_total = T(1.0) / total
@@ -65,7 +66,7 @@ def _prep_mask(mask, shape):
         raise TypeError(f"attention_forward: mask must be boolean (True = may attend), got {mask.dtype}")
     if mask.shape != shape:
         raise ValueError(f"attention_forward: mask must have shape {shape} (B,Lq,Lk), got {mask.shape}")
-    if num_batch > 1 and mask.strides[0] == 0:   # np.broadcast_to over the batch: keep one copy
+    if num_batch > 1 and mask.strides[0] == 0:  # np.broadcast_to over the batch: keep one copy
         mask = mask[:1]
     return _prep(mask, np.bool_)
 
@@ -89,20 +90,26 @@ def attention_forward(q, k, v, mask, is_causal, scale):
     num_batch, num_queries, _ = q.shape
     num_keys = k.shape[1]
     if mask is None:
-        mask_array = np.ones((1, 1, 1), dtype=np.bool_)   # unused; keeps a single kernel signature
+        mask_array = np.ones((1, 1, 1), dtype=np.bool_)  # unused; keeps a single kernel signature
     else:
         mask_array = _prep_mask(mask, (num_batch, num_queries, num_keys))
     # q k^T against a C-ordered copy of k^T where BLAS runs faster on it than on k's transposed view:
     # many queries, small heads (see tuning.py).
     head_size = q.shape[2]
     k_t = k.swapaxes(-1, -2)
-    if (num_queries >= tuning.ATTENTION_KT_COPY_MIN_QUERIES
-            and head_size <= tuning.ATTENTION_KT_COPY_MAX_HEAD_SIZE):
+    if num_queries >= tuning.ATTENTION_KT_COPY_MIN_QUERIES and head_size <= tuning.ATTENTION_KT_COPY_MAX_HEAD_SIZE:
         k_t = np.ascontiguousarray(k_t)
-    probs = np.matmul(q, k_t)                              # (B,Lq,Lk) scores, BLAS
-    _run(_attention_softmax_kernel, _chunks(num_batch, num_queries * num_keys), probs, mask_array,
-         mask is not None, bool(is_causal), dtype.type(scale))
-    out = np.matmul(probs, v)                              # (B,Lq,Dv)
+    probs = np.matmul(q, k_t)  # (B,Lq,Lk) scores, BLAS
+    _run(
+        _attention_softmax_kernel,
+        _chunks(num_batch, num_queries * num_keys),
+        probs,
+        mask_array,
+        mask is not None,
+        bool(is_causal),
+        dtype.type(scale),
+    )
+    out = np.matmul(probs, v)  # (B,Lq,Dv)
     return out, probs
 
 
@@ -131,10 +138,15 @@ def attention_backward(q, k, v, probs, gout, scale):
     q, k, v = _prep(q, dtype), _prep(k, dtype), _prep(v, dtype)
     probs, gout = _prep(probs, dtype), _prep(gout, dtype)
     num_batch, num_queries, num_keys = probs.shape
-    gv = np.matmul(probs.swapaxes(-1, -2), gout)           # (B,Lk,Dv)
-    dscores = np.matmul(gout, v.swapaxes(-1, -2))          # (B,Lq,Lk) dP, becomes scale * dS
-    _run(_attention_softmax_backward_kernel, _chunks(num_batch, num_queries * num_keys), dscores, probs,
-         dtype.type(scale))
-    gq = np.matmul(dscores, k)                             # (B,Lq,D)
-    gk = np.matmul(dscores.swapaxes(-1, -2), q)            # (B,Lk,D)
+    gv = np.matmul(probs.swapaxes(-1, -2), gout)  # (B,Lk,Dv)
+    dscores = np.matmul(gout, v.swapaxes(-1, -2))  # (B,Lq,Lk) dP, becomes scale * dS
+    _run(
+        _attention_softmax_backward_kernel,
+        _chunks(num_batch, num_queries * num_keys),
+        dscores,
+        probs,
+        dtype.type(scale),
+    )
+    gq = np.matmul(dscores, k)  # (B,Lq,D)
+    gk = np.matmul(dscores.swapaxes(-1, -2), q)  # (B,Lk,D)
     return gq, gk, gv

@@ -4,6 +4,7 @@ NumPy twins: reference.cross_entropy_forward, cross_entropy_backward (npgrad/ker
 section "cross-entropy"). The forward reads each row of logits from memory once; the backward writes
 the gradient without materialising a one-hot or the softmax.
 """
+
 import numpy as np
 from numba import njit
 
@@ -56,8 +57,16 @@ def cross_entropy_forward(logits, target, ignore_index, label_smoothing):
     num_rows = logits.shape[0]
     loss = np.empty(num_rows, dtype=dtype)
     lse = np.empty(num_rows, dtype=dtype)
-    _run(_cross_entropy_forward_kernel, _chunks(*logits.shape), logits, target, np.int64(ignore_index),
-         dtype.type(label_smoothing), loss, lse)
+    _run(
+        _cross_entropy_forward_kernel,
+        _chunks(*logits.shape),
+        logits,
+        target,
+        np.int64(ignore_index),
+        dtype.type(label_smoothing),
+        loss,
+        lse,
+    )
     return loss, lse
 
 
@@ -94,6 +103,15 @@ def cross_entropy_backward(logits, target, lse, gloss, ignore_index, label_smoot
     target = _prep(target, np.int64)
     lse, gloss = _prep(lse, dtype), _prep(gloss, dtype)
     glogits = np.empty_like(logits)
-    _run(_cross_entropy_backward_kernel, _chunks(*logits.shape), logits, target, lse, gloss,
-         np.int64(ignore_index), dtype.type(label_smoothing), glogits)
+    _run(
+        _cross_entropy_backward_kernel,
+        _chunks(*logits.shape),
+        logits,
+        target,
+        lse,
+        gloss,
+        np.int64(ignore_index),
+        dtype.type(label_smoothing),
+        glogits,
+    )
     return glogits

@@ -2,6 +2,7 @@
 
 NumPy twin: reference.embedding_backward (npgrad/kernels/reference.py, section "embedding").
 """
+
 import numpy as np
 from numba import njit
 
@@ -36,9 +37,11 @@ def embedding_backward(ids, gy, num_embeddings):
         raise ValueError(f"embedding_backward: {ids.shape[0]} ids but gy has {gy.shape[0]} rows")
     num_features = gy.shape[1]
     gw = np.zeros((int(num_embeddings), num_features), dtype=dtype)
-    per_line = tuning.CACHE_LINE_BYTES // gy.itemsize       # elements in a cache line
+    per_line = tuning.CACHE_LINE_BYTES // gy.itemsize  # elements in a cache line
     lines = -(-num_features // per_line)
-    chunks = [(min(num_features, a * per_line), min(num_features, b * per_line))
-              for a, b in _chunks(lines, per_line * ids.shape[0])]
+    chunks = [
+        (min(num_features, a * per_line), min(num_features, b * per_line))
+        for a, b in _chunks(lines, per_line * ids.shape[0])
+    ]
     _run(_embedding_backward_kernel, chunks, ids, gy, gw)
     return gw

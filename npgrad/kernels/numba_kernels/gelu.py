@@ -10,10 +10,11 @@ tanh: 1 + tanh(u) = 2 / (1 + exp(-2u)), so y = x / (1 + exp(-2u)) with the vecto
 np.tanh is a scalar libm call here), which is also free of the reference's cancellation in
 1 + tanh(u) for x < 0.
 """
+
 import numpy as np
 from numba import njit
 
-from .. import reference as _REF   # the tanh GELU's constants, one home
+from .. import reference as _REF  # the tanh GELU's constants, one home
 from ._inputs import _check_same_shape, _float_dtype, _prep
 from ._intrinsics import _exp, _normal_cdf
 from ._jit import _JIT
@@ -56,7 +57,7 @@ def _gelu_tanh_forward_kernel(x, y, start, stop):
     xs, ys = x[start:stop], y[start:stop]
     for i in range(xs.shape[0]):
         v = xs[i]
-        e = _exp(-two_k * (v + c * (v * v * v)))             # exp(-2u); inf for very negative x: y = -0
+        e = _exp(-two_k * (v + c * (v * v * v)))  # exp(-2u); inf for very negative x: y = -0
         ys[i] = v / (one + e)
 
 
@@ -98,7 +99,7 @@ def gelu_forward(x, approximate):
     forward_kernel, _ = _gelu_kernels("gelu_forward", approximate)
     dtype = _float_dtype("gelu_forward", x)
     shape = np.shape(x)
-    x = _prep(x, dtype)                             # (n,) for a 0-d x: reshaped back below
+    x = _prep(x, dtype)  # (n,) for a 0-d x: reshaped back below
     y = np.empty_like(x)
     _run(forward_kernel, _chunks(x.size, 1), x.reshape(-1), y.reshape(-1))
     return y.reshape(shape)

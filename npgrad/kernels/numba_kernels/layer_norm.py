@@ -5,6 +5,7 @@ NumPy twins: reference.layer_norm_forward, add_layer_norm_forward, layer_norm_ba
 and y in the same pass; the backward sums gw and gb per thread chunk, so no two threads write the
 same memory.
 """
+
 import numpy as np
 from numba import njit
 
@@ -59,7 +60,7 @@ def _layer_norm_forward(op, x, r, w, b, eps):
     mean = np.empty(num_rows, dtype=dtype)
     rstd = np.empty(num_rows, dtype=dtype)
     if r is None:
-        r = s = x                                   # unused (has_residual False); one kernel signature
+        r = s = x  # unused (has_residual False); one kernel signature
     else:
         _check_same_shape(op, x=x, r=r)
         r = _prep(r, dtype)
@@ -127,7 +128,7 @@ def layer_norm_backward(gy, x, w, mean, rstd):
     mean, rstd = _prep(mean, dtype), _prep(rstd, dtype)
     chunks = _chunks(*x.shape)
     gx = np.empty_like(x)
-    gw_parts = np.empty((len(chunks), x.shape[1]), dtype=dtype)   # (chunks, C)
+    gw_parts = np.empty((len(chunks), x.shape[1]), dtype=dtype)  # (chunks, C)
     gb_parts = np.empty((len(chunks), x.shape[1]), dtype=dtype)
     args = (gy, x, w, mean, rstd, gx, gw_parts, gb_parts)
     _run(_layer_norm_backward_chunk, [(part, start, stop) for part, (start, stop) in enumerate(chunks)], args)

@@ -5,6 +5,7 @@ NumPy twins: reference.softmax_forward, softmax_backward, log_softmax_forward, l
 pass over it (max, exp-sum, normalise) runs in the L1/L2 cache; NumPy makes a full pass over the
 whole array for every elementary operation.
 """
+
 import numpy as np
 from numba import njit
 
