@@ -3,13 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test install demo bench clean
+.PHONY: test lint format install demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "npgrad needs Python 3.11+, but $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -17,6 +17,17 @@ install: $(STAMP)
 # The whole test suite (both kernel backends), a few minutes on 2 cores.
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# Lint (ruff), the format check (ruff format) and the type check (mypy) of the public modules.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# Rewrite the code in the project's format (what `make lint` checks).
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 # The main job in a few minutes: Multi30k de->en read from $$TRANSFORMER_DATA or the download cache (downloaded
 # once when missing), the tiny config trained for DEMO_MINUTES, sacreBLEU on the test set, a few sentences
