@@ -141,10 +141,10 @@ def _sum_shape(x, residual):
 
 
 def _check_eps(op, eps):
-    """eps is added to a variance under a square root: a finite number >= 0 (negative, the root of a negative number).
-    eps = 0 is allowed, as in PyTorch: a constant row (var = 0) then gives NaN, on both backends alike."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not 0 <= eps < np.inf:
-        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
+    """eps keeps 1 / sqrt(var + eps) finite for a constant row (var = 0): a finite number > 0, as nn.LayerNorm requires
+    (0 gave NaN on one backend and ZeroDivisionError on the other; a negative eps, the root of a negative number)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not 0 < eps < np.inf:
+        raise ValueError(f"{op}: eps must be a finite number > 0, got {eps!r}")
 
 
 def _rows(a, shape):

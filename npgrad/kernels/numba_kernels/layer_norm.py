@@ -14,9 +14,7 @@ from ._jit import _FAST, _JIT
 from ._parallel import _chunks, _run
 
 
-# error_model="numpy": with eps = 0 a constant row divides by zero; that must give inf/NaN as in the NumPy twin,
-# not Python's ZeroDivisionError.
-@njit(fastmath=_FAST, error_model="numpy")
+@njit(fastmath=_FAST)
 def _layer_norm_row(xrow, w, b, eps, yrow):
     """Normalise one row into yrow; returns (mean, rstd). Two-pass (centred) variance, biased."""
     T = xrow.dtype.type
