@@ -24,8 +24,8 @@ def _module_name(path):
     return ".".join(parts)
 
 
-def _modules():
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+def _modules(package=PACKAGE):
+    return {_module_name(p): p for p in sorted(package.rglob("*.py"))}
 
 
 def _resolve(importer, is_package, node, known):
@@ -61,8 +61,8 @@ def _type_checking_only(tree):
     return skipped
 
 
-def _import_graph():
-    modules = _modules()
+def _import_graph(package=PACKAGE):
+    modules = _modules(package)
     graph = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
@@ -162,3 +162,56 @@ def test_tensor_methods_are_in_the_class_body():
     ):
         assert name in vars(ng.Tensor), f"Tensor.{name} is not defined in the class body"
         assert vars(ng.Tensor)[name].__doc__, f"Tensor.{name} has no docstring"
+
+
+# ---------------------------------------------------------------------------------------------- transformer
+# The house reads top to bottom: cli -> train/tasks -> model -> layers -> attention -> (data, positional) and the
+# leaves (config, files, jsonstate, console); npgrad never imports transformer.
+TRANSFORMER = ROOT / "transformer"
+LOWER_THAN = {
+    "transformer.train": {"transformer.cli"},
+    "transformer.tasks": {"transformer.cli", "transformer.train"},
+    "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks"},
+    "transformer.layers": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
+    "transformer.attention": {
+        "transformer.cli",
+        "transformer.train",
+        "transformer.tasks",
+        "transformer.model",
+        "transformer.layers",
+    },
+}
+LEAVES = (
+    "transformer.data",
+    "transformer.positional",
+    "transformer.config",
+    "transformer.files",
+    "transformer.jsonstate",
+    "transformer.console",
+)
+
+
+def test_transformer_imports_have_no_cycle():
+    cycle = _find_cycle(_import_graph(TRANSFORMER))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_transformer_layers_import_only_downwards():
+    graph = _import_graph(TRANSFORMER)
+    for name, above in LOWER_THAN.items():
+        assert not graph[name] & above, f"{name} imports {sorted(graph[name] & above)}"
+    for leaf in LEAVES:
+        assert graph[leaf] <= {"transformer.data"}, f"{leaf} imports {sorted(graph[leaf])}"
+
+
+def test_npgrad_never_imports_transformer():
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            modules = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            assert not any(m.split(".")[0] in ("transformer", "benchmarks") for m in modules), name
