@@ -78,6 +78,15 @@ def _write_safetensors(path, tensors, kind):
     fsync_path(path)
 
 
+def _looks_like_safetensors(data):
+    """An 8-byte little-endian header length that fits the file, then a JSON object: what safetensors writes. (Its
+    first byte can be 0x80, a pickle's first byte too: a header of 384 + 256 k bytes.)"""
+    if len(data) < 9:
+        return False
+    header_length = int.from_bytes(data[:8], "little")
+    return 8 + header_length <= len(data) and data[8:9] == b"{"
+
+
 def _sniff_foreign(data):
     """What a non-safetensors file looks like (for the error message), or None."""
     if len(data) >= 2 and data[0] == 0x80 and 1 <= data[1] <= 5:
@@ -102,7 +111,7 @@ def _read_safetensors(path, expected=None, order=None):
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
     data = path.read_bytes()
-    foreign = _sniff_foreign(data)
+    foreign = None if _looks_like_safetensors(data) else _sniff_foreign(data)
     if foreign:
         raise CheckpointError(f"{path}: not a safetensors file: it is {foreign}")
     if expected is not None:
@@ -355,6 +364,22 @@ def read_manifest_fields(directory: str | os.PathLike) -> dict:
         "files": manifest["files"],
         "extra_files": list(manifest.get("extra_files") or []),
     }
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run directory (its best checkpoint by the run's validation metric, else its
+    last): what ``--checkpoint`` and ``--init-from`` accept."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    infos = CheckpointManager(root).checkpoints()
+    if not infos:
+        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
+    # BLEU (higher is better) for translation, loss (lower) for a language model.
+    language_model = "vocab_size" in read_manifest_fields(infos[-1].path)["config"]
+    best = CheckpointManager(root, mode="min" if language_model else "max").best()
+    return best if best is not None else infos[-1].path
 
 
 def checkpoint_area(path: str | os.PathLike) -> Path | None:

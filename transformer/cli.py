@@ -54,33 +54,16 @@ def _absolute_paths(config):
     return config
 
 
-def _resolve_checkpoint(path):
-    """A checkpoint directory, or a run directory (its best checkpoint, else its last)."""
-    from .checkpoint import MANIFEST, CheckpointManager
-
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    infos = CheckpointManager(root).checkpoints()
-    if not infos:
-        raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
-    # The best by the run's validation metric: BLEU (higher is better) for translation, loss for a language model.
-    language_model = "vocab_size" in json.loads((infos[-1].path / MANIFEST).read_text()).get("config", {})
-    best = CheckpointManager(root, mode="min" if language_model else "max").best()
-    return best if best is not None else infos[-1].path
-
-
 def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory).
 
     ``kind`` ("translation" or "lm"), when given, refuses the other kind of checkpoint with a clear error.
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, resolve_checkpoint
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
 
-    checkpoint = load_checkpoint(_resolve_checkpoint(checkpoint_dir))
+    checkpoint = load_checkpoint(resolve_checkpoint(checkpoint_dir))
     config = checkpoint.config
     if not isinstance(config, dict):
         raise ValueError(f"{checkpoint.directory}: the manifest's model config is not a mapping")
@@ -152,6 +135,7 @@ def _train(args, task_class, kind):
         Trainer,
         check_fresh_run_dir,
         check_run_tokenizer,
+        prepare_init_from,
         resume_config,
         seed_everything,
         train_settings,
@@ -161,12 +145,18 @@ def _train(args, task_class, kind):
     run_dir = _run_dir(config, args.run_dir)
     # Everything about the directory is checked before anything is created, the corpus read or a tokenizer trained.
     if args.resume:
+        if args.init_from:
+            raise UsageError("--init-from starts a new run from a checkpoint; --resume continues this one: not both")
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
         config = _absolute_paths(resume_config(run_dir, args.overrides, kind))
         check_run_tokenizer(run_dir)
     else:
         check_fresh_run_dir(run_dir)
+        if args.init_from:
+            config["train"]["init_from"] = str(Path(args.init_from).expanduser().resolve())
+        train_settings(config["train"], kind)  # every setting checked before a tokenizer is copied
+        config = prepare_init_from(config, run_dir, kind)
     settings = train_settings(config["train"], kind)
     seed_everything(settings["seed"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -396,10 +386,15 @@ def build_parser():
         number(q, "--max-tokens", POSITIVE_INT, 8000, "sub-word tokens per decoding batch")
 
     with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
-    q = with_config(sub.add_parser("train", help="train a translation model"))
-    q.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, exactly")
-    q = with_config(sub.add_parser("lm-train", help="train a decoder-only language model"))
-    q.add_argument("--resume", action="store_true")
+    for name, what in (("train", "a translation model"), ("lm-train", "a decoder-only language model")):
+        q = with_config(sub.add_parser(name, help=f"train {what}"))
+        q.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, exactly")
+        q.add_argument(
+            "--init-from",
+            metavar="CKPT",
+            help="start from this checkpoint's weights (a checkpoint or run directory; its tokenizer and model "
+            "config too): fine-tuning, with a fresh optimizer, schedule and data order (train.init_from)",
+        )
 
     q = sub.add_parser("translate", help="translate one sentence per line (stdin by default)")
     q.add_argument("--checkpoint", required=True)

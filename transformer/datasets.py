@@ -64,6 +64,7 @@ SHA256 = {
     "tatoeba/deu-eng.zip": "b7688f84f99fa33c17397c14d8bd9cef1fdeb2ee0bf50074767023aee8926e28",
     "tatoeba/fra-eng.zip": "16c4f7d0df9e7c5e6c54cdb0447f3f4a18a55052ff5e2e0b27dd4a06c0e49d04",
     "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    "wikitext2/wiki.train.tokens.gz": "0c202e0b5d919429261b7291d9b5998f0db680c0a6700c0ff2a886d0abe055d4",
 }
 
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -575,6 +576,19 @@ def load_tatoeba(
     corpus.reports = {"all": first_report, **corpus.reports}
     corpus.files = [Path(archive)]
     return corpus
+
+
+def cached_file(relative_path: str, *, data_dir=None) -> Path:
+    """The verified local path of a file that has no download here (it must already be in the cache)."""
+    root = resolve_data_dir(data_dir)
+    path = root / relative_path
+    if not path.exists():
+        raise DownloadError(
+            f"{path} is not in the cache (it is not downloaded automatically): copy it there, or point "
+            f"--data-dir / {DATA_DIR_ENV} at a filled cache"
+        )
+    verify(path, SHA256.get(relative_path))
+    return path
 
 
 def load_tinyshakespeare(*, data_dir=None, fetcher: Fetcher | None = None, base_url: str = TINYSHAKESPEARE_URL) -> str:

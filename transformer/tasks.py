@@ -36,7 +36,7 @@ from .datasets import Corpus, ParallelText, ValidationOptions, file_identity, lo
 from .files import write_atomic
 from .evaluate import lm_scores, perplexity, translation_scores
 from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
-from .tokenizer import CharTokenizer, Tokenizer, load_tokenizers, train_sentencepiece
+from .tokenizer import CharTokenizer, Tokenizer, TokenizerError, load_tokenizers, train_sentencepiece
 
 DATA_DEFAULTS = dict(
     corpus="multi30k",
@@ -450,7 +450,10 @@ class LMTask:
         self.data_files = file_identity([path])
         self.tok_dir = self.run_dir / "tokenizer"
         self.tokenizer = prepare_lm_tokenizer(config, text, self.tok_dir)
-        ids = encode_lm_text(self.tokenizer, text)
+        try:
+            ids = encode_lm_text(self.tokenizer, text)
+        except TokenizerError as error:  # a fine-tuning text with characters the run's tokenizer never saw
+            raise TokenizerError(f"{path}: {str(error).removeprefix('text 0: ')} ({self.tok_dir})") from None
         self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
         self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
@@ -517,7 +520,13 @@ def lm_text_path(data: dict) -> Path:
         from .datasets import TINYSHAKESPEARE_URL, fetch
 
         return fetch("tinyshakespeare/input.txt", TINYSHAKESPEARE_URL + "input.txt", data_dir=data["data_dir"] or None)
-    raise ValueError(f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare' or a text_path")
+    if data["corpus"] == "wikitext2":  # the tokenised release's training text (its own split by train_fraction)
+        from .datasets import cached_file
+
+        return cached_file("wikitext2/wiki.train.tokens.gz", data_dir=data["data_dir"] or None)
+    raise ValueError(
+        f"[data] corpus {data['corpus']!r}: a language model reads 'tinyshakespeare', 'wikitext2' or a text_path"
+    )
 
 
 def load_lm_text(data: dict, path: Path | None = None) -> str:

@@ -15,6 +15,7 @@ and saving a checkpoint changes no state, so neither disturbs the training traje
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -68,6 +69,12 @@ TRAIN_DEFAULTS = dict(
     bleu_beam=1,  # translation: beam size of validation decoding
     bleu_max_sentences=0,  # translation: 0 = the whole validation set
     decode_max_tokens=8000,  # translation: tokens per decoding batch
+    # Starting from another run's weights (fine-tuning); see init_from_checkpoint.
+    init_from="",  # a checkpoint or run directory ("" = random initial weights); --init-from sets it
+    init_reset=[],  # parameter-name patterns not loaded (kept at their fresh initial values), e.g. ["lm_head.*"]
+    init_strict=True,  # refuse missing / unexpected / mis-shaped parameters (False: report them, keep fresh ones)
+    init_extend_vocab=False,  # a larger vocabulary: copy the checkpoint's rows, keep the new rows fresh
+    freeze=[],  # parameter-name patterns that do not train (no gradient computed, no optimizer state)
 )
 
 
@@ -96,6 +103,14 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"[train] betas must be a list of two numbers in [0, 1), got {betas!r}")
     settings["betas"] = [PROBABILITY_BELOW_1.check(f"[train] betas[{i}]", b) for i, b in enumerate(betas)]
+    for key in ("init_strict", "init_extend_vocab"):
+        if not isinstance(settings[key], bool):
+            raise ConfigError(f"[train] {key} must be true or false, got {settings[key]!r}")
+    for key in ("init_reset", "freeze"):
+        if not isinstance(settings[key], list) or not all(isinstance(p, str) for p in settings[key]):
+            raise ConfigError(f"[train] {key} must be a list of name patterns (strings), got {settings[key]!r}")
+    if not isinstance(settings["init_from"], str):
+        raise ConfigError(f"[train] init_from must be a checkpoint path, got {settings['init_from']!r}")
     for key, choices in (
         ("optimizer", ("adam", "adamw", "sgd")),
         ("lr_schedule", ("inverse_sqrt", "cosine", "constant")),
@@ -217,7 +232,8 @@ def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
 
 
 def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
-    params = list(model.named_parameters())
+    """The optimizer over the trainable parameters (frozen ones, requires_grad False, get no state)."""
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     kind = s["optimizer"]
     if kind == "adam":
         return optim.Adam(params, lr=s["lr"], betas=tuple(s["betas"]), eps=s["eps"], weight_decay=s["weight_decay"])
@@ -230,6 +246,131 @@ def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
     if kind == "sgd":
         return optim.SGD(params, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
     raise ValueError(f"[train] optimizer must be adam, adamw or sgd, got {kind!r}")
+
+
+def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> tuple[int, int]:
+    """Stop the parameters whose dotted names match any of ``patterns`` (shell-style, e.g. ``encoder_layers.*``)
+    from training: requires_grad False, so the backward computes no gradient for them and the optimizer keeps no
+    state. Returns (trainable, total) parameter counts. A pattern that matches nothing, or freezing everything, is
+    refused."""
+    names = [name for name, _ in model.named_parameters()]
+    frozen: set[str] = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"[train] freeze: patterns are strings, got {pattern!r}")
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ConfigError(
+                f"[train] freeze pattern {pattern!r} matches no parameter (names look like {', '.join(names[:4])}, ...)"
+            )
+        frozen.update(matched)
+    if frozen and frozen == set(names):
+        raise ConfigError(f"[train] freeze {list(patterns)} freezes every parameter: nothing would train")
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        p.requires_grad = name not in frozen
+        total += p.data.size
+        trainable += p.data.size if p.requires_grad else 0
+    return trainable, total
+
+
+def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> dict:
+    """Before a new run is built from ``config["train"]["init_from"]``: the checkpoint (or a run directory's best)
+    must be of this ``kind``; the new run takes its tokenizer (ids must mean the same pieces; copied into the run,
+    unless the run already has one) and its model configuration, with the config's own [model] keys on top.
+    Returns the config to build the run from (the resolved checkpoint path recorded in train.init_from)."""
+    from .checkpoint import read_manifest_fields, resolve_checkpoint
+
+    source = config["train"].get("init_from") or ""
+    if not source:
+        return config
+    directory = resolve_checkpoint(source)
+    fields = read_manifest_fields(directory)
+    found = "lm" if "vocab_size" in fields["config"] else "translation"
+    if found != kind:
+        raise ConfigError(
+            f"--init-from {directory} is a {'language-model' if found == 'lm' else 'translation'} checkpoint; a "
+            f"{'language model' if kind == 'lm' else 'translation model'} cannot start from it"
+        )
+    config = {section: dict(values) for section, values in config.items()}
+    config["train"]["init_from"] = str(directory.resolve())
+    vocabulary = ("vocab_size", "src_vocab_size", "tgt_vocab_size")
+    base = {key: value for key, value in fields["config"].items() if key not in vocabulary}
+    config["model"] = {**base, **config["model"]}
+    tok_dir = Path(run_dir) / "tokenizer"
+    if not tok_dir.exists():
+        tok_dir.mkdir(parents=True)
+        for name in fields["extra_files"]:
+            shutil.copyfile(directory / name, tok_dir / name)
+        log.info(f"--init-from: the run uses the tokenizer of {directory}")
+    settings_file = tok_dir / "settings.json"
+    if settings_file.is_file():
+        config["tokenizer"] = {**json.loads(settings_file.read_text(encoding="utf-8")), **config["tokenizer"]}
+    return config
+
+
+def init_from_checkpoint(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    reset: Sequence[str] = (),
+    strict: bool = True,
+    extend_vocab: bool = False,
+) -> dict:
+    """Load a checkpoint's weights into ``model`` by name (fine-tuning: the optimizer, schedule and data order stay
+    fresh). Parameters matching ``reset`` keep their fresh values. Missing, unexpected and mis-shaped parameters
+    are refused (``strict``) or reported and left fresh; with ``extend_vocab`` a table that only grew (a larger
+    vocabulary: more rows, or more output columns) takes the checkpoint's rows and keeps the new ones fresh.
+    Returns a report: loaded / reset / missing / unexpected / extended / mismatched names."""
+    from .checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(directory)
+    saved, own = checkpoint.model_state, model.state_dict()
+    for pattern in reset:
+        if not fnmatch.filter(own, pattern):
+            raise ConfigError(f"[train] init_reset pattern {pattern!r} matches no parameter of the model")
+    reset_names = {name for pattern in reset for name in fnmatch.filter(own, pattern)}
+    report: dict[str, list] = {
+        "loaded": [],
+        "reset": sorted(reset_names),
+        "missing": [],
+        "unexpected": [],
+        "extended": [],
+        "mismatched": [],
+    }
+    new_state = {}
+    for name, array in own.items():
+        if name in reset_names:
+            continue
+        if name not in saved:
+            report["missing"].append(name)
+            continue
+        value = saved[name]
+        if value.shape == array.shape:
+            new_state[name] = value
+            report["loaded"].append(name)
+        elif extend_vocab and value.ndim == array.ndim and all(a <= b for a, b in zip(value.shape, array.shape)):
+            grown = array.copy()
+            grown[tuple(slice(0, n) for n in value.shape)] = value
+            new_state[name] = grown
+            report["extended"].append(f"{name} {value.shape} -> {array.shape}")
+        else:
+            report["mismatched"].append(f"{name}: checkpoint {value.shape}, model {array.shape}")
+    report["unexpected"] = sorted(set(saved) - set(own))
+    problems = [
+        f"{kind} {', '.join(report[kind][:6])}{' ...' if len(report[kind]) > 6 else ''}"
+        for kind in ("missing", "unexpected", "mismatched")
+        if report[kind]
+    ]
+    if problems and strict:
+        raise ConfigError(
+            f"--init-from {checkpoint.directory} does not fit the model: {'; '.join(problems)}. Match the "
+            "architecture, or set train.init_reset (parts to keep fresh), train.init_extend_vocab=true (a larger "
+            "vocabulary) or train.init_strict=false (load what fits)"
+        )
+    model.load_state_dict(new_state, strict=False)
+    for line in problems:
+        log.warning(f"--init-from: {line} (kept at their fresh values)")
+    return report
 
 
 def build_schedule(optimizer: optim.Optimizer, s: dict, total_steps: int) -> optim.LRSchedule:
@@ -297,6 +438,24 @@ class Trainer:
         self.run_dir = Path(run_dir)
         assert task.model is not None, "the task was built without its model (build_model=False)"
         self.model = task.model
+        if settings["init_from"] and not resume:
+            report = init_from_checkpoint(
+                self.model,
+                settings["init_from"],
+                settings["init_reset"],
+                settings["init_strict"],
+                settings["init_extend_vocab"],
+            )
+            log.info(
+                f"--init-from {settings['init_from']}: {len(report['loaded'])} parameters loaded"
+                + "".join(f", {len(report[k])} {k}" for k in ("extended", "reset") if report[k])
+            )
+        trainable, total = freeze_parameters(self.model, settings["freeze"])
+        if trainable < total:
+            log.info(
+                f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%); frozen: "
+                + ", ".join(settings["freeze"])
+            )
         self.optimizer = build_optimizer(self.model, settings)
         self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
         self.manager = CheckpointManager(

@@ -1,0 +1,168 @@
+"""Starting a run from another run's weights (--init-from), freezing parameters (train.freeze), and their refusals.
+
+A tiny language model pre-trained on one text and fine-tuned on another through the command line: the new run
+starts from exactly the checkpoint's weights (with lr 0 it stays there), takes its tokenizer and model config,
+and frozen parameters stay bit-identical while the rest train and get optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from transformer.checkpoint import MODEL_FILE, OPTIMIZER_FILE, load_checkpoint
+from transformer.model import LanguageModel, LMConfig
+from transformer.train import init_from_checkpoint
+
+from test_cli import assert_clean_error, run
+
+TINY_MODEL = ["model.d_model=16", "model.n_heads=2", "model.n_layers=2", "model.block_size=8"]
+BUDGET = ["train.warmup_steps=1", "train.validate_every=2", "train.eval_iters=1", "train.batch_size=2"]
+
+
+def lm_args(tmp_path, name, run_dir, *overrides):
+    # The config file's [model] section is the big recipe's: the tiny model is given on the command line (explicit
+    # [model] keys win over the checkpoint's config, and a mismatch is refused, see below).
+    return [
+        "--config",
+        "shakespeare_char_finetune",
+        "--run-dir",
+        run_dir,
+        f"data.text_path={tmp_path / name}",
+        *TINY_MODEL,
+        *BUDGET,
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    (root / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
+    (root / "b.txt").write_text("a lazy dog sleeps. the fox runs to the brown hill. " * 60, encoding="utf-8")
+    (root / "c.txt").write_text("a lazy dog sleeps; the fox runs. " * 60, encoding="utf-8")
+    from transformer import cli
+
+    args = ["lm-train", *lm_args(root, "a.txt", root / "pre", "train.max_steps=4")]
+    assert cli.main([str(a) for a in args]) == 0
+    return root
+
+
+def final_weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:09d}" / MODEL_FILE))
+
+
+def fine_tune(capsys, pretrained, run_dir, *overrides):
+    """lm-train on b.txt from the pre-trained run; returns standard error (the run must succeed)."""
+    args = lm_args(pretrained, "b.txt", run_dir, *overrides)
+    code, _, err = run(capsys, "lm-train", *args, "--init-from", pretrained / "pre")
+    assert code == 0, err
+    return err
+
+
+def test_a_fine_tuning_run_starts_from_the_checkpoint_exactly(pretrained, tmp_path, capsys):
+    run_dir = tmp_path / "ft"
+    err = fine_tune(capsys, pretrained, run_dir, "train.max_steps=2", "train.lr=0", "train.min_lr=0")
+    assert "parameters loaded" in err
+    before, after = final_weights(pretrained / "pre", 4), final_weights(run_dir, 2)
+    assert before.keys() == after.keys()
+    for name in before:  # lr 0: the weights are the checkpoint's, bit for bit
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    # The tokenizer and the model config came along; the source is recorded (a resume does not load it again).
+    assert (run_dir / "tokenizer" / "tokenizer.json").read_bytes() == (
+        pretrained / "pre" / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["train"]["init_from"].endswith("step-000000004") and saved["model"]["d_model"] == 16
+    code, _, err = run(capsys, "lm-train", *lm_args(pretrained, "b.txt", run_dir, "train.max_steps=3"), "--resume")
+    assert code == 0, err
+    assert "parameters loaded" not in err
+
+
+def test_frozen_parameters_stay_bit_identical_and_get_no_optimizer_state(pretrained, tmp_path, capsys):
+    run_dir = tmp_path / "frozen"
+    err = fine_tune(capsys, pretrained, run_dir, "train.max_steps=3", 'train.freeze=["layers.0.*", "token_embed.*"]')
+    assert "frozen: layers.0.*, token_embed.*" in err
+    before, after = final_weights(pretrained / "pre", 4), final_weights(run_dir, 3)
+    frozen = [n for n in before if n.startswith(("layers.0.", "token_embed."))]
+    trained = [n for n in before if n not in frozen]
+    assert frozen and trained
+    for name in frozen:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    assert any(not np.array_equal(before[name], after[name]) for name in trained)
+    moments = load_file(str(run_dir / "checkpoints" / "step-000000003" / OPTIMIZER_FILE))
+    assert moments and not any(("layers.0." in k or "token_embed." in k) for k in moments)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (['train.freeze=["nothing.*"]'], ["freeze pattern 'nothing.*' matches no parameter"]),
+        (['train.freeze=["*"]'], ["freezes every parameter"]),
+        (["train.freeze=3"], ["[train] freeze must be a list of name patterns"]),
+        (["model.d_model=32"], ["does not fit the model", "mismatched", "init_strict"]),
+        (['train.init_reset=["nope.*"]'], ["init_reset pattern 'nope.*' matches no parameter"]),
+    ],
+)
+def test_bad_fine_tuning_settings_are_one_line_errors(pretrained, tmp_path, capsys, overrides, fragments):
+    code, _, err = run(
+        capsys,
+        "lm-train",
+        *lm_args(pretrained, "b.txt", tmp_path / "bad", "train.max_steps=2", *overrides),
+        "--init-from",
+        pretrained / "pre",
+    )
+    assert_clean_error(code, err, *fragments)
+
+
+@pytest.mark.parametrize(
+    "text, source, extra, fragments",
+    [
+        ("b.txt", "nowhere", [], ["nowhere"]),
+        ("b.txt", "translation", [], ["is a translation checkpoint", "a language model cannot start from it"]),
+        ("b.txt", "pre", ["--resume"], ["--init-from starts a new run"]),
+        ("c.txt", "pre", [], ["c.txt", "character ';'", "not in the vocabulary"]),  # outside the tokenizer
+    ],
+)
+def test_init_from_refuses_a_missing_checkpoint_another_kind_a_resume_and_unknown_characters(
+    pretrained, tmp_path, capsys, trained_translation, text, source, extra, fragments
+):
+    origin = {"nowhere": tmp_path / "nowhere", "translation": trained_translation, "pre": pretrained / "pre"}[source]
+    run_dir = pretrained / "pre" if extra else tmp_path / "new"
+    args = lm_args(pretrained, text, run_dir, "train.max_steps=5")
+    code, _, err = run(capsys, "lm-train", *args, *extra, "--init-from", origin)
+    assert_clean_error(code, err, *fragments)
+
+
+@pytest.fixture(scope="module")
+def trained_translation(tmp_path_factory):
+    from test_cli import config_args
+    from transformer import cli
+
+    run_dir = tmp_path_factory.mktemp("mt")
+    assert cli.main([str(a) for a in ["train", *config_args(run_dir, "train.max_steps=2")]]) == 0
+    return run_dir
+
+
+def test_a_relaxed_load_keeps_what_does_not_fit_fresh_and_a_larger_vocabulary_extends(pretrained):
+    checkpoint = load_checkpoint(next((pretrained / "pre" / "checkpoints").iterdir()))
+    config = LMConfig.from_dict(checkpoint.config)
+    bigger = LanguageModel(LMConfig(**{**config.to_dict(), "vocab_size": config.vocab_size + 5, "seed": 9}))
+    fresh = bigger.state_dict()
+    with pytest.raises(ValueError, match="does not fit the model.*token_embed.weight"):
+        init_from_checkpoint(bigger, checkpoint.directory)
+    report = init_from_checkpoint(bigger, checkpoint.directory, extend_vocab=True)
+    assert any(line.startswith("token_embed.weight") for line in report["extended"])
+    table = bigger.state_dict()["token_embed.weight"]
+    old = checkpoint.model_state["token_embed.weight"]
+    np.testing.assert_array_equal(table[: len(old)], old)  # the checkpoint's rows
+    np.testing.assert_array_equal(table[len(old) :], fresh["token_embed.weight"][len(old) :])  # new rows stay fresh
+    other = LanguageModel(config)
+    reset = init_from_checkpoint(other, checkpoint.directory, reset=["layers.1.*"])
+    assert reset["reset"] and all(name.startswith("layers.1.") for name in reset["reset"])
+    np.testing.assert_array_equal(
+        other.state_dict()["layers.0.self_attn.qkv.weight"], checkpoint.model_state["layers.0.self_attn.qkv.weight"]
+    )
