@@ -4,6 +4,7 @@ Each name is implemented next to its primitive(s) in npgrad/ops/; this module on
 """
 
 from .ops.attention import multi_head_attention, packed_self_attention, scaled_dot_product_attention
+from .ops.distill import kl_div, soft_cross_entropy
 from .ops.elementwise import dropout, exp, gelu, log, relu, sqrt, tanh
 from .ops.embedding import embedding
 from .ops.linear import linear
@@ -16,6 +17,8 @@ __all__ = [
     "softmax",
     "log_softmax",
     "cross_entropy",
+    "soft_cross_entropy",
+    "kl_div",
     "layer_norm",
     "add_layer_norm",
     "scaled_dot_product_attention",

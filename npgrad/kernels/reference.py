@@ -121,6 +121,101 @@ def cross_entropy_backward(logits, target, lse, gloss, ignore_index, label_smoot
     return glogits
 
 
+# ----------------------------------------------------------------- soft targets (distillation)
+
+
+def _scaled_lse(x, inv_t):
+    """lse_n = log sum_j exp(x[n, j] / T), max-shifted (T > 0, so max(x / T) = max(x) / T).   (N,V) -> (N,)"""
+    row_max = x.max(axis=-1)  # (N,)
+    shifted_exp = x - row_max[:, None]  # (N,V)
+    shifted_exp *= inv_t
+    np.exp(shifted_exp, out=shifted_exp)
+    lse = np.log(shifted_exp.sum(axis=-1))
+    lse += row_max * inv_t
+    return lse
+
+
+def soft_cross_entropy_forward(logits, target, kept, temperature):
+    """Per-row cross-entropy against target distributions.   (N,V),(N,V),(N,) -> (N,),(N,)
+
+    lse_n  = log sum_j exp(x[n, j] / T)                           (max-shifted)
+    loss_n = -sum_j p[n, j] log softmax(x_n / T)_j = lse_n - <p_n, x_n> / T     (rows of p sum to 1),
+    and 0 on rows where kept[n] is False. Returns (loss, lse); lse is kept for the backward.
+    """
+    inv_t = 1.0 / float(temperature)
+    lse = _scaled_lse(logits, inv_t)
+    loss = lse - _row_dot(target, logits) * inv_t
+    loss[~kept] = 0.0
+    return loss, lse
+
+
+def soft_cross_entropy_backward(logits, target, lse, gloss, kept, temperature):
+    """glogits[n, :] = (gloss_n / T) (softmax(x_n / T) - p_n); 0 on rows not kept.   -> (N,V)
+
+    softmax(x_n / T) = exp(x_n / T - lse_n) uses the saved log-sum-exp.
+    """
+    inv_t = 1.0 / float(temperature)
+    glogits = logits * inv_t  # (N,V) x / T
+    glogits -= lse[:, None]  # log-probabilities
+    np.exp(glogits, out=glogits)  # probabilities
+    glogits -= target
+    glogits *= (gloss * inv_t)[:, None]  # gloss / T
+    glogits[~kept] = 0.0
+    return glogits
+
+
+def kl_div_forward(student, teacher, kept, temperature):
+    """Per-row T^2 KL(q || p), q = softmax(t / T), p = softmax(s / T).   (N,V),(N,V),(N,) -> (N,),(N,),(N,)
+
+    log q_j - log p_j = r_j = (t_j - s_j) / T - (lse_t - lse_s),  lse_s, lse_t of s / T and t / T;
+    loss_n = T^2 sum_j q_j r_j  (the Hinton et al. 2015 scaling), 0 on rows not kept.
+    Returns (loss, lse_s, lse_t); both log-sum-exps are kept for the backward.
+    """
+    t2 = float(temperature) ** 2
+    inv_t = 1.0 / float(temperature)
+    lse_s = _scaled_lse(student, inv_t)
+    lse_t = _scaled_lse(teacher, inv_t)
+    log_ratio = teacher - student  # (N,V) becomes r = log q - log p
+    log_ratio *= inv_t
+    log_ratio -= (lse_t - lse_s)[:, None]
+    probs_t = teacher * inv_t  # (N,V) becomes q
+    probs_t -= lse_t[:, None]
+    np.exp(probs_t, out=probs_t)
+    loss = _row_dot(probs_t, log_ratio) * t2
+    loss[~kept] = 0.0
+    return loss, lse_s, lse_t
+
+
+def kl_div_backward(student, teacher, lse_s, lse_t, loss, gloss, kept, temperature, teacher_grad):
+    """Gradients of loss_n = T^2 KL(q_n || p_n).   -> gs (N,V), gt (N,V) or None; 0 on rows not kept
+
+    gs[n, :] = T gloss_n (p_n - q_n);
+    gt[n, :] = T gloss_n q_n * (r_n - KL_n),  r = log q - log p,  KL_n = loss_n / T^2
+    (gt only with teacher_grad; None otherwise).
+    """
+    temperature = float(temperature)
+    inv_t = 1.0 / temperature
+    row_scale = (gloss * temperature)[:, None]  # (N,1) T gloss_n
+    probs_t = teacher * inv_t  # (N,V) becomes q
+    probs_t -= lse_t[:, None]
+    np.exp(probs_t, out=probs_t)
+    gs = student * inv_t  # (N,V) becomes p
+    gs -= lse_s[:, None]
+    np.exp(gs, out=gs)
+    gs -= probs_t
+    gs *= row_scale
+    gs[~kept] = 0.0
+    if not teacher_grad:
+        return gs, None
+    gt = teacher - student  # (N,V) becomes r - KL
+    gt *= inv_t
+    gt -= (lse_t - lse_s + loss / temperature**2)[:, None]
+    gt *= probs_t
+    gt *= row_scale
+    gt[~kept] = 0.0
+    return gs, gt
+
+
 # ------------------------------------------------------------------------------- layer norm
 
 

@@ -12,6 +12,7 @@ Modules, one per kernel family, each naming its twin in reference.py:
 
 * softmax.py        softmax and log-softmax, forward and backward
 * cross_entropy.py  cross-entropy with label smoothing and ignore_index
+* soft_targets.py   distillation losses: soft-target cross-entropy and temperature-scaled KL divergence
 * layer_norm.py     layer norm, residual-add + layer norm, and their backward
 * attention.py      the fused masked softmax between BLAS products, forward and backward
 * embedding.py      the embedding backward (scatter-add)
@@ -33,6 +34,7 @@ from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .embedding import embedding_backward
 from .gelu import gelu_backward, gelu_forward
 from .layer_norm import add_layer_norm_forward, layer_norm_backward, layer_norm_forward
+from .soft_targets import kl_div_backward, kl_div_forward, soft_cross_entropy_backward, soft_cross_entropy_forward
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 
 __all__ = [
@@ -42,6 +44,10 @@ __all__ = [
     "log_softmax_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
+    "soft_cross_entropy_forward",
+    "soft_cross_entropy_backward",
+    "kl_div_forward",
+    "kl_div_backward",
     "layer_norm_forward",
     "layer_norm_backward",
     "add_layer_norm_forward",
