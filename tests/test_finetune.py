@@ -123,7 +123,7 @@ def test_bad_fine_tuning_settings_are_one_line_errors(pretrained, tmp_path, caps
     [
         ("b.txt", "nowhere", [], ["nowhere"]),
         ("b.txt", "translation", [], ["is a translation checkpoint", "a language model cannot start from it"]),
-        ("b.txt", "pre", ["--resume"], ["--init-from starts a new run"]),
+        ("b.txt", "pre", ["--resume"], ["start a new run"]),
         ("c.txt", "pre", [], ["c.txt", "character ';'", "not in the vocabulary"]),  # outside the tokenizer
     ],
 )
@@ -166,3 +166,82 @@ def test_a_relaxed_load_keeps_what_does_not_fit_fresh_and_a_larger_vocabulary_ex
     np.testing.assert_array_equal(
         other.state_dict()["layers.0.self_attn.qkv.weight"], checkpoint.model_state["layers.0.self_attn.qkv.weight"]
     )
+
+
+# ------------------------------------------------------------------------------------------ word-level distillation
+def distill(capsys, pretrained, run_dir, *overrides, teacher=None):
+    args = lm_args(pretrained, "b.txt", run_dir, "train.max_steps=3", *overrides)
+    code, _, err = run(capsys, "lm-train", *args, "--teacher", teacher or pretrained / "pre")
+    assert code == 0, err
+    return err
+
+
+def test_distillation_with_weight_0_is_exactly_the_plain_run(pretrained, tmp_path, capsys):
+    # (1 - 0) * CE + 0 * KD: the same loss and gradients to the bit, so the same weights after training (the
+    # teacher runs in eval mode and draws no random numbers).
+    err = distill(capsys, pretrained, tmp_path / "kd0", "train.distill_weight=0")
+    assert "distilling from" in err
+    plain_dir = tmp_path / "plain"
+    shutil_copy_tokenizer(pretrained / "pre", plain_dir)  # the vocabulary the student took from its teacher
+    code, _, err = run(capsys, "lm-train", *lm_args(pretrained, "b.txt", plain_dir, "train.max_steps=3"))
+    assert code == 0, err
+    kd0, plain = final_weights(tmp_path / "kd0", 3), final_weights(plain_dir, 3)
+    for name in plain:
+        np.testing.assert_array_equal(kd0[name], plain[name], err_msg=name)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(pretrained, tmp_path, capsys):
+    # With the labels out of the loss (w = 1) the student is trained on the teacher's distribution alone: its KL to
+    # the teacher falls.
+    import npgrad as ng
+    from npgrad import functional as F
+
+    distill(
+        capsys,
+        pretrained,
+        tmp_path / "kd1",
+        "train.distill_weight=1",
+        "train.distill_temperature=2",
+        "train.max_steps=8",
+        "train.lr=3e-2",
+    )
+    teacher = LanguageModel(
+        LMConfig.from_dict(load_checkpoint(pretrained / "pre" / "checkpoints" / "step-000000004").config)
+    )
+    teacher.load_state_dict(final_weights(pretrained / "pre", 4))
+    x = np.arange(16).reshape(2, 8) % 20
+    kls = []
+    for run_dir, step in ((tmp_path / "kd1", 1), (tmp_path / "kd1", 8)):
+        student = LanguageModel(teacher.config)
+        checkpoints = sorted((run_dir / "checkpoints").iterdir())
+        student.load_state_dict(load_file(str(checkpoints[0 if step == 1 else -1] / MODEL_FILE)))
+        with ng.no_grad():
+            kls.append(float(F.kl_div(student(x).reshape(-1, 28), teacher(x).reshape(-1, 28)).data))
+    assert kls[1] < kls[0]
+
+
+def test_a_teacher_of_another_vocabulary_or_kind_is_refused(pretrained, tmp_path, capsys, trained_translation):
+    other = tmp_path / "other"
+    (tmp_path / "d.txt").write_text("abc abd abe " * 100, encoding="utf-8")
+    code, _, err = run(capsys, "lm-train", *lm_args(tmp_path, "d.txt", other, "train.max_steps=2"))
+    assert code == 0, err
+    code, _, err = run(
+        capsys,
+        "lm-train",
+        *lm_args(pretrained, "b.txt", tmp_path / "s1", "train.max_steps=2"),
+        "--teacher",
+        trained_translation,
+    )
+    assert_clean_error(code, err, "is a translation checkpoint", "cannot learn from it")
+    student = tmp_path / "s2"
+    shutil_copy_tokenizer(other, student)
+    code, _, err = run(
+        capsys, "lm-train", *lm_args(tmp_path, "d.txt", student, "train.max_steps=2"), "--teacher", pretrained / "pre"
+    )
+    assert_clean_error(code, err, "--teacher", "tokenizer differs from the run's")
+
+
+def shutil_copy_tokenizer(source_run, target_run):
+    import shutil
+
+    shutil.copytree(source_run / "tokenizer", target_run / "tokenizer")

@@ -145,16 +145,19 @@ def _train(args, task_class, kind):
     run_dir = _run_dir(config, args.run_dir)
     # Everything about the directory is checked before anything is created, the corpus read or a tokenizer trained.
     if args.resume:
-        if args.init_from:
-            raise UsageError("--init-from starts a new run from a checkpoint; --resume continues this one: not both")
+        if args.init_from or args.teacher:
+            raise UsageError(
+                "--init-from / --teacher start a new run; --resume continues this one (with its own settings): not both"
+            )
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
         config = _absolute_paths(resume_config(run_dir, args.overrides, kind))
         check_run_tokenizer(run_dir)
     else:
         check_fresh_run_dir(run_dir)
-        if args.init_from:
-            config["train"]["init_from"] = str(Path(args.init_from).expanduser().resolve())
+        for key, value in (("init_from", args.init_from), ("distill_from", args.teacher)):
+            if value:
+                config["train"][key] = str(Path(value).expanduser().resolve())
         train_settings(config["train"], kind)  # every setting checked before a tokenizer is copied
         config = prepare_init_from(config, run_dir, kind)
     settings = train_settings(config["train"], kind)
@@ -394,6 +397,12 @@ def build_parser():
             metavar="CKPT",
             help="start from this checkpoint's weights (a checkpoint or run directory; its tokenizer and model "
             "config too): fine-tuning, with a fresh optimizer, schedule and data order (train.init_from)",
+        )
+        q.add_argument(
+            "--teacher",
+            metavar="CKPT",
+            help="word-level knowledge distillation from this checkpoint (its tokenizer too): the loss mixes the "
+            "labels with the teacher's softened distribution (train.distill_from, distill_weight, distill_temperature)",
         )
 
     q = sub.add_parser("translate", help="translate one sentence per line (stdin by default)")

@@ -246,6 +246,8 @@ RANGES = {
         seed=NON_NEGATIVE_INT,
         eval_iters=POSITIVE_INT,
         bleu_beam=POSITIVE_INT,
+        distill_weight=Number(float, 0, 1),
+        distill_temperature=POSITIVE,
         bleu_max_sentences=NON_NEGATIVE_INT,
         decode_max_tokens=POSITIVE_INT,
     ),

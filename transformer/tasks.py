@@ -153,8 +153,14 @@ class TranslationTask:
     def batch_tokens(batch):
         return batch.num_tgt_tokens
 
-    def loss(self, model, batch, label_smoothing=0.0):
-        return translation_loss(model, batch, label_smoothing)
+    def loss(self, model, batch, label_smoothing=0.0, teacher=None, distill=(0.5, 1.0)):
+        return token_loss(self, model, batch, label_smoothing, teacher, distill)
+
+    @staticmethod
+    def logits_and_targets(model, batch):
+        """(logits (B*T, V), targets (B*T,), ignore_index): what the loss compares."""
+        logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+        return logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1), model.config.pad_id
 
     def validate(self, model, settings):
         total, tokens = corpus_loss(model, self.valid_set, int(settings["decode_max_tokens"]))
@@ -185,6 +191,21 @@ class TranslationTask:
 
     def extra_files(self):
         return tokenizer_files(self.tok_dir)
+
+
+def token_loss(task, model, batch, label_smoothing=0.0, teacher=None, distill=(0.5, 1.0)) -> ng.Tensor:
+    """The summed training loss of a batch: label-smoothed cross-entropy of the targets, and with a ``teacher``
+    (word-level knowledge distillation, Hinton et al. 2015; Kim and Rush 2016) mixed with T^2 KL(teacher || student)
+    on the temperature-softened distributions: (1 - w) * CE + w * KD for ``distill`` = (w, T); padding ignored."""
+    logits, targets, ignore_index = task.logits_and_targets(model, batch)  # (N, V), (N,)
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="sum")
+    if teacher is None:
+        return loss
+    weight, temperature = distill
+    with ng.no_grad():
+        teacher_logits, _, _ = task.logits_and_targets(teacher, batch)  # (N, V), a constant
+    kd = F.kl_div(logits, teacher_logits, temperature, target=targets, ignore_index=ignore_index, reduction="sum")
+    return loss * (1.0 - weight) + kd * weight
 
 
 def translation_loss(model: Transformer, batch: Batch, label_smoothing: float = 0.0) -> ng.Tensor:
@@ -475,11 +496,15 @@ class LMTask:
     def batch_tokens(batch):
         return int(batch[1].size)
 
-    def loss(self, model, batch, label_smoothing=0.0):
+    def loss(self, model, batch, label_smoothing=0.0, teacher=None, distill=(0.5, 1.0)):
+        return token_loss(self, model, batch, label_smoothing, teacher, distill)
+
+    @staticmethod
+    def logits_and_targets(model, batch):
+        """(logits (B*T, V), targets (B*T,), ignore_index): what the loss compares (no position is ignored)."""
         x, y = batch
         logits = model(x)  # (B, T, V)
-        V = logits.shape[-1]
-        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), label_smoothing=label_smoothing, reduction="sum")
+        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1), -100
 
     def validate(self, model, settings):
         """nanoGPT's estimate: mean loss of ``eval_iters`` random batches of each split, from generators seeded

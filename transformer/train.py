@@ -75,6 +75,10 @@ TRAIN_DEFAULTS = dict(
     init_strict=True,  # refuse missing / unexpected / mis-shaped parameters (False: report them, keep fresh ones)
     init_extend_vocab=False,  # a larger vocabulary: copy the checkpoint's rows, keep the new rows fresh
     freeze=[],  # parameter-name patterns that do not train (no gradient computed, no optimizer state)
+    # Word-level knowledge distillation from a teacher checkpoint with the same tokenizer; see tasks.token_loss.
+    distill_from="",  # the teacher: a checkpoint or run directory ("" = none); --teacher sets it
+    distill_weight=0.5,  # w in (1 - w) * label loss + w * T^2 KL(teacher || student)
+    distill_temperature=1.0,  # T, softening both distributions
 )
 
 
@@ -109,8 +113,9 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
     for key in ("init_reset", "freeze"):
         if not isinstance(settings[key], list) or not all(isinstance(p, str) for p in settings[key]):
             raise ConfigError(f"[train] {key} must be a list of name patterns (strings), got {settings[key]!r}")
-    if not isinstance(settings["init_from"], str):
-        raise ConfigError(f"[train] init_from must be a checkpoint path, got {settings['init_from']!r}")
+    for key in ("init_from", "distill_from"):
+        if not isinstance(settings[key], str):
+            raise ConfigError(f"[train] {key} must be a checkpoint path, got {settings[key]!r}")
     for key, choices in (
         ("optimizer", ("adam", "adamw", "sgd")),
         ("lr_schedule", ("inverse_sqrt", "cosine", "constant")),
@@ -275,36 +280,52 @@ def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> tuple[int, i
 
 
 def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> dict:
-    """Before a new run is built from ``config["train"]["init_from"]``: the checkpoint (or a run directory's best)
-    must be of this ``kind``; the new run takes its tokenizer (ids must mean the same pieces; copied into the run,
-    unless the run already has one) and its model configuration, with the config's own [model] keys on top.
-    Returns the config to build the run from (the resolved checkpoint path recorded in train.init_from)."""
+    """Before a new run is built from other checkpoints: ``train.init_from`` (fine-tuning: the run takes its model
+    configuration, with the config's own [model] keys on top) and ``train.distill_from`` (a teacher). Each must be
+    of this ``kind`` (or a run directory, meaning its best checkpoint); the run takes their tokenizer (ids must mean
+    the same pieces: copied into the run unless it has one, and then it must be the same). Returns the config to
+    build the run from, the resolved checkpoint paths recorded in it."""
     from .checkpoint import read_manifest_fields, resolve_checkpoint
+    from .datasets import sha256_of
 
-    source = config["train"].get("init_from") or ""
-    if not source:
-        return config
-    directory = resolve_checkpoint(source)
-    fields = read_manifest_fields(directory)
-    found = "lm" if "vocab_size" in fields["config"] else "translation"
-    if found != kind:
-        raise ConfigError(
-            f"--init-from {directory} is a {'language-model' if found == 'lm' else 'translation'} checkpoint; a "
-            f"{'language model' if kind == 'lm' else 'translation model'} cannot start from it"
-        )
     config = {section: dict(values) for section, values in config.items()}
-    config["train"]["init_from"] = str(directory.resolve())
-    vocabulary = ("vocab_size", "src_vocab_size", "tgt_vocab_size")
-    base = {key: value for key, value in fields["config"].items() if key not in vocabulary}
-    config["model"] = {**base, **config["model"]}
-    tok_dir = Path(run_dir) / "tokenizer"
-    if not tok_dir.exists():
-        tok_dir.mkdir(parents=True)
-        for name in fields["extra_files"]:
-            shutil.copyfile(directory / name, tok_dir / name)
-        log.info(f"--init-from: the run uses the tokenizer of {directory}")
-    settings_file = tok_dir / "settings.json"
-    if settings_file.is_file():
+    for key, flag in (("init_from", "--init-from"), ("distill_from", "--teacher")):
+        if not config["train"].get(key):
+            continue
+        directory = resolve_checkpoint(config["train"][key])
+        fields = read_manifest_fields(directory)
+        found = "lm" if "vocab_size" in fields["config"] else "translation"
+        if found != kind:
+            raise ConfigError(
+                f"{flag} {directory} is a {'language-model' if found == 'lm' else 'translation'} checkpoint; a "
+                f"{'language model' if kind == 'lm' else 'translation model'} cannot "
+                f"{'start from' if key == 'init_from' else 'learn from'} it"
+            )
+        config["train"][key] = str(directory.resolve())
+        if key == "init_from":
+            vocabulary = ("vocab_size", "src_vocab_size", "tgt_vocab_size")
+            base = {name: value for name, value in fields["config"].items() if name not in vocabulary}
+            config["model"] = {**base, **config["model"]}
+        tok_dir = Path(run_dir) / "tokenizer"
+        if not tok_dir.exists():
+            tok_dir.mkdir(parents=True)
+            for name in fields["extra_files"]:
+                shutil.copyfile(directory / name, tok_dir / name)
+            log.info(f"{flag}: the run uses the tokenizer of {directory}")
+        else:
+            differ = [
+                name
+                for name in fields["extra_files"]
+                if name != "settings.json"
+                and (not (tok_dir / name).is_file() or sha256_of(tok_dir / name) != fields["files"][name]["sha256"])
+            ]
+            if differ:
+                raise ConfigError(
+                    f"{flag} {directory}: its tokenizer differs from the run's ({', '.join(differ)} in "
+                    f"{tok_dir}); the vocabularies must be the same"
+                )
+    settings_file = Path(run_dir) / "tokenizer" / "settings.json"
+    if settings_file.is_file() and (config["train"].get("init_from") or config["train"].get("distill_from")):
         config["tokenizer"] = {**json.loads(settings_file.read_text(encoding="utf-8")), **config["tokenizer"]}
     return config
 
@@ -371,6 +392,40 @@ def init_from_checkpoint(
     for line in problems:
         log.warning(f"--init-from: {line} (kept at their fresh values)")
     return report
+
+
+def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
+    """The teacher of word-level distillation, in eval mode (no dropout) and never trained: a checkpoint of the
+    student's kind whose vocabulary is the student's (the same tokenizer: prepare_init_from copies it)."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+
+    checkpoint = load_checkpoint(resolve_checkpoint(directory))
+    where = f"--teacher {checkpoint.directory}"
+    kind = "lm" if "vocab_size" in checkpoint.config else "translation"
+    if kind != ("lm" if isinstance(student, LanguageModel) else "translation"):
+        raise ConfigError(
+            f"{where} is a {'language-model' if kind == 'lm' else 'translation'} checkpoint; the student is not"
+        )
+    config_class, model_class = (LMConfig, LanguageModel) if kind == "lm" else (TransformerConfig, Transformer)
+    config = config_class.from_dict(checkpoint.config, strict=True, where=where)
+    sizes = ("vocab_size",) if kind == "lm" else ("src_vocab_size", "tgt_vocab_size")
+    differ = [
+        f"{k} {getattr(config, k)} vs the student's {getattr(student.config, k)}"
+        for k in sizes
+        if getattr(config, k) != getattr(student.config, k)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{where}: the teacher's vocabulary differs from the student's ({'; '.join(differ)}); "
+            "the student must use the teacher's tokenizer (a new run takes it from --teacher)"
+        )
+    teacher = model_class(config)
+    teacher.load_state_dict(checkpoint.model_state)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    log.info(f"distilling from {checkpoint.directory} ({teacher.num_parameters():,} parameters)")
+    return teacher
 
 
 def build_schedule(optimizer: optim.Optimizer, s: dict, total_steps: int) -> optim.LRSchedule:
@@ -456,6 +511,7 @@ class Trainer:
                 f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%); frozen: "
                 + ", ".join(settings["freeze"])
             )
+        self.teacher = load_teacher(settings["distill_from"], self.model) if settings["distill_from"] else None
         self.optimizer = build_optimizer(self.model, settings)
         self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
         self.manager = CheckpointManager(
@@ -610,7 +666,13 @@ class Trainer:
         self.optimizer.zero_grad()
         total_loss = 0.0
         for batch in batches:
-            loss_sum = self.task.loss(model, batch, label_smoothing=s["label_smoothing"])
+            loss_sum = self.task.loss(
+                model,
+                batch,
+                label_smoothing=s["label_smoothing"],
+                teacher=self.teacher,
+                distill=(s["distill_weight"], s["distill_temperature"]),
+            )
             (loss_sum * (1.0 / tokens)).backward()
             total_loss += float(loss_sum.data)
         grad_norm = None
