@@ -245,3 +245,52 @@ def shutil_copy_tokenizer(source_run, target_run):
     import shutil
 
     shutil.copytree(source_run / "tokenizer", target_run / "tokenizer")
+
+
+# ------------------------------------------------------------------------------------------ LoRA
+def test_lora_fine_tuning_trains_only_the_adapters_and_its_checkpoints_decode(pretrained, tmp_path, capsys):
+    run_dir = tmp_path / "lora"
+    err = fine_tune(capsys, pretrained, run_dir, "train.max_steps=3", "train.lora_rank=2", "train.lr=1e-2")
+    assert "LoRA rank 2 on 4 layers" in err and "training 384 of 7,184 parameters (5.3%)" in err
+    before, after = final_weights(pretrained / "pre", 4), final_weights(run_dir, 3)
+    adapters = [name for name in after if name.endswith((".lora_A", ".lora_B"))]
+    assert len(adapters) == 8 and set(after) - set(adapters) == set(before)
+    for name in before:  # the base model is frozen: bit-identical
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    assert any(np.any(after[name] != 0) for name in adapters if name.endswith("lora_B"))  # B left zero
+    # The checkpoint resumes, and decodes through the merged model; merged equals unmerged.
+    code, _, err = run(capsys, "lm-train", *lm_args(pretrained, "b.txt", run_dir, "train.max_steps=4"), "--resume")
+    assert code == 0, err
+    code, out, err = run(capsys, "lm-eval", "--checkpoint", run_dir, "--text", pretrained / "b.txt")
+    assert code == 0, err
+    import npgrad as ng
+    from npgrad import nn
+    from transformer.train import restore_lora
+
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "step-000000004")
+    model = LanguageModel(LMConfig.from_dict(checkpoint.config))
+    assert restore_lora(model, checkpoint.model_state, {"lora_alpha": 0.0})
+    model.load_state_dict(checkpoint.model_state)
+    model.eval()
+    x = np.arange(16).reshape(2, 8) % 20
+    with ng.no_grad():
+        unmerged = model(x).data
+        nn.merge_lora(model)
+        merged = model(x).data
+    np.testing.assert_allclose(merged, unmerged, rtol=1e-5, atol=1e-5)
+    assert json.loads(out)["transformer"]["loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["train.lora_rank=100"], ["rank", "larger than"]),
+        (["train.lora_rank=2", 'train.lora_targets=["*.nothing"]'], ["*.nothing", "matches no"]),
+        (["train.lora_rank=-1"], ["[train] lora_rank must be a whole number >= 0"]),
+        (["train.lora_rank=2", "train.lora_dropout=1"], ["[train] lora_dropout must be a number in [0, 1)"]),
+    ],
+)
+def test_bad_lora_settings_are_one_line_errors(pretrained, tmp_path, capsys, overrides, fragments):
+    args = lm_args(pretrained, "b.txt", tmp_path / "bad", "train.max_steps=2", *overrides)
+    code, _, err = run(capsys, "lm-train", *args, "--init-from", pretrained / "pre")
+    assert_clean_error(code, err, *fragments)

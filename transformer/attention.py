@@ -174,7 +174,7 @@ class MultiHeadAttention(nn.Module):
         if self.self_attention and cache is None and self.positional in (None, "rope"):
             # Training and full-sequence scoring: one primitive from the fused projection to the merged
             # heads, whose backward writes the q/k/v gradients into one (B, T, 3C) buffer.
-            qkv = F.linear(x, self.qkv.weight, self.qkv.bias)  # (B, T, 3C)
+            qkv = self.qkv(x)  # (B, T, 3C)
             if self.positional == "rope":
                 qkv = self._rotate_packed(qkv)
             heads = F.packed_self_attention(
@@ -187,9 +187,9 @@ class MultiHeadAttention(nn.Module):
                 rng=self.dropout_rng,
                 training=self.training,
             )
-            return F.linear(heads, self.out_proj.weight, self.out_proj.bias)  # (B, T, C)
+            return self.out_proj(heads)  # (B, T, C)
         if self.self_attention:
-            q, k, v = self._split(F.linear(x, self.qkv.weight, self.qkv.bias), 3)
+            q, k, v = self._split(self.qkv(x), 3)
             offset = 0
             if cache is not None and "k" in cache:
                 offset = cache["k"].shape[2]
@@ -202,7 +202,7 @@ class MultiHeadAttention(nn.Module):
                     v = ng.concatenate([cache["v"], v], axis=2)
                 cache["k"], cache["v"] = k, v
         else:
-            q = self._split(F.linear(x, self.q_proj.weight, self.q_proj.bias), 1)[0]
+            q = self._split(self.q_proj(x), 1)[0]
             if cache is not None and "k" in cache:
                 k, v = cache["k"], cache["v"]
             else:
@@ -211,10 +211,10 @@ class MultiHeadAttention(nn.Module):
                 if cache is not None:
                     k, v = self._memory_keys_values(memory, cache)
                 else:
-                    k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+                    k, v = self._split(self.kv_proj(memory), 2)
             offset = 0
         heads = self._attend(q, k, v, key_mask, causal, offset)  # (B, H, T, D)
-        return F.linear(self._merge(heads), self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(self._merge(heads))
 
     def precompute_memory(self, memory, cache):
         """Cross-attention: compute the encoder keys/values once per sentence into ``cache``."""
@@ -230,7 +230,7 @@ class MultiHeadAttention(nn.Module):
         would copy into its (B*H, S, D) layout at every decoding step; without gradients (decoding) they
         are made contiguous once here instead. With gradients the views stay (they carry the graph).
         """
-        k, v = self._split(F.linear(memory, self.kv_proj.weight, self.kv_proj.bias), 2)
+        k, v = self._split(self.kv_proj(memory), 2)
         if not ng.is_grad_enabled():
             k, v = ng.Tensor(np.ascontiguousarray(k.data)), ng.Tensor(np.ascontiguousarray(v.data))
         cache["k"], cache["v"] = k, v

@@ -59,7 +59,10 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
 
     ``kind`` ("translation" or "lm"), when given, refuses the other kind of checkpoint with a clear error.
     """
+    from npgrad.nn import merge_lora
+
     from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .train import restore_lora
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
 
@@ -78,7 +81,12 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     where = f"{checkpoint.directory}/manifest.json config"
     config_class = LMConfig if found == "lm" else TransformerConfig
     model = (LanguageModel if found == "lm" else Transformer)(config_class.from_dict(config, strict=True, where=where))
-    model.load_state_dict(checkpoint.model_state)
+    # A LoRA run's checkpoint: the same adapters first, then its weights, merged into plain Linears for decoding.
+    if restore_lora(model, checkpoint.model_state, _run_config_of(checkpoint).get("train") or {}):
+        model.load_state_dict(checkpoint.model_state)
+        merge_lora(model)
+    else:
+        model.load_state_dict(checkpoint.model_state)
     model.eval()
     tokenizers = load_tokenizers(checkpoint.directory)
     return model, tokenizers, checkpoint

@@ -61,11 +61,11 @@ class FeedForward(nn.Module):
         init_linear(self.linear2, rng)
 
     def forward(self, x):
-        hidden = F.linear(x, self.linear1.weight, self.linear1.bias)  # (B, L, F)
+        hidden = self.linear1(x)  # (B, L, F)
         hidden = F.relu(hidden) if self.activation == "relu" else F.gelu(hidden)
         if self.training and self.dropout_p > 0.0:
             hidden = F.dropout(hidden, self.dropout_p, training=True, rng=self.dropout_rng)
-        return F.linear(hidden, self.linear2.weight, self.linear2.bias)  # (B, L, C)
+        return self.linear2(hidden)  # (B, L, C)
 
 
 class _Layer(nn.Module):

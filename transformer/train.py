@@ -79,6 +79,11 @@ TRAIN_DEFAULTS = dict(
     distill_from="",  # the teacher: a checkpoint or run directory ("" = none); --teacher sets it
     distill_weight=0.5,  # w in (1 - w) * label loss + w * T^2 KL(teacher || student)
     distill_temperature=1.0,  # T, softening both distributions
+    # LoRA (Hu et al. 2021): low-rank adapters on the Linear layers matching lora_targets; everything else frozen.
+    lora_rank=0,  # r (0 = no adapters)
+    lora_alpha=0.0,  # the update is scaled by alpha / r (0 = alpha = r)
+    lora_dropout=0.0,  # dropout on the adapters' input
+    lora_targets=["*attn.*"],  # module-name patterns: every attention projection by default
 )
 
 
@@ -110,7 +115,7 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
     for key in ("init_strict", "init_extend_vocab"):
         if not isinstance(settings[key], bool):
             raise ConfigError(f"[train] {key} must be true or false, got {settings[key]!r}")
-    for key in ("init_reset", "freeze"):
+    for key in ("init_reset", "freeze", "lora_targets"):
         if not isinstance(settings[key], list) or not all(isinstance(p, str) for p in settings[key]):
             raise ConfigError(f"[train] {key} must be a list of name patterns (strings), got {settings[key]!r}")
     for key in ("init_from", "distill_from"):
@@ -394,6 +399,33 @@ def init_from_checkpoint(
     return report
 
 
+def add_lora_adapters(model: nn.Module, settings: dict) -> list[str]:
+    """LoRA adapters (npgrad.nn.add_lora) on the layers matching ``settings["lora_targets"]``, the rest of the model
+    frozen; their dropout draws from the model's own generator (saved for exact resume)."""
+    alpha = settings["lora_alpha"] or None
+    return nn.add_lora(
+        model,
+        list(settings["lora_targets"]),
+        int(settings["lora_rank"]),
+        alpha=alpha,
+        dropout=float(settings["lora_dropout"]),
+        rng=getattr(model, "rng", None),
+    )
+
+
+def restore_lora(model: nn.Module, state: dict, run_train_settings: dict) -> bool:
+    """A checkpoint of a LoRA run holds the base weights and the adapters (``...lora_A``/``...lora_B``): put the
+    same adapters (rank from their shapes, alpha from the run's settings) on ``model`` before loading ``state``.
+    Returns whether there were adapters (merge them, ``nn.merge_lora``, before decoding)."""
+    layers = sorted(name[: -len(".lora_A")] for name in state if name.endswith(".lora_A"))
+    if not layers:
+        return False
+    rank = int(state[layers[0] + ".lora_A"].shape[1])
+    alpha = float(run_train_settings.get("lora_alpha") or 0.0)
+    add_lora_adapters(model, {"lora_rank": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "lora_targets": layers})
+    return True
+
+
 def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
     """The teacher of word-level distillation, in eval mode (no dropout) and never trained: a checkpoint of the
     student's kind whose vocabulary is the student's (the same tokenizer: prepare_init_from copies it)."""
@@ -505,11 +537,18 @@ class Trainer:
                 f"--init-from {settings['init_from']}: {len(report['loaded'])} parameters loaded"
                 + "".join(f", {len(report[k])} {k}" for k in ("extended", "reset") if report[k])
             )
-        trainable, total = freeze_parameters(self.model, settings["freeze"])
+        freeze_parameters(self.model, settings["freeze"])
+        if settings["lora_rank"]:
+            adapted = add_lora_adapters(self.model, settings)
+            log.info(
+                f"LoRA rank {settings['lora_rank']} on {len(adapted)} layers ({', '.join(settings['lora_targets'])})"
+            )
+        trainable = sum(p.data.size for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.data.size for p in self.model.parameters())
         if trainable < total:
             log.info(
-                f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%); frozen: "
-                + ", ".join(settings["freeze"])
+                f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f}%)"
+                + (f"; frozen: {', '.join(settings['freeze'])}" if settings["freeze"] else "")
             )
         self.teacher = load_teacher(settings["distill_from"], self.model) if settings["distill_from"] else None
         self.optimizer = build_optimizer(self.model, settings)
