@@ -294,3 +294,22 @@ def test_bad_lora_settings_are_one_line_errors(pretrained, tmp_path, capsys, ove
     args = lm_args(pretrained, "b.txt", tmp_path / "bad", "train.max_steps=2", *overrides)
     code, _, err = run(capsys, "lm-train", *args, "--init-from", pretrained / "pre")
     assert_clean_error(code, err, *fragments)
+
+
+def test_a_translation_student_distils_from_its_teacher_end_to_end(trained_translation, tmp_path, capsys):
+    from test_cli import config_args
+
+    student = tmp_path / "student"
+    code, out, err = run(
+        capsys,
+        "train",
+        *config_args(
+            student, "train.max_steps=3", "model.d_ff=16", "train.distill_weight=0.7", "train.distill_temperature=2"
+        ),
+        "--teacher",
+        trained_translation,
+    )
+    assert code == 0, err
+    assert "distilling from" in err and json.loads(out.strip().splitlines()[-1])["step"] == 3
+    code, out, err = run(capsys, "evaluate", "--checkpoint", student, "--beam", 1, "--limit", 2)
+    assert code == 0, err
