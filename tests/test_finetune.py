@@ -313,3 +313,28 @@ def test_a_translation_student_distils_from_its_teacher_end_to_end(trained_trans
     assert "distilling from" in err and json.loads(out.strip().splitlines()[-1])["step"] == 3
     code, out, err = run(capsys, "evaluate", "--checkpoint", student, "--beam", 1, "--limit", 2)
     assert code == 0, err
+
+
+def test_export_a_lora_run_merged_or_as_adapters_alone(pretrained, tmp_path, capsys):
+    run_dir = tmp_path / "lora"
+    fine_tune(capsys, pretrained, run_dir, "train.max_steps=2", "train.lora_rank=2", "train.lr=1e-2")
+    losses = {}
+    for how in ("merge", "adapters"):
+        out_dir = tmp_path / how
+        code, _, err = run(capsys, "export", "--checkpoint", run_dir, "--output", out_dir, f"--{how}")
+        assert code == 0, err
+        code, out, err = run(capsys, "lm-eval", "--checkpoint", out_dir, "--text", pretrained / "b.txt")
+        assert code == 0, err
+        losses[how] = json.loads(out)["transformer"]["loss"]
+    code, out, _ = run(capsys, "lm-eval", "--checkpoint", run_dir, "--text", pretrained / "b.txt")
+    assert losses["merge"] == pytest.approx(json.loads(out)["transformer"]["loss"], rel=1e-6)
+    assert losses["adapters"] == pytest.approx(losses["merge"], rel=1e-6)
+    adapters = load_file(str(tmp_path / "adapters" / MODEL_FILE))
+    assert adapters and all(k.endswith((".lora_A", ".lora_B")) for k in adapters)  # a small file: adapters only
+    merged = load_file(str(tmp_path / "merge" / MODEL_FILE))
+    assert not any(k.endswith((".lora_A", ".lora_B")) for k in merged)  # a plain checkpoint
+    # Refusals: an existing output, a checkpoint without adapters.
+    code, _, err = run(capsys, "export", "--checkpoint", run_dir, "--output", tmp_path / "merge", "--merge")
+    assert_clean_error(code, err, "--overwrite")
+    code, _, err = run(capsys, "export", "--checkpoint", pretrained / "pre", "--output", tmp_path / "x", "--adapters")
+    assert_clean_error(code, err, "holds no LoRA adapters")

@@ -321,35 +321,38 @@ def save_checkpoint(
     return target
 
 
-def check_average_output(output: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse an ``average`` output that would destroy something: a training checkpoint (its optimizer state and
+def check_average_output(output: str | os.PathLike, overwrite: bool = False, command: str = "average") -> None:
+    """Refuse an ``average`` (or ``export``: ``command``) output that would destroy something: a training checkpoint (its optimizer state and
     data position are what lets a run resume), any other existing file or directory, a place inside a run's
     checkpoints (rotation deletes it, or takes a step-N name for a training checkpoint); an earlier average only with
     ``overwrite``."""
     target = Path(output)
     if (target / MANIFEST).is_file():
         try:
-            averaged = "averaged" in (read_manifest_fields(target)["metadata"] or {})
+            metadata = read_manifest_fields(target)["metadata"] or {}
+            averaged = "averaged" in metadata or "exported_from" in metadata
         except (CheckpointError, OSError):
             averaged = False
         if not averaged:
             raise FileExistsError(
-                f"average --output {target} is a training checkpoint; averaging into it would "
+                f"{command} --output {target} is a training checkpoint; averaging into it would "
                 "replace it with weights only and the run could no longer resume. Choose another "
                 "--output"
             )
     inside = checkpoint_area(target.parent)
     if inside is not None:
         raise FileExistsError(
-            f"average --output {target} is inside {inside}, which the run's checkpoint rotation "
+            f"{command} --output {target} is inside {inside}, which the run's checkpoint rotation "
             "deletes or takes for its own; choose a directory outside the run's checkpoints/"
         )
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
     if not (target / MANIFEST).is_file():
-        raise FileExistsError(f"average --output {target} exists and is not a checkpoint; refusing to replace it")
+        raise FileExistsError(f"{command} --output {target} exists and is not a checkpoint; refusing to replace it")
     if not overwrite:
-        raise FileExistsError(f"average --output {target} already holds an average; pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{command} --output {target} already holds an earlier output; pass --overwrite to replace it"
+        )
 
 
 def read_manifest_fields(directory: str | os.PathLike) -> dict:

@@ -14,6 +14,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 
 from .console import configure as configure_output, log
 from .files import write_atomic
@@ -61,7 +63,7 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
     """
     from npgrad.nn import merge_lora
 
-    from .checkpoint import load_checkpoint, resolve_checkpoint
+    from .checkpoint import MANIFEST, load_checkpoint, resolve_checkpoint
     from .train import restore_lora
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
     from .tokenizer import load_tokenizers
@@ -78,15 +80,21 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
             f"checkpoint; use {use} with it"
         )
     # Every key must be there, with its type: a missing n_heads must never quietly become today's default.
-    where = f"{checkpoint.directory}/manifest.json config"
+    where = f"{checkpoint.directory / MANIFEST} config"
     config_class = LMConfig if found == "lm" else TransformerConfig
     model = (LanguageModel if found == "lm" else Transformer)(config_class.from_dict(config, strict=True, where=where))
+    state: dict = dict(checkpoint.model_state)
+    lora_settings = _run_config_of(checkpoint).get("train") or {}
+    adapters_only = (checkpoint.metadata or {}).get("lora_adapters")
+    if adapters_only:  # `export --adapters`: the adapters here, the weights in the base checkpoint it names
+        base = load_checkpoint(resolve_checkpoint(adapters_only["base"]))
+        state, lora_settings = {**base.model_state, **state}, {"lora_alpha": adapters_only["alpha"]}
     # A LoRA run's checkpoint: the same adapters first, then its weights, merged into plain Linears for decoding.
-    if restore_lora(model, checkpoint.model_state, _run_config_of(checkpoint).get("train") or {}):
-        model.load_state_dict(checkpoint.model_state)
+    if restore_lora(model, state, lora_settings):
+        model.load_state_dict(state)
         merge_lora(model)
     else:
-        model.load_state_dict(checkpoint.model_state)
+        model.load_state_dict(state)
     model.eval()
     tokenizers = load_tokenizers(checkpoint.directory)
     return model, tokenizers, checkpoint
@@ -288,6 +296,61 @@ def _run_config_of(checkpoint):
     return {}
 
 
+def cmd_export(args):
+    """A LoRA run's checkpoint as a plain checkpoint (--merge: adapters folded into the weights, usable anywhere)
+    or as its adapters alone (--adapters: a small file that names the base checkpoint it applies to)."""
+    from .checkpoint import check_average_output, load_checkpoint, resolve_checkpoint, save_checkpoint
+
+    check_average_output(args.output, overwrite=args.overwrite, command="export")
+    source = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    run_config = _run_config_of(source)
+    if args.merge:
+        model, _, _ = load_model(source.directory)
+        state, config, metadata = model, model.config, {"merged_lora": True}
+        what = "with its LoRA adapters merged into the weights"
+    else:
+        state, config, metadata = _adapters_only(source, run_config), source.config, {}
+        metadata["lora_adapters"] = {
+            "base": (run_config.get("train") or {})["init_from"],
+            "alpha": float((run_config.get("train") or {}).get("lora_alpha") or 0.0),
+        }
+        what = f"its {len(state)} adapter tensors alone (base {metadata['lora_adapters']['base']})"
+    save_checkpoint(
+        args.output,
+        state,
+        config,
+        train_state={"run_config": run_config},
+        extra_files=dict(source.extra_files),
+        metadata={"exported_from": str(source.directory), **metadata},
+    )
+    log.info(f"wrote {args.output}: {source.directory} {what}")
+    return 0
+
+
+def _adapters_only(source, run_config):
+    """The adapter tensors of a LoRA checkpoint, after checking that its base weights are still those of the
+    checkpoint its run started from (which the adapters-only export names)."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint
+
+    adapters = {k: v for k, v in source.model_state.items() if k.endswith((".lora_A", ".lora_B"))}
+    if not adapters:
+        raise UsageError(f"{source.directory} holds no LoRA adapters (it is not from a run with train.lora_rank)")
+    base_path = (run_config.get("train") or {}).get("init_from")
+    if not base_path:
+        raise UsageError(
+            f"{source.directory}: its run did not start from a checkpoint (--init-from), so its base "
+            "weights exist only here; export --merge instead"
+        )
+    base = load_checkpoint(resolve_checkpoint(base_path))
+    changed = [k for k, v in base.model_state.items() if not np.array_equal(v, source.model_state.get(k))]
+    if changed:
+        raise UsageError(
+            f"{source.directory}: base weights differ from {base_path} ({', '.join(changed[:3])}...): "
+            "they trained too; export --merge instead"
+        )
+    return adapters
+
+
 def cmd_average(args):
     from .checkpoint import CheckpointManager, check_average_output
     from .train import write_averaged_checkpoint
@@ -442,6 +505,14 @@ def build_parser():
     q.add_argument("--output", required=True, help="a new directory (never a training checkpoint)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier output of average")
 
+    q = sub.add_parser("export", help="a LoRA checkpoint merged into plain weights, or its adapters alone")
+    q.add_argument("--checkpoint", required=True, help="a checkpoint or run directory")
+    q.add_argument("--output", required=True, help="a new checkpoint directory")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--merge", action="store_true", help="fold the adapters into the weights: a plain checkpoint")
+    what.add_argument("--adapters", action="store_true", help="only the adapter tensors (they name their base)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+
     q = sub.add_parser("sheet-summary", help="summarise a filled human-evaluation sheet")
     q.add_argument("sheet")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -498,6 +569,7 @@ COMMANDS = {
     "translate": cmd_translate,
     "evaluate": cmd_evaluate,
     "score": cmd_score,
+    "export": cmd_export,
     "average": cmd_average,
     "sheet-summary": cmd_sheet_summary,
     "lm-sample": cmd_lm_sample,
