@@ -338,3 +338,39 @@ def test_export_a_lora_run_merged_or_as_adapters_alone(pretrained, tmp_path, cap
     assert_clean_error(code, err, "--overwrite")
     code, _, err = run(capsys, "export", "--checkpoint", pretrained / "pre", "--output", tmp_path / "x", "--adapters")
     assert_clean_error(code, err, "holds no LoRA adapters")
+
+
+def test_sequence_level_distillation_writes_the_teachers_translations_and_a_student_trains_on_them(
+    trained_translation, tmp_path, capsys
+):
+    from test_cli import config_args
+
+    out_dir = tmp_path / "distilled"
+    code, out, err = run(capsys, "distill", "--teacher", trained_translation, "--output", out_dir, "--beam", 2)
+    assert code == 0, err
+    summary = json.loads(out)
+    sources = (out_dir / "train.de").read_text(encoding="utf-8").splitlines()
+    targets = (out_dir / "train.en").read_text(encoding="utf-8").splitlines()
+    assert len(sources) == len(targets) == summary["pairs"] > 0
+    code, _, err = run(capsys, "distill", "--teacher", trained_translation, "--output", out_dir)
+    assert_clean_error(code, err, "exists", "--overwrite")
+    student = tmp_path / "student"
+    code, out, err = run(
+        capsys,
+        "train",
+        *config_args(
+            student,
+            "train.max_steps=2",
+            f"data.train_src_path={out_dir / 'train.de'}",
+            f"data.train_tgt_path={out_dir / 'train.en'}",
+        ),
+    )
+    assert code == 0, err
+    saved = json.loads((student / "config.json").read_text())
+    assert saved["data"]["train_tgt_path"].endswith("train.en")
+    code, _, err = run(
+        capsys,
+        "train",
+        *config_args(tmp_path / "half", "train.max_steps=2", f"data.train_src_path={out_dir / 'train.de'}"),
+    )
+    assert_clean_error(code, err, "train_src_path and train_tgt_path go together")

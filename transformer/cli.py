@@ -39,7 +39,7 @@ def _run_dir(config, override=None):
 
 # Data paths in a config are made absolute when it is loaded: the run's config.json (and every checkpoint) then
 # finds the data from any working directory.
-_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
+_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path", "train_src_path", "train_tgt_path")
 
 
 def _load(args):
@@ -248,6 +248,37 @@ def cmd_evaluate(args):
         write_human_eval_sheet(args.sheet, pairs.src, pairs.tgt, hyps)
         result["sheet"] = args.sheet
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_distill(args):
+    """Sequence-level knowledge distillation (Kim and Rush 2016), step one: the teacher translates the training
+    sources of its own corpus; a student then trains on those translations (data.train_src_path/train_tgt_path),
+    with the corpus's own validation and test sets."""
+    from .tasks import DATA_DEFAULTS, load_corpus, translate_sentences
+
+    output = Path(args.output)
+    model, (src_tok, tgt_tok), checkpoint = load_model(args.teacher, kind="translation")
+    data = {**DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
+    if args.data_dir:
+        data["data_dir"] = args.data_dir
+    paths = [output / f"train.{data['src']}", output / f"train.{data['tgt']}"]
+    for path in paths:
+        _check_output(path, "--output", args.overwrite)
+    pairs = load_corpus(data)["train"]
+    if args.limit:
+        pairs = pairs.subset(range(min(args.limit, len(pairs))))
+    hyps = translate_sentences(
+        model, src_tok, tgt_tok, pairs.src, beam=args.beam, max_tokens=args.max_tokens, alpha=args.alpha, progress=True
+    )
+    kept = [i for i, hyp in enumerate(hyps) if hyp.strip()]  # an empty translation is no training pair
+    write_atomic(paths[0], "".join(pairs.src[i].replace("\n", " ") + "\n" for i in kept))
+    write_atomic(paths[1], "".join(hyps[i].replace("\n", " ") + "\n" for i in kept))
+    log.info(
+        f"{len(kept)} of {len(hyps)} training sources translated by {checkpoint.directory} into {output}; "
+        f"train a student on them with data.train_src_path={paths[0]} data.train_tgt_path={paths[1]}"
+    )
+    print(json.dumps({"pairs": len(kept), "src": str(paths[0]), "tgt": str(paths[1]), "beam": args.beam}))
     return 0
 
 
@@ -505,6 +536,14 @@ def build_parser():
     q.add_argument("--output", required=True, help="a new directory (never a training checkpoint)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier output of average")
 
+    q = sub.add_parser("distill", help="sequence-level distillation: the teacher translates the training sources")
+    q.add_argument("--teacher", required=True, help="a translation checkpoint or run directory")
+    q.add_argument("--output", required=True, help="a directory for train.SRC and train.TGT")
+    decoding(q)
+    number(q, "--limit", NON_NEGATIVE_INT, 0, "only the first N training pairs (0: all)")
+    q.add_argument("--data-dir")
+    q.add_argument("--overwrite", action="store_true", help="replace earlier output files")
+
     q = sub.add_parser("export", help="a LoRA checkpoint merged into plain weights, or its adapters alone")
     q.add_argument("--checkpoint", required=True, help="a checkpoint or run directory")
     q.add_argument("--output", required=True, help="a new checkpoint directory")
@@ -570,6 +609,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "score": cmd_score,
     "export": cmd_export,
+    "distill": cmd_distill,
     "average": cmd_average,
     "sheet-summary": cmd_sheet_summary,
     "lm-sample": cmd_lm_sample,

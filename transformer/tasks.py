@@ -57,6 +57,10 @@ DATA_DEFAULTS = dict(
     on_bad="filter",
     text_path="",
     train_fraction=0.9,
+    # Another training split for the same corpus (its valid/test kept): e.g. the teacher's translations of the
+    # training sources written by `distill` (sequence-level distillation), two aligned files.
+    train_src_path="",
+    train_tgt_path="",
 )
 TOKENIZER_DEFAULTS = dict(
     kind="sentencepiece",
@@ -316,7 +320,7 @@ def load_corpus(data: dict) -> Corpus:
         if data["corpus"] == "tsv":
             paths.update(src_column=data["src_column"], tgt_column=data["tgt_column"])
         paths.update(valid_size=data["valid_size"], test_size=data["test_size"])
-    return load_translation_corpus(
+    corpus = load_translation_corpus(
         data["corpus"],
         data["src"],
         data["tgt"],
@@ -325,6 +329,23 @@ def load_corpus(data: dict) -> Corpus:
         seed=int(data["split_seed"]),
         **paths,
     )
+    if data["train_src_path"] or data["train_tgt_path"]:
+        if not (data["train_src_path"] and data["train_tgt_path"]):
+            raise ConfigError("[data] train_src_path and train_tgt_path go together (two aligned files)")
+        from .datasets import load_parallel_files
+
+        pairs, report = load_parallel_files(
+            data["train_src_path"],
+            data["train_tgt_path"],
+            src_lang=data["src"],
+            tgt_lang=data["tgt"],
+            name="train (replaced)",
+            validation=validation,
+            split="train",
+        )
+        corpus.splits["train"], corpus.reports["train"] = pairs, report
+        corpus.files += [Path(data["train_src_path"]), Path(data["train_tgt_path"])]
+    return corpus
 
 
 def tokenizer_settings(config: dict, **defaults) -> dict:

@@ -165,7 +165,7 @@ def check_fresh_run_dir(run_dir: str | os.PathLike) -> None:
 
 # [data] keys a resumed run may change: where the files are (their content is checked against the run's record).
 # Any other data setting changes the split or the filtering, so the saved data position would mean other pairs.
-DATA_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path")
+DATA_PATH_KEYS = ("data_dir", "src_path", "tgt_path", "tsv_path", "text_path", "train_src_path", "train_tgt_path")
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: str) -> dict:
