@@ -369,6 +369,23 @@ def read_manifest_fields(directory: str | os.PathLike) -> dict:
     }
 
 
+def checkpoint_kind(config: Mapping) -> str:
+    """ "lm" for a language model's config (one vocabulary), "translation" for an encoder-decoder's."""
+    return "lm" if "vocab_size" in config else "translation"
+
+
+KIND_NAMES = {"lm": "language-model", "translation": "translation"}
+
+
+def run_config_of(checkpoint: Checkpoint) -> dict:
+    """The run config saved in a checkpoint (older checkpoints: its run directory's config.json)."""
+    embedded = (checkpoint.train_state or {}).get("run_config")
+    if embedded:
+        return embedded
+    path = checkpoint.directory.parent.parent / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or a run directory (its best checkpoint by the run's validation metric, else its
     last): what ``--checkpoint`` and ``--init-from`` accept."""
@@ -380,7 +397,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not infos:
         raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
     # BLEU (higher is better) for translation, loss (lower) for a language model.
-    language_model = "vocab_size" in read_manifest_fields(infos[-1].path)["config"]
+    language_model = checkpoint_kind(read_manifest_fields(infos[-1].path)["config"]) == "lm"
     best = CheckpointManager(root, mode="min" if language_model else "max").best()
     return best if best is not None else infos[-1].path
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 
+from .checkpoint import run_config_of
 from .console import configure as configure_output, log
 from .files import write_atomic
 
@@ -57,47 +58,22 @@ def _absolute_paths(config):
 
 
 def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
-    """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory).
+    """(model, tokenizers, checkpoint) from a checkpoint directory (or a run directory); the model in eval mode.
 
     ``kind`` ("translation" or "lm"), when given, refuses the other kind of checkpoint with a clear error.
     """
-    from npgrad.nn import merge_lora
-
-    from .checkpoint import MANIFEST, load_checkpoint, resolve_checkpoint
-    from .train import restore_lora
-    from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+    from .checkpoint import KIND_NAMES, checkpoint_kind, load_checkpoint, resolve_checkpoint
     from .tokenizer import load_tokenizers
+    from .train import model_from_checkpoint
 
     checkpoint = load_checkpoint(resolve_checkpoint(checkpoint_dir))
-    config = checkpoint.config
-    if not isinstance(config, dict):
+    if not isinstance(checkpoint.config, dict):
         raise ValueError(f"{checkpoint.directory}: the manifest's model config is not a mapping")
-    found = "lm" if "vocab_size" in config else "translation"
+    found = checkpoint_kind(checkpoint.config)
     if kind is not None and kind != found:
         use = "lm-sample / lm-eval" if found == "lm" else "translate / evaluate"
-        raise ValueError(
-            f"{checkpoint.directory} is a {'language-model' if found == 'lm' else 'translation'} "
-            f"checkpoint; use {use} with it"
-        )
-    # Every key must be there, with its type: a missing n_heads must never quietly become today's default.
-    where = f"{checkpoint.directory / MANIFEST} config"
-    config_class = LMConfig if found == "lm" else TransformerConfig
-    model = (LanguageModel if found == "lm" else Transformer)(config_class.from_dict(config, strict=True, where=where))
-    state: dict = dict(checkpoint.model_state)
-    lora_settings = _run_config_of(checkpoint).get("train") or {}
-    adapters_only = (checkpoint.metadata or {}).get("lora_adapters")
-    if adapters_only:  # `export --adapters`: the adapters here, the weights in the base checkpoint it names
-        base = load_checkpoint(resolve_checkpoint(adapters_only["base"]))
-        state, lora_settings = {**base.model_state, **state}, {"lora_alpha": adapters_only["alpha"]}
-    # A LoRA run's checkpoint: the same adapters first, then its weights, merged into plain Linears for decoding.
-    if restore_lora(model, state, lora_settings):
-        model.load_state_dict(state)
-        merge_lora(model)
-    else:
-        model.load_state_dict(state)
-    model.eval()
-    tokenizers = load_tokenizers(checkpoint.directory)
-    return model, tokenizers, checkpoint
+        raise ValueError(f"{checkpoint.directory} is a {KIND_NAMES[found]} checkpoint; use {use} with it")
+    return model_from_checkpoint(checkpoint), load_tokenizers(checkpoint.directory), checkpoint
 
 
 def _check_output(path, option, overwrite, protected=()):
@@ -226,7 +202,7 @@ def cmd_evaluate(args):
     from .tasks import DATA_DEFAULTS, evaluate_translation, load_corpus
 
     model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
-    data = {**DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
+    data = {**DATA_DEFAULTS, **run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
     corpus = load_corpus(data)
@@ -259,7 +235,7 @@ def cmd_distill(args):
 
     output = Path(args.output)
     model, (src_tok, tgt_tok), checkpoint = load_model(args.teacher, kind="translation")
-    data = {**DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
+    data = {**DATA_DEFAULTS, **run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
     paths = [output / f"train.{data['src']}", output / f"train.{data['tgt']}"]
@@ -316,17 +292,6 @@ def _check_same_data(checkpoint, current, allow_changed):
     log.warning(f"{text} (--allow-changed-data)")
 
 
-def _run_config_of(checkpoint):
-    """The run config saved in the checkpoint (older checkpoints: its run directory's config.json)."""
-    embedded = (checkpoint.train_state or {}).get("run_config")
-    if embedded:
-        return embedded
-    path = checkpoint.directory.parent.parent / "config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {}
-
-
 def cmd_export(args):
     """A LoRA run's checkpoint as a plain checkpoint (--merge: adapters folded into the weights, usable anywhere)
     or as its adapters alone (--adapters: a small file that names the base checkpoint it applies to)."""
@@ -334,7 +299,7 @@ def cmd_export(args):
 
     check_average_output(args.output, overwrite=args.overwrite, command="export")
     source = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    run_config = _run_config_of(source)
+    run_config = run_config_of(source)
     if args.merge:
         model, _, _ = load_model(source.directory)
         state, config, metadata = model, model.config, {"merged_lora": True}
@@ -440,7 +405,7 @@ def cmd_lm_eval(args):
     from .tasks import LM_DATA_DEFAULTS, encode_lm_text, evaluate_lm, load_lm_text, lm_text_path
 
     model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="lm")
-    data = {**LM_DATA_DEFAULTS, **_run_config_of(checkpoint).get("data", {})}
+    data = {**LM_DATA_DEFAULTS, **run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
     if args.text:

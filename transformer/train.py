@@ -172,20 +172,17 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
     """The configuration a ``--resume`` of ``run_dir`` continues with: the run's own config.json (or, if that was
     lost, the copy in its last checkpoint) with ``overrides`` on top. Refused: a directory with no run, a run of the
     other ``kind`` ("translation" or "lm"), and overrides that would change the run's data split."""
-    from .checkpoint import read_manifest_fields
+    from .checkpoint import KIND_NAMES, checkpoint_kind, read_manifest_fields
     from .config import apply_overrides, read_json_config
 
     run_dir = Path(run_dir)
     path, last = run_dir / "config.json", CheckpointManager(run_dir / "checkpoints").last()
     fields = read_manifest_fields(last) if last is not None else None
     if fields is not None:
-        found = "lm" if "vocab_size" in fields["config"] else "translation"
+        found = checkpoint_kind(fields["config"])
         if found != kind:
             command = "lm-train" if found == "lm" else "train"
-            raise ConfigError(
-                f"--resume: {run_dir} is a {'language-model' if found == 'lm' else 'translation'} run; "
-                f"resume it with {command}"
-            )
+            raise ConfigError(f"--resume: {run_dir} is a {KIND_NAMES[found]} run; resume it with {command}")
     if path.is_file():
         saved = read_json_config(path)
     elif fields is not None and (fields["train_state"] or {}).get("run_config"):
@@ -290,7 +287,7 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
     of this ``kind`` (or a run directory, meaning its best checkpoint); the run takes their tokenizer (ids must mean
     the same pieces: copied into the run unless it has one, and then it must be the same). Returns the config to
     build the run from, the resolved checkpoint paths recorded in it."""
-    from .checkpoint import read_manifest_fields, resolve_checkpoint
+    from .checkpoint import checkpoint_kind, read_manifest_fields, resolve_checkpoint
     from .datasets import sha256_of
 
     config = {section: dict(values) for section, values in config.items()}
@@ -299,13 +296,9 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
             continue
         directory = resolve_checkpoint(config["train"][key])
         fields = read_manifest_fields(directory)
-        found = "lm" if "vocab_size" in fields["config"] else "translation"
+        found = checkpoint_kind(fields["config"])
         if found != kind:
-            raise ConfigError(
-                f"{flag} {directory} is a {'language-model' if found == 'lm' else 'translation'} checkpoint; a "
-                f"{'language model' if kind == 'lm' else 'translation model'} cannot "
-                f"{'start from' if key == 'init_from' else 'learn from'} it"
-            )
+            raise kind_error(f"{flag} {directory}", found, kind, "start from" if key == "init_from" else "learn from")
         config["train"][key] = str(directory.resolve())
         if key == "init_from":
             vocabulary = ("vocab_size", "src_vocab_size", "tgt_vocab_size")
@@ -426,35 +419,62 @@ def restore_lora(model: nn.Module, state: dict, run_train_settings: dict) -> boo
     return True
 
 
-def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
-    """The teacher of word-level distillation, in eval mode (no dropout) and never trained: a checkpoint of the
-    student's kind whose vocabulary is the student's (the same tokenizer: prepare_init_from copies it)."""
-    from .checkpoint import load_checkpoint, resolve_checkpoint
+def model_from_checkpoint(checkpoint) -> nn.Module:
+    """The model of a loaded checkpoint, in eval mode: its config read strictly (every key, every type: a missing
+    n_heads must never quietly become today's default); a LoRA run's adapters put back and merged into plain
+    Linears; an adapters-only checkpoint (``export --adapters``) loaded onto the base checkpoint it names."""
+    from .checkpoint import MANIFEST, checkpoint_kind, load_checkpoint, resolve_checkpoint, run_config_of
     from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+
+    lm = checkpoint_kind(checkpoint.config) == "lm"
+    config_class, model_class = (LMConfig, LanguageModel) if lm else (TransformerConfig, Transformer)
+    where = f"{checkpoint.directory / MANIFEST} config"
+    model = model_class(config_class.from_dict(checkpoint.config, strict=True, where=where))
+    state: dict = dict(checkpoint.model_state)
+    lora_settings = run_config_of(checkpoint).get("train") or {}
+    adapters_only = (checkpoint.metadata or {}).get("lora_adapters")
+    if adapters_only:  # the adapters here, the weights in the base checkpoint
+        base = load_checkpoint(resolve_checkpoint(adapters_only["base"]))
+        state, lora_settings = {**base.model_state, **state}, {"lora_alpha": adapters_only["alpha"]}
+    lora = restore_lora(model, state, lora_settings)
+    model.load_state_dict(state)
+    if lora:
+        nn.merge_lora(model)
+    model.eval()
+    return model
+
+
+def kind_error(what: str, found: str, expected: str, verb: str) -> ConfigError:
+    """'<what> is a language-model checkpoint; a translation model cannot <verb> it' (and the other way)."""
+    from .checkpoint import KIND_NAMES
+
+    model = "language model" if expected == "lm" else "translation model"
+    return ConfigError(f"{what} is a {KIND_NAMES[found]} checkpoint; a {model} cannot {verb} it")
+
+
+def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
+    """The teacher of word-level distillation, in eval mode and never trained: a checkpoint of the student's kind
+    whose vocabulary is the student's (the same tokenizer: prepare_init_from copies it)."""
+    from .checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
+    from .model import LanguageModel
 
     checkpoint = load_checkpoint(resolve_checkpoint(directory))
     where = f"--teacher {checkpoint.directory}"
-    kind = "lm" if "vocab_size" in checkpoint.config else "translation"
-    if kind != ("lm" if isinstance(student, LanguageModel) else "translation"):
-        raise ConfigError(
-            f"{where} is a {'language-model' if kind == 'lm' else 'translation'} checkpoint; the student is not"
-        )
-    config_class, model_class = (LMConfig, LanguageModel) if kind == "lm" else (TransformerConfig, Transformer)
-    config = config_class.from_dict(checkpoint.config, strict=True, where=where)
-    sizes = ("vocab_size",) if kind == "lm" else ("src_vocab_size", "tgt_vocab_size")
+    found, expected = checkpoint_kind(checkpoint.config), "lm" if isinstance(student, LanguageModel) else "translation"
+    if found != expected:
+        raise kind_error(where, found, expected, "learn from")
+    teacher = model_from_checkpoint(checkpoint)
+    sizes = ("vocab_size",) if found == "lm" else ("src_vocab_size", "tgt_vocab_size")
     differ = [
-        f"{k} {getattr(config, k)} vs the student's {getattr(student.config, k)}"
+        f"{k} {getattr(teacher.config, k)} vs the student's {getattr(student.config, k)}"
         for k in sizes
-        if getattr(config, k) != getattr(student.config, k)
+        if getattr(teacher.config, k) != getattr(student.config, k)
     ]
     if differ:
         raise ConfigError(
             f"{where}: the teacher's vocabulary differs from the student's ({'; '.join(differ)}); "
             "the student must use the teacher's tokenizer (a new run takes it from --teacher)"
         )
-    teacher = model_class(config)
-    teacher.load_state_dict(checkpoint.model_state)
-    teacher.eval()
     teacher.requires_grad_(False)
     log.info(f"distilling from {checkpoint.directory} ({teacher.num_parameters():,} parameters)")
     return teacher
