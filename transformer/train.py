@@ -211,31 +211,44 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
     return config
 
 
-def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
-    """Before a resume: the run's tokenizer must be the one its last checkpoint was trained with (the checkpoint
-    holds a checksummed copy). A missing file is restored from that copy; a different one is refused."""
-    from .checkpoint import read_manifest_fields
+def tokenizer_files_differing(tok_dir: Path, fields: dict) -> tuple[list[str], list[str]]:
+    """(missing, different): the tokenizer files a checkpoint holds (``read_manifest_fields``) that ``tok_dir`` lacks,
+    or holds with other contents (size and SHA-256 against the checkpoint's records)."""
     from .datasets import sha256_of
 
-    run_dir = Path(run_dir)
-    last = CheckpointManager(run_dir / "checkpoints").last()
-    if last is None:
-        return
-    fields = read_manifest_fields(last)
-    tok_dir = run_dir / "tokenizer"
+    missing, different = [], []
     for name in fields["extra_files"]:
         record, path = fields["files"].get(name), tok_dir / name
         if record is None:
             continue
         if not path.is_file():
-            tok_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(last / name, path)
-            log.warning(f"{path} was missing: restored from {last}")
+            missing.append(name)
         elif path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
-            raise ConfigError(
-                f"--resume: {path} differs from the tokenizer {last} was trained with; the model's "
-                f"ids would mean other pieces. Restore it (cp {last / name} {path}) or start a new run"
-            )
+            different.append(name)
+    return missing, different
+
+
+def check_run_tokenizer(run_dir: str | os.PathLike) -> None:
+    """Before a resume: the run's tokenizer must be the one its last checkpoint was trained with (the checkpoint
+    holds a checksummed copy). A missing file is restored from that copy; a different one is refused."""
+    from .checkpoint import read_manifest_fields
+
+    run_dir = Path(run_dir)
+    last = CheckpointManager(run_dir / "checkpoints").last()
+    if last is None:
+        return
+    tok_dir = run_dir / "tokenizer"
+    missing, different = tokenizer_files_differing(tok_dir, read_manifest_fields(last))
+    if different:
+        name = different[0]
+        raise ConfigError(
+            f"--resume: {tok_dir / name} differs from the tokenizer {last} was trained with; the model's "
+            f"ids would mean other pieces. Restore it (cp {last / name} {tok_dir / name}) or start a new run"
+        )
+    for name in missing:
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(last / name, tok_dir / name)
+        log.warning(f"{tok_dir / name} was missing: restored from {last}")
 
 
 def build_optimizer(model: nn.Module, s: dict) -> optim.Optimizer:
@@ -288,7 +301,6 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
     the same pieces: copied into the run unless it has one, and then it must be the same). Returns the config to
     build the run from, the resolved checkpoint paths recorded in it."""
     from .checkpoint import checkpoint_kind, read_manifest_fields, resolve_checkpoint
-    from .datasets import sha256_of
 
     config = {section: dict(values) for section, values in config.items()}
     for key, flag in (("init_from", "--init-from"), ("distill_from", "--teacher")):
@@ -311,12 +323,8 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
                 shutil.copyfile(directory / name, tok_dir / name)
             log.info(f"{flag}: the run uses the tokenizer of {directory}")
         else:
-            differ = [
-                name
-                for name in fields["extra_files"]
-                if name != "settings.json"
-                and (not (tok_dir / name).is_file() or sha256_of(tok_dir / name) != fields["files"][name]["sha256"])
-            ]
+            missing, different = tokenizer_files_differing(tok_dir, fields)
+            differ = [name for name in missing + different if name != "settings.json"]
             if differ:
                 raise ConfigError(
                     f"{flag} {directory}: its tokenizer differs from the run's ({', '.join(differ)} in "
