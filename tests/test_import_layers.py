@@ -188,6 +188,7 @@ LEAVES = (
     "transformer.files",
     "transformer.jsonstate",
     "transformer.console",
+    "transformer.extras",
 )
 
 

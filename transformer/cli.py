@@ -585,6 +585,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError, normalise_cli_overrides
     from .datasets import ChecksumError, DownloadError
+    from .extras import MissingExtra
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -608,7 +609,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside training (which saves and returns 130 itself), or a second Ctrl-C
         print("interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, ValueError, OSError, ChecksumError, DownloadError, FloatingPointError, MemoryError) as error:
+    except (
+        ConfigError,
+        ValueError,
+        OSError,
+        ChecksumError,
+        DownloadError,
+        FloatingPointError,
+        MemoryError,
+        MissingExtra,
+    ) as error:
         # Bad configs, data, checkpoints and files are the user's to fix: one line saying what, no traceback
         # (--debug shows it). ValueError covers UsageError, DataValidationError, TokenizerError, CheckpointError and
         # UnicodeDecodeError; FloatingPointError is a diverged training, whose message says what to change.
