@@ -40,6 +40,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "clip_grad_norm_",
+    "grad_norms",
     "LRSchedule",
     "InverseSqrtSchedule",
     "WarmupCosineSchedule",
@@ -444,15 +445,39 @@ class AdamW(Adam):
 
 
 # ---------------------------------------------------------------------------------- clipping
+def grad_norms(params: Tensor | Iterable[Tensor]) -> list[float]:
+    """The L2 norm of each parameter's gradient (0.0 for a parameter without one), in the order given.
+
+    These are the per-parameter norms that clipping by global L2 norm combines (``total = sqrt(sum(n_i^2))``); a
+    caller that wants both (e.g. to log per-layer gradient norms) passes them to ``clip_grad_norm_(..., norms=)``
+    so that each gradient is read once. Each squared norm is a BLAS dot (no temporary array) in float64.
+    """
+    return [math.sqrt(sq) for sq in _grad_squared_norms([params] if isinstance(params, Tensor) else params)]
+
+
+def _grad_squared_norms(params: Iterable[Tensor]) -> list[float]:
+    squares = []
+    for p in params:
+        g = _grad_array(p)
+        flat = None if g is None else np.ravel(g)
+        squares.append(0.0 if flat is None else float(np.dot(flat, flat)))
+    return squares
+
+
 def clip_grad_norm_(
-    params: Tensor | Iterable[Tensor], max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+    params: Tensor | Iterable[Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    norms: list[float] | None = None,
 ) -> float:
     """Scale all gradients in place so that their global norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ..., ||g_n||)||`` (the norm of
     all gradients concatenated), every gradient is multiplied by ``min(1, max_norm / (total + 1e-6))``,
     and ``total`` (before clipping) is returned. Parameters without a gradient are skipped.
-    ``norm_type`` is 2, any p >= 1, or ``inf`` (largest absolute value).
+    ``norm_type`` is 2, any p >= 1, or ``inf`` (largest absolute value). ``norms``: the per-parameter L2
+    norms already computed by ``grad_norms(params)`` (norm_type 2 only), used instead of reading the gradients again.
     """
     if isinstance(params, Tensor):
         params = [params]
@@ -460,6 +485,12 @@ def clip_grad_norm_(
     norm_type = float(norm_type)
     if not (norm_type >= 1 or norm_type == math.inf):
         raise ValueError(f"clip_grad_norm_: norm_type must be >= 1 or inf, got {norm_type!r}")
+    params = list(params)
+    if norms is not None and (norm_type != 2.0 or len(norms) != len(params)):
+        raise ValueError(
+            f"clip_grad_norm_: norms (from grad_norms) must hold one L2 norm per parameter ({len(params)}) and "
+            f"norm_type must be 2; got {len(norms)} norms and norm_type {norm_type}"
+        )
     grads = []
     for p in params:
         g = _grad_array(p)
@@ -470,8 +501,7 @@ def clip_grad_norm_(
     if norm_type == math.inf:
         total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
     elif norm_type == 2.0:
-        # Per-gradient squared norms by BLAS dot (no temporary array), summed in float64.
-        total = math.sqrt(sum(float(np.dot(flat, flat)) for flat in (np.ravel(g) for g in grads)))
+        total = math.sqrt(sum(_grad_squared_norms(params) if norms is None else [n * n for n in norms]))
     else:
         total = float(
             np.sum([np.linalg.norm(np.ravel(g), ord=norm_type) ** norm_type for g in grads]) ** (1.0 / norm_type)

@@ -189,6 +189,7 @@ LEAVES = (
     "transformer.jsonstate",
     "transformer.console",
     "transformer.extras",
+    "transformer.gradflow",
 )
 
 

@@ -34,6 +34,7 @@ from npgrad import nn, optim
 from .checkpoint import CheckpointManager, save_checkpoint
 from .console import Progress, clock, log
 from .files import write_atomic
+from .gradflow import GradientFlow, warning as gradient_warning
 from .config import PROBABILITY_BELOW_1, ConfigError, check_keys, check_numbers
 
 if TYPE_CHECKING:
@@ -580,6 +581,8 @@ class Trainer:
             )
         self.teacher = load_teacher(settings["distill_from"], self.model) if settings["distill_from"] else None
         self.optimizer = build_optimizer(self.model, settings)
+        self.gradient_flow = GradientFlow(self.optimizer.names, self.optimizer.params)
+        self.last_gradients: dict | None = None  # the per-layer record of the last step that measured it
         self.schedule = build_schedule(self.optimizer, settings, settings["max_steps"])
         self.manager = CheckpointManager(
             self.run_dir / "checkpoints", keep_last=int(settings["keep_last"]), mode=task.metric_mode
@@ -725,8 +728,9 @@ class Trainer:
             return "max_minutes"
         return None
 
-    def train_step(self):
-        """One update: ``accumulate`` batches, loss normalised by their total token count."""
+    def train_step(self, measure_gradients: bool = False):
+        """One update: ``accumulate`` batches, loss normalised by their total token count. ``measure_gradients``
+        (the logging steps): per-layer gradient norms and update ratios into ``last_gradients`` (gradflow.py)."""
         model, s = self.model, self.s
         batches = [self.task.next_batch() for _ in range(int(s["accumulate"]))]
         tokens = sum(self.task.batch_tokens(b) for b in batches)
@@ -742,12 +746,19 @@ class Trainer:
             )
             (loss_sum * (1.0 / tokens)).backward()
             total_loss += float(loss_sum.data)
-        grad_norm = None
+        grad_norm, norms, before, flow = None, None, None, self.gradient_flow
+        self.last_gradients = None
+        if measure_gradients:
+            norms, before = flow.grad_norms(), flow.snapshot()
         if s["clip_norm"] and s["clip_norm"] > 0:
-            grad_norm = float(optim.clip_grad_norm_(self.optimizer.params, s["clip_norm"]))
+            grad_norm = float(optim.clip_grad_norm_(self.optimizer.params, s["clip_norm"], norms=norms))
+            if norms is None and not math.isfinite(grad_norm):  # free to know every step: say which layer
+                self.last_gradients = flow.record(flow.grad_norms())
         lr = self.optimizer.lr
         self.optimizer.step()
         self.schedule.step()
+        if norms is not None:
+            self.last_gradients = flow.record(norms, before)
         return total_loss / tokens, tokens, lr, grad_norm
 
     def validate(self):
@@ -783,7 +794,7 @@ class Trainer:
                     st["stopped"] = reason
                     break
                 t0 = time.perf_counter()
-                loss, tokens, lr, grad_norm = self.train_step()
+                loss, tokens, lr, grad_norm = self.train_step((st["step"] + 1) % int(s["log_every"]) == 0)
                 dt = time.perf_counter() - t0
                 st["step"] += 1
                 st["tokens"] += tokens
@@ -803,6 +814,11 @@ class Trainer:
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 self.log.write(record)
+                if self.last_gradients is not None:
+                    self.log.write({"type": "gradients", "step": st["step"], **self.last_gradients})
+                    said = gradient_warning(st["step"], self.last_gradients)
+                    if said:
+                        log.warning(said)
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"training loss became {loss} at step {st['step']} (lr {lr:.3g}); lower the learning rate "
