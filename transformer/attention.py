@@ -16,6 +16,12 @@ Two computation paths give the same function:
 * the explicit path (relative positions and ALiBi, which need the scores before the softmax) spells the
   same steps with npgrad ops: matmul, + bias, masked_fill, F.softmax, dropout, matmul.
 
+Attention weights (``need_weights=True``, opt-in, for looking inside a model): the explicit path runs for every
+positional kind and the post-softmax probabilities (B, H, T, K) are returned beside the output (before attention
+dropout; exactly 0 for a masked key, a row of zeros when every key is masked). The fused primitives keep their
+probabilities inside, so asking for the weights costs the unfused path; not asking runs the fused path unchanged.
+The two paths compute the same function, equal up to float rounding.
+
 Masks are boolean, True = may attend: a key-padding mask (B, 1, 1, K) and/or causal order.
 A query row with every key masked (only possible when a whole sequence is padding) gives zeros, on both
 paths (the fused primitive's policy).
@@ -162,8 +168,8 @@ class MultiHeadAttention(nn.Module):
         return heads.transpose(0, 2, 1, 3).reshape(batch, length, self.d_model)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, memory=None, key_mask=None, causal=False, cache=None):
-        """x (B, T, C) -> (B, T, C).
+    def forward(self, x, memory=None, key_mask=None, causal=False, cache=None, need_weights=False):
+        """x (B, T, C) -> (B, T, C); with ``need_weights`` -> (out (B, T, C), weights (B, H, T, K) Tensor).
 
         Self-attention: keys/values from x; with ``cache`` they are appended to the cached ones and the
         queries sit at positions t .. t+T-1, t = the cached length. Cross-attention: keys/values from
@@ -171,7 +177,7 @@ class MultiHeadAttention(nn.Module):
         ``key_mask`` (B, 1, 1, K) bool True = real key (None: all real); ``causal``: key j visible to
         query i only if j <= i.
         """
-        if self.self_attention and cache is None and self.positional in (None, "rope"):
+        if self.self_attention and cache is None and self.positional in (None, "rope") and not need_weights:
             # Training and full-sequence scoring: one primitive from the fused projection to the merged
             # heads, whose backward writes the q/k/v gradients into one (B, T, 3C) buffer.
             qkv = self.qkv(x)  # (B, T, 3C)
@@ -213,8 +219,9 @@ class MultiHeadAttention(nn.Module):
                 else:
                     k, v = self._split(self.kv_proj(memory), 2)
             offset = 0
-        heads = self._attend(q, k, v, key_mask, causal, offset)  # (B, H, T, D)
-        return self.out_proj(self._merge(heads))
+        heads, weights = self._attend(q, k, v, key_mask, causal, offset, need_weights)  # (B, H, T, D)
+        out = self.out_proj(self._merge(heads))
+        return (out, weights) if need_weights else out
 
     def precompute_memory(self, memory, cache):
         """Cross-attention: compute the encoder keys/values once per sentence into ``cache``."""
@@ -237,7 +244,8 @@ class MultiHeadAttention(nn.Module):
         return k, v
 
     # ------------------------------------------------------------------ attention proper
-    def _attend(self, q, k, v, key_mask, causal, offset):
+    def _attend(self, q, k, v, key_mask, causal, offset, need_weights=False):
+        """-> (heads (B, H, T, D), weights (B, H, T, K) or None when the fused primitive ran)."""
         query_len, key_len = q.shape[2], k.shape[2]
         dropout_p = self.dropout_p if self.training else 0.0
         if causal and (offset or query_len != key_len):
@@ -247,8 +255,8 @@ class MultiHeadAttention(nn.Module):
             if not mask.all():
                 key_mask = mask if key_mask is None else (key_mask & mask)
             causal = False
-        if self.positional in (None, "rope"):
-            return F.scaled_dot_product_attention(
+        if self.positional in (None, "rope") and not need_weights:
+            heads = F.scaled_dot_product_attention(
                 q,
                 k,
                 v,
@@ -259,10 +267,14 @@ class MultiHeadAttention(nn.Module):
                 rng=self.dropout_rng,
                 training=self.training,
             )
+            return heads, None
         return self._explicit_attention(q, k, v, key_mask, causal, offset, dropout_p)
 
     def _explicit_attention(self, q, k, v, key_mask, causal, offset, dropout_p):
-        """Scores with a positional term, then masked softmax and the weighted sum, in npgrad ops."""
+        """Scores (with a positional term, if any), masked softmax and the weighted sum, in npgrad ops.
+
+        -> (heads (B, H, T, D), weights (B, H, T, K): the probabilities before attention dropout).
+        """
         batch, heads, query_len, head_dim = q.shape
         key_len = k.shape[2]
         scores = q @ k.swapaxes(-1, -2)  # (B, H, T, K)
@@ -286,18 +298,19 @@ class MultiHeadAttention(nn.Module):
             # The most negative finite number rather than -inf: exp underflows to exactly 0 for a
             # masked key, and a row with no visible key stays finite (uniform) instead of NaN.
             scores = scores.masked_fill(~allowed, np.finfo(q.dtype).min)
-        weights = F.softmax(scores, axis=-1)  # (B, H, T, K)
+        probs = F.softmax(scores, axis=-1)  # (B, H, T, K)
         if allowed is not None:
             visible = allowed.any(axis=-1, keepdims=True)  # (B?, 1?, T, 1)
             if not visible.all():
                 # Rows with no visible key: the policy is zeros (and zero gradient), as the fused op.
-                weights = weights * visible.astype(q.dtype)
+                probs = probs * visible.astype(q.dtype)
+        weights = probs
         if dropout_p > 0.0:
-            weights = F.dropout(weights, dropout_p, training=True, rng=self.dropout_rng)
+            weights = F.dropout(probs, dropout_p, training=True, rng=self.dropout_rng)
         out = weights @ v  # (B, H, T, D)
         if self.positional == "relative":
             # sum_j w_ij a^V_ij: (T, B*H, K) @ (T, K, D) -> (T, B*H, D)
             w_by_position = weights.transpose(2, 0, 1, 3).reshape(query_len, batch * heads, key_len)
             rel_out = (w_by_position @ rel_v).reshape(query_len, batch, heads, head_dim).transpose(1, 2, 0, 3)
             out = out + rel_out
-        return out
+        return out, probs

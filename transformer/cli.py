@@ -95,6 +95,31 @@ def _check_output(path, option, overwrite, protected=()):
         raise UsageError(f"{option} {path} exists; pass --overwrite to replace it")
 
 
+def _check_attention_dir(directory, count, overwrite):
+    """--attention DIR: a directory outside any run's checkpoints, whose NNNN.npz/png files are replaced only with
+    --overwrite; matplotlib is looked for now, before any decoding (a missing 'plot' extra is said at once)."""
+    if directory is None:
+        return
+    from .checkpoint import checkpoint_area
+    from .extras import pyplot
+
+    pyplot()
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--attention {directory} is a file; give a directory")
+    inside = checkpoint_area(directory)
+    if inside is not None:
+        raise UsageError(f"--attention {directory} is inside {inside}, which the run manages; write it elsewhere")
+    existing = [
+        directory / f"{n:04d}.{ext}"
+        for n in range(count)
+        for ext in ("npz", "png")
+        if (directory / f"{n:04d}.{ext}").exists()
+    ]
+    if existing and not overwrite:
+        raise UsageError(f"--attention {directory} already holds {existing[0].name}; pass --overwrite to replace it")
+
+
 def _read_input(path):
     """Lines of a file (or standard input), split on newline only; invalid UTF-8 names the file and line."""
     from .datasets import decode_lines
@@ -185,9 +210,24 @@ def cmd_translate(args):
     _check_output(args.output, "--output", args.overwrite)
     model, (src_tok, tgt_tok), _ = load_model(args.checkpoint, kind="translation")
     lines = _read_input(args.input)
+    _check_attention_dir(args.attention, len(lines), args.overwrite)
+    tokens: list | None = [] if args.attention else None
     out = translate_sentences(
-        model, src_tok, tgt_tok, lines, beam=args.beam, max_tokens=args.max_tokens, alpha=args.alpha, progress=True
+        model,
+        src_tok,
+        tgt_tok,
+        lines,
+        beam=args.beam,
+        max_tokens=args.max_tokens,
+        alpha=args.alpha,
+        progress=True,
+        tokens=tokens,
     )
+    if args.attention:
+        from .attention_maps import write_translation_maps
+
+        drawn = write_translation_maps(args.attention, model, src_tok, tgt_tok, lines, tokens or [])
+        log.info(f"attention maps of {drawn} line(s) in {args.attention} (NNNN.npz arrays, NNNN.png pictures)")
     text = "".join(line.replace("\n", " ") + "\n" for line in out)
     if args.output:
         write_atomic(args.output, text)
@@ -379,10 +419,22 @@ def cmd_sheet_summary(args):
 
 
 def cmd_lm_sample(args):
-    from .tasks import decode_lm_ids, lm_generate
+    from .tasks import decode_lm_ids, encode_prompt, lm_generate
 
     model, (tokenizer, _), _ = load_model(args.checkpoint, kind="lm")
-    _, new = lm_generate(
+    if args.attention:
+        block = model.config.block_size
+        prompt_length = len(encode_prompt(tokenizer, args.prompt))
+        if prompt_length + args.max_new_tokens == 0:
+            raise UsageError("--attention: an empty prompt and --max-new-tokens 0 leave no token to draw")
+        if prompt_length + args.max_new_tokens > block:
+            raise UsageError(
+                f"--attention draws one window of block_size={block} tokens, but the prompt ({prompt_length} "
+                f"tokens) and --max-new-tokens {args.max_new_tokens} make {prompt_length + args.max_new_tokens}; "
+                f"ask for at most {max(block - prompt_length, 0)} new tokens"
+            )
+        _check_attention_dir(args.attention, 1, args.overwrite)
+    prompt_ids, new = lm_generate(
         model,
         tokenizer,
         args.prompt,
@@ -394,6 +446,13 @@ def cmd_lm_sample(args):
         use_cache=not args.no_cache,
     )
     print(args.prompt + decode_lm_ids(tokenizer, new))
+    if args.attention:
+        from .attention_maps import write_lm_map
+
+        write_lm_map(args.attention, model, tokenizer, list(prompt_ids) + list(new))
+        log.info(
+            f"attention map of the prompt and the {len(new)} new token(s) in {args.attention} (0000.npz, 0000.png)"
+        )
     return 0
 
 
@@ -476,7 +535,13 @@ def build_parser():
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--input", help="a file (default: standard input)")
     q.add_argument("--output", help="a file (default: standard output)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output file (or --attention maps)")
+    q.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="also write each line's attention weights to DIR/NNNN.npz and its cross-attention heatmaps to "
+        "DIR/NNNN.png (needs the 'plot' extra)",
+    )
     decoding(q)
 
     q = sub.add_parser("evaluate", help="loss, perplexity, sacreBLEU and chrF on a split")
@@ -535,6 +600,13 @@ def build_parser():
     number(q, "--top-p", Number(float, 0, 1), 0.0, "0: off")
     number(q, "--seed", NON_NEGATIVE_INT, 0)
     q.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (no KV cache)")
+    q.add_argument(
+        "--attention",
+        metavar="DIR",
+        help="also write the self-attention over the prompt and the generated text to DIR/0000.npz and DIR/0000.png "
+        "(one window: prompt + --max-new-tokens <= block_size; needs the 'plot' extra)",
+    )
+    q.add_argument("--overwrite", action="store_true", help="replace existing --attention files")
 
     q = sub.add_parser("lm-eval", help="loss, perplexity and bits per character of a language model")
     q.add_argument("--checkpoint", required=True)

@@ -82,6 +82,14 @@ class _Layer(nn.Module):
             return x + self._dropout(sublayer(layer_norm(x, norm)))
         return add_layer_norm(self._dropout(sublayer(x)), x, norm)
 
+    @staticmethod
+    def _attention(module, weights, name, *args, **kwargs):
+        """module(*args, **kwargs); with ``weights`` a dict (weights requested), its weights go to weights[name]."""
+        if weights is None:
+            return module(*args, **kwargs)
+        out, weights[name] = module(*args, need_weights=True, **kwargs)
+        return out
+
 
 class EncoderLayer(_Layer):
     """Self-attention (all positions see all real positions) then feed-forward: (B, S, C) -> (B, S, C)."""
@@ -125,10 +133,17 @@ class EncoderLayer(_Layer):
         self.norm1 = make_layer_norm(d_model, bias, dtype)
         self.norm2 = make_layer_norm(d_model, bias, dtype)
 
-    def forward(self, x, key_mask=None):
-        """x (B, S, C); key_mask (B, 1, 1, S) bool True = real token, or None."""
-        x = self._residual(x, self.norm1, lambda h: self.self_attn(h, key_mask=key_mask))
-        return self._residual(x, self.norm2, self.feed_forward)
+    def forward(self, x, key_mask=None, need_weights=False):
+        """x (B, S, C); key_mask (B, 1, 1, S) bool True = real token, or None.
+
+        With ``need_weights`` -> (x, {"self": attention weights (B, H, S, S)}).
+        """
+        weights = {} if need_weights else None
+        x = self._residual(
+            x, self.norm1, lambda h: self._attention(self.self_attn, weights, "self", h, key_mask=key_mask)
+        )
+        x = self._residual(x, self.norm2, self.feed_forward)
+        return (x, weights) if need_weights else x
 
 
 class DecoderLayer(_Layer):
@@ -190,20 +205,31 @@ class DecoderLayer(_Layer):
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, bias, rng, self.dropout_rng, dtype)
         self.norm3 = make_layer_norm(d_model, bias, dtype)
 
-    def forward(self, x, memory=None, self_key_mask=None, memory_key_mask=None, cache=None):
+    def forward(self, x, memory=None, self_key_mask=None, memory_key_mask=None, cache=None, need_weights=False):
         """x (B, T, C); memory (B, S, C) (not needed when the cache holds the encoder keys/values);
         self_key_mask (B, 1, 1, T_total) and memory_key_mask (B, 1, 1, S): True = real token.
         Self-attention is causal. ``cache``: {"self": {...}, "cross": {...}} for incremental decoding.
+        With ``need_weights`` -> (x, {"self": (B, H, T, T_total), "cross": (B, H, T, S)} attention weights).
         """
         self_cache = cross_cache = None
         if cache is not None:
             self_cache = cache.setdefault("self", {})
             cross_cache = cache.setdefault("cross", {})
+        weights = {} if need_weights else None
         x = self._residual(
-            x, self.norm1, lambda h: self.self_attn(h, key_mask=self_key_mask, causal=True, cache=self_cache)
+            x,
+            self.norm1,
+            lambda h: self._attention(
+                self.self_attn, weights, "self", h, key_mask=self_key_mask, causal=True, cache=self_cache
+            ),
         )
         if self.has_cross_attention:
             x = self._residual(
-                x, self.norm2, lambda h: self.cross_attn(h, memory, key_mask=memory_key_mask, cache=cross_cache)
+                x,
+                self.norm2,
+                lambda h: self._attention(
+                    self.cross_attn, weights, "cross", h, memory, key_mask=memory_key_mask, cache=cross_cache
+                ),
             )
-        return self._residual(x, self.norm3, self.feed_forward)
+        x = self._residual(x, self.norm3, self.feed_forward)
+        return (x, weights) if need_weights else x

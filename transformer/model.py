@@ -17,6 +17,11 @@ Incremental decoding: ``start_decoding`` returns a :class:`DecoderState` (cross-
 every layer computed once); ``decode_step(tokens, state)`` runs one position through the decoder using
 the cached self-attention keys/values, and gives the same logits as ``forward`` on the whole prefix.
 
+Attention weights (opt-in, to look inside): ``forward``, ``encode``, ``decode``, ``decode_step`` and ``prefill`` take
+``need_weights=True`` and then also return a dict of post-softmax probabilities, one array per attention kind stacked
+over layers, (L, B, H, queries, keys): "encoder_self" (L, B, H, S, S), "decoder_self" (L, B, H, T, T) (a cached step:
+(L, B, H, 1, t)) and "cross" (L, B, H, T, S). Without it the fused attention primitives run, unchanged.
+
 Randomness is seeded by ``config.seed``: one generator for the initial weights (same seed, same
 weights) and one, ``model.rng``, for dropout (saved/restored with ``Module.rng_state_dict``).
 """
@@ -271,6 +276,27 @@ def _token_array(name, ids, vocab_size, ndim):
     return array.astype(np.int64, copy=False)
 
 
+def _run_layers(layers, x, need_weights, *args, caches=None, self_name="decoder_self"):
+    """x through every layer, ``layer(x, *args[, its cache])`` -> (x, weights).
+
+    weights: {} without ``need_weights``; with it the layers' attention weights stacked, {kind: (L, B, H, Tq, K)
+    ndarray}, a layer's "self" named ``self_name`` and "cross" as it is.
+    """
+    per_layer = []
+    for i, layer in enumerate(layers):
+        layer_args = args if caches is None else (*args, caches[i])
+        if need_weights:
+            x, weights = layer(x, *layer_args, need_weights=True)
+            per_layer.append(weights)
+        else:
+            x = layer(x, *layer_args)
+    kinds = per_layer[0] if per_layer else {}
+    return x, {
+        (self_name if kind == "self" else kind): np.stack([weights[kind].data for weights in per_layer])
+        for kind in kinds
+    }
+
+
 def _key_mask(real):
     """(B, L) bool True = real token -> (B, 1, 1, L) attention mask, or None when nothing is padding."""
     if real is None or real.all():
@@ -291,40 +317,48 @@ def _tied_or_projected_logits(h, embedding, output_proj):
 class _Decoding:
     """decode_step/prefill shared by both models (a decoder stack with a per-layer cache)."""
 
-    def decode_step(self, tokens, state):
-        """tokens (B,) int -> logits (B, V) for the next position; appends to ``state``'s cache."""
+    def decode_step(self, tokens, state, need_weights=False):
+        """tokens (B,) int -> logits (B, V) for the next position; appends to ``state``'s cache.
+
+        With ``need_weights`` -> (logits, {"decoder_self": (L, B, H, 1, t), "cross": (L, B, H, 1, S)}), t = the
+        tokens fed so far including this one (a language model has no "cross").
+        """
         tokens = _token_array("decode_step", tokens, self._target_vocab_size, ndim=1)
         if tokens.shape[0] != state.batch_size:
             raise ValueError(
                 f"decode_step: {tokens.shape[0]} tokens for a decoder state of batch size {state.batch_size}"
             )
-        h = self._decode_chunk(tokens[:, None], state)  # (B, 1, C)
-        return _tied_or_projected_logits(
+        h, weights = self._decode_chunk(tokens[:, None], state, need_weights)  # (B, 1, C)
+        logits = _tied_or_projected_logits(
             h.reshape(h.shape[0], h.shape[2]), self._output_embedding, self.output_proj
         )  # (B, V)
+        return (logits, weights) if need_weights else logits
 
-    def prefill(self, ids, state):
-        """Feed a prompt ids (B, L) through the cache at once; returns the last position's logits (B, V)."""
+    def prefill(self, ids, state, need_weights=False):
+        """Feed a prompt ids (B, L) through the cache at once; returns the last position's logits (B, V)
+        (with ``need_weights``, and the weights of the L positions, as decode_step's)."""
         ids = _token_array("prefill", ids, self._target_vocab_size, ndim=2)
         if ids.shape[0] != state.batch_size:
             raise ValueError(f"prefill: {ids.shape[0]} rows for a decoder state of batch size {state.batch_size}")
-        h = self._decode_chunk(ids, state)  # (B, L, C)
+        h, weights = self._decode_chunk(ids, state, need_weights)  # (B, L, C)
         last = h[:, h.shape[1] - 1]  # (B, C)
-        return _tied_or_projected_logits(last, self._output_embedding, self.output_proj)
+        logits = _tied_or_projected_logits(last, self._output_embedding, self.output_proj)
+        return (logits, weights) if need_weights else logits
 
-    def _decode_chunk(self, ids, state):
-        """ids (B, L) at positions state.step .. state.step+L-1 -> final hidden states (B, L, C)."""
+    def _decode_chunk(self, ids, state, need_weights=False):
+        """ids (B, L) at positions state.step .. state.step+L-1 -> (final hidden states (B, L, C), weights)."""
         offset = state.step
         real = ids != self._pad_id if self._pad_id is not None else np.ones(ids.shape, dtype=bool)
         state.target_real = np.concatenate([state.target_real, real], axis=1)
         x = self._embed_target(ids, offset)
         self_key_mask = _key_mask(state.target_real)
-        for layer, cache in zip(self._decoder_layers, state.caches):
-            x = layer(x, None, self_key_mask, state.memory_key_mask, cache)
+        x, weights = _run_layers(
+            self._decoder_layers, x, need_weights, None, self_key_mask, state.memory_key_mask, caches=state.caches
+        )
         state.step += ids.shape[1]
         if self._final_norm is not None:
             x = layer_norm(x, self._final_norm)
-        return x
+        return x, weights
 
 
 def _positional_module(kind, d_model, max_len, rng, dtype, init_std=None):
@@ -432,39 +466,46 @@ class Transformer(_Decoding, nn.Module):
         return self._embed(ids, self.target_embedding, self.tgt_positions, offset)
 
     # ---------------------------------------------------------------- the model
-    def encode(self, src):
-        """src (B, S) int -> (memory (B, S, C), src_pad (B, S) bool, True = real token)."""
+    def encode(self, src, need_weights=False):
+        """src (B, S) int -> (memory (B, S, C), src_pad (B, S) bool, True = real token)
+        (with ``need_weights``, and {"encoder_self": (L, B, H, S, S)})."""
         src = _token_array("encode(src)", src, self.config.src_vocab_size, ndim=2)
         src_real = src != self.config.pad_id
         key_mask = _key_mask(src_real)
         x = self._embed(src, self.src_embed, self.src_positions)
-        for layer in self.encoder_layers:
-            x = layer(x, key_mask)
+        x, weights = _run_layers(self.encoder_layers, x, need_weights, key_mask, self_name="encoder_self")
         if self.config.norm_first:
             x = layer_norm(x, self.encoder_norm)
-        return x, src_real
+        return (x, src_real, weights) if need_weights else (x, src_real)
 
-    def decode(self, tgt_in, memory, src_pad):
-        """Teacher-forced decoder: tgt_in (B, T), memory (B, S, C) -> hidden states (B, T, C)."""
+    def decode(self, tgt_in, memory, src_pad, need_weights=False):
+        """Teacher-forced decoder: tgt_in (B, T), memory (B, S, C) -> hidden states (B, T, C)
+        (with ``need_weights``, and {"decoder_self": (L, B, H, T, T), "cross": (L, B, H, T, S)})."""
         tgt_in = _token_array("decode(tgt_in)", tgt_in, self.config.tgt_vocab_size, ndim=2)
         self_key_mask = _key_mask(tgt_in != self.config.pad_id)
         memory_key_mask = _key_mask(np.asarray(src_pad, dtype=bool))
         x = self._embed_target(tgt_in)
-        for layer in self.decoder_layers:
-            x = layer(x, memory, self_key_mask, memory_key_mask)
+        x, weights = _run_layers(self.decoder_layers, x, need_weights, memory, self_key_mask, memory_key_mask)
         if self.config.norm_first:
             x = layer_norm(x, self.decoder_norm)
-        return x
+        return (x, weights) if need_weights else x
 
-    def forward(self, src, tgt_in):
-        """src (B, S), tgt_in (B, T) int -> logits (B, T, V)."""
-        memory, src_real = self.encode(src)
+    def forward(self, src, tgt_in, need_weights=False):
+        """src (B, S), tgt_in (B, T) int -> logits (B, T, V); with ``need_weights`` -> (logits, weights), the
+        attention weights {"encoder_self": (L, B, H, S, S), "decoder_self": (L, B, H, T, T), "cross": (L, B, H, T, S)}.
+        """
+        encoded = self.encode(src, need_weights)
+        memory, src_real = encoded[0], encoded[1]
         if np.shape(tgt_in)[0] != src_real.shape[0]:
             raise ValueError(
                 f"Transformer: src has batch size {src_real.shape[0]} but tgt_in has {np.shape(tgt_in)[0]}"
             )
-        h = self.decode(tgt_in, memory, src_real)
-        return _tied_or_projected_logits(h, self.target_embedding, self.output_proj)
+        if not need_weights:
+            h = self.decode(tgt_in, memory, src_real)
+            return _tied_or_projected_logits(h, self.target_embedding, self.output_proj)
+        h, weights = self.decode(tgt_in, memory, src_real, need_weights=True)
+        logits = _tied_or_projected_logits(h, self.target_embedding, self.output_proj)
+        return logits, {**encoded[2], **weights}
 
     def loss(self, logits, target, label_smoothing=0.0):
         """Mean label-smoothed cross-entropy over non-pad target tokens: logits (B, T, V), target (B, T)."""
@@ -569,15 +610,16 @@ class LanguageModel(_Decoding, nn.Module):
             x = F.dropout(x, self.dropout_p, training=True, rng=self.rng)
         return x
 
-    def forward(self, ids):
-        """ids (B, T) int -> logits (B, T, V); causal: position t sees tokens 0..t."""
+    def forward(self, ids, need_weights=False):
+        """ids (B, T) int -> logits (B, T, V); causal: position t sees tokens 0..t.
+        With ``need_weights`` -> (logits, {"decoder_self": (L, B, H, T, T)}) attention weights."""
         ids = _token_array("LanguageModel(ids)", ids, self.config.vocab_size, ndim=2)
         x = self._embed_target(ids)
-        for layer in self.layers:
-            x = layer(x)
+        x, weights = _run_layers(self.layers, x, need_weights)
         if self.config.norm_first:
             x = layer_norm(x, self.final_norm)
-        return _tied_or_projected_logits(x, self.token_embed, self.output_proj)
+        logits = _tied_or_projected_logits(x, self.token_embed, self.output_proj)
+        return (logits, weights) if need_weights else logits
 
     def loss(self, logits, target, label_smoothing=0.0):
         """Mean cross-entropy: logits (B, T, V), target (B, T) (use -100 to ignore positions)."""

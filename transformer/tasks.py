@@ -428,11 +428,16 @@ def translate_sentences(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     progress: bool = False,
+    tokens: list | None = None,
 ) -> list[str]:
     """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
-    ``progress`` shows a progress bar (plain lines when standard error is not a terminal)."""
+    ``progress`` shows a progress bar (plain lines when standard error is not a terminal). A ``tokens`` list receives,
+    per input line, (source ids as fed, truncated, before the batch's EOS; generated ids without BOS/EOS; whether it
+    ended with EOS), or None for an empty line."""
     sentences = list(sentences)
     outputs = [""] * len(sentences)
+    if tokens is not None:
+        tokens[:] = [None] * len(sentences)
     encoded = src_tok.encode([s.strip() for s in sentences])
     limit = model.config.max_len - 1
     keep = [i for i, ids in enumerate(encoded) if ids]
@@ -456,7 +461,7 @@ def translate_sentences(
         for batch in track(batches, "translating") if progress else batches:
             if beam <= 1:
                 result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
-                token_lists = result.tokens
+                token_lists, ended = result.tokens, list(result.ended)
             else:
                 hyps = search.beam_search(
                     model,
@@ -467,10 +472,13 @@ def translate_sentences(
                     max_len_a=max_len_a,
                     max_len_b=max_len_b,
                 )
-                token_lists = [h[0].tokens for h in hyps]
+                token_lists, ended = [h[0].tokens for h in hyps], [h[0].ended for h in hyps]
             texts = tgt_tok.decode([list(t) for t in token_lists])
-            for row, text in zip(batch.indices, texts):
+            for i, (row, text) in enumerate(zip(batch.indices, texts)):
                 outputs[keep[int(row)]] = text
+                if tokens is not None:
+                    fed = dataset.src_ids[int(row)].tolist()
+                    tokens[keep[int(row)]] = (fed, list(token_lists[i]), bool(ended[i]))
     return outputs
 
 
