@@ -33,6 +33,7 @@ import npgrad as ng
 
 from .data import TranslationDataset
 from .files import write_atomic
+from .search import _eval_mode
 
 # Beyond this many tokens on an axis only every k-th piece is named, so the labels stay legible.
 MAX_LABELS = 48
@@ -48,8 +49,10 @@ def pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return [visible.get(tokenizer.chars[int(i)], tokenizer.chars[int(i)]) for i in ids]
 
 
-def _one_row(weights: dict) -> dict:
-    """{kind: (L, 1, H, Q, K)} of a one-row batch -> {kind: (L, H, Q, K)}."""
+def _weights_of_one_row(model, *inputs) -> dict:
+    """model.forward(*inputs) of a one-row batch, in eval mode, without gradients -> {kind: (L, H, Q, K)}."""
+    with ng.no_grad(), _eval_mode(model):
+        _, weights = model.forward(*inputs, need_weights=True)
     return {kind: w[:, 0] for kind, w in weights.items()}
 
 
@@ -62,16 +65,8 @@ def translation_attention(model, src_ids: Sequence[int], generated: Sequence[int
     """
     batch = TranslationDataset([list(src_ids)], [list(generated)]).collate([0])
     rows = len(generated) + int(ended)  # the steps the search took for this hypothesis
-    with ng.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            _, weights = model.forward(batch.src, batch.tgt_in[:, :rows], need_weights=True)
-        finally:
-            model.train(was_training)
-    weights = _one_row(weights)
     return {
-        **weights,
+        **_weights_of_one_row(model, batch.src, batch.tgt_in[:, :rows]),
         "source_ids": batch.src[0],
         "target_ids": batch.tgt_out[0, :rows],
         "target_input_ids": batch.tgt_in[0, :rows],
@@ -81,14 +76,7 @@ def translation_attention(model, src_ids: Sequence[int], generated: Sequence[int
 def lm_attention(model, ids: Sequence[int]) -> dict:
     """The self-attention weights of a language model over ``ids`` (one window): {"decoder_self", "ids"}."""
     batch = np.asarray(ids, dtype=np.int64)[None, :]  # (1, T)
-    with ng.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            _, weights = model.forward(batch, need_weights=True)
-        finally:
-            model.train(was_training)
-    return {**_one_row(weights), "ids": batch[0]}
+    return {**_weights_of_one_row(model, batch), "ids": batch[0]}
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
