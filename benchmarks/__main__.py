@@ -13,6 +13,10 @@ import sys
 COMMANDS = {
     "kernels": ("benchmarks.kernels", "fused kernels (numba vs numpy vs PyTorch CPU), forward+backward"),
     "step": ("benchmarks.step", "full training step (seq2seq, LM) vs the same model in PyTorch; peak memory"),
+    "step-ab": (
+        "benchmarks.step_ab",
+        "training-step time of two commits, interleaved fresh processes (a change's cost)",
+    ),
     "decode": ("benchmarks.decode", "greedy and beam-5 decoding with and without the KV cache"),
     "pipeline": ("benchmarks.pipeline", "the real training pipeline's tokens/s vs the bare step on the same batches"),
     "nanogpt": ("benchmarks.nanogpt", "nanoGPT's CPU recipe, 2000 iterations, npgrad vs PyTorch: wall time, val loss"),
