@@ -171,6 +171,7 @@ TRANSFORMER = ROOT / "transformer"
 LOWER_THAN = {
     "transformer.train": {"transformer.cli"},
     "transformer.attention_maps": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
+    "transformer.dist": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.tasks": {"transformer.cli", "transformer.train"},
     "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks"},
     "transformer.layers": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},

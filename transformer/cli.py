@@ -147,6 +147,16 @@ def cmd_prepare(args):
 
 
 def _train(args, task_class, kind):
+    from .dist import connect
+
+    # Started by mpiexec with several ranks: data-parallel training (transformer/dist.py); else this process alone.
+    ranks = connect()
+    if ranks is None:
+        return _train_here(args, task_class, kind, None)
+    return ranks.run(lambda: _train_here(args, task_class, kind, ranks))
+
+
+def _train_here(args, task_class, kind, ranks):
     from .train import (
         EXIT_CODES,
         Trainer,
@@ -169,27 +179,39 @@ def _train(args, task_class, kind):
         # The run's own configuration, with this command line's overrides on top (e.g. a longer budget):
         # resuming must not silently fall back to the config file's values for what the run was started with.
         config = _absolute_paths(resume_config(run_dir, args.overrides, kind))
-        check_run_tokenizer(run_dir)
+        _first_on_root(ranks, lambda: check_run_tokenizer(run_dir))
     else:
         check_fresh_run_dir(run_dir)
         for key, value in (("init_from", args.init_from), ("distill_from", args.teacher)):
             if value:
                 config["train"][key] = str(Path(value).expanduser().resolve())
         train_settings(config["train"], kind)  # every setting checked before a tokenizer is copied
-        config = prepare_init_from(config, run_dir, kind)
+        config = _first_on_root(ranks, lambda: prepare_init_from(config, run_dir, kind))
     settings = train_settings(config["train"], kind)
     seed_everything(settings["seed"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    task = task_class(config, run_dir, settings)
+
+    def build_task():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return task_class(config, run_dir, settings)
+
+    task = _first_on_root(ranks, build_task)  # (rank 0 trains a new tokenizer; the others then read it)
     log.info(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}")
-    trainer = Trainer(task, run_dir, settings, resume=args.resume)
-    # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
-    write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
+    if ranks is not None:
+        ranks.check_same_run(task, settings)
+    trainer = Trainer(task, run_dir, settings, resume=args.resume, dist=ranks)
+    if ranks is None or ranks.is_root:
+        # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
+        write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
     state = trainer.run()
-    print(
-        json.dumps({"step": state["step"], "best": state["best"], "stopped": state["stopped"], "run_dir": str(run_dir)})
-    )
+    if ranks is None or ranks.is_root:
+        summary = {"step": state["step"], "best": state["best"], "stopped": state["stopped"], "run_dir": str(run_dir)}
+        print(json.dumps(summary | ({"ranks": ranks.size} if ranks is not None else {})))
     return EXIT_CODES.get(state["stopped"], 0)
+
+
+def _first_on_root(ranks, step):
+    """``step()`` here; with several ranks on rank 0 first (it may write files the others then only read)."""
+    return step() if ranks is None else ranks.first_on_root(step)
 
 
 def cmd_train(args):

@@ -508,6 +508,16 @@ def build_schedule(optimizer: optim.Optimizer, s: dict, total_steps: int) -> opt
     raise ValueError(f"[train] lr_schedule must be inverse_sqrt, cosine or constant, got {kind!r}")
 
 
+class _NoLog:
+    """The log of a rank that does not write (data-parallel ranks other than 0)."""
+
+    def write(self, record: dict):
+        pass
+
+    def close(self):
+        pass
+
+
 class JsonLog:
     """Append-only JSON-lines log: one object per training step and per validation."""
 
@@ -549,8 +559,11 @@ class JsonLog:
 class Trainer:
     """Runs a task's training to its budget; see the module docstring for what it guarantees."""
 
-    def __init__(self, task: Task, run_dir: str | os.PathLike, settings: dict, resume: bool = False):
+    def __init__(self, task: Task, run_dir: str | os.PathLike, settings: dict, resume: bool = False, dist=None):
         self.task, self.s = task, settings
+        # Several processes training together (transformer/dist.py: DataParallel); rank 0 alone writes files.
+        self.dist = dist
+        writes = dist is None or dist.is_root
         self.run_dir = Path(run_dir)
         assert task.model is not None, "the task was built without its model (build_model=False)"
         self.model = task.model
@@ -572,6 +585,8 @@ class Trainer:
             log.info(
                 f"LoRA rank {settings['lora_rank']} on {len(adapted)} layers ({', '.join(settings['lora_targets'])})"
             )
+        if dist is not None:  # each rank's own dropout masks (drawn after LoRA took its adapters' initial weights)
+            dist.seed_generators(self.model)
         trainable = sum(p.data.size for p in self.model.parameters() if p.requires_grad)
         total = sum(p.data.size for p in self.model.parameters())
         if trainable < total:
@@ -612,12 +627,13 @@ class Trainer:
                     f"--resume: no checkpoint under {self.manager.root} yet (the run stopped before "
                     "its first one); starting it again from step 0"
                 )
-            JsonLog.rewind(log_path, self.state["step"])
+            if writes:
+                JsonLog.rewind(log_path, self.state["step"])
         else:
             # A fresh run in a used directory would mix its checkpoints and log records with the old run's
             # (and the old run's best checkpoint would stay "best").
             check_fresh_run_dir(self.run_dir)
-        self.log = JsonLog(log_path)
+        self.log = JsonLog(log_path) if writes else _NoLog()
         if self._resumed_from is not None:
             self.log.write({"type": "resume", "step": self.state["step"], "checkpoint": str(self._resumed_from)})
 
@@ -628,6 +644,9 @@ class Trainer:
         return rngs
 
     def save(self, metric=None):
+        ranks = self.dist.before_save(self) if self.dist is not None else None  # (all ranks; None on rank > 0)
+        if self.dist is not None and not self.dist.is_root:
+            return None
         # The run config rides along so that evaluate/translate find the data of any checkpoint, even a copied or
         # averaged one far from its run directory.
         train_state = dict(
@@ -636,6 +655,8 @@ class Trainer:
             run_config=getattr(self.task, "config", None),
             data_files=getattr(self.task, "data_files", None),
         )
+        if ranks is not None:
+            train_state["dist"] = ranks
         return self.manager.save(
             self.state["step"],
             self.model,
@@ -653,7 +674,7 @@ class Trainer:
         if last is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.manager.root} to resume from")
         # A kill during a save leaves the staging directory of an unfinished checkpoint: never read, delete it.
-        for stale in self.manager.root.glob(".step-*.tmp-*"):
+        for stale in self.manager.root.glob(".step-*.tmp-*") if self.dist is None or self.dist.is_root else ():
             shutil.rmtree(stale, ignore_errors=True)
         checkpoint = self.manager.load_last()
         configured = self.schedule.state_dict()
@@ -675,6 +696,9 @@ class Trainer:
                 )
         self.task.load_data_state(train_state.pop("data"))
         train_state.pop("run_config", None)
+        ranks = train_state.pop("dist", None)  # every rank's generators, saved by a data-parallel run
+        if self.dist is not None:
+            self.dist.resume(self, ranks)
         self.state.update(train_state)
         self.state["stopped"] = None
         self._resumed_from = last
@@ -734,6 +758,8 @@ class Trainer:
         model, s = self.model, self.s
         batches = [self.task.next_batch() for _ in range(int(s["accumulate"]))]
         tokens = sum(self.task.batch_tokens(b) for b in batches)
+        if self.dist is not None:  # this rank's rows of each global batch; the loss still divides by all its tokens
+            batches = [shard for shard in map(self.dist.shard, batches) if shard is not None]
         self.optimizer.zero_grad()
         total_loss = 0.0
         for batch in batches:
@@ -746,6 +772,8 @@ class Trainer:
             )
             (loss_sum * (1.0 / tokens)).backward()
             total_loss += float(loss_sum.data)
+        if self.dist is not None:  # the sum of the ranks' gradients: the whole batch's, as one process computes it
+            total_loss = self.dist.all_reduce_gradients(self.optimizer.params, total_loss)
         grad_norm, norms, before, flow = None, None, None, self.gradient_flow
         self.last_gradients = None
         if measure_gradients:
@@ -790,6 +818,8 @@ class Trainer:
         try:
             while True:
                 reason = self._budget_reason(start_time, start_elapsed)
+                if self.dist is not None:  # every rank stops after the same step
+                    reason = self.dist.agree_stop(reason)
                 if reason:
                     st["stopped"] = reason
                     break
@@ -865,7 +895,7 @@ class Trainer:
         """Validate, log, save (with the metric, so the manager keeps the best); True means stop early."""
         st = self.state
         t0 = time.perf_counter()
-        metrics = self.validate()
+        metrics = self.validate() if self.dist is None else self.dist.from_root(self.validate)
         value = metrics[self.task.metric]
         improved = self._improved(value)
         if improved:
