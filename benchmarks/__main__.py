@@ -25,6 +25,10 @@ COMMANDS = {
         "benchmarks.nanogpt_split",
         "the nanoGPT iteration by phase: npgrad, npgrad with PyTorch's GEMMs, PyTorch",
     ),
+    "scaling": (
+        "benchmarks.scaling",
+        "data-parallel training on MPI: 1 process x 1 or 2 threads vs 2 ranks x 1 thread; allreduce cost, projection",
+    ),
     "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 

@@ -4,7 +4,8 @@
 - A 2-rank run ends with the weights of a 1-process run over the same global batches (dropout off: the ranks draw
   their own masks), to float32 round-off; the ranks stay bit-identical (checked at every checkpoint by the run).
 - Rank 1 writes nothing (every write it tries raises); rank 0 writes the log, checkpoints, config and tokenizer.
-- A 2-rank run stopped at step 3 and resumed is bit-identical to the uninterrupted one, dropout on.
+- A 2-rank job killed (SIGKILL, every process) after step 3 and resumed is bit-identical to the uninterrupted run,
+  dropout on (each rank's dropout stream is in the checkpoint).
 - A rank that raises, or hangs, ends the job with its message (no hang).
 - Without mpi4py, a multi-rank launch says to install the 'dist' extra.
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,15 @@ from transformer.checkpoint import MANIFEST
 from transformer.data import collate
 from transformer.dist import launched_ranks, shard_batch, shard_bounds
 
-from test_train import SUBPROCESS_BACKEND, assert_bit_identical, checkpoint_dir, final_state, train_args, train_records
+from test_train import (
+    SUBPROCESS_BACKEND,
+    assert_bit_identical,
+    checkpoint_dir,
+    final_state,
+    train_args,
+    train_records,
+    wait_for_steps,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "dist_ranks.py"
@@ -139,10 +150,30 @@ def test_rank_zero_alone_writes_and_the_ranks_stay_in_step(two_rank_run):
     assert state["train_state"]["step"] == STEPS
 
 
-def test_two_rank_run_stopped_and_resumed_is_bit_identical(two_rank_run, tmp_path):
-    train_ranks(tmp_path, "train.max_steps=3", "train.validate_every=3")
+def test_two_rank_job_killed_then_resumed_is_bit_identical(two_rank_run, tmp_path):
+    # The job holds after step 3 (its checkpoint written), is killed with SIGKILL as a whole, and resumed.
+    environment = dict(os.environ, NPGRAD_BACKEND=SUBPROCESS_BACKEND, TRANSFORMER_HOLD_AT_STEP="3")
+    args = train_args(tmp_path, "train.max_steps=1000", "train.validate_every=3")
+    job = subprocess.Popen(
+        [mpiexec(), "-n", "2", sys.executable, str(SCRIPT), "train", *map(str, args)],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: mpiexec and both ranks
+    )
+    try:
+        wait_for_steps(job, tmp_path, 3, timeout=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not checkpoint_dir(tmp_path, 3).is_dir() and time.monotonic() < deadline:
+            time.sleep(0.01)  # (the log's record comes before the step's validation and checkpoint)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert checkpoint_dir(tmp_path, 3).is_dir() and not checkpoint_dir(tmp_path, 4).exists()
     train_ranks(tmp_path, f"train.max_steps={STEPS}", "train.validate_every=3", resume=True)
     assert_bit_identical(final_state(two_rank_run, STEPS), final_state(tmp_path, STEPS))
+    assert [r["step"] for r in train_records(tmp_path)[1]] == list(range(1, STEPS + 1))
 
 
 def key_bias_rows(name, array):

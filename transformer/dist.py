@@ -279,8 +279,7 @@ class DataParallel:
         download) the first time and only reads them afterwards runs its writing part once."""
         if self.is_root:
             result = step()
-        with self._waiting("waiting for rank 0 to prepare the run", ROOT_WORK_FACTOR):
-            self.comm.Barrier()
+        self._idle(self.comm.Ibarrier(), "waiting for rank 0 to prepare the run", ROOT_WORK_FACTOR)
         if not self.is_root:
             result = step()
         return result
@@ -289,6 +288,13 @@ class DataParallel:
     def _waiting(self, what: str, factor: float = 1.0) -> Iterator[None]:
         with self._watchdog.waiting(what, self.timeout * factor):
             yield
+
+    def _idle(self, request, what: str, factor: float = 1.0) -> None:
+        """Wait for a non-blocking collective, sleeping between tests: MPICH's blocking calls spin, and a rank waiting
+        for the others (a slower shard, rank 0 validating) should leave the CPU to them."""
+        with self._waiting(what, factor):
+            while not request.Test():
+                time.sleep(0.0002)
 
     # ------------------------------------------------------------------ agreement
     def check_same_run(self, task, settings: dict) -> None:
@@ -310,8 +316,7 @@ class DataParallel:
         """The stop reason every rank uses: the strongest any rank has (a signal reaches the ranks at different
         steps, and their clocks differ), so all stop after the same step."""
         self._stop[0] = STOP_REASONS.index(reason)
-        with self._waiting("agreeing whether to stop"):
-            self.comm.Allreduce(self.MPI.IN_PLACE, self._stop, op=self.MPI.MAX)
+        self._idle(self.comm.Iallreduce(self.MPI.IN_PLACE, self._stop, op=self.MPI.MAX), "agreeing whether to stop")
         return STOP_REASONS[int(self._stop[0])]
 
     def check_in_step(self, model, optimizer, step: int) -> None:
@@ -365,6 +370,7 @@ class DataParallel:
                 flags[i] = 1
             offset += n
         buffer[-1] = loss_sum
+        self._idle(self.comm.Ibarrier(), "waiting for the other ranks' gradients")  # (then all are there)
         t0 = time.perf_counter()
         with self._waiting("the gradient allreduce"):
             self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
@@ -380,7 +386,8 @@ class DataParallel:
     def from_root(self, compute: Callable[[], T]) -> T:
         """``compute()`` on rank 0 only (validation), its result given to every rank."""
         result = compute() if self.is_root else None
-        with self._waiting("waiting for rank 0's validation", ROOT_WORK_FACTOR):
+        self._idle(self.comm.Ibarrier(), "waiting for rank 0's validation", ROOT_WORK_FACTOR)
+        with self._waiting("receiving rank 0's validation"):
             return self.comm.bcast(result, root=0)
 
     def before_save(self, trainer) -> dict | None:
