@@ -124,12 +124,12 @@ def train(argv: list[str]) -> int:
 
         step = Trainer.train_step
 
-        def failing_step(self):
+        def failing_step(self, *args, **kwargs):
             if fail_at and self.state["step"] >= fail_at:
                 raise RuntimeError(f"rank 1 fails on purpose after step {fail_at}")
             if hang_at and self.state["step"] >= hang_at:
                 time.sleep(3600)
-            return step(self)
+            return step(self, *args, **kwargs)
 
         Trainer.train_step = failing_step  # type: ignore[method-assign]
     from transformer.cli import main
