@@ -52,7 +52,7 @@ def environment(threads: int) -> dict:
     return env
 
 
-def train_run(config: str, tokenizer: Path, run_dir: Path, ranks: int, threads: int, steps: int) -> dict:
+def train_run(config: str, tokenizer: Path, run_dir: Path, ranks: int, threads: int, steps: int) -> list[dict]:
     """One contender: a real training run of ``steps`` updates; returns its log's train records."""
     run_dir.mkdir(parents=True)
     shutil.copytree(tokenizer, run_dir / "tokenizer")
@@ -61,11 +61,17 @@ def train_run(config: str, tokenizer: Path, run_dir: Path, ranks: int, threads: 
     command += ["train.bleu_max_sentences=1", "train.log_every=1000000"]
     if ranks > 1:
         command = [mpiexec(), "-n", str(ranks), *command]
+    run(command, threads)
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "train"]
+
+
+def run(command: list[str], threads: int = 1) -> str:
+    """Run ``command`` with ``threads`` threads per process; its standard output (a failure ends the benchmark)."""
     done = subprocess.run(command, cwd=ROOT, env=environment(threads), capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"scaling: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return {"train": [r for r in records if r["type"] == "train"]}
+    return done.stdout
 
 
 def throughput(records: list[dict], warmup: int) -> tuple[float, float]:
@@ -147,15 +153,7 @@ def main(argv=None):
             tokenizer = Path(args.tokenizer).resolve()
         else:
             print("training the tokenizer (prepare) ...", file=sys.stderr)
-            prepared = subprocess.run(
-                [sys.executable, "-m", "transformer", "prepare", "--config", args.config, "--run-dir", str(work / "p")],
-                cwd=ROOT,
-                env=environment(1),
-                capture_output=True,
-                text=True,
-            )
-            if prepared.returncode != 0:
-                sys.exit(f"scaling: prepare failed:\n{prepared.stderr[-3000:]}")
+            run([sys.executable, "-m", "transformer", "prepare", "--config", args.config, "--run-dir", str(work / "p")])
             tokenizer = work / "p" / "tokenizer"
         load_before = load_average()
         rates: dict[str, list[float]] = {name: [] for name, _, _ in CONTENDERS}
@@ -163,7 +161,7 @@ def main(argv=None):
         for round_ in range(args.repeats):
             for name, ranks, threads in CONTENDERS:
                 print(f"round {round_ + 1}: {name} ...", file=sys.stderr)
-                run = train_run(
+                records = train_run(
                     args.config,
                     tokenizer,
                     work / f"r{round_}-{ranks}x{threads}",
@@ -171,22 +169,14 @@ def main(argv=None):
                     threads,
                     args.warmup + args.steps,
                 )
-                rate, tokens = throughput(run["train"], args.warmup)
+                rate, tokens = throughput(records, args.warmup)
                 rates[name].append(rate)
                 per_step.append(tokens)
                 print(f"  {rate:,.0f} target tokens/s ({tokens:,.0f} per step)", file=sys.stderr)
         parameters, numbers = buffer_size(args.config, tokenizer)
         buffer_bytes = 4 * numbers
-        probed = subprocess.run(
-            [mpiexec(), "-n", "2", sys.executable, "-m", "benchmarks.scaling", "--probe", str(numbers)],
-            cwd=ROOT,
-            env=environment(1),
-            capture_output=True,
-            text=True,
-        )
-        if probed.returncode != 0:
-            sys.exit(f"scaling: the allreduce probe failed:\n{probed.stderr[-3000:]}")
-        allreduce = json.loads(probed.stdout.strip().splitlines()[-1])
+        probed = run([mpiexec(), "-n", "2", sys.executable, "-m", "benchmarks.scaling", "--probe", str(numbers)])
+        allreduce = json.loads(probed.strip().splitlines()[-1])
         load_after = load_average()
     finally:
         shutil.rmtree(work, ignore_errors=True)
