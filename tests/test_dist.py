@@ -51,7 +51,7 @@ TIMEOUT = 180  # seconds a 2-rank subprocess may take on a loaded machine before
 
 
 def mpiexec():
-    pytest.importorskip("mpi4py.MPI", reason="the 'dist' extra (mpi4py) is not installed")
+    pytest.importorskip("mpi4py", reason="the 'dist' extra (mpi4py) is not installed")  # (MPI starts in the ranks)
     found = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if found is None:
         pytest.skip("no mpiexec (the 'dist' extra installs mpich's)")
@@ -113,6 +113,12 @@ def test_launcher_detection():
     assert launched_ranks({}) == 1
     assert launched_ranks({"PMI_SIZE": "4"}) == 4
     assert launched_ranks({"OMPI_COMM_WORLD_SIZE": "3"}) == 3
+
+
+def test_only_training_runs_on_several_ranks(monkeypatch, capsys):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert cli.main(["translate", "--checkpoint", "nowhere"]) == 2
+    assert "translate runs in one process; only train and lm-train run on several MPI ranks" in capsys.readouterr().err
 
 
 def test_a_multi_rank_launch_without_mpi4py_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -692,6 +692,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not hasattr(args, "overrides"):
                 raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
             args.overrides = list(args.overrides) + unknown
+        if args.command not in ("train", "lm-train"):
+            from .dist import launched_ranks
+
+            if launched_ranks() > 1:  # K copies would each do the whole work, writing the same files
+                raise UsageError(
+                    f"{args.command} runs in one process; only train and lm-train run on several MPI ranks "
+                    "(start it without mpiexec)"
+                )
         configure_output()
         if os.environ.get("TRANSFORMER_RETAIN_MEMORY", "1") != "0":
             # Every command here is a training/decoding process: reuse freed arrays instead of page-faulting
