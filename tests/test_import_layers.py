@@ -182,6 +182,9 @@ LOWER_THAN = {
         "transformer.model",
         "transformer.layers",
     },
+    # export reads checkpoints and builds models; it imports no training code
+    "transformer.export_hf": {"transformer.cli", "transformer.train", "transformer.tasks"},
+    "transformer.export_ct2": {"transformer.cli", "transformer.train", "transformer.tasks"},
 }
 LEAVES = (
     "transformer.data",

@@ -330,7 +330,7 @@ def check_average_output(output: str | os.PathLike, overwrite: bool = False, com
     if (target / MANIFEST).is_file():
         try:
             metadata = read_manifest_fields(target)["metadata"] or {}
-            averaged = "averaged" in metadata or "exported_from" in metadata
+            averaged = any(key in metadata for key in ("averaged", "exported_from", "imported_from"))
         except (CheckpointError, OSError):
             averaged = False
         if not averaged:

@@ -359,6 +359,10 @@ def cmd_export(args):
     or as its adapters alone (--adapters: a small file that names the base checkpoint it applies to)."""
     from .checkpoint import check_average_output, load_checkpoint, resolve_checkpoint, save_checkpoint
 
+    if args.format is not None:
+        return _export_to(args)
+    if args.quantization is not None:
+        raise UsageError("--quantization goes with --format ctranslate2")
     check_average_output(args.output, overwrite=args.overwrite, command="export")
     source = load_checkpoint(resolve_checkpoint(args.checkpoint))
     run_config = run_config_of(source)
@@ -382,6 +386,36 @@ def cmd_export(args):
         metadata={"exported_from": str(source.directory), **metadata},
     )
     log.info(f"wrote {args.output}: {source.directory} {what}")
+    return 0
+
+
+def _export_to(args):
+    """export --format hf | ctranslate2: another library's model directory, same weights, same outputs."""
+    if args.merge or args.adapters:
+        raise UsageError("--format writes another library's model; --merge / --adapters write npgrad checkpoints")
+    if args.format == "hf":
+        from .export_hf import export_hf
+
+        if args.quantization is not None:
+            raise UsageError("--quantization goes with --format ctranslate2 (transformers keeps the float weights)")
+        path, architecture = export_hf(args.checkpoint, args.output, args.overwrite)
+        log.info(f"wrote {path}: a transformers {architecture} (from_pretrained({str(path)!r}))")
+    else:
+        from .export_ct2 import export_ct2
+
+        path = export_ct2(args.checkpoint, args.output, args.quantization, args.overwrite)
+        log.info(f"wrote {path}: a CTranslate2 model ({args.quantization or 'float32'})")
+    return 0
+
+
+def cmd_import(args):
+    """import --format hf: a MarianMTModel / GPT-2 directory as an npgrad checkpoint (to fine-tune or translate here)."""
+    from .checkpoint import check_average_output
+    from .export_hf import import_hf
+
+    check_average_output(args.output, overwrite=args.overwrite, command="import")
+    path, model_type = import_hf(args.model, args.output, overwrite=args.overwrite)
+    log.info(f"wrote {path}: the {model_type} model of {args.model} as an npgrad checkpoint")
     return 0
 
 
@@ -596,13 +630,30 @@ def build_parser():
     q.add_argument("--data-dir")
     q.add_argument("--overwrite", action="store_true", help="replace earlier output files")
 
-    q = sub.add_parser("export", help="a LoRA checkpoint merged into plain weights, or its adapters alone")
+    q = sub.add_parser(
+        "export",
+        help="a LoRA checkpoint merged into plain weights or its adapters alone; or a model for transformers / "
+        "CTranslate2 (--format)",
+    )
     q.add_argument("--checkpoint", required=True, help="a checkpoint or run directory")
-    q.add_argument("--output", required=True, help="a new checkpoint directory")
+    q.add_argument("--output", required=True, help="a new checkpoint directory (a new model directory for --format)")
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument("--merge", action="store_true", help="fold the adapters into the weights: a plain checkpoint")
     what.add_argument("--adapters", action="store_true", help="only the adapter tensors (they name their base)")
+    what.add_argument(
+        "--format",
+        choices=("hf", "ctranslate2"),
+        help="hf: a transformers MarianMTModel (translation) or GPT-2 (language model); ctranslate2: a CTranslate2 "
+        "model (the 'export' extra)",
+    )
+    q.add_argument("--quantization", help="with --format ctranslate2: int8, int16, float16... (default float32)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+
+    q = sub.add_parser("import", help="a transformers MarianMTModel or GPT-2 directory as an npgrad checkpoint")
+    q.add_argument("--format", choices=("hf",), required=True, help="hf: a transformers model directory")
+    q.add_argument("--model", required=True, help="the model directory (config.json, model.safetensors)")
+    q.add_argument("--output", required=True, help="a new checkpoint directory")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier import")
 
     q = sub.add_parser("sheet-summary", help="summarise a filled human-evaluation sheet")
     q.add_argument("sheet")
@@ -668,6 +719,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "score": cmd_score,
     "export": cmd_export,
+    "import": cmd_import,
     "distill": cmd_distill,
     "average": cmd_average,
     "sheet-summary": cmd_sheet_summary,
