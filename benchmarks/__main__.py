@@ -29,6 +29,10 @@ COMMANDS = {
         "benchmarks.scaling",
         "data-parallel training on MPI: 1 process x 1 or 2 threads vs 2 ranks x 1 thread; allreduce cost, projection",
     ),
+    "export-check": (
+        "benchmarks.peers",
+        "exactness of the transformers / CTranslate2 exports: logits, greedy lines, beam-5 BLEU",
+    ),
     "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks decode [--sentences 1000] [--batch-size 100] [--max-len 40] [--beam 5]
                                 [--no-cache-sentences 100] [--threads 2] [--json]
+    python -m benchmarks decode --peers ...   npgrad vs transformers vs CTranslate2 (see benchmarks/peers.py)
 
 The model is the reference seq2seq configuration (d_model 256, 3+3 layers, 4 heads, d_ff 1024, shared
 vocabulary 8000, sinusoidal, post-LN, float32), randomly initialised: the work, not the translations,
@@ -115,7 +116,12 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=["greedy", "beam"], default=["greedy", "beam"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    from benchmarks.peers import add_peer_arguments, run_peers
+
+    add_peer_arguments(parser)
     args = parser.parse_args(argv)
+    if args.peers or args.peers_worker:  # npgrad vs transformers vs CTranslate2: benchmarks/peers.py
+        return run_peers(args, argv)
 
     from benchmarks.step import _pin_blas_threads, _set_threads
 

@@ -59,6 +59,31 @@ def _positions(config, state, prefix, rows):
     return sinusoidal_table(max(rows, POSITION_ROWS), config["d_model"], np.float32)
 
 
+def _layer(layer, state, ours, cross, ffn_norm):
+    """One encoder/decoder layer's spec from ours: self-attention, [cross-attention], feed-forward, their norms."""
+    _linear(layer.self_attention.linear[0], state, f"{ours}.self_attn.qkv")
+    _linear(layer.self_attention.linear[1], state, f"{ours}.self_attn.out_proj")
+    _layer_norm(layer.self_attention.layer_norm, state, f"{ours}.norm1")
+    if cross:
+        _linear(layer.attention.linear[0], state, f"{ours}.cross_attn.q_proj")
+        _linear(layer.attention.linear[1], state, f"{ours}.cross_attn.kv_proj")
+        _linear(layer.attention.linear[2], state, f"{ours}.cross_attn.out_proj")
+        _layer_norm(layer.attention.layer_norm, state, f"{ours}.norm2")
+    _linear(layer.ffn.linear_0, state, f"{ours}.feed_forward.linear1")
+    _linear(layer.ffn.linear_1, state, f"{ours}.feed_forward.linear2")
+    _layer_norm(layer.ffn.layer_norm, state, f"{ours}.{ffn_norm}")
+
+
+def _decoder_output(decoder, state, config, final_norm):
+    """The pre-LN model's final layer norm, and the output projection (tied: the embedding itself)."""
+    if config["norm_first"]:
+        _layer_norm(decoder.layer_norm, state, final_norm)
+    if config["tie_output"]:
+        decoder.projection.weight = decoder.embeddings.weight
+    else:
+        _linear(decoder.projection, state, "output_proj")
+
+
 def _activation(common_spec, config):
     return {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}[config["activation"]]
 
@@ -84,32 +109,12 @@ def translation_spec(config: dict, state: dict):
     encoder.position_encodings.encodings = _positions(config, state, "src_positions", config["max_len"])
     decoder.position_encodings.encodings = _positions(config, state, "tgt_positions", config["max_len"])
     for i, layer in enumerate(encoder.layer):
-        ours = f"encoder_layers.{i}"
-        _linear(layer.self_attention.linear[0], state, f"{ours}.self_attn.qkv")
-        _linear(layer.self_attention.linear[1], state, f"{ours}.self_attn.out_proj")
-        _layer_norm(layer.self_attention.layer_norm, state, f"{ours}.norm1")
-        _linear(layer.ffn.linear_0, state, f"{ours}.feed_forward.linear1")
-        _linear(layer.ffn.linear_1, state, f"{ours}.feed_forward.linear2")
-        _layer_norm(layer.ffn.layer_norm, state, f"{ours}.norm2")
+        _layer(layer, state, f"encoder_layers.{i}", cross=False, ffn_norm="norm2")
     for i, layer in enumerate(decoder.layer):
-        ours = f"decoder_layers.{i}"
-        _linear(layer.self_attention.linear[0], state, f"{ours}.self_attn.qkv")
-        _linear(layer.self_attention.linear[1], state, f"{ours}.self_attn.out_proj")
-        _layer_norm(layer.self_attention.layer_norm, state, f"{ours}.norm1")
-        _linear(layer.attention.linear[0], state, f"{ours}.cross_attn.q_proj")
-        _linear(layer.attention.linear[1], state, f"{ours}.cross_attn.kv_proj")
-        _linear(layer.attention.linear[2], state, f"{ours}.cross_attn.out_proj")
-        _layer_norm(layer.attention.layer_norm, state, f"{ours}.norm2")
-        _linear(layer.ffn.linear_0, state, f"{ours}.feed_forward.linear1")
-        _linear(layer.ffn.linear_1, state, f"{ours}.feed_forward.linear2")
-        _layer_norm(layer.ffn.layer_norm, state, f"{ours}.norm3")
+        _layer(layer, state, f"decoder_layers.{i}", cross=True, ffn_norm="norm3")
     if config["norm_first"]:
         _layer_norm(encoder.layer_norm, state, "encoder_norm")
-        _layer_norm(decoder.layer_norm, state, "decoder_norm")
-    if config["tie_output"]:
-        decoder.projection.weight = decoder.embeddings.weight
-    else:
-        _linear(decoder.projection, state, "output_proj")
+    _decoder_output(decoder, state, config, "decoder_norm")
     return spec
 
 
@@ -132,19 +137,8 @@ def language_model_spec(config: dict, state: dict):
     decoder.scale_embeddings = False  # GPT convention: no sqrt(C)
     decoder.position_encodings.encodings = _positions(config, state, "positions", config["block_size"])
     for i, layer in enumerate(decoder.layer):
-        ours = f"layers.{i}"
-        _linear(layer.self_attention.linear[0], state, f"{ours}.self_attn.qkv")
-        _linear(layer.self_attention.linear[1], state, f"{ours}.self_attn.out_proj")
-        _layer_norm(layer.self_attention.layer_norm, state, f"{ours}.norm1")
-        _linear(layer.ffn.linear_0, state, f"{ours}.feed_forward.linear1")
-        _linear(layer.ffn.linear_1, state, f"{ours}.feed_forward.linear2")
-        _layer_norm(layer.ffn.layer_norm, state, f"{ours}.norm3")
-    if config["norm_first"]:
-        _layer_norm(decoder.layer_norm, state, "final_norm")
-    if config["tie_output"]:
-        decoder.projection.weight = decoder.embeddings.weight
-    else:
-        _linear(decoder.projection, state, "output_proj")
+        _layer(layer, state, f"layers.{i}", cross=False, ffn_norm="norm3")
+    _decoder_output(decoder, state, config, "final_norm")
     return spec
 
 
