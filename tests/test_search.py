@@ -317,6 +317,19 @@ def test_topk_sorted_breaks_ties_to_the_lower_index():
     np.testing.assert_array_equal(search._topk_sorted(many, 6), np.argsort(-many, axis=1, kind="stable")[:, :6])
 
 
+@pytest.mark.parametrize("width", [64 * 12, 1000, 40000])
+def test_topk_sorted_block_shortcut_equals_a_full_stable_sort(width):
+    """Rows long enough for the block shortcut (and not a multiple of its block): ties, -inf, all -inf rows."""
+    rng = np.random.default_rng(width)
+    scores = np.round(rng.normal(0.0, 2.0, size=(7, width)), 1).astype(np.float32)  # many ties
+    scores[1, : width // 2] = -np.inf
+    scores[2] = -np.inf
+    scores[3, -5:] = scores[3].max() + 1.0  # the best entries in the (padded) last block
+    for k in (1, 10):
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(search._topk_sorted(scores, k), expected)
+
+
 # --------------------------------------------------------------------------------------------------- sampling
 @pytest.fixture(scope="module")
 def lm():

@@ -84,24 +84,35 @@ def _reorder(state, index):
     return state if new_state is None else new_state
 
 
-def _topk_sorted(scores, k):
+def _topk_sorted(scores, k, block=64):
     """Indices (N, k) of the k largest entries of each row of ``scores`` (N, M), best first, ties to the lower index.
 
-    argpartition keeps it O(M) per row; rows with a tie at the k-th value (where argpartition may pick any of the tied
-    entries) fall back to a full stable sort so the result is deterministic and matches ``argmax`` for k = 1.
+    Beam search calls it on (sentences, K V) every step, where a full argpartition costs more than the decoder's
+    attention. Exact shortcut: cut each row into blocks of ``block`` entries and take t = the k-th largest block
+    maximum. The k blocks with a maximum >= t hold k entries >= t, so the k-th largest entry is >= t, and every entry
+    that can be in the top k (ties at the k-th value included) is >= t and lies in a block whose maximum is >= t.
+    Only those few blocks are searched and sorted (value descending, then index ascending): the same order as a full
+    stable sort, which short rows use.
     """
     n_rows, m = scores.shape
-    if k >= m:
-        return np.argsort(-scores, axis=1, kind="stable")
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (N, k) unordered
-    values = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)  # by value desc, then index asc
-    top = np.take_along_axis(part, order, axis=1)
-    kth = values.min(axis=1)
-    tied = (scores >= kth[:, None]).sum(axis=1) > k
-    if tied.any():
-        top[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
-    return top
+    n_blocks = -(-m // block)
+    if n_blocks <= k:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    if n_blocks * block != m:  # pad with -inf: never above a real entry
+        padded = np.full((n_rows, n_blocks * block), -np.inf, dtype=scores.dtype)
+        padded[:, :m] = scores
+    else:
+        padded = scores
+    blocks = padded.reshape(n_rows, n_blocks, block)  # (N, nb, block)
+    block_max = blocks.max(axis=2)  # (N, nb)
+    threshold = np.partition(block_max, n_blocks - k, axis=1)[:, n_blocks - k]  # k-th largest block maximum (N,)
+    block_rows, block_cols = np.nonzero(block_max >= threshold[:, None])  # the blocks that can hold a top-k entry
+    values = blocks[block_rows, block_cols]  # (P, block)
+    pick, offset = np.nonzero(values >= threshold[block_rows, None])
+    rows, cols, picked = block_rows[pick], block_cols[pick] * block + offset, values[pick, offset]
+    order = np.lexsort((cols, -picked, rows))  # by row, then value descending, then index ascending
+    counts = np.bincount(rows, minlength=n_rows)  # >= k candidates per row (see above)
+    return cols[order][(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
 
 
 def length_penalty(length: int | np.ndarray, alpha: float) -> float | np.ndarray:
