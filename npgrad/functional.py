@@ -10,6 +10,7 @@ from .ops.embedding import embedding
 from .ops.linear import linear
 from .ops.loss import cross_entropy
 from .ops.norm import add_layer_norm, layer_norm
+from .ops.recurrent import gru, gru_cell, lstm, lstm_cell, recurrent, recurrent_layer, rnn, rnn_cell
 from .ops.shape import concatenate, masked_fill, stack, where
 from .ops.softmax import log_softmax, softmax
 
@@ -37,4 +38,12 @@ __all__ = [
     "where",
     "concatenate",
     "stack",
+    "recurrent",
+    "recurrent_layer",
+    "lstm",
+    "gru",
+    "rnn",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_cell",
 ]

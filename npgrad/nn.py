@@ -56,6 +56,9 @@ __all__ = [
     "Dropout",
     "ReLU",
     "GELU",
+    "LSTM",
+    "GRU",
+    "RNN",
     "ModuleList",
     "Sequential",
     "ModuleDict",
@@ -754,6 +757,112 @@ class GELU(Module):
 
 
 # ---------------------------------------------------------------------------------- containers
+class _RecurrentBase(Module):
+    """A stack of ``num_layers`` recurrent layers of one ``mode`` (see :class:`LSTM`); subclasses fix the mode."""
+
+    mode = "lstm"
+    gates = 4
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+        rng: RngLike = None,
+        dtype: npt.DTypeLike = np.float32,
+    ) -> None:
+        super().__init__()
+        who = type(self).__name__
+        self.input_size = _check_positive_int(input_size, "input_size", who)
+        self.hidden_size = _check_positive_int(hidden_size, "hidden_size", who)
+        self.num_layers = _check_positive_int(num_layers, "num_layers", who)
+        self.batch_first = bool(batch_first)
+        dt = _check_float_dtype(dtype, who)
+        gen = _as_generator(rng, who)
+        bound = 1.0 / math.sqrt(self.hidden_size)  # PyTorch's init: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))
+        width = self.gates * self.hidden_size
+        for layer in range(self.num_layers):
+            rows = self.input_size if layer == 0 else self.hidden_size
+            self.register_parameter(
+                f"weight_ih_l{layer}", Parameter(gen.uniform(-bound, bound, (rows, width)).astype(dt))
+            )
+            self.register_parameter(
+                f"weight_hh_l{layer}", Parameter(gen.uniform(-bound, bound, (self.hidden_size, width)).astype(dt))
+            )
+            for name in (f"bias_ih_l{layer}", f"bias_hh_l{layer}"):
+                self.register_parameter(name, Parameter(gen.uniform(-bound, bound, width).astype(dt)) if bias else None)
+        self.dropout = Dropout(dropout, rng=gen)
+
+    def forward(self, x: TensorLike, state: Any = None, mask: np.ndarray | None = None) -> tuple[Tensor, Any]:
+        """x (B,T,I) (or (T,B,I)) -> (y (B,T,H), final state).
+
+        ``state``: h (L,B,H), or (h, c) for the LSTM (L = num_layers), zeros when None; the final state has the
+        same form. For truncated BPTT pass the previous segment's final state detached (``h.detach()``).
+        ``mask`` (B,T) (or (T,B)) bool, True where a step is real; padding steps leave the state unchanged.
+        """
+        lstm = self.mode == "lstm"
+        finals_h: list[Any] = []
+        finals_c: list[Any] = []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = self.dropout(x)
+            layer_state = None
+            if state is not None:
+                layer_state = (state[0][layer], state[1][layer]) if lstm else state[layer]
+            x, final = F.recurrent_layer(
+                x,
+                getattr(self, f"weight_ih_l{layer}"),
+                getattr(self, f"weight_hh_l{layer}"),
+                getattr(self, f"bias_ih_l{layer}"),
+                getattr(self, f"bias_hh_l{layer}"),
+                state=layer_state,
+                mask=mask,
+                mode=self.mode,
+                batch_first=self.batch_first,
+            )
+            finals_h.append(final[0] if lstm else final)
+            if lstm:
+                finals_c.append(final[1])
+        h = F.stack(finals_h)
+        return x, ((h, F.stack(finals_c)) if lstm else h)  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+            f"dropout={self.dropout.p}, batch_first={self.batch_first}"
+        )
+
+
+class LSTM(_RecurrentBase):
+    """Long short-term memory layers (Hochreiter & Schmidhuber 1997, with forget gate), PyTorch's ``nn.LSTM``.
+
+    Parameters per layer k, applied as ``x @ w``: ``weight_ih_lk`` (I,4H), ``weight_hh_lk`` (H,4H), ``bias_ih_lk``,
+    ``bias_hh_lk`` (4H,), gates i f g o: the transposes of PyTorch's, so its weights load with ``.T``.
+    ``dropout`` acts on the outputs of every layer but the last. ``batch_first`` is True by default (the
+    project's (B,T,C) convention; PyTorch's default is time-major).
+    """
+
+    mode = "lstm"
+    gates = 4
+
+
+class GRU(_RecurrentBase):
+    """Gated recurrent unit layers (Cho et al. 2014) with PyTorch's formulation and gate order r z n (see LSTM)."""
+
+    mode = "gru"
+    gates = 3
+
+
+class RNN(_RecurrentBase):
+    """Elman RNN layers with tanh: h_t = tanh(x_t W_ih + b_ih + h_{t-1} W_hh + b_hh) (see LSTM)."""
+
+    mode = "rnn_tanh"
+    gates = 1
+
+
 class ModuleList(Module):
     """A list of modules, registered as "0", "1", ... (so their parameters are "0.weight", ...)."""
 

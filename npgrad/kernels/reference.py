@@ -625,3 +625,169 @@ def embedding_backward(ids, gy, num_embeddings):
         np.cumsum(run_lengths[:-1], out=offsets[1:])
         gw[sorted_ids[starts[repeated]]] = np.add.reduceat(gy[rows], offsets, axis=0)
     return gw
+
+
+# ------------------------------------------------------------- recurrent cells, backpropagation through time
+#
+# Shapes: T time steps, B batch, H hidden size, G gates (RNN 1, GRU 3, LSTM 4). Sequences are time-major
+# here: xw (T,B,G*H) holds the input projections x_t W_ih + b_ih of every step, computed by the caller in
+# one matmul; the recurrence adds hw_t = h_{t-1} W_hh + b_hh (B,G*H) step by step. Gate order within G*H
+# is PyTorch's: LSTM i f g o, GRU r z n. The derivations are in npgrad/ops/recurrent.py (Recurrent).
+#
+# The cell and sequence functions below take ``math``, the few functions that differ between ndarrays and
+# Tensors (tanh, concatenate, stack), and use only operators the two share otherwise: the same lines run the
+# NumPy reference on ndarrays and the create_graph VJP on Tensors (npgrad/ops/recurrent.py).
+
+RECURRENT_MODES = {"rnn_tanh": 1, "gru": 3, "lstm": 4}  # mode -> gates G
+
+
+class ArrayMath:
+    """What the recurrent functions need beyond operators, for ndarrays."""
+
+    tanh = staticmethod(np.tanh)
+    concatenate = staticmethod(np.concatenate)
+    stack = staticmethod(np.stack)
+
+
+def _sigmoid(z, math):
+    """sigma(z) = 1 / (1 + e^{-z}) = (1 + tanh(z / 2)) / 2: no overflow for any z, and differentiable through tanh."""
+    return (math.tanh(z * 0.5) + 1.0) * 0.5
+
+
+def cell_forward(mode, xw, hw, h_prev, c_prev, math=ArrayMath):
+    """One step of the cell from its two projections.   xw, hw (B,G*H), h_prev (B,H), c_prev (B,H)|None
+
+    Returns (acts, h, c): acts the activations the backward needs, (B,A*H) with A = 1 (RNN: h),
+    4 (GRU: r z n hn) or 5 (LSTM: i f g o tanh(c)); h (B,H); c (B,H) for the LSTM, else None.
+        RNN:  h = tanh(xw + hw)
+        GRU:  r = sigma(xw_r + hw_r), z = sigma(xw_z + hw_z), n = tanh(xw_n + r * hn),  hn = hw_n,
+              h = (1 - z) n + z h_prev
+        LSTM: (i, f, g, o) = (sigma, sigma, tanh, sigma)(xw + hw),  c = f c_prev + i g,  h = o tanh(c)
+    """
+    size = h_prev.shape[-1]
+    if mode == "rnn_tanh":
+        h = math.tanh(xw + hw)
+        return h, h, None
+    if mode == "gru":
+        r = _sigmoid(xw[:, :size] + hw[:, :size], math)
+        z = _sigmoid(xw[:, size : 2 * size] + hw[:, size : 2 * size], math)
+        hn = hw[:, 2 * size :]
+        n = math.tanh(xw[:, 2 * size :] + r * hn)
+        h = (1.0 - z) * n + z * h_prev
+        return math.concatenate([r, z, n, hn], axis=-1), h, None
+    pre = xw + hw  # (B,4H)
+    i = _sigmoid(pre[:, :size], math)
+    f = _sigmoid(pre[:, size : 2 * size], math)
+    g = math.tanh(pre[:, 2 * size : 3 * size])
+    o = _sigmoid(pre[:, 3 * size :], math)
+    c = f * c_prev + i * g
+    tanh_c = math.tanh(c)
+    return math.concatenate([i, f, g, o, tanh_c], axis=-1), o * tanh_c, c
+
+
+def cell_backward(mode, acts, h_prev, c_prev, dh, dc, math=ArrayMath):
+    """The VJP of cell_forward.   -> dxw (B,G*H), dhw (B,G*H), dh_prev (B,H)|None, dc_prev (B,H)|None
+
+    dxw/dhw are the gradients of the two projections; dh_prev and dc_prev only the direct paths (GRU's
+    z h_prev, LSTM's f c_prev): the path through hw = h_prev W_hh is the caller's dhw W_hh^T.
+    sigma' = sigma (1 - sigma), tanh' = 1 - tanh^2, written in the saved activations.
+    """
+    size = dh.shape[-1]
+    if mode == "rnn_tanh":
+        dpre = dh * (1.0 - acts * acts)
+        return dpre, dpre, None, None
+    if mode == "gru":
+        r, z, n, hn = (acts[:, k * size : (k + 1) * size] for k in range(4))
+        dn_pre = dh * (1.0 - z) * (1.0 - n * n)  # through h = (1 - z) n + z h_prev, then tanh
+        dr_pre = dn_pre * hn * r * (1.0 - r)  # n's pre-activation is xw_n + r hn
+        dz_pre = dh * (h_prev - n) * z * (1.0 - z)
+        dxw = math.concatenate([dr_pre, dz_pre, dn_pre], axis=-1)
+        dhw = math.concatenate([dr_pre, dz_pre, dn_pre * r], axis=-1)
+        return dxw, dhw, dh * z, None
+    i, f, g, o, tanh_c = (acts[:, k * size : (k + 1) * size] for k in range(5))
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)  # c reaches the loss directly and through h = o tanh(c)
+    dpre = math.concatenate(
+        [dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)],
+        axis=-1,
+    )
+    return dpre, dpre, None, dc * f
+
+
+def recurrent_steps_forward(mode, xw, w_hh, b_hh, h0, c0, keep, math=ArrayMath):
+    """The cell over time.   xw (T,B,G*H), w_hh (H,G*H), b_hh (G*H,), h0 (B,H), c0 (B,H)|None, keep [(B,1)]|None
+
+    keep[t] is 1.0 where step t of a sequence is real and 0.0 where it is padding: there the state is carried
+    unchanged and the output is 0. Returns lists: ys [T x (B,H)], acts [T], hs [T+1] (h0 first), cs [T+1] (LSTM).
+    """
+    ys, acts, hs, cs = [], [], [h0], [c0]
+    for t in range(xw.shape[0]):
+        a, h, c = cell_forward(mode, xw[t], hs[t] @ w_hh + b_hh, hs[t], cs[t], math)
+        acts.append(a)
+        if keep is None:
+            ys.append(h)
+        else:
+            ys.append(h * keep[t])
+            h = ys[t] + hs[t] * (1.0 - keep[t])
+            if c is not None:
+                c = c * keep[t] + cs[t] * (1.0 - keep[t])
+        hs.append(h)
+        cs.append(c)
+    return ys, acts, hs, cs
+
+
+def recurrent_steps_backward(mode, gys, dh, dc, w_hh, acts, hs, cs, keep, math=ArrayMath):
+    """Backpropagation through time: the VJP of recurrent_steps_forward as one loop from t = T-1 down to 0.
+
+    gys [T x (B,H)] gradients of the outputs; dh, dc (B,H) those of the final states (dc None unless LSTM).
+    Returns dxw [T x (B,G*H)], dhw [T x (B,G*H)], dh0, dc0.
+    """
+    steps = len(acts)
+    dxws, dhws = [None] * steps, [None] * steps
+    for t in range(steps - 1, -1, -1):
+        dh_new, dc_new = gys[t] + dh, dc  # h_t feeds the output y_t and the next step
+        if keep is not None:  # a padding step passes dh, dc through to h_{t-1}, c_{t-1} untouched
+            dh_new, dh = dh_new * keep[t], dh * (1.0 - keep[t])
+            if dc is not None:
+                dc_new, dc = dc * keep[t], dc * (1.0 - keep[t])
+        dxws[t], dhws[t], dh_direct, dc_direct = cell_backward(mode, acts[t], hs[t], cs[t], dh_new, dc_new, math)
+        dh_prev = dhws[t] @ w_hh.T
+        dh = dh_prev + dh if keep is not None else dh_prev
+        if dh_direct is not None:
+            dh = dh + dh_direct
+        if dc_direct is not None:
+            dc = dc_direct + dc if keep is not None else dc_direct
+    return dxws, dhws, dh, dc
+
+
+def recurrent_forward(mode, xw, w_hh, b_hh, h0, c0, mask):
+    """Run the cell over time.   xw (T,B,G*H), w_hh (H,G*H), b_hh (G*H,), h0 (B,H), c0 (B,H)|None, mask (T,B)|None
+
+    -> out (T+S,B,H): the outputs y_0..y_{T-1}, then the final h (and for the LSTM, S = 2, the final c);
+    and what the backward needs: acts (T,B,A*H), hs (T+1,B,H) the states h_0..h_T, cs (T+1,B,H) (LSTM) or
+    an empty array. mask: True where a step is real; the state skips padding steps, whose output is 0.
+    """
+    keep = None if mask is None else mask[:, :, None].astype(xw.dtype)  # (T,B,1)
+    ys, acts, hs, cs = recurrent_steps_forward(mode, xw, w_hh, b_hh, h0, c0, keep)
+    final = [hs[-1]] if c0 is None else [hs[-1], cs[-1]]
+    out = np.stack(ys + final)
+    cs_array = np.stack(cs) if c0 is not None else np.empty((0,) + h0.shape, dtype=xw.dtype)
+    return out, np.stack(acts), np.stack(hs), cs_array
+
+
+def recurrent_backward(mode, gout, w_hh, acts, hs, cs, mask):
+    """Gradients of recurrent_forward.   gout (T+S,B,H) -> gxw (T,B,G*H), gw_hh (H,G*H), gb_hh (G*H,), gh0, gc0|None
+
+    W_hh and b_hh act at every step, so their gradients sum over steps: gw_hh = sum_t h_t^T dhw_t, one
+    matmul over the stacked (T*B) rows once the loop is done; gb_hh = sum_t sum_b dhw_t.
+    """
+    steps = acts.shape[0]
+    keep = None if mask is None else mask[:, :, None].astype(acts.dtype)
+    lstm = cs.shape[0] > 0
+    dc = gout[steps + 1] if lstm else None
+    dxws, dhws, dh0, dc0 = recurrent_steps_backward(
+        mode, gout[:steps], gout[steps], dc, w_hh, acts, hs, cs if lstm else [None] * (steps + 1), keep
+    )
+    dhw = np.stack(dhws)  # (T,B,G*H)
+    rows = steps * hs.shape[1]
+    gw_hh = hs[:steps].reshape(rows, -1).T @ dhw.reshape(rows, -1)
+    return np.stack(dxws), gw_hh, dhw.reshape(rows, -1).sum(axis=0), dh0, dc0

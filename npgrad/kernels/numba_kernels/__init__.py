@@ -17,6 +17,7 @@ Modules, one per kernel family, each naming its twin in reference.py:
 * attention.py      the fused masked softmax between BLAS products, forward and backward
 * embedding.py      the embedding backward (scatter-add)
 * gelu.py           GELU, exact and tanh, forward and backward
+* recurrent.py      RNN/GRU/LSTM over time: one fused element-wise pass per step around the BLAS product, and BPTT
 
 and the building blocks: _intrinsics.py (LLVM intrinsics, a vectorisable exp, erf and the normal
 CDF, row reductions), _parallel.py (the thread pool and the row chunks), _inputs.py (dtype and shape
@@ -33,6 +34,7 @@ from .attention import attention_backward, attention_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .embedding import embedding_backward
 from .gelu import gelu_backward, gelu_forward
+from .recurrent import recurrent_backward, recurrent_forward
 from .layer_norm import add_layer_norm_forward, layer_norm_backward, layer_norm_forward
 from .soft_targets import kl_div_backward, kl_div_forward, soft_cross_entropy_backward, soft_cross_entropy_forward
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
@@ -56,6 +58,8 @@ __all__ = [
     "embedding_backward",
     "gelu_forward",
     "gelu_backward",
+    "recurrent_forward",
+    "recurrent_backward",
     "set_num_threads",
     "get_num_threads",
 ]
