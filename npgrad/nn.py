@@ -794,7 +794,7 @@ class _RecurrentBase(Module):
             )
             for name in (f"bias_ih_l{layer}", f"bias_hh_l{layer}"):
                 self.register_parameter(name, Parameter(gen.uniform(-bound, bound, width).astype(dt)) if bias else None)
-        self.dropout = Dropout(dropout, rng=gen)
+        self.dropout = Dropout(dropout, rng=int(gen.integers(2**63)))  # between layers, its own stream
 
     def forward(self, x: TensorLike, state: Any = None, mask: np.ndarray | None = None) -> tuple[Tensor, Any]:
         """x (B,T,I) (or (T,B,I)) -> (y (B,T,H), final state).

@@ -173,7 +173,8 @@ LOWER_THAN = {
     "transformer.attention_maps": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.dist": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.tasks": {"transformer.cli", "transformer.train"},
-    "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks"},
+    "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.rnn"},
+    "transformer.rnn": {"transformer.cli", "transformer.train", "transformer.tasks"},
     "transformer.layers": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.attention": {
         "transformer.cli",

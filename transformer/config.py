@@ -279,6 +279,8 @@ RANGES = {
         num_encoder_layers=POSITIVE_INT,
         num_decoder_layers=POSITIVE_INT,
         n_layers=POSITIVE_INT,
+        d_hidden=POSITIVE_INT,  # the recurrent and feed-forward LMs' hidden size (transformer/rnn.py)
+        context_size=POSITIVE_INT,  # the feed-forward n-gram LM's n - 1
         # Position tables of max_len x d_model: beyond 65,536 positions a typo, not a model for a CPU.
         max_len=Number(int, 2, MAX_POSITIONS),
         block_size=Number(int, 1, MAX_POSITIONS),

@@ -35,7 +35,8 @@ from .data import (
 from .datasets import Corpus, ParallelText, ValidationOptions, file_identity, load_text, load_translation_corpus
 from .files import write_atomic
 from .evaluate import lm_scores, perplexity, translation_scores
-from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+from .model import LanguageModel, Transformer
+from .rnn import model_classes
 from .tokenizer import CharTokenizer, Tokenizer, TokenizerError, load_tokenizers, train_sentencepiece
 
 DATA_DEFAULTS = dict(
@@ -80,7 +81,10 @@ def model_settings(config: dict, config_class, from_tokenizer: tuple[str, ...], 
     import dataclasses
 
     section = check_numbers("model", config.get("model", {}))
-    check_keys("model", section, {f.name for f in dataclasses.fields(config_class)} - set(from_tokenizer))
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    if "kind" not in fields:  # the Transformer's configs predate model.kind (transformer/rnn.py): not stored
+        section.pop("kind", None)
+    check_keys("model", section, fields - set(from_tokenizer))
     section.setdefault("seed", int(settings["seed"]))
     config_class(**dict.fromkeys(from_tokenizer, 1 << 16), **section)  # the config's own checks, now (no weights)
     return section
@@ -98,7 +102,8 @@ class TranslationTask:
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
         self.data_cfg = data = data_settings(config.get("data", {}))
         # The vocabulary sizes come from the tokenizer, never from the config; the rest is checked before any work.
-        model_section = model_settings(config, TransformerConfig, ("src_vocab_size", "tgt_vocab_size"), settings)
+        config_class, model_class = model_classes("translation", config.get("model", {}))
+        model_section = model_settings(config, config_class, ("src_vocab_size", "tgt_vocab_size"), settings)
         self.corpus = load_corpus(data)
         self.data_files = file_identity(self.corpus.files)  # (validation logged a report of each split)
         if len(self.corpus["valid"]) == 0:
@@ -109,13 +114,13 @@ class TranslationTask:
             )
         self.tok_dir = self.run_dir / "tokenizer"
         self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
-        self.model_config = TransformerConfig(
+        self.model_config = config_class(
             src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size, **model_section
         )
         self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
         self.valid_set = self.encode(self.corpus["valid"])
         self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]), seed=int(settings["seed"]))
-        self.model = Transformer(self.model_config) if build_model else None
+        self.model = model_class(self.model_config) if build_model else None
 
     def encode_training(self, pairs, on_bad):
         """The training pairs as sub-words, without those no batch or position table can hold: longer than
@@ -494,7 +499,8 @@ class LMTask:
         section = config.get("data", {})
         check_keys("data", section, LM_DATA_DEFAULTS)
         data = check_numbers("data", {**LM_DATA_DEFAULTS, **section})
-        model_section = model_settings(config, LMConfig, ("vocab_size",), settings)
+        config_class, model_class = model_classes("lm", config.get("model", {}))
+        model_section = model_settings(config, config_class, ("vocab_size",), settings)
         path = lm_text_path(data)
         text = load_lm_text(data, path)
         self.data_files = file_identity([path])
@@ -505,7 +511,7 @@ class LMTask:
         except TokenizerError as error:  # a fine-tuning text with characters the run's tokenizer never saw
             raise TokenizerError(f"{path}: {str(error).removeprefix('text 0: ')} ({self.tok_dir})") from None
         self.train_ids, self.val_ids = split_stream(ids, float(data["train_fraction"]))
-        self.model_config = LMConfig(vocab_size=self.tokenizer.vocab_size, **model_section)
+        self.model_config = config_class(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
         check_lm_block_size(self.train_ids, self.val_ids, block, float(data["train_fraction"]))
         self.batcher = LMBatcher(
@@ -515,7 +521,7 @@ class LMTask:
             seed=int(settings["seed"]),
             name="train",
         )
-        self.model = LanguageModel(self.model_config) if build_model else None
+        self.model = model_class(self.model_config) if build_model else None
         self.epoch = 0
 
     def next_batch(self):

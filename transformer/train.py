@@ -433,10 +433,9 @@ def model_from_checkpoint(checkpoint) -> nn.Module:
     n_heads must never quietly become today's default); a LoRA run's adapters put back and merged into plain
     Linears; an adapters-only checkpoint (``export --adapters``) loaded onto the base checkpoint it names."""
     from .checkpoint import MANIFEST, checkpoint_kind, load_checkpoint, resolve_checkpoint, run_config_of
-    from .model import LanguageModel, LMConfig, Transformer, TransformerConfig
+    from .rnn import model_classes
 
-    lm = checkpoint_kind(checkpoint.config) == "lm"
-    config_class, model_class = (LMConfig, LanguageModel) if lm else (TransformerConfig, Transformer)
+    config_class, model_class = model_classes(checkpoint_kind(checkpoint.config), checkpoint.config)
     where = f"{checkpoint.directory / MANIFEST} config"
     model = model_class(config_class.from_dict(checkpoint.config, strict=True, where=where))
     state: dict = dict(checkpoint.model_state)
@@ -465,11 +464,10 @@ def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
     """The teacher of word-level distillation, in eval mode and never trained: a checkpoint of the student's kind
     whose vocabulary is the student's (the same tokenizer: prepare_init_from copies it)."""
     from .checkpoint import checkpoint_kind, load_checkpoint, resolve_checkpoint
-    from .model import LanguageModel
 
     checkpoint = load_checkpoint(resolve_checkpoint(directory))
     where = f"--teacher {checkpoint.directory}"
-    found, expected = checkpoint_kind(checkpoint.config), "lm" if isinstance(student, LanguageModel) else "translation"
+    found, expected = checkpoint_kind(checkpoint.config), checkpoint_kind(student.config.to_dict())
     if found != expected:
         raise kind_error(where, found, expected, "learn from")
     teacher = model_from_checkpoint(checkpoint)
