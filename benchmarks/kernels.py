@@ -17,6 +17,8 @@ ratios compare runs made at the same moment. Inputs (masks included) are built b
 
 Extra rows decide the matmul question: many tiny batched products (attention-sized) through
 np.matmul (OpenBLAS per product), a Numba loop and torch.bmm, and a big 2-D product (BLAS).
+``lstm_sequence`` is an LSTM layer over a window (the input projection, the sequence kernel with backpropagation
+through time, the projection's backward) against torch.nn.LSTM forward + backward at the same shapes.
 A copy of a (4096, 8000) float32 array with --threads threads measures the memory bandwidth that bounds
 the row kernels.
 """
@@ -37,6 +39,7 @@ FEATURES = 256  # d_model: layer norm
 BATCH, LENGTH = 128, 32  # sentence pairs x tokens
 EMBED_VOCAB, EMBED_IDS = 8000, 4096
 LABEL_SMOOTHING, IGNORE_INDEX = 0.1, -100
+LSTM_STEPS, LSTM_BATCH, LSTM_HIDDEN = 64, 32, 256  # T, B, H = I: an LSTM LM layer's window
 
 
 # ------------------------------------------------------------------------------------ cases
@@ -220,6 +223,45 @@ def _gelu_build(rng, kernels, peer):
     return runs
 
 
+def _lstm_build(rng, kernels, peer):
+    """An LSTM layer over a sequence, forward + backward to the input and every weight, against torch nn.LSTM.
+
+    Ours: the input projections of all steps in one matmul, the sequence kernel (forward, then backpropagation
+    through time), and the projection's backward (two matmuls), i.e. what F.lstm does minus the graph.
+    """
+    steps, batch, size = LSTM_STEPS, LSTM_BATCH, LSTM_HIDDEN
+    x = rng.standard_normal((steps * batch, size), dtype=np.float32)  # (T*B,I) time-major rows
+    w_ih = rng.uniform(-0.06, 0.06, (size, 4 * size)).astype(np.float32)  # (I,4H)
+    w_hh = rng.uniform(-0.06, 0.06, (size, 4 * size)).astype(np.float32)  # (H,4H)
+    b = rng.uniform(-0.06, 0.06, 4 * size).astype(np.float32)
+    h0 = np.zeros((batch, size), dtype=np.float32)
+    g = rng.standard_normal((steps + 2, batch, size), dtype=np.float32)  # outputs, then the final h and c
+    g[steps:] = 0.0  # torch's run below differentiates the outputs only
+
+    def make(module):
+        def run():
+            xw = (x @ w_ih + b).reshape(steps, batch, 4 * size)
+            out, acts, hs, cs = module.recurrent_forward("lstm", xw, w_hh, b, h0, h0, None)
+            gxw, gw_hh, gb, _, _ = module.recurrent_backward("lstm", g, w_hh, acts, hs, cs, None)
+            gxw = gxw.reshape(steps * batch, 4 * size)
+            return gxw @ w_ih.T, x.T @ gxw, gw_hh, gb
+
+        return run
+
+    runs = {"numba": make(kernels["numba"]), "numpy": make(kernels["numpy"])}
+    if peer is not None:
+        torch = peer.torch
+        layer = torch.nn.LSTM(size, size)
+        with torch.no_grad():
+            layer.weight_ih_l0.copy_(torch.from_numpy(w_ih.T.copy()))
+            layer.weight_hh_l0.copy_(torch.from_numpy(w_hh.T.copy()))
+        xt = torch.from_numpy(x.reshape(steps, batch, size)).requires_grad_()
+        gt = torch.from_numpy(g[:steps])
+        params = tuple(layer.parameters())
+        runs["torch"] = lambda: torch.autograd.grad(layer(xt)[0], (xt, *params), gt)
+    return runs
+
+
 # --- the matmul decision: is a Numba kernel worth having for batched / 2-D products?
 
 _numba_bmm = None
@@ -292,6 +334,11 @@ CASES = [
     Case("attention_h8d32_causal", f"B={BATCH} H=8 D=32 L={LENGTH}x{LENGTH} causal", _attention_case(8, 32, True)),
     Case("embedding", f"{EMBED_IDS} ids -> {EMBED_VOCAB}x{FEATURES} (gather + scatter-add)", _embedding_build),
     Case("gelu", f"{ROWS}x{4 * FEATURES} exact (erf)", _gelu_build),
+    Case(
+        "lstm_sequence",
+        f"T={LSTM_STEPS} B={LSTM_BATCH} I=H={LSTM_HIDDEN} (input projection + BPTT) vs nn.LSTM",
+        _lstm_build,
+    ),
     Case("matmul_batched_tiny", f"{BATCH * 4}x({LENGTH}x64 @ 64x{LENGTH}) forward only", _batched_matmul_build),
     Case("matmul_2d", f"{ROWS}x{FEATURES} @ {FEATURES}x{4 * FEATURES} forward only", _matmul_2d_build),
 ]

@@ -25,70 +25,80 @@ _SAVED_ACTIVATIONS = {"rnn_tanh": 1, "gru": 4, "lstm": 5}  # A: acts (T,B,A*H), 
 
 
 @njit(**_RNN_JIT)
-def _lstm_forward_step(xw, hw, b, c_prev, h_prev, keep, has_mask, acts, y, h, c):
+def _gates(xw_row, hw_row, b, scale, out):
+    # out[j] = sigma(a_j) where scale[j] = 1 and tanh(a_j) = 2 sigma(2 a_j) - 1 where scale[j] = 2,
+    # a = xw + hw + b: one branch-free loop over all gates, so that it vectorises.
+    one = out.dtype.type(1.0)
+    for j in range(out.shape[0]):
+        k = scale[j]
+        out[j] = k / (one + _exp(-k * (xw_row[j] + hw_row[j] + b[j]))) - (k - one)
+
+
+@njit(**_RNN_JIT)
+def _lstm_forward_step(xw, hw, b, scale, c_prev, h_prev, keep, has_mask, acts, y, h, c):
     # xw, hw (B,4H), b (4H,), c_prev, h_prev (B,H), keep (B,) -> acts (B,5H) i f g o tanh(c); y, h, c (B,H)
     size = h_prev.shape[1]
     T = xw.dtype.type
     one, two = T(1.0), T(2.0)
     for row in range(xw.shape[0]):
-        x_row, hw_row, a_row = xw[row], hw[row], acts[row]
-        real = not has_mask or keep[row]
+        a_row = acts[row]
+        _gates(xw[row], hw[row], b, scale, a_row[: 4 * size])
+        i, f, g, o = a_row[:size], a_row[size : 2 * size], a_row[2 * size : 3 * size], a_row[3 * size : 4 * size]
+        tanh_c = a_row[4 * size :]
+        c_old, h_old, c_new, h_new, y_row = c_prev[row], h_prev[row], c[row], h[row], y[row]
         for j in range(size):
-            i = one / (one + _exp(-(x_row[j] + hw_row[j] + b[j])))
-            f = one / (one + _exp(-(x_row[size + j] + hw_row[size + j] + b[size + j])))
-            g = two / (one + _exp(-two * (x_row[2 * size + j] + hw_row[2 * size + j] + b[2 * size + j]))) - one
-            o = one / (one + _exp(-(x_row[3 * size + j] + hw_row[3 * size + j] + b[3 * size + j])))
-            cell = f * c_prev[row, j] + i * g
-            tanh_c = two / (one + _exp(-two * cell)) - one
-            a_row[j], a_row[size + j], a_row[2 * size + j], a_row[3 * size + j], a_row[4 * size + j] = (
-                i,
-                f,
-                g,
-                o,
-                tanh_c,
-            )
-            if real:
-                y[row, j] = o * tanh_c
-                h[row, j] = o * tanh_c
-                c[row, j] = cell
-            else:
-                y[row, j] = T(0.0)
-                h[row, j] = h_prev[row, j]
-                c[row, j] = c_prev[row, j]
+            cell = f[j] * c_old[j] + i[j] * g[j]
+            tanh_c[j] = two / (one + _exp(-two * cell)) - one
+            c_new[j] = cell
+            h_new[j] = o[j] * tanh_c[j]
+            y_row[j] = h_new[j]
+        if has_mask and not keep[row]:  # a padding step: the state passes through, the output is 0
+            c_new[:] = c_old
+            h_new[:] = h_old
+            y_row[:] = T(0.0)
 
 
 @njit(**_RNN_JIT)
-def _gru_forward_step(xw, hw, b, h_prev, keep, has_mask, acts, y, h):
+def _gru_forward_step(xw, hw, b, scale, h_prev, keep, has_mask, acts, y, h):
     # xw, hw (B,3H), b (3H,), h_prev (B,H) -> acts (B,4H) r z n hn (hn = h_prev W_hn + b_hn); y, h (B,H)
     size = h_prev.shape[1]
     T = xw.dtype.type
     one, two = T(1.0), T(2.0)
     for row in range(xw.shape[0]):
         x_row, hw_row, a_row = xw[row], hw[row], acts[row]
-        real = not has_mask or keep[row]
+        _gates(x_row[: 2 * size], hw_row[: 2 * size], b[: 2 * size], scale[: 2 * size], a_row[: 2 * size])
+        r, z, n, hn = a_row[:size], a_row[size : 2 * size], a_row[2 * size : 3 * size], a_row[3 * size :]
+        x_n, hw_n, b_n, h_old, h_new, y_row = (
+            x_row[2 * size :],
+            hw_row[2 * size :],
+            b[2 * size :],
+            h_prev[row],
+            h[row],
+            y[row],
+        )
         for j in range(size):
-            r = one / (one + _exp(-(x_row[j] + hw_row[j] + b[j])))
-            z = one / (one + _exp(-(x_row[size + j] + hw_row[size + j] + b[size + j])))
-            hn = hw_row[2 * size + j] + b[2 * size + j]
-            n = two / (one + _exp(-two * (x_row[2 * size + j] + r * hn))) - one
-            new = (one - z) * n + z * h_prev[row, j]
-            a_row[j], a_row[size + j], a_row[2 * size + j], a_row[3 * size + j] = r, z, n, hn
-            y[row, j] = new if real else T(0.0)
-            h[row, j] = new if real else h_prev[row, j]
+            hn[j] = hw_n[j] + b_n[j]
+            n[j] = two / (one + _exp(-two * (x_n[j] + r[j] * hn[j]))) - one
+            h_new[j] = (one - z[j]) * n[j] + z[j] * h_old[j]
+            y_row[j] = h_new[j]
+        if has_mask and not keep[row]:
+            h_new[:] = h_old
+            y_row[:] = T(0.0)
 
 
 @njit(**_RNN_JIT)
-def _rnn_forward_step(xw, hw, b, h_prev, keep, has_mask, acts, y, h):
+def _rnn_forward_step(xw, hw, b, scale, h_prev, keep, has_mask, acts, y, h):
     # xw, hw (B,H), b (H,) -> acts (B,H) = tanh(xw + hw + b); y, h (B,H)
-    T = xw.dtype.type
-    one, two = T(1.0), T(2.0)
     for row in range(xw.shape[0]):
-        real = not has_mask or keep[row]
-        for j in range(xw.shape[1]):
-            new = two / (one + _exp(-two * (xw[row, j] + hw[row, j] + b[j]))) - one
-            acts[row, j] = new
-            y[row, j] = new if real else T(0.0)
-            h[row, j] = new if real else h_prev[row, j]
+        _gates(xw[row], hw[row], b, scale, acts[row])
+        h[row] = acts[row]
+        y[row] = acts[row]
+        if has_mask and not keep[row]:
+            h[row] = h_prev[row]
+            y[row] = xw.dtype.type(0.0)
+
+
+_TANH_GATES = {"rnn_tanh": (0,), "gru": (), "lstm": (2,)}  # gates computed by _gates as tanh (scale 2)
 
 
 def recurrent_forward(mode, xw, w_hh, b_hh, h0, c0, mask):
@@ -108,15 +118,21 @@ def recurrent_forward(mode, xw, w_hh, b_hh, h0, c0, mask):
         cs[0] = c0
     has_mask = mask is not None
     keep = np.ascontiguousarray(mask) if has_mask else np.ones((steps, batch), dtype=np.bool_)
-    hw = np.empty((batch, RECURRENT_MODES[mode] * size), dtype=dtype)  # (B,G*H) h_{t-1} W_hh, one buffer
+    gates = RECURRENT_MODES[mode]
+    hw = np.empty((batch, gates * size), dtype=dtype)  # (B,G*H) h_{t-1} W_hh, one buffer
+    scale = np.ones((gates, size), dtype=dtype)  # (G,H) 1: a sigmoid gate, 2: a tanh (see _gates)
+    scale[list(_TANH_GATES[mode])] = 2.0
+    scale = scale.reshape(-1)
     for t in range(steps):
         np.matmul(hs[t], w_hh, out=hw)
         if lstm:
-            _lstm_forward_step(xw[t], hw, b_hh, cs[t], hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1], cs[t + 1])
+            _lstm_forward_step(
+                xw[t], hw, b_hh, scale, cs[t], hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1], cs[t + 1]
+            )
         elif mode == "gru":
-            _gru_forward_step(xw[t], hw, b_hh, hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1])
+            _gru_forward_step(xw[t], hw, b_hh, scale, hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1])
         else:
-            _rnn_forward_step(xw[t], hw, b_hh, hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1])
+            _rnn_forward_step(xw[t], hw, b_hh, scale, hs[t], keep[t], has_mask, acts[t], out[t], hs[t + 1])
     out[steps] = hs[steps]
     if lstm:
         out[steps + 1] = cs[steps]
