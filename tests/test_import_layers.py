@@ -173,8 +173,10 @@ LOWER_THAN = {
     "transformer.attention_maps": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.dist": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.tasks": {"transformer.cli", "transformer.train"},
+    "transformer.classify": {"transformer.cli", "transformer.train"},  # a task (text classification, masked LM)
     "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.rnn"},
     "transformer.rnn": {"transformer.cli", "transformer.train", "transformer.tasks"},
+    "transformer.classifier": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.classify"},
     "transformer.layers": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.attention": {
         "transformer.cli",

@@ -370,11 +370,24 @@ def read_manifest_fields(directory: str | os.PathLike) -> dict:
 
 
 def checkpoint_kind(config: Mapping) -> str:
-    """ "lm" for a language model's config (one vocabulary), "translation" for an encoder-decoder's."""
+    """ "lm" for a language model's config (one vocabulary), "translation" for an encoder-decoder's; an encoder-only
+    model's (transformer/classifier.py) is named by its head: "classify" or "mlm"."""
+    if "head" in config:
+        return "mlm" if config["head"] == "mlm" else "classify"
     return "lm" if "vocab_size" in config else "translation"
 
 
-KIND_NAMES = {"lm": "language-model", "translation": "translation"}
+KIND_NAMES = {
+    "lm": "language-model",
+    "translation": "translation",
+    "classify": "text-classification",
+    "mlm": "masked-language-model",
+}
+# The command that trains each kind; kinds whose validation metric is a loss (lower is better).
+TRAIN_COMMANDS = {"lm": "lm-train", "translation": "train", "classify": "classify-train", "mlm": "mlm-train"}
+LOSS_METRIC_KINDS = ("lm", "mlm")
+# (checkpoint kind, run kind) pairs that --init-from accepts besides a kind onto itself: pre-training -> fine-tuning.
+INIT_FROM_OTHER_KINDS = {("mlm", "classify")}
 
 
 def run_config_of(checkpoint: Checkpoint) -> dict:
@@ -396,9 +409,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     infos = CheckpointManager(root).checkpoints()
     if not infos:
         raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
-    # BLEU (higher is better) for translation, loss (lower) for a language model.
-    language_model = checkpoint_kind(read_manifest_fields(infos[-1].path)["config"]) == "lm"
-    best = CheckpointManager(root, mode="min" if language_model else "max").best()
+    # BLEU or accuracy (higher is better) for translation or classification, loss (lower) for a language model.
+    loss_metric = checkpoint_kind(read_manifest_fields(infos[-1].path)["config"]) in LOSS_METRIC_KINDS
+    best = CheckpointManager(root, mode="min" if loss_metric else "max").best()
     return best if best is not None else infos[-1].path
 
 

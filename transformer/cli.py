@@ -2,6 +2,7 @@
 
 Translation:  prepare, train, translate, evaluate, score, average, sheet-summary
 Language modelling:  lm-train, lm-sample, lm-eval
+Text classification:  classify-train, classify-eval, predict; mlm-train (masked-LM pre-training of its encoder)
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def load_model(checkpoint_dir: str | os.PathLike, kind: str | None = None):
         raise ValueError(f"{checkpoint.directory}: the manifest's model config is not a mapping")
     found = checkpoint_kind(checkpoint.config)
     if kind is not None and kind != found:
-        use = "lm-sample / lm-eval" if found == "lm" else "translate / evaluate"
+        commands = {
+            "lm": "lm-sample / lm-eval",
+            "classify": "classify-eval / predict",
+            "mlm": "classify-train --init-from",
+        }
+        use = commands.get(found, "translate / evaluate")
         raise ValueError(f"{checkpoint.directory} is a {KIND_NAMES[found]} checkpoint; use {use} with it")
     return model_from_checkpoint(checkpoint), load_tokenizers(checkpoint.directory), checkpoint
 
@@ -224,6 +230,62 @@ def cmd_lm_train(args):
     from .tasks import LMTask
 
     return _train(args, LMTask, "lm")
+
+
+def cmd_classify_train(args):
+    from .classify import ClassifyTask
+
+    return _train(args, ClassifyTask, "classify")
+
+
+def cmd_mlm_train(args):
+    from .classify import MLMTask
+
+    return _train(args, MLMTask, "mlm")
+
+
+def cmd_classify_eval(args):
+    """Accuracy, macro-F1 and the confusion matrix of a classifier on its run's dev (or training) set."""
+    from .classify import (
+        classify_files,
+        encode_labelled,
+        evaluate_classifier,
+        format_confusion,
+        load_labelled,
+        run_labels,
+    )
+    from .datasets import file_identity
+
+    model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="classify")
+    data, names = run_labels(run_config_of(checkpoint))
+    if args.data_dir:
+        data["data_dir"] = args.data_dir
+    _check_same_data(checkpoint, file_identity(classify_files(data).values()), args.allow_changed_data)
+    dataset = encode_labelled(tokenizer, load_labelled(data, args.split), model.config)
+    scores = evaluate_classifier(model, dataset, args.max_tokens)
+    log.info(f"confusion matrix, {args.split} split (rows: gold)\n{format_confusion(scores['confusion'], names)}")
+    result = {"split": args.split, "texts": len(dataset), "labels": names, **scores}
+    print(json.dumps({**result, "checkpoint": str(checkpoint.directory)}, indent=2))
+    return 0
+
+
+def cmd_predict(args):
+    """One text a line in; its label and that label's probability out, one line each."""
+    from .classify import predict_texts, run_labels
+
+    _check_output(args.output, "--output", args.overwrite)
+    model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="classify")
+    _, names = run_labels(run_config_of(checkpoint))
+    texts = _read_input(args.input)
+    origin = args.input if args.input not in (None, "-") else "standard input"
+    probabilities = predict_texts(model, tokenizer, texts, origin)
+    best = probabilities.argmax(axis=1)
+    text = "".join(f"{names[k]}\t{probabilities[i, k]:.4f}\n" for i, k in enumerate(best))
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_translate(args):
@@ -571,7 +633,12 @@ def build_parser():
         number(q, "--max-tokens", POSITIVE_INT, 8000, "sub-word tokens per decoding batch")
 
     with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
-    for name, what in (("train", "a translation model"), ("lm-train", "a decoder-only language model")):
+    for name, what in (
+        ("train", "a translation model"),
+        ("lm-train", "a decoder-only language model"),
+        ("classify-train", "an encoder-only text classifier"),
+        ("mlm-train", "an encoder with a masked-language-model head (pre-training for classify-train)"),
+    ):
         q = with_config(sub.add_parser(name, help=f"train {what}"))
         q.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint, exactly")
         q.add_argument(
@@ -586,6 +653,19 @@ def build_parser():
             help="word-level knowledge distillation from this checkpoint (its tokenizer too): the loss mixes the "
             "labels with the teacher's softened distribution (train.distill_from, distill_weight, distill_temperature)",
         )
+
+    q = sub.add_parser("classify-eval", help="accuracy, macro-F1 and the confusion matrix of a text classifier")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--split", default="valid", choices=["train", "valid"])
+    number(q, "--max-tokens", POSITIVE_INT, 4096, "padded tokens per batch")
+    q.add_argument("--data-dir")
+    q.add_argument("--allow-changed-data", action="store_true", help="evaluate even if the data files changed (warns)")
+
+    q = sub.add_parser("predict", help="classify one text per line (stdin by default): label and probability")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--input", help="a file (default: standard input)")
+    q.add_argument("--output", help="a file (default: standard output)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     q = sub.add_parser("translate", help="translate one sentence per line (stdin by default)")
     q.add_argument("--checkpoint", required=True)
@@ -725,6 +805,10 @@ COMMANDS = {
     "sheet-summary": cmd_sheet_summary,
     "lm-sample": cmd_lm_sample,
     "lm-eval": cmd_lm_eval,
+    "classify-train": cmd_classify_train,
+    "mlm-train": cmd_mlm_train,
+    "classify-eval": cmd_classify_eval,
+    "predict": cmd_predict,
 }
 
 

@@ -262,6 +262,8 @@ RANGES = {
         max_chars=NON_NEGATIVE_INT,
         max_ratio=NON_NEGATIVE,
         train_fraction=FRACTION_OPEN,
+        mask_prob=FRACTION_OPEN,  # masked-LM pre-training: the share of pieces predicted
+        valid_texts=POSITIVE_INT,
     ),  # valid_size/test_size: a count or a fraction
     "tokenizer": dict(
         vocab_size=Number(int, 8),
@@ -293,6 +295,8 @@ RANGES = {
         eos_id=NON_NEGATIVE_INT,
         seed=NON_NEGATIVE_INT,
         init_std=POSITIVE,
+        num_labels=Number(int, 2),
+        cls_id=NON_NEGATIVE_INT,
     ),
 }
 

@@ -52,6 +52,9 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 # manythings.org republishes these archives from time to time; a newer archive will not match the sums below and is
 # refused (ChecksumError) rather than used unverified. Put a copy with a known sum in the cache instead.
 TATOEBA_URL = "https://www.manythings.org/anki/"
+# GLUE's SST-2 (Socher et al. 2013; Wang et al. 2019) is published only inside this archive: unpack it and gzip
+# train.tsv (``gzip -9n``) into <cache>/sst2/ to match the sums below (the loader reads, never downloads, it).
+SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 
 # SHA-256 of every file the loaders know, keyed by path relative to the cache directory.
 SHA256 = {
@@ -63,6 +66,9 @@ SHA256 = {
     "multi30k/val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
     "tatoeba/deu-eng.zip": "b7688f84f99fa33c17397c14d8bd9cef1fdeb2ee0bf50074767023aee8926e28",
     "tatoeba/fra-eng.zip": "16c4f7d0df9e7c5e6c54cdb0447f3f4a18a55052ff5e2e0b27dd4a06c0e49d04",
+    "sst2/dev.tsv": "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+    "sst2/test.tsv": "69a938605609b3e6663b4487918fe1565eb293734e6e520d0366d1d412fd2a13",
+    "sst2/train.tsv.gz": "1c4843303462f8f93e006ff618a9e61d207468cafd030046d7d7fd6b78af342b",
     "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     "wikitext2/wiki.train.tokens.gz": "0c202e0b5d919429261b7291d9b5998f0db680c0a6700c0ff2a886d0abe055d4",
 }

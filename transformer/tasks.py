@@ -619,8 +619,8 @@ def check_lm_block_size(train_ids, val_ids, block_size, train_fraction):
             )
 
 
-def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path) -> Tokenizer:
-    tok = tokenizer_settings(config, kind="char")
+def prepare_lm_tokenizer(config: dict, text: str, tok_dir: Path, default_kind: str = "char") -> Tokenizer:
+    tok = tokenizer_settings(config, kind=default_kind)
     if (tok_dir / "tokenizer.json").is_file():
         check_tokenizer_settings(tok_dir, tok)
         return load_tokenizers(tok_dir)[0]

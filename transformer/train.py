@@ -93,6 +93,8 @@ TASK_ONLY_KEYS = {
     "translation": ("max_tokens", "max_epochs", "bleu_beam", "bleu_max_sentences", "decode_max_tokens"),
     "lm": ("batch_size", "eval_iters"),
 }
+# Token-count batches over epochs serve the encoder-only tasks (transformer/classify.py) too.
+SHARED_KEYS = {"classify": ("max_tokens", "max_epochs"), "mlm": ("max_tokens", "max_epochs")}
 
 
 def train_settings(section: dict, kind: str | None = None) -> dict:
@@ -102,13 +104,12 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
     check_keys("train", section, TRAIN_DEFAULTS)
     settings = check_numbers("train", {**TRAIN_DEFAULTS, **section})
     for other, keys in TASK_ONLY_KEYS.items():
-        given = sorted(set(section) & set(keys))
+        given = sorted(set(section) & set(keys) - set(SHARED_KEYS.get(kind or "", ())))
         if kind is not None and other != kind and given:
+            from .checkpoint import KIND_NAMES
+
             name = "a translation model" if other == "translation" else "a language model"
-            raise ConfigError(
-                f"[train] {', '.join(given)}: only for {name}; this is "
-                f"{'a language model' if kind == 'lm' else 'a translation'} run"
-            )
+            raise ConfigError(f"[train] {', '.join(given)}: only for {name}; this is a {KIND_NAMES[kind]} run")
     betas = settings["betas"]
     if not isinstance(betas, list) or len(betas) != 2:
         raise ConfigError(f"[train] betas must be a list of two numbers in [0, 1), got {betas!r}")
@@ -182,7 +183,9 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
     if fields is not None:
         found = checkpoint_kind(fields["config"])
         if found != kind:
-            command = "lm-train" if found == "lm" else "train"
+            from .checkpoint import TRAIN_COMMANDS
+
+            command = TRAIN_COMMANDS[found]
             raise ConfigError(f"--resume: {run_dir} is a {KIND_NAMES[found]} run; resume it with {command}")
     if path.is_file():
         saved = read_json_config(path)
@@ -301,7 +304,7 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
     of this ``kind`` (or a run directory, meaning its best checkpoint); the run takes their tokenizer (ids must mean
     the same pieces: copied into the run unless it has one, and then it must be the same). Returns the config to
     build the run from, the resolved checkpoint paths recorded in it."""
-    from .checkpoint import checkpoint_kind, read_manifest_fields, resolve_checkpoint
+    from .checkpoint import INIT_FROM_OTHER_KINDS, checkpoint_kind, read_manifest_fields, resolve_checkpoint
 
     config = {section: dict(values) for section, values in config.items()}
     for key, flag in (("init_from", "--init-from"), ("distill_from", "--teacher")):
@@ -310,7 +313,7 @@ def prepare_init_from(config: dict, run_dir: str | os.PathLike, kind: str) -> di
         directory = resolve_checkpoint(config["train"][key])
         fields = read_manifest_fields(directory)
         found = checkpoint_kind(fields["config"])
-        if found != kind:
+        if found != kind and not (key == "init_from" and (found, kind) in INIT_FROM_OTHER_KINDS):
             raise kind_error(f"{flag} {directory}", found, kind, "start from" if key == "init_from" else "learn from")
         config["train"][key] = str(directory.resolve())
         if key == "init_from":
@@ -435,7 +438,13 @@ def model_from_checkpoint(checkpoint) -> nn.Module:
     from .checkpoint import MANIFEST, checkpoint_kind, load_checkpoint, resolve_checkpoint, run_config_of
     from .rnn import model_classes
 
-    config_class, model_class = model_classes(checkpoint_kind(checkpoint.config), checkpoint.config)
+    kind = checkpoint_kind(checkpoint.config)
+    if kind in ("classify", "mlm"):
+        from .classifier import EncoderConfig, TextEncoder
+
+        config_class, model_class = EncoderConfig, TextEncoder
+    else:
+        config_class, model_class = model_classes(kind, checkpoint.config)
     where = f"{checkpoint.directory / MANIFEST} config"
     model = model_class(config_class.from_dict(checkpoint.config, strict=True, where=where))
     state: dict = dict(checkpoint.model_state)
@@ -456,8 +465,10 @@ def kind_error(what: str, found: str, expected: str, verb: str) -> ConfigError:
     """'<what> is a language-model checkpoint; a translation model cannot <verb> it' (and the other way)."""
     from .checkpoint import KIND_NAMES
 
-    model = "language model" if expected == "lm" else "translation model"
-    return ConfigError(f"{what} is a {KIND_NAMES[found]} checkpoint; a {model} cannot {verb} it")
+    model = {"lm": "language model", "classify": "text classifier", "mlm": "masked language model"}
+    return ConfigError(
+        f"{what} is a {KIND_NAMES[found]} checkpoint; a {model.get(expected, 'translation model')} cannot {verb} it"
+    )
 
 
 def load_teacher(directory: str | os.PathLike, student: nn.Module) -> nn.Module:
