@@ -231,6 +231,8 @@ def peers_main(args, argv):
             for row in rows:
                 row["repeat"] = repeat
             measured += rows
+            with open(workdir / "peers_rows.jsonl", "a", encoding="utf-8") as log:  # kept if the run is cut short
+                log.writelines(json.dumps(row) + "\n" for row in rows)
             if not args.json:
                 for row in rows:
                     print(
