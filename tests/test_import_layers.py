@@ -172,6 +172,8 @@ LOWER_THAN = {
     "transformer.train": {"transformer.cli"},
     "transformer.attention_maps": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.dist": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
+    "transformer.backtranslate": {"transformer.cli", "transformer.train"},
+    "transformer.mixing": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.tasks": {"transformer.cli", "transformer.train"},
     "transformer.classify": {"transformer.cli", "transformer.train"},  # a task (text classification, masked LM)
     "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.rnn"},

@@ -1,6 +1,6 @@
 """Command line: ``python -m transformer COMMAND`` (also the ``transformer`` console script).
 
-Translation:  prepare, train, translate, evaluate, score, average, sheet-summary
+Translation:  prepare, train, translate, evaluate, score, average, sheet-summary, distill, backtranslate
 Language modelling:  lm-train, lm-sample, lm-eval
 Text classification:  classify-train, classify-eval, predict; mlm-train (masked-LM pre-training of its encoder)
 """
@@ -55,6 +55,11 @@ def _absolute_paths(config):
         value = config["data"].get(key)
         if isinstance(value, str) and value:
             config["data"][key] = str(Path(value).expanduser().resolve())
+    for entry in config["data"].get("train_corpora") or []:  # the low-resource recipe's extra training corpora
+        if isinstance(entry, dict):
+            for key in ("tsv_path", "src_path", "tgt_path"):
+                if isinstance(entry.get(key), str) and entry[key]:
+                    entry[key] = str(Path(entry[key]).expanduser().resolve())
     return config
 
 
@@ -379,6 +384,43 @@ def cmd_distill(args):
         f"train a student on them with data.train_src_path={paths[0]} data.train_tgt_path={paths[1]}"
     )
     print(json.dumps({"pairs": len(kept), "src": str(paths[0]), "tgt": str(paths[1]), "beam": args.beam}))
+    return 0
+
+
+def cmd_backtranslate(args):
+    """Back-translation: a reverse model translates monolingual target-language text into synthetic sources, a TSV
+    of (synthetic source, sentence) that a forward model trains on (data.train_corpora)."""
+    from .backtranslate import backtranslate, check_direction, read_monolingual
+
+    output = Path(args.output)
+    if output.exists() and not (args.resume or args.overwrite):
+        raise UsageError(f"--output {output} exists; --resume continues it, --overwrite replaces it")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the output, --overwrite replaces it: not both")
+    _check_output(output, "--output", overwrite=True)
+    if args.noise and args.sample:
+        raise UsageError("--noise noises beam output; --sample draws its own variety: choose one")
+    model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
+    data = run_config_of(checkpoint).get("data", {})
+    check_direction((data.get("src", "?"), data.get("tgt", "?")), args.direction, str(checkpoint.directory))
+    sentences, _ = read_monolingual(Path(args.input).read_bytes(), args.input, skip_bad=args.skip_bad)
+    summary = backtranslate(
+        model,
+        src_tok,
+        tgt_tok,
+        sentences,
+        output,
+        resume=args.resume,
+        beam=args.beam,
+        alpha=args.alpha,
+        max_tokens=args.max_tokens,
+        sample=args.sample,
+        top_k=args.top_k or None,
+        noise=args.noise,
+        seed=args.seed,
+        chunk=args.chunk,
+    )
+    print(json.dumps({**summary, "checkpoint": str(checkpoint.directory)}))
     return 0
 
 
@@ -710,6 +752,23 @@ def build_parser():
     q.add_argument("--data-dir")
     q.add_argument("--overwrite", action="store_true", help="replace earlier output files")
 
+    q = sub.add_parser("backtranslate", help="a reverse model turns monolingual text into synthetic sources (TSV)")
+    q.add_argument("--checkpoint", required=True, help="the reverse model: a translation checkpoint or run directory")
+    q.add_argument(
+        "--direction", required=True, help="the reverse model's direction, checked: en-de for a de->en forward model"
+    )
+    q.add_argument("--input", required=True, help="monolingual text of the forward model's target language")
+    q.add_argument("--output", required=True, help="the TSV: synthetic source<TAB>input sentence, one line each")
+    decoding(q)
+    q.add_argument("--sample", action="store_true", help="sample each translation instead of a beam search")
+    number(q, "--top-k", NON_NEGATIVE_INT, 0, "with --sample: from the K most probable tokens (0: all)")
+    q.add_argument("--noise", action="store_true", help="noise the beam output (delete, blank, shuffle words)")
+    number(q, "--seed", NON_NEGATIVE_INT, 0, "of --sample and --noise")
+    number(q, "--chunk", POSITIVE_INT, 1000, "lines translated and appended at a time")
+    q.add_argument("--skip-bad", action="store_true", help="leave out invalid UTF-8 / empty input lines (reported)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted --output after its complete lines")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
     q = sub.add_parser(
         "export",
         help="a LoRA checkpoint merged into plain weights or its adapters alone; or a model for transformers / "
@@ -801,6 +860,7 @@ COMMANDS = {
     "export": cmd_export,
     "import": cmd_import,
     "distill": cmd_distill,
+    "backtranslate": cmd_backtranslate,
     "average": cmd_average,
     "sheet-summary": cmd_sheet_summary,
     "lm-sample": cmd_lm_sample,

@@ -264,12 +264,16 @@ RANGES = {
         train_fraction=FRACTION_OPEN,
         mask_prob=FRACTION_OPEN,  # masked-LM pre-training: the share of pieces predicted
         valid_texts=POSITIVE_INT,
+        train_lines=NON_NEGATIVE_INT,
+        train_weight=POSITIVE,
     ),  # valid_size/test_size: a count or a fraction
     "tokenizer": dict(
         vocab_size=Number(int, 8),
         character_coverage=Number(float, 0, 1, lo_open=True),
         input_sentence_size=POSITIVE_INT,
         seed=NON_NEGATIVE_INT,
+        sample_alpha=NON_NEGATIVE,
+        nbest=Number(int, -1),
     ),
     "model": dict(
         src_vocab_size=POSITIVE_INT,

@@ -232,12 +232,19 @@ def greedy(
     max_len_a: float = 0.0,
     max_len_b: int | None = None,
     use_cache: bool = True,
+    rng: np.random.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
 ) -> GreedyOutput:
     """Greedy decoding of a batch of source sentences with an encoder-decoder ``model``.
 
     At every step each live sentence takes its most probable token (ties to the lowest id); a sentence stops when it
     emits EOS or reaches its length limit (module docstring), finished sentences leave the batch (``reorder``), and
     the loop ends when none is left. Returns ``GreedyOutput(tokens, scores, ended)``.
+
+    With ``rng`` (a ``np.random.Generator``) each token is *sampled* instead, from the distribution ``filter_logits``
+    makes (``temperature``, ``top_k``): sampled translations, e.g. for back-translation (Edunov et al. 2018); one
+    uniform draw per live row per step, so the generator's state reproduces the output.
     """
     src = _check_src(model, src)
     limits = _length_limits(model, src, max_len, max_len_a, max_len_b)
@@ -256,7 +263,9 @@ def greedy(
             log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (N, V)
             if scores is None:
                 scores = np.zeros(n_sentences, dtype=log_probs.dtype)
-            choice = log_probs.argmax(axis=1)  # (N,)
+            choice = (
+                log_probs.argmax(axis=1) if rng is None else _draw(log_probs, temperature, top_k, None, rng)
+            )  # (N,)
             scores[active] += log_probs[np.arange(len(active)), choice]
             is_eos = choice == eos_id
             out_tokens[active, t] = choice
@@ -487,6 +496,13 @@ def filter_logits(
     return probs
 
 
+def _draw(logits, temperature, top_k, top_p, rng):
+    """One token per row (N,) drawn from ``filter_logits``'s distribution with one uniform draw per row."""
+    cdf = np.cumsum(filter_logits(logits, temperature, top_k, top_p), axis=1)  # (N, V)
+    u = 1.0 - rng.random(cdf.shape[0])  # in (0, 1]: never picks a 0-prob token
+    return np.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=1), cdf.shape[1] - 1)
+
+
 def sample(
     model: LanguageModel,
     prompt_ids: np.ndarray,
@@ -540,12 +556,7 @@ def sample(
             for t in range(int(max_new_tokens)):
                 if np.isnan(logits).any():
                     raise FloatingPointError(f"the model produced NaN logits at sampling step {t}")
-                if greedy_pick:
-                    tokens = logits.argmax(axis=1)
-                else:
-                    cdf = np.cumsum(filter_logits(logits, temperature, top_k, top_p), axis=1)  # (B, V)
-                    u = 1.0 - rng.random(n_rows)  # in (0, 1]: never picks a 0-prob token
-                    tokens = np.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=1), cdf.shape[1] - 1)
+                tokens = logits.argmax(axis=1) if greedy_pick else _draw(logits, temperature, top_k, top_p, rng)
                 out[:, t] = tokens
                 if t + 1 < max_new_tokens:
                     logits = stepper.step(tokens.astype(np.int64))

@@ -35,6 +35,14 @@ from .data import (
 from .datasets import Corpus, ParallelText, ValidationOptions, file_identity, load_text, load_translation_corpus
 from .files import write_atomic
 from .evaluate import lm_scores, perplexity, translation_scores
+from .mixing import (
+    MixBatchIterator,
+    TrainingMix,
+    TrainingPart,
+    corpus_files,
+    load_training_corpora,
+    sampling_settings,
+)
 from .model import LanguageModel, Transformer
 from .rnn import model_classes
 from .tokenizer import CharTokenizer, Tokenizer, TokenizerError, load_tokenizers, train_sentencepiece
@@ -62,6 +70,13 @@ DATA_DEFAULTS = dict(
     # training sources written by `distill` (sequence-level distillation), two aligned files.
     train_src_path="",
     train_tgt_path="",
+    # The low-resource recipe (transformer/mixing.py): only the pairs of the first N lines of the training split's
+    # files (0: all); its weight in the mix; more training corpora ({tsv_path | src_path, tgt_path; weight; tag});
+    # the piece that starts a tagged corpus's sources (a tokenizer.user_defined_symbols entry).
+    train_lines=0,
+    train_weight=1.0,
+    train_corpora=[],
+    tag="",
 )
 TOKENIZER_DEFAULTS = dict(
     kind="sentencepiece",
@@ -72,7 +87,14 @@ TOKENIZER_DEFAULTS = dict(
     character_coverage=1.0,
     input_sentence_size=1_000_000,
     seed=0,
+    user_defined_symbols=[],
+    # Subword regularisation (transformer/mixing.py): the training split re-segmented every epoch; 0 = off.
+    sample_alpha=0.0,
+    nbest=-1,
 )
+# Settings of how the training split is segmented, not of the tokenizer itself: a run may change them while
+# keeping (or sharing) a tokenizer.
+SAMPLING_KEYS = ("sample_alpha", "nbest")
 
 
 def model_settings(config: dict, config_class, from_tokenizer: tuple[str, ...], settings: dict) -> dict:
@@ -117,19 +139,64 @@ class TranslationTask:
         self.model_config = config_class(
             src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size, **model_section
         )
-        self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
         self.valid_set = self.encode(self.corpus["valid"])
-        self.batches = BatchIterator(self.train_set, max_tokens=int(settings["max_tokens"]), seed=int(settings["seed"]))
+        sampling = sampling_settings(tokenizer_settings(config))
+        if sampling or data["train_corpora"] or data["train_weight"] != 1:
+            self.batches = self.training_mix(sampling)
+            self.train_set = self.batches.dataset
+        else:
+            self.train_set = self.encode_training(self.corpus["train"], data["on_bad"])
+            self.batches = BatchIterator(
+                self.train_set, max_tokens=int(settings["max_tokens"]), seed=int(settings["seed"])
+            )
         self.model = model_class(self.model_config) if build_model else None
+
+    def length_limit(self) -> tuple[int, str]:
+        """The longest padded training sequence (what a batch or the position table holds), and why."""
+        limit, why = int(self.settings["max_tokens"]), f"train.max_tokens={int(self.settings['max_tokens'])}"
+        if self.model_config.positional == "learned" and self.model_config.max_len < limit:
+            limit, why = self.model_config.max_len, f"model.max_len={self.model_config.max_len} learned positions"
+        return limit, why
+
+    def training_mix(self, sampling):
+        """The batches of a training split mixed from several corpora and/or re-segmented every epoch."""
+        data = self.data_cfg
+        tag_id = None
+        if data["tag"]:
+            tag_id = self.src_tok.piece_id(data["tag"]) if hasattr(self.src_tok, "piece_id") else None
+            if tag_id is None:
+                raise ConfigError(
+                    f"[data] tag {data['tag']!r} is not a piece of the tokenizer in {self.tok_dir}: train the "
+                    f"tokenizer with tokenizer.user_defined_symbols=[{data['tag']!r}] (a new --run-dir)"
+                )
+        parts = [TrainingPart(f"{self.corpus.name} train", self.corpus["train"], float(data["train_weight"]))]
+        parts += load_training_corpora(
+            data["train_corpora"], src_lang=data["src"], tgt_lang=data["tgt"], validation=validation_options(data)
+        )
+        limit, why = self.length_limit()
+        mix = TrainingMix(
+            parts,
+            self.src_tok,
+            self.tgt_tok,
+            seed=int(self.settings["seed"]),
+            max_len=limit,
+            why=why,
+            on_bad=data["on_bad"],
+            sampling=sampling,
+            tag_id=tag_id,
+        )
+        log.info(
+            f"training mix of {len(mix)} examples an epoch: {mix.describe()}"
+            + (f"; subword sampling alpha={sampling[0]}, nbest={sampling[1]}" if sampling else "")
+        )
+        return MixBatchIterator(mix, max_tokens=int(self.settings["max_tokens"]), seed=int(self.settings["seed"]))
 
     def encode_training(self, pairs, on_bad):
         """The training pairs as sub-words, without those no batch or position table can hold: longer than
         ``train.max_tokens`` (a batch's padded size) or, with learned positions, than ``model.max_len``; they are
         dropped and reported with their file lines (``data.on_bad = "error"`` refuses them instead)."""
         src_ids, tgt_ids = self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt)
-        limit, why = int(self.settings["max_tokens"]), f"train.max_tokens={int(self.settings['max_tokens'])}"
-        if self.model_config.positional == "learned" and self.model_config.max_len < limit:
-            limit, why = self.model_config.max_len, f"model.max_len={self.model_config.max_len} learned positions"
+        limit, why = self.length_limit()
         lines = [pairs.line_of(i) for i in range(len(pairs))]
         src_ids, tgt_ids, report = limit_subword_length(
             src_ids,
@@ -310,13 +377,17 @@ def truncate_for_model(src_ids, tgt_ids, model_config, pairs=None):
     return [x[:keep] for x in src_ids], [y[:keep] for y in tgt_ids]
 
 
-def load_corpus(data: dict) -> Corpus:
-    validation = ValidationOptions(
+def validation_options(data: dict) -> ValidationOptions:
+    return ValidationOptions(
         max_tokens=data["max_tokens"] or None,
         max_chars=data["max_chars"] or None,
         max_ratio=data["max_ratio"] or None,
         on_bad=data["on_bad"],
     )
+
+
+def load_corpus(data: dict) -> Corpus:
+    validation = validation_options(data)
     paths = {}
     if data["corpus"] in ("files", "tsv"):
         for key in ("src_path", "tgt_path", "tsv_path"):
@@ -350,6 +421,13 @@ def load_corpus(data: dict) -> Corpus:
         )
         corpus.splits["train"], corpus.reports["train"] = pairs, report
         corpus.files += [Path(data["train_src_path"]), Path(data["train_tgt_path"])]
+    if data["train_lines"]:
+        train = corpus["train"]
+        corpus.splits["train"] = train.subset([i for i in range(len(train)) if train.line_of(i) <= data["train_lines"]])
+        if len(corpus["train"]) == 0:
+            raise ConfigError(f"[data] train_lines={data['train_lines']} leaves no training pair")
+        log.info(f"data.train_lines={data['train_lines']}: {len(corpus['train'])} training pairs (of {len(train)})")
+    corpus.files += corpus_files(data["train_corpora"])  # read by training only (training_mix), recorded by all
     return corpus
 
 
@@ -371,10 +449,11 @@ def check_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
     if not path.is_file():
         return  # a tokenizer saved before settings were recorded
     saved = json.loads(path.read_text(encoding="utf-8"))
+    # A key saved before it existed had its default then; sampling settings are the run's, not the tokenizer's.
+    keys = sorted((set(saved) | set(tok)) - set(SAMPLING_KEYS))
+    saved = {key: saved.get(key, TOKENIZER_DEFAULTS.get(key)) for key in keys}
     changed = [
-        f"{key}={saved.get(key)!r} (this command: {tok.get(key)!r})"
-        for key in sorted(set(saved) | set(tok))
-        if saved.get(key) != tok.get(key)
+        f"{key}={saved.get(key)!r} (this command: {tok.get(key)!r})" for key in keys if saved.get(key) != tok.get(key)
     ]
     if changed:
         raise ConfigError(
@@ -386,7 +465,14 @@ def check_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
 
 
 def record_tokenizer_settings(tok_dir: Path, tok: dict) -> None:
+    tok = {key: value for key, value in tok.items() if key not in SAMPLING_KEYS}
     write_atomic(tok_dir / TOKENIZER_SETTINGS_FILE, json.dumps(tok, indent=2, sort_keys=True) + "\n")
+
+
+def check_symbols(symbols) -> list[str]:
+    if not isinstance(symbols, list) or not all(isinstance(s, str) and s.strip() == s and s for s in symbols):
+        raise ConfigError(f"[tokenizer] user_defined_symbols must be a list of non-empty pieces, got {symbols!r}")
+    return symbols
 
 
 def _say_if_capped(tokenizer, tok: dict) -> None:
@@ -416,6 +502,7 @@ def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -
         character_coverage=float(tok["character_coverage"]),
         input_sentence_size=int(tok["input_sentence_size"]),
         seed=int(tok["seed"]),
+        user_defined_symbols=check_symbols(tok["user_defined_symbols"]),
     )
     record_tokenizer_settings(tok_dir, tok)
     _say_if_capped(tokenizers[0], tok)
@@ -434,11 +521,16 @@ def translate_sentences(
     max_len_b: int = 10,
     progress: bool = False,
     tokens: list | None = None,
+    rng: np.random.Generator | None = None,
+    top_k: int | None = None,
 ) -> list[str]:
     """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
     ``progress`` shows a progress bar (plain lines when standard error is not a terminal). A ``tokens`` list receives,
     per input line, (source ids as fed, truncated, before the batch's EOS; generated ids without BOS/EOS; whether it
-    ended with EOS), or None for an empty line."""
+    ended with EOS), or None for an empty line. With ``rng`` (and ``beam=1``) each translation is sampled (from the
+    ``top_k`` most probable tokens if given) instead of searched."""
+    if rng is not None and beam > 1:
+        raise ValueError(f"sampled translations take no beam (beam={beam}): sampling draws one token at a time")
     sentences = list(sentences)
     outputs = [""] * len(sentences)
     if tokens is not None:
@@ -465,7 +557,9 @@ def translate_sentences(
     with ng.no_grad():
         for batch in track(batches, "translating") if progress else batches:
             if beam <= 1:
-                result = search.greedy(model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b)
+                result = search.greedy(
+                    model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b, rng=rng, top_k=top_k
+                )
                 token_lists, ended = result.tokens, list(result.ended)
             else:
                 hyps = search.beam_search(

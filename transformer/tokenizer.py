@@ -28,6 +28,7 @@ import io
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
@@ -108,6 +109,38 @@ class SentencePieceTokenizer:
         _check_ids(cut, self.vocab_size, "SentencePieceTokenizer")
         return self.processor.decode(cut)
 
+    def sample_encode(self, texts: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
+        """Token ids of each text under a *sampled* segmentation (subword regularisation, Kudo 2018): a unigram
+        model draws from the ``nbest`` best segmentations (-1: the whole lattice) with probabilities proportional to
+        P(segmentation)^alpha; a BPE model drops each merge with probability ``alpha`` (BPE-dropout, Provilkov et al.
+        2020). Every segmentation decodes to the same text as ``encode``'s.
+
+        The same ``seed`` gives the same segmentations: SentencePiece draws from a thread-local generator seeded
+        (from the process-wide seed) when its thread first uses it, so the encoding runs on a fresh thread
+        started after the seed is set, whatever ran before in this process (what makes ``--resume`` exact)."""
+        texts = _check_texts(texts, "SentencePieceTokenizer")
+        out: list[list[list[int]]] = []
+
+        def run():
+            spm.set_random_generator_seed(int(seed) % (1 << 32))
+            out.append(
+                self.processor.encode(
+                    texts, enable_sampling=True, alpha=float(alpha), nbest_size=int(nbest), num_threads=1
+                )
+            )
+
+        thread = threading.Thread(target=run, name="subword-sampling")
+        thread.start()
+        thread.join()
+        if not out:
+            raise TokenizerError(f"{self.model_path}: SentencePiece sampling failed (alpha={alpha}, nbest={nbest})")
+        return out[0]
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of a piece of the vocabulary (e.g. a tag token), or None when it is not one."""
+        piece_id = self.processor.piece_to_id(piece)
+        return None if piece_id == self.unk_id and piece != self.processor.id_to_piece(self.unk_id) else piece_id
+
     def pieces(self, text: str) -> list[str]:
         """The subword pieces of one text (for looking at what the model sees)."""
         return self.processor.encode(text, out_type=str)
@@ -146,6 +179,7 @@ def _train_one(
     input_sentence_size: int,
     seed: int,
     num_threads: int,
+    user_defined_symbols: Sequence[str] = (),
 ) -> SentencePieceTokenizer:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -161,6 +195,8 @@ def _train_one(
         "input_sentence_size": input_sentence_size,
         "seed": seed,
     }
+    if user_defined_symbols:
+        options["user_defined_symbols"] = list(user_defined_symbols)
     # Train in memory (model_writer): the saved model does not embed a scratch path, so the same data and seed
     # give a byte-identical file wherever it is trained.
     model = io.BytesIO()
@@ -185,6 +221,8 @@ def _train_one(
             # A small corpus may not support the requested size; take what it supports instead of failing.
             hard_vocab_limit=False,
             num_threads=num_threads,
+            # Pieces that are always whole tokens (a tag marking back-translated sources, see transformer.mixing).
+            user_defined_symbols=list(user_defined_symbols),
             minloglevel=2,
         )
     except RuntimeError as error:
@@ -216,6 +254,7 @@ def train_sentencepiece(
     input_sentence_size: int = 1_000_000,
     seed: int = 0,
     num_threads: int = 2,
+    user_defined_symbols: Sequence[str] = (),
 ) -> tuple[SentencePieceTokenizer, SentencePieceTokenizer]:
     """Train SentencePiece on the training split and save it (plus ``tokenizer.json``) in ``directory``.
 
@@ -223,6 +262,7 @@ def train_sentencepiece(
     tokenizer twice. ``joint=False``: separate ``src`` and ``tgt`` models of ``vocab_size`` each. With
     ``tgt_sentences=None`` (a language model) one model ``spm`` is trained on ``src_sentences``.
     ``normalization_rule`` is SentencePiece's (``nmt_nfkc`` default, ``nfkc``, ``identity``, ...); it is recorded.
+    ``user_defined_symbols`` are pieces always kept whole (e.g. the tag of tagged back-translation).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -234,6 +274,7 @@ def train_sentencepiece(
         input_sentence_size=input_sentence_size,
         seed=seed,
         num_threads=num_threads,
+        user_defined_symbols=tuple(user_defined_symbols),
     )
     src_sentences = list(src_sentences)
     if tgt_sentences is None or joint:
