@@ -209,7 +209,7 @@ def main(argv=None):
         "machine": f"{machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "commit": commit.stdout.strip() or "unknown",
-        "load": f"load average {load_before} before, {load_after} after (1, 5, 15 minutes) on {os.cpu_count()} CPUs",
+        "load": f"{load_before} before, {load_after} after (1, 5, 15 minutes) on {os.cpu_count()} CPUs",
         "tables": [
             {
                 "caption": "Throughput of the training loop (target tokens/s)",
@@ -264,6 +264,15 @@ def main(argv=None):
             "load_average_after": load_after,
         },
     }
+    cpus = os.cpu_count() or 1
+    if load_before and max(load_before[0], (load_after or [0])[0]) > 1.5 * cpus:
+        result["notes"].append(
+            f"The machine was oversubscribed (load average {load_before[0]} before, {(load_after or ['?'])[0]} after, "
+            f"on {cpus} CPUs): the operating system shares the CPUs among all runnable processes, so 2 ranks get "
+            "about twice the share of 1 process, and a 2-thread process waits for pre-empted threads. The ratios "
+            "are then not those of an idle machine; the projection's efficiencies are optimistic too, as the "
+            "measured compute is slow: re-run on a quiet machine."
+        )
     if args.write:
         RESULT.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {RESULT}; now run: python -m benchmarks report", file=sys.stderr)
