@@ -191,6 +191,12 @@ LOWER_THAN = {
     "transformer.export_hf": {"transformer.cli", "transformer.train", "transformer.tasks"},
     "transformer.export_ct2": {"transformer.cli", "transformer.train", "transformer.tasks"},
 }
+# plot.py reads logs and draws them: no training, task or model code.
+LOWER_THAN["transformer.plot"] = {
+    *LOWER_THAN["transformer.attention"],
+    "transformer.attention",
+    "transformer.checkpoint",
+}
 LEAVES = (
     "transformer.data",
     "transformer.positional",

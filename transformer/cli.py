@@ -3,6 +3,7 @@
 Translation:  prepare, train, translate, evaluate, score, average, sheet-summary, distill, backtranslate
 Language modelling:  lm-train, lm-sample, lm-eval
 Text classification:  classify-train, classify-eval, predict; mlm-train (masked-LM pre-training of its encoder)
+Pictures:  plot
 """
 
 from __future__ import annotations
@@ -578,6 +579,13 @@ def cmd_sheet_summary(args):
     return 0
 
 
+def cmd_plot(args):
+    from .plot import plot
+
+    plot(args.runs, args.output, gradients=args.gradients, overwrite=args.overwrite)
+    return 0
+
+
 def cmd_lm_sample(args):
     from .tasks import decode_lm_ids, encode_prompt, lm_generate
 
@@ -803,6 +811,12 @@ def build_parser():
     q.add_argument("--refs", required=True, help="one reference per line")
     q.add_argument("--json", action="store_true")
 
+    q = sub.add_parser("plot", help="learning curves (or gradient flow) of runs, from their log.jsonl")
+    q.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: one figure, one legend)")
+    q.add_argument("--output", help="a .png/.svg/.pdf file (default: the first run's plot.png / gradients.png)")
+    q.add_argument("--gradients", action="store_true", help="per-layer gradient norms and update ratios instead")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+
     q = sub.add_parser("lm-sample", help="sample text from a language model")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--prompt", default="")
@@ -863,6 +877,7 @@ COMMANDS = {
     "backtranslate": cmd_backtranslate,
     "average": cmd_average,
     "sheet-summary": cmd_sheet_summary,
+    "plot": cmd_plot,
     "lm-sample": cmd_lm_sample,
     "lm-eval": cmd_lm_eval,
     "classify-train": cmd_classify_train,
