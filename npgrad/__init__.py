@@ -18,6 +18,7 @@ from .gradcheck import (
     numerical_hessian,
     numerical_jacobian,
 )
+from .graph import GraphvizNotFound, graph
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,8 @@ __all__ = [
     "hessian",
     "numerical_hessian",
     "hvp",
+    "graph",
+    "GraphvizNotFound",
     "nn",
     "optim",
     "manual_seed",
