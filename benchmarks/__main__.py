@@ -33,6 +33,7 @@ COMMANDS = {
         "benchmarks.peers",
         "exactness of the transformers / CTranslate2 exports: logits, greedy lines, beam-5 BLEU",
     ),
+    "gradflow": ("benchmarks.gradflow", "the cost of a gradient-flow logging step against an ordinary training step"),
     "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 

@@ -25,26 +25,42 @@ import tempfile
 import time
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="multi30k_de_en")
-    parser.add_argument("--steps", type=int, default=6, help="measured steps per contender")
+def training_benchmark_args(name, doc, argv, config, steps, steps_help):
+    """The options of a benchmark of training steps on a config (--config, --steps, --threads, --json), the thread
+    counts set before numpy is imported."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=doc.split("\n\n")[0])
+    parser.add_argument("--config", default=config)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    return args
 
-    from benchmarks.meta import load_average, run_meta
+
+def translation_trainer(config_name, overrides=()):
+    """(task, trainer) of a translation config, built as ``python -m transformer train`` builds them, in a temporary
+    run directory."""
     from transformer.config import load_config
     from transformer.tasks import TranslationTask
-    from transformer.train import JsonLog, Trainer, train_settings
+    from transformer.train import Trainer, train_settings
 
-    config = load_config(args.config, ["train.max_steps=1000", "train.max_minutes=0"])
+    config = load_config(config_name, ["train.max_steps=1000", "train.max_minutes=0", *overrides])
     settings = train_settings(config["train"])
-    run_dir = tempfile.mkdtemp(prefix="pipeline-bench-")
+    run_dir = tempfile.mkdtemp(prefix="bench-run-")
     task = TranslationTask(config, run_dir, settings)
-    trainer = Trainer(task, run_dir, settings)
+    return task, Trainer(task, run_dir, settings)
+
+
+def main(argv=None):
+    args = training_benchmark_args("pipeline", __doc__, argv, "multi30k_de_en", 6, "measured steps per contender")
+
+    from benchmarks.meta import load_average, run_meta
+    from transformer.train import JsonLog
+
+    task, trainer = translation_trainer(args.config)
+    settings = trainer.s
     trainer.log = JsonLog(trainer.run_dir / "log.jsonl")
     model, optimizer = trainer.model, trainer.optimizer
     model.train()
