@@ -104,7 +104,7 @@ def main(argv=None):
             {
                 "caption": f"{args.config}: {parameters:,} trained parameters in {len(flow.layers)} layers",
                 "columns": ["measure", "median"],
-                "align": ["l", "r"],
+                "align": "lr",
                 "rows": [
                     ["ordinary step, ms CPU", f"{result['ordinary_step_cpu_ms']:.0f}"],
                     ["logging step, ms CPU", f"{result['logging_step_cpu_ms']:.0f}"],
