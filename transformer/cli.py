@@ -215,6 +215,8 @@ def _train_here(args, task_class, kind, ranks):
         # Written only once the Trainer accepted the directory (a fresh run, or --resume of this one).
         write_atomic(run_dir / "config.json", json.dumps(config, indent=2))
     state = trainer.run()
+    if ranks is not None:
+        ranks.log_summary(state["elapsed"])
     if ranks is None or ranks.is_root:
         summary = {"step": state["step"], "best": state["best"], "stopped": state["stopped"], "run_dir": str(run_dir)}
         print(json.dumps(summary | ({"ranks": ranks.size} if ranks is not None else {})))

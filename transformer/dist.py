@@ -258,6 +258,8 @@ class DataParallel:
             if done.code in (None, 0):
                 raise
             self.abort(f"exit status {done.code}", code=int(done.code) if isinstance(done.code, int) else 1)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first one stops every rank cleanly after the step)
+            self.abort("interrupted", code=130)
         except BaseException as error:  # noqa: BLE001 - every failure must end the job, not leave it hanging
             user = isinstance(error, USER_ERRORS) and not isinstance(error, self.MPI.Exception)
             if not self.is_root:
@@ -295,6 +297,15 @@ class DataParallel:
         with self._waiting(what, factor):
             while not request.Test():
                 time.sleep(0.0002)
+
+    def log_summary(self, elapsed: float) -> None:
+        """Rank 0: what the communication cost this run."""
+        if self.allreduces:
+            log.info(
+                f"data-parallel: {self.size} ranks, {self.allreduces} gradient allreduces of "
+                f"{self.bytes_per_allreduce / 1e6:.3g} MB, {self.seconds_in_allreduce:.3g} s in them "
+                f"({100 * self.seconds_in_allreduce / max(elapsed, 1e-9):.1f}% of the training time)"
+            )
 
     # ------------------------------------------------------------------ agreement
     def check_same_run(self, task, settings: dict) -> None:
