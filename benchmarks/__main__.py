@@ -34,6 +34,10 @@ COMMANDS = {
         "exactness of the transformers / CTranslate2 exports: logits, greedy lines, beam-5 BLEU",
     ),
     "gradflow": ("benchmarks.gradflow", "the cost of a gradient-flow logging step against an ordinary training step"),
+    "road": (
+        "benchmarks.road",
+        "n-gram, feed-forward, LSTM and Transformer LMs on tiny Shakespeare / WikiText-2 at step budgets",
+    ),
     "report": ("benchmarks.report", "write benchmarks/RESULTS.md from the result files in benchmarks/results/"),
 }
 

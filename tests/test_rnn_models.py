@@ -127,3 +127,18 @@ def test_lm_train_trains_each_kind_and_resumes_exactly(tmp_path, model):
     assert type(restored) is (RecurrentLM if model["kind"] == "lstm" else FeedForwardLM)
     assert restored.config.kind == model["kind"]
     assert cli.main(["lm-eval", "--checkpoint", str(tmp_path / "straight")]) == 0
+
+
+def test_road_benchmark_runs_every_model_on_a_tiny_corpus(tmp_path, capsys):
+    import json
+
+    from benchmarks import road
+
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_text(corpus_text(300))
+    args = ["--corpus", "shakespeare", "--steps", "2", "--eval-tokens", "300", "--data-dir", str(tmp_path)]
+    assert road.main(args + ["--models", "kn", "ffnn", "lstm"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in rows] == ["kn", "ffnn", "lstm"]
+    for row in rows:
+        assert 1.0 < row["valid_ppl"] < 100 and 1.0 < row["test_ppl"] < 100  # vocabulary of ~25 characters
