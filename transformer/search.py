@@ -115,6 +115,26 @@ def _topk_sorted(scores, k, block=64):
     return cols[order][(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
 
 
+def block_repeated_ngrams(log_probs: np.ndarray, prefixes: np.ndarray, n: int) -> np.ndarray:
+    """``no_repeat_ngram_size`` (fairseq, Hugging Face): a token that would complete an n-gram already in its row's
+    output gets log-prob -inf (in place), so no output holds an n-gram twice. ``log_probs`` (N, V), ``prefixes``
+    (N, T) the tokens generated so far (no BOS); ``n`` <= 0 blocks nothing.
+
+    Row r may not take token ``prefixes[r, j + n - 1]`` when ``prefixes[r, j : j + n - 1]`` equals its last n - 1
+    tokens, for every j in 0 .. T - n (for n = 1: no token of the prefix at all)."""
+    N, T = prefixes.shape
+    if n <= 0 or T < n:
+        return log_probs
+    if n == 1:
+        log_probs[np.arange(N)[:, None], prefixes] = -np.inf
+        return log_probs
+    windows = np.lib.stride_tricks.sliding_window_view(prefixes, n - 1, axis=1)[:, : T - n + 1]  # (N, T-n+1, n-1)
+    match = (windows == prefixes[:, None, T - n + 1 :]).all(axis=2)  # (N, T-n+1): start j repeats the tail
+    rows, starts = np.nonzero(match)
+    log_probs[rows, prefixes[rows, starts + n - 1]] = -np.inf
+    return log_probs
+
+
 def length_penalty(length: int | np.ndarray, alpha: float) -> float | np.ndarray:
     """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016); a score is divided by it."""
     return ((5.0 + np.asarray(length, dtype=np.float64)) / 6.0) ** alpha
@@ -235,6 +255,8 @@ def greedy(
     rng: np.random.Generator | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> GreedyOutput:
     """Greedy decoding of a batch of source sentences with an encoder-decoder ``model``.
 
@@ -243,9 +265,12 @@ def greedy(
     the loop ends when none is left. Returns ``GreedyOutput(tokens, scores, ended)``.
 
     With ``rng`` (a ``np.random.Generator``) each token is *sampled* instead, from the distribution ``filter_logits``
-    makes (``temperature``, ``top_k``): sampled translations, e.g. for back-translation (Edunov et al. 2018); one
-    uniform draw per live row per step, so the generator's state reproduces the output.
+    makes (``temperature``, ``top_k``, ``top_p``): sampled translations, e.g. for back-translation (Edunov et al.
+    2018), or sampled responses; one uniform draw per live row per step, so the generator's state reproduces the
+    output. ``no_repeat_ngram_size`` blocks repeats (``block_repeated_ngrams``) before the choice.
     """
+    if rng is not None:
+        _check_sampling_args(temperature, top_k, top_p, 0)
     src = _check_src(model, src)
     limits = _length_limits(model, src, max_len, max_len_a, max_len_b)
     config = model.config
@@ -261,10 +286,11 @@ def greedy(
         tokens = np.full(n_sentences, bos_id, dtype=np.int64)  # (N,) fed at this step
         for t in range(int(limits.max())):
             log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (N, V)
+            block_repeated_ngrams(log_probs, out_tokens[active, :t], no_repeat_ngram_size)
             if scores is None:
                 scores = np.zeros(n_sentences, dtype=log_probs.dtype)
             choice = (
-                log_probs.argmax(axis=1) if rng is None else _draw(log_probs, temperature, top_k, None, rng)
+                log_probs.argmax(axis=1) if rng is None else _draw(log_probs, temperature, top_k, top_p, rng)
             )  # (N,)
             scores[active] += log_probs[np.arange(len(active)), choice]
             is_eos = choice == eos_id
@@ -303,6 +329,7 @@ def beam_search(
     max_len_b: int | None = None,
     early_stopping: bool = False,
     use_cache: bool = True,
+    no_repeat_ngram_size: int = 0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search with the GNMT length penalty; returns, per sentence, its ``nbest`` best hypotheses.
 
@@ -326,7 +353,8 @@ def beam_search(
     - **Output.** A list of B lists of ``Hypothesis(tokens, score, normalized_score, length, ended)``, at most
       ``nbest`` each, sorted by ``normalized_score`` best first (ties: the one finished earlier first).
 
-    ``beam_size=1`` gives greedy's output when ``alpha=0`` or ``early_stopping=True``.
+    ``beam_size=1`` gives greedy's output when ``alpha=0`` or ``early_stopping=True``. ``no_repeat_ngram_size`` n > 0:
+    no hypothesis holds an n-gram twice (``block_repeated_ngrams`` on every live beam before the choice).
     """
     if not isinstance(beam_size, numbers.Integral) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
@@ -359,6 +387,7 @@ def beam_search(
         for t in range(max_limit):
             n = len(active)
             log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (n*K, V)
+            block_repeated_ngrams(log_probs, beam_tokens.reshape(n * K, t), no_repeat_ngram_size)
             dtype, vocab = log_probs.dtype, log_probs.shape[1]
             if beam_scores is None:
                 # Only beam 0 is real at the start: the K copies of BOS would otherwise give K equal beams.
