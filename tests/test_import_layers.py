@@ -174,6 +174,9 @@ LOWER_THAN = {
     "transformer.dist": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.backtranslate": {"transformer.cli", "transformer.train"},
     "transformer.mixing": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
+    "transformer.summarise": {"transformer.cli", "transformer.train"},
+    "transformer.dialogue": {"transformer.cli", "transformer.train"},
+    "transformer.dialogue_corpora": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.model"},
     "transformer.tasks": {"transformer.cli", "transformer.train"},
     "transformer.classify": {"transformer.cli", "transformer.train"},  # a task (text classification, masked LM)
     "transformer.model": {"transformer.cli", "transformer.train", "transformer.tasks", "transformer.rnn"},

@@ -1,6 +1,8 @@
 """Command line: ``python -m transformer COMMAND`` (also the ``transformer`` console script).
 
 Translation:  prepare, train, translate, evaluate, score, average, sheet-summary, distill, backtranslate
+Summarisation (SAMSum) and dialogue (DailyDialog), trained by train with their configs:  evaluate,
+summary-baselines, chat
 Language modelling:  lm-train, lm-sample, lm-eval
 Text classification:  classify-train, classify-eval, predict; mlm-train (masked-LM pre-training of its encoder)
 Pictures:  plot
@@ -143,14 +145,27 @@ def _read_input(path):
     return [line.rstrip("\r") for line in decode_lines(data, name)]
 
 
+def _seq2seq_task(config, run_dir, settings, build_model=True):
+    """The encoder-decoder task a config's corpus asks for: summarisation (samsum), dialogue (dailydialog) or
+    translation (any other corpus)."""
+    from .tasks import TranslationTask
+
+    task_class: type[TranslationTask] = TranslationTask
+    corpus = config.get("data", {}).get("corpus")
+    if corpus == "samsum":
+        from .summarise import SummarisationTask as task_class
+    elif corpus == "dailydialog":
+        from .dialogue import DialogueTask as task_class
+    return task_class(config, run_dir, settings, build_model=build_model)
+
+
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_prepare(args):
-    from .tasks import TranslationTask
     from .train import train_settings
 
     config = _load(args)
     settings = train_settings({**config["train"], "max_steps": 1}, "translation")
-    task = TranslationTask(config, _run_dir(config, args.run_dir), settings, build_model=False)
+    task = _seq2seq_task(config, _run_dir(config, args.run_dir), settings, build_model=False)
     print(
         f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "
         f"vocabulary {task.src_tok.vocab_size}/{task.tgt_tok.vocab_size}; tokenizer in {task.tok_dir}"
@@ -229,9 +244,7 @@ def _first_on_root(ranks, step):
 
 
 def cmd_train(args):
-    from .tasks import TranslationTask
-
-    return _train(args, TranslationTask, "translation")
+    return _train(args, _seq2seq_task, "translation")
 
 
 def cmd_lm_train(args):
@@ -314,6 +327,7 @@ def cmd_translate(args):
         alpha=args.alpha,
         progress=True,
         tokens=tokens,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     if args.attention:
         from .attention_maps import write_translation_maps
@@ -337,6 +351,10 @@ def cmd_evaluate(args):
     data = {**DATA_DEFAULTS, **run_config_of(checkpoint).get("data", {})}
     if args.data_dir:
         data["data_dir"] = args.data_dir
+    if data["corpus"] in ("samsum", "dailydialog"):
+        return _evaluate_seq2seq(args, model, src_tok, tgt_tok, checkpoint)
+    if args.temperature:
+        raise UsageError("--temperature (sampling) is for dialogue checkpoints; translations use --beam")
     corpus = load_corpus(data)
     _check_same_data(checkpoint, file_identity(corpus.files), args.allow_changed_data)
     for path, option in ((args.hypotheses, "--hypotheses"), (args.sheet, "--sheet")):
@@ -347,7 +365,15 @@ def cmd_evaluate(args):
     if len(pairs) == 0:
         raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
     scores, hyps = evaluate_translation(
-        model, src_tok, tgt_tok, pairs, beam=args.beam, alpha=args.alpha, max_tokens=args.max_tokens, progress=True
+        model,
+        src_tok,
+        tgt_tok,
+        pairs,
+        beam=args.beam,
+        alpha=args.alpha,
+        max_tokens=args.max_tokens,
+        progress=True,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     result = {"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
@@ -356,6 +382,106 @@ def cmd_evaluate(args):
         write_human_eval_sheet(args.sheet, pairs.src, pairs.tgt, hyps)
         result["sheet"] = args.sheet
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluate_seq2seq(args, model, src_tok, tgt_tok, checkpoint):
+    """evaluate for a summarisation (ROUGE) or dialogue (perplexity, BLEU-1/2, distinct-1/2) checkpoint."""
+    from .datasets import file_identity
+    from .dialogue import DIALOGUE_DATA_DEFAULTS, load_dialogue_corpus
+    from .summarise import SUMMARY_DATA_DEFAULTS, load_summary_corpus
+    from .tasks import data_settings
+
+    data = run_config_of(checkpoint).get("data", {})
+    summaries = data.get("corpus") == "samsum"
+    data = data_settings(
+        {**data, **({"data_dir": args.data_dir} if args.data_dir else {})},
+        SUMMARY_DATA_DEFAULTS if summaries else DIALOGUE_DATA_DEFAULTS,
+    )
+    corpus = load_summary_corpus(data) if summaries else load_dialogue_corpus(data)
+    _check_same_data(checkpoint, file_identity(corpus.files), args.allow_changed_data)
+    for path, option in ((args.hypotheses, "--hypotheses"), (args.sheet, "--sheet")):
+        _check_output(path, option, args.overwrite, protected=corpus.files)
+    if args.sheet:
+        raise UsageError("--sheet is for translation checkpoints")
+    pairs = corpus[args.split]
+    if args.limit:
+        pairs = pairs.subset(range(min(args.limit, len(pairs))))
+    decoding = dict(beam=args.beam, alpha=args.alpha, no_repeat_ngram_size=args.no_repeat_ngram_size)
+    if summaries:
+        if args.temperature:
+            raise UsageError("--temperature (sampling) is for dialogue checkpoints; summaries use --beam")
+        from .summarise import evaluate_summaries
+
+        scores, outputs = evaluate_summaries(
+            model, src_tok, tgt_tok, pairs, data, max_tokens=args.max_tokens, progress=True, **decoding
+        )
+    else:
+        from .dialogue import evaluate_dialogue
+
+        scores, outputs = evaluate_dialogue(
+            model,
+            src_tok,
+            tgt_tok,
+            pairs,
+            data,
+            sampling=_sampling(args),
+            max_tokens=args.max_tokens,
+            progress=True,
+            **decoding,
+        )
+    if args.hypotheses:
+        write_atomic(args.hypotheses, "".join(o.replace("\n", " ") + "\n" for o in outputs))
+    print(json.dumps({"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}, indent=2))
+    return 0
+
+
+def _sampling(args):
+    """The sampling settings of --temperature/--top-k/--top-p/--seed, or None (temperature 0: beam or greedy)."""
+    if not args.temperature:
+        return None
+    return dict(temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p or None, seed=args.seed)
+
+
+def cmd_summary_baselines(args):
+    """LEAD-n and LONGEST-n (Gliwa et al. 2019) on a SAMSum split, scored by the same ROUGE as the models."""
+    from .summarise import SUMMARY_DATA_DEFAULTS, baseline_scores, load_samsum
+
+    corpus = load_samsum(data_dir=args.data_dir)
+    pairs = corpus[args.split]
+    if args.limit:
+        pairs = pairs.subset(range(min(args.limit, len(pairs))))
+    scores = baseline_scores(pairs, args.n)
+    print(json.dumps({"split": args.split, "corpus": SUMMARY_DATA_DEFAULTS["corpus"], **scores}, indent=2))
+    return 0
+
+
+def cmd_chat(args):
+    """Talk to a dialogue checkpoint: one message a line on standard input, each reply on standard output."""
+    from .dialogue import Chat, chat_loop
+
+    model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
+    data = run_config_of(checkpoint).get("data", {})
+    if data.get("corpus") != "dailydialog":
+        raise UsageError(
+            f"{checkpoint.directory} is not a dialogue model (its corpus is {data.get('corpus', 'multi30k')!r}); "
+            "chat needs a run trained on dailydialog"
+        )
+    sampling = _sampling(args)
+    chat = Chat(
+        model,
+        src_tok,
+        tgt_tok,
+        data,
+        beam=args.beam,
+        alpha=args.alpha,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        sampling=sampling,
+    )
+    prompt = sys.stdin.isatty()
+    if prompt:
+        print("> ", end="", file=sys.stderr, flush=True)
+    chat_loop(chat, sys.stdin.buffer, sys.stdout, show_context=args.show_context, prompt=prompt)
     return 0
 
 
@@ -377,7 +503,15 @@ def cmd_distill(args):
     if args.limit:
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
     hyps = translate_sentences(
-        model, src_tok, tgt_tok, pairs.src, beam=args.beam, max_tokens=args.max_tokens, alpha=args.alpha, progress=True
+        model,
+        src_tok,
+        tgt_tok,
+        pairs.src,
+        beam=args.beam,
+        max_tokens=args.max_tokens,
+        alpha=args.alpha,
+        progress=True,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
     kept = [i for i, hyp in enumerate(hyps) if hyp.strip()]  # an empty translation is no training pair
     write_atomic(paths[0], "".join(pairs.src[i].replace("\n", " ") + "\n" for i in kept))
@@ -683,6 +817,19 @@ def build_parser():
         number(q, "--beam", Number(int, 1, 1000), 5, "beam size (1: greedy)")
         number(q, "--alpha", Number(float, 0, 10), 0.6, "length penalty ((5+len)/6)^alpha")
         number(q, "--max-tokens", POSITIVE_INT, 8000, "sub-word tokens per decoding batch")
+        number(
+            q,
+            "--no-repeat-ngram-size",
+            NON_NEGATIVE_INT,
+            0,
+            "never repeat an n-gram of this size in an output (0: off)",
+        )
+
+    def sampling(q):
+        number(q, "--temperature", NON_NEGATIVE, 0.0, "sample responses at this temperature (0: --beam decoding)")
+        number(q, "--top-k", NON_NEGATIVE_INT, 0, "sampling: only the k most probable tokens (0: off)")
+        number(q, "--top-p", Number(float, 0, 1), 0.0, "sampling: nucleus probability (0: off)")
+        number(q, "--seed", NON_NEGATIVE_INT, 0, "sampling: the random seed")
 
     with_config(sub.add_parser("prepare", help="load/verify the corpus, split it, train SentencePiece"))
     for name, what in (
@@ -746,6 +893,19 @@ def build_parser():
     q.add_argument("--hypotheses", help="write the detokenised hypotheses here")
     q.add_argument("--sheet", help="write a human-evaluation CSV sheet here")
     q.add_argument("--overwrite", action="store_true", help="replace existing --hypotheses / --sheet files")
+    sampling(q)
+
+    q = sub.add_parser("summary-baselines", help="ROUGE of the LEAD-n and LONGEST-n extractive baselines on SAMSum")
+    q.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    number(q, "--n", POSITIVE_INT, 3, "turns taken")
+    number(q, "--limit", NON_NEGATIVE_INT, 0, "only the first N dialogues (0: all)")
+    q.add_argument("--data-dir")
+
+    q = sub.add_parser("chat", help="talk to a dialogue model (one message a line; /reset, /quit)")
+    q.add_argument("--checkpoint", required=True, help="a dialogue checkpoint or run directory")
+    decoding(q)
+    sampling(q)
+    q.add_argument("--show-context", action="store_true", help="print the turns the model reads on standard error")
 
     q = sub.add_parser("average", help="average the weights of several checkpoints")
     q.add_argument("checkpoints", nargs="*")
@@ -886,6 +1046,8 @@ COMMANDS = {
     "mlm-train": cmd_mlm_train,
     "classify-eval": cmd_classify_eval,
     "predict": cmd_predict,
+    "summary-baselines": cmd_summary_baselines,
+    "chat": cmd_chat,
 }
 
 

@@ -266,6 +266,8 @@ RANGES = {
         valid_texts=POSITIVE_INT,
         train_lines=NON_NEGATIVE_INT,
         train_weight=POSITIVE,
+        context_turns=POSITIVE_INT,  # dialogue: turns before a response that the model reads
+        truncate_src=NON_NEGATIVE_INT,  # summarisation/dialogue: source sub-words kept (0: what the model holds)
     ),  # valid_size/test_size: a count or a fraction
     "tokenizer": dict(
         vocab_size=Number(int, 8),

@@ -71,6 +71,14 @@ SHA256 = {
     "sst2/train.tsv.gz": "1c4843303462f8f93e006ff618a9e61d207468cafd030046d7d7fd6b78af342b",
     "tinyshakespeare/input.txt": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     "wikitext2/wiki.train.tokens.gz": "0c202e0b5d919429261b7291d9b5998f0db680c0a6700c0ff2a886d0abe055d4",
+    # SAMSum as the Hugging Face `datasets` library exports it (JSON Lines); see load_samsum.
+    "samsum/train.json.gz": "a74cc67df20d134560280b6462ab9331cf4a5e885d27804f095eec24b7e90602",
+    "samsum/validation.json": "9bbd4eaf320ce38ea7a7656d09b526fc97bd7aa6c4beb532b6abf4e9cc2a585d",
+    "samsum/test.json": "80b33150b15da3208b8cc8ea89c992380138e7ea1b739168807036694cd22683",
+    # DailyDialog: the three split archives inside the official ijcnlp_dailydialog.zip; see load_dailydialog_dialogues.
+    "dailydialog/train.zip": "6191257f8250da0e045bfd1d017645e15b2358df975ec4c5c431a5a1f99662a4",
+    "dailydialog/validation.zip": "f068cf7526a56ab5f26e99b74ce9edbc2766f7b060a3c6cef035920b0dd28153",
+    "dailydialog/test.zip": "5f9526a5ce4b8af4ca237aa3ff38cbf03becbc596c70b0974d7f5f9af2ea0615",
 }
 
 MULTI30K_SPLITS = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -584,14 +592,15 @@ def load_tatoeba(
     return corpus
 
 
-def cached_file(relative_path: str, *, data_dir=None) -> Path:
-    """The verified local path of a file that has no download here (it must already be in the cache)."""
+def cached_file(relative_path: str, *, data_dir=None, home: str = "") -> Path:
+    """The verified local path of a file that has no download here (it must already be in the cache); ``home``
+    says where the data set is published, for the message."""
     root = resolve_data_dir(data_dir)
     path = root / relative_path
     if not path.exists():
         raise DownloadError(
-            f"{path} is not in the cache (it is not downloaded automatically): copy it there, or point "
-            f"--data-dir / {DATA_DIR_ENV} at a filled cache"
+            f"{path} is not in the cache (it is not downloaded automatically{': get it from ' + home if home else ''}):"
+            f" copy it there, or point --data-dir / {DATA_DIR_ENV} at a filled cache"
         )
     verify(path, SHA256.get(relative_path))
     return path

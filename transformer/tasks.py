@@ -119,14 +119,19 @@ def tokenizer_files(directory: Path) -> dict:
 # ============================================================================================ translation
 class TranslationTask:
     metric, metric_mode = "valid_bleu", "max"
+    # What a sequence-to-sequence task built on this one changes (summarise.py, dialogue.py): its own [data] keys and
+    # defaults over DATA_DEFAULTS (e.g. no length-ratio filter for long sources and short targets), the symbols its
+    # tokenizer keeps whole (a turn separator), and how its corpus is read and its sources cut (cut_sources).
+    data_defaults: dict = {}
+    user_symbols: tuple[str, ...] = ()
 
     def __init__(self, config: dict, run_dir: str | os.PathLike, settings: dict, build_model: bool = True):
         self.config, self.run_dir, self.settings = config, Path(run_dir), settings
-        self.data_cfg = data = data_settings(config.get("data", {}))
+        self.data_cfg = data = data_settings(config.get("data", {}), self.data_defaults)
         # The vocabulary sizes come from the tokenizer, never from the config; the rest is checked before any work.
         config_class, model_class = model_classes("translation", config.get("model", {}))
         model_section = model_settings(config, config_class, ("src_vocab_size", "tgt_vocab_size"), settings)
-        self.corpus = load_corpus(data)
+        self.corpus = self.load_corpus(data)
         self.data_files = file_identity(self.corpus.files)  # (validation logged a report of each split)
         if len(self.corpus["valid"]) == 0:
             raise ConfigError(
@@ -135,7 +140,7 @@ class TranslationTask:
                 "at least one pair: set data.valid_size to a count >= 1 or a fraction > 0"
             )
         self.tok_dir = self.run_dir / "tokenizer"
-        self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir)
+        self.src_tok, self.tgt_tok = prepare_tokenizers(config, self.corpus["train"], self.tok_dir, self.user_symbols)
         self.model_config = config_class(
             src_vocab_size=self.src_tok.vocab_size, tgt_vocab_size=self.tgt_tok.vocab_size, **model_section
         )
@@ -195,7 +200,7 @@ class TranslationTask:
         """The training pairs as sub-words, without those no batch or position table can hold: longer than
         ``train.max_tokens`` (a batch's padded size) or, with learned positions, than ``model.max_len``; they are
         dropped and reported with their file lines (``data.on_bad = "error"`` refuses them instead)."""
-        src_ids, tgt_ids = self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt)
+        src_ids, tgt_ids = self.cut_sources(self.src_tok.encode(pairs.src), pairs), self.tgt_tok.encode(pairs.tgt)
         limit, why = self.length_limit()
         lines = [pairs.line_of(i) for i in range(len(pairs))]
         src_ids, tgt_ids, report = limit_subword_length(
@@ -215,8 +220,15 @@ class TranslationTask:
     def encode(self, pairs):
         """Evaluation pairs as sub-words, each side cut to what the model's positions hold (evaluation sets are
         never filtered: every reference counts; the cut is said)."""
-        src_ids, tgt_ids = self.src_tok.encode(pairs.src), self.tgt_tok.encode(pairs.tgt)
+        src_ids, tgt_ids = self.cut_sources(self.src_tok.encode(pairs.src), pairs), self.tgt_tok.encode(pairs.tgt)
         return TranslationDataset(*truncate_for_model(src_ids, tgt_ids, self.model_config, pairs))
+
+    def load_corpus(self, data: dict) -> Corpus:
+        return load_corpus(data)
+
+    def cut_sources(self, src_ids: list, pairs: ParallelText) -> list:
+        """Source sub-words as the model reads them (translation: unchanged; a long-source task cuts them)."""
+        return src_ids
 
     @property
     def epoch(self):
@@ -321,6 +333,7 @@ def evaluate_translation(
     alpha: float = 0.6,
     max_tokens: int = 8000,
     progress: bool = False,
+    no_repeat_ngram_size: int = 0,
 ) -> tuple[dict, list[str]]:
     """What ``evaluate`` reports for some pairs (a ``ParallelText``): loss and perplexity of the references, and
     sacreBLEU/chrF (with signatures) of the decoded hypotheses. Returns (scores, hypotheses)."""
@@ -331,7 +344,15 @@ def evaluate_translation(
     )
     total, tokens = corpus_loss(model, dataset, max_tokens, progress)
     hyps = translate_sentences(
-        model, src_tok, tgt_tok, pairs.src, beam=beam, max_tokens=max_tokens, alpha=alpha, progress=progress
+        model,
+        src_tok,
+        tgt_tok,
+        pairs.src,
+        beam=beam,
+        max_tokens=max_tokens,
+        alpha=alpha,
+        progress=progress,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     scores = {
         "loss": total / tokens,
@@ -342,10 +363,11 @@ def evaluate_translation(
     return scores, hyps
 
 
-def data_settings(section: dict) -> dict:
-    """The [data] section over the defaults, its keys and numbers checked."""
-    check_keys("data", section, DATA_DEFAULTS)
-    data = check_numbers("data", {**DATA_DEFAULTS, **section})
+def data_settings(section: dict, task_defaults: dict | None = None) -> dict:
+    """The [data] section over the defaults (a task's own over DATA_DEFAULTS), its keys and numbers checked."""
+    defaults = {**DATA_DEFAULTS, **(task_defaults or {})}
+    check_keys("data", section, defaults)
+    data = check_numbers("data", {**defaults, **section})
     for key in ("valid_size", "test_size"):
         data[key] = check_split_size(f"[data] {key}", data[key])
     if data["corpus"] == "tsv" and data["src_column"] == data["tgt_column"]:
@@ -483,7 +505,9 @@ def _say_if_capped(tokenizer, tok: dict) -> None:
         )
 
 
-def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -> tuple[Tokenizer, Tokenizer]:
+def prepare_tokenizers(
+    config: dict, train_pairs: ParallelText, tok_dir: Path, user_symbols: Sequence[str] = ()
+) -> tuple[Tokenizer, Tokenizer]:
     """Load the run's tokenizers (refusing settings other than theirs), training them from the training split the
     first time."""
     tok = tokenizer_settings(config)
@@ -502,7 +526,8 @@ def prepare_tokenizers(config: dict, train_pairs: ParallelText, tok_dir: Path) -
         character_coverage=float(tok["character_coverage"]),
         input_sentence_size=int(tok["input_sentence_size"]),
         seed=int(tok["seed"]),
-        user_defined_symbols=check_symbols(tok["user_defined_symbols"]),
+        user_defined_symbols=check_symbols(tok["user_defined_symbols"])
+        + [s for s in user_symbols if s not in tok["user_defined_symbols"]],
     )
     record_tokenizer_settings(tok_dir, tok)
     _say_if_capped(tokenizers[0], tok)
@@ -523,19 +548,59 @@ def translate_sentences(
     tokens: list | None = None,
     rng: np.random.Generator | None = None,
     top_k: int | None = None,
+    **options,
 ) -> list[str]:
     """Detokenised translations of raw source sentences, in the input order (empty input -> empty output);
     ``progress`` shows a progress bar (plain lines when standard error is not a terminal). A ``tokens`` list receives,
     per input line, (source ids as fed, truncated, before the batch's EOS; generated ids without BOS/EOS; whether it
     ended with EOS), or None for an empty line. With ``rng`` (and ``beam=1``) each translation is sampled (from the
-    ``top_k`` most probable tokens if given) instead of searched."""
+    ``top_k`` most probable tokens if given) instead of searched. ``options`` go to ``decode_sources`` (n-gram
+    blocking, sampling settings)."""
     if rng is not None and beam > 1:
         raise ValueError(f"sampled translations take no beam (beam={beam}): sampling draws one token at a time")
-    sentences = list(sentences)
-    outputs = [""] * len(sentences)
-    if tokens is not None:
-        tokens[:] = [None] * len(sentences)
+    if rng is not None:
+        options["sampling"] = {"top_k": top_k, **options.get("sampling", {})}
+        options["rng"] = rng
     encoded = src_tok.encode([s.strip() for s in sentences])
+    return decode_sources(
+        model,
+        tgt_tok,
+        encoded,
+        beam,
+        max_tokens,
+        alpha,
+        max_len_a,
+        max_len_b,
+        progress=progress,
+        tokens=tokens,
+        **options,
+    )
+
+
+def decode_sources(
+    model: Transformer,
+    tgt_tok: Tokenizer,
+    encoded: list[list[int]],
+    beam: int = 1,
+    max_tokens: int = 8000,
+    alpha: float = 0.6,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    *,
+    no_repeat_ngram_size: int = 0,
+    sampling: dict | None = None,
+    rng: np.random.Generator | None = None,
+    progress: bool = False,
+    tokens: list | None = None,
+) -> list[str]:
+    """Detokenised outputs for sources already as sub-word ids (an empty source gives an empty output): greedy
+    (``beam`` 1), beam search, or with ``sampling`` (``temperature``, ``top_k``, ``top_p``, and ``seed`` unless an
+    ``rng`` draws) sampling;
+    ``no_repeat_ngram_size`` n > 0 never lets an output repeat an n-gram of its own (search.py); ``tokens`` as in
+    ``translate_sentences``."""
+    outputs = [""] * len(encoded)
+    if tokens is not None:
+        tokens[:] = [None] * len(encoded)
     limit = model.config.max_len - 1
     keep = [i for i, ids in enumerate(encoded) if ids]
     if not keep:
@@ -554,11 +619,21 @@ def translate_sentences(
     # beam decodes in smaller batches instead of running out of memory (beam 5 with 8000 tokens: unchanged).
     max_sentences = max(1, max_tokens // beam) if beam > 1 else None
     batches = evaluation_batches(dataset, max_tokens, max_sentences)
+    if sampling and rng is None:
+        rng = np.random.default_rng(int(sampling.get("seed", 0)))
     with ng.no_grad():
         for batch in track(batches, "translating") if progress else batches:
-            if beam <= 1:
+            if beam <= 1 or sampling:
+                picking = {k: v for k, v in (sampling or {}).items() if k != "seed"}
                 result = search.greedy(
-                    model, batch.src, max_len=limit, max_len_a=max_len_a, max_len_b=max_len_b, rng=rng, top_k=top_k
+                    model,
+                    batch.src,
+                    max_len=limit,
+                    max_len_a=max_len_a,
+                    max_len_b=max_len_b,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
+                    rng=rng,
+                    **picking,
                 )
                 token_lists, ended = result.tokens, list(result.ended)
             else:
@@ -570,6 +645,7 @@ def translate_sentences(
                     alpha=alpha,
                     max_len_a=max_len_a,
                     max_len_b=max_len_b,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
                 )
                 token_lists, ended = [h[0].tokens for h in hyps], [h[0].ended for h in hyps]
             texts = tgt_tok.decode([list(t) for t in token_lists])
