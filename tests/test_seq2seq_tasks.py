@@ -10,10 +10,8 @@ keeps the history across turns, forgets it on /reset, and survives empty and non
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
-import sys
 import zipfile
 from types import SimpleNamespace
 
@@ -28,6 +26,8 @@ from transformer.data import DataValidationError
 from transformer.dialogue import distinct
 from transformer.dialogue_corpora import TURN_SEP, load_dailydialog, load_samsum, split_turns
 from transformer.summarise import lead, longest
+
+from test_cli import run  # noqa: E402
 
 pytest.importorskip("rouge_score")
 
@@ -94,15 +94,6 @@ def data_dir(cache, monkeypatch):
     for relative, digest in sums.items():
         monkeypatch.setitem(datasets.SHA256, relative, digest)
     return root
-
-
-def run(capsys, *args, stdin: bytes | None = None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 TINY = [

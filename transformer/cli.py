@@ -317,18 +317,7 @@ def cmd_translate(args):
     lines = _read_input(args.input)
     _check_attention_dir(args.attention, len(lines), args.overwrite)
     tokens: list | None = [] if args.attention else None
-    out = translate_sentences(
-        model,
-        src_tok,
-        tgt_tok,
-        lines,
-        beam=args.beam,
-        max_tokens=args.max_tokens,
-        alpha=args.alpha,
-        progress=True,
-        tokens=tokens,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-    )
+    out = translate_sentences(model, src_tok, tgt_tok, lines, tokens=tokens, **_decoding(args))
     if args.attention:
         from .attention_maps import write_translation_maps
 
@@ -364,17 +353,7 @@ def cmd_evaluate(args):
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
     if len(pairs) == 0:
         raise UsageError(f"{corpus.name}: the {args.split} split is empty; there is nothing to evaluate")
-    scores, hyps = evaluate_translation(
-        model,
-        src_tok,
-        tgt_tok,
-        pairs,
-        beam=args.beam,
-        alpha=args.alpha,
-        max_tokens=args.max_tokens,
-        progress=True,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-    )
+    scores, hyps = evaluate_translation(model, src_tok, tgt_tok, pairs, **_decoding(args))
     result = {"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}
     if args.hypotheses:
         write_atomic(args.hypotheses, "\n".join(hyps) + "\n")
@@ -407,33 +386,33 @@ def _evaluate_seq2seq(args, model, src_tok, tgt_tok, checkpoint):
     pairs = corpus[args.split]
     if args.limit:
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
-    decoding = dict(beam=args.beam, alpha=args.alpha, no_repeat_ngram_size=args.no_repeat_ngram_size)
     if summaries:
         if args.temperature:
             raise UsageError("--temperature (sampling) is for dialogue checkpoints; summaries use --beam")
         from .summarise import evaluate_summaries
 
-        scores, outputs = evaluate_summaries(
-            model, src_tok, tgt_tok, pairs, data, max_tokens=args.max_tokens, progress=True, **decoding
-        )
+        scores, outputs = evaluate_summaries(model, src_tok, tgt_tok, pairs, data, **_decoding(args))
     else:
         from .dialogue import evaluate_dialogue
 
         scores, outputs = evaluate_dialogue(
-            model,
-            src_tok,
-            tgt_tok,
-            pairs,
-            data,
-            sampling=_sampling(args),
-            max_tokens=args.max_tokens,
-            progress=True,
-            **decoding,
+            model, src_tok, tgt_tok, pairs, data, sampling=_sampling(args), **_decoding(args)
         )
     if args.hypotheses:
         write_atomic(args.hypotheses, "".join(o.replace("\n", " ") + "\n" for o in outputs))
     print(json.dumps({"split": args.split, **scores, "checkpoint": str(checkpoint.directory)}, indent=2))
     return 0
+
+
+def _decoding(args):
+    """The decoding options every decoding command shares (its progress shown)."""
+    return dict(
+        beam=args.beam,
+        alpha=args.alpha,
+        max_tokens=args.max_tokens,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        progress=True,
+    )
 
 
 def _sampling(args):
@@ -467,17 +446,7 @@ def cmd_chat(args):
             f"{checkpoint.directory} is not a dialogue model (its corpus is {data.get('corpus', 'multi30k')!r}); "
             "chat needs a run trained on dailydialog"
         )
-    sampling = _sampling(args)
-    chat = Chat(
-        model,
-        src_tok,
-        tgt_tok,
-        data,
-        beam=args.beam,
-        alpha=args.alpha,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        sampling=sampling,
-    )
+    chat = Chat(model, src_tok, tgt_tok, data, sampling=_sampling(args), **{**_decoding(args), "progress": False})
     prompt = sys.stdin.isatty()
     if prompt:
         print("> ", end="", file=sys.stderr, flush=True)
@@ -502,17 +471,7 @@ def cmd_distill(args):
     pairs = load_corpus(data)["train"]
     if args.limit:
         pairs = pairs.subset(range(min(args.limit, len(pairs))))
-    hyps = translate_sentences(
-        model,
-        src_tok,
-        tgt_tok,
-        pairs.src,
-        beam=args.beam,
-        max_tokens=args.max_tokens,
-        alpha=args.alpha,
-        progress=True,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-    )
+    hyps = translate_sentences(model, src_tok, tgt_tok, pairs.src, **_decoding(args))
     kept = [i for i, hyp in enumerate(hyps) if hyp.strip()]  # an empty translation is no training pair
     write_atomic(paths[0], "".join(pairs.src[i].replace("\n", " ") + "\n" for i in kept))
     write_atomic(paths[1], "".join(hyps[i].replace("\n", " ") + "\n" for i in kept))
