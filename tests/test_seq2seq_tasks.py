@@ -146,7 +146,9 @@ def test_extractive_baselines():
 
 # ------------------------------------------------------------------------------------------------ metrics
 def test_rouge_stems_and_refuses_pieces():
-    from transformer.summarise import rouge_scores
+    from transformer.summarise import rouge_scores, sentence_lines
+
+    assert sentence_lines("Tom is late. Is Ann?\nAnn: yes 3.5 km") == "Tom is late.\nIs Ann?\nAnn: yes 3.5 km"
 
     assert rouge_scores(["the cats were sitting"], ["the cat was sitting"])["rouge1"] > 70  # stemmed: cats = cat
     assert rouge_scores(["a b"], ["a b"])["rougeL"] == pytest.approx(100.0)

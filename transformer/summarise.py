@@ -18,6 +18,8 @@ the earlier turn) in dialogue order; scored by the same ``rouge_scores``.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .console import log
@@ -28,7 +30,9 @@ from .extras import require
 from .tasks import TranslationTask, corpus_loss, decode_sources, truncate_for_model
 from .data import TranslationDataset
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+# rougeLsum (summary-level LCS) reads sentences one a line: a line break, or . ! ? before white space, ends one.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 SUMMARY_DATA_DEFAULTS: dict = dict(
     corpus="samsum",
     src="dialogue",
@@ -39,9 +43,15 @@ SUMMARY_DATA_DEFAULTS: dict = dict(
 )
 
 
+def sentence_lines(text: str) -> str:
+    """A text one sentence a line (for rougeLsum): lines, each split after ``.``, ``!`` or ``?`` before white space."""
+    return "\n".join(s for line in text.split("\n") for s in SENTENCE_END.split(line.strip()) if s.strip())
+
+
 def rouge_scores(hyps, refs) -> dict:
     """Mean ROUGE-1/2/L F1 (x 100) of detokenised ``hyps`` against raw ``refs`` (one reference each), by the
-    ``rouge-score`` package with its default tokenizer (lower-cased alphanumeric words) and Porter stemming."""
+    ``rouge-score`` package with its default tokenizer (lower-cased alphanumeric words) and Porter stemming; also
+    rougeLsum (the summary-level LCS of ROUGE-1.5.5's ROUGE-L) on the texts one sentence a line (``sentence_lines``)."""
     streams = _check_corpus(hyps, refs, "rouge")
     if len(streams) != 1:
         raise ValueError(f"rouge: one reference per hypothesis, got {len(streams)} reference sets")
@@ -49,13 +59,14 @@ def rouge_scores(hyps, refs) -> dict:
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for hyp, ref in zip(hyps, streams[0]):
-        scores = scorer.score(ref, hyp)  # (target, prediction)
+        scores = scorer.score(sentence_lines(ref), sentence_lines(hyp))  # (target, prediction)
         for key in ROUGE_TYPES:
             totals[key] += scores[key].fmeasure
     count = len(streams[0])
     return {
         **{key: 100.0 * total / count for key, total in totals.items()},
-        "rouge_signature": "rouge-score, F1, use_stemmer=True, default tokenizer, mean over summaries",
+        "rouge_signature": "rouge-score, F1, use_stemmer=True, default tokenizer, mean over summaries; "
+        "rougeLsum on sentences split at line breaks and [.!?] + space",
         "summaries": count,
     }
 
