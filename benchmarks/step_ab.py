@@ -5,9 +5,10 @@
 Each commit's tree is exported (``git archive``, no checkout touched) into a temporary directory. Every round
 starts one fresh process per commit, alternating which goes first; a process builds benchmarks/step.py's model of
 each config with its own commit's code (the same reference configs, batches and optimizer), runs 2 warm-up steps
-(Numba compiles, the optimizer state fills), then times ``--steps`` steps. The table gives, per config, the median
-step time of each commit over all rounds and the ratio NEW / OLD (the machine is shared: only steps measured in
-the same run, interleaved, are compared).
+(Numba compiles, the optimizer state fills), then times ``--steps`` steps: wall time and the process's CPU time
+(user + sys, which a loaded machine inflates far less: a pre-empted process is not charged for the wait). The table
+gives, per config, the median step time of each commit over all rounds and the ratio NEW / OLD (the machine is
+shared: only steps measured in the same run, interleaved, are compared).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from benchmarks.meta import load_average, print_result, run_meta
 
 ROOT = Path(__file__).resolve().parents[1]
+CLOCKS = ("wall", "cpu")
 
 WORKER = """
 import json, sys, time
@@ -35,12 +37,13 @@ for name in configs:
     step, _ = ours_step_fn(name)
     for _ in range(2):
         step()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
-    out[name] = times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    out[name] = {"wall": wall, "cpu": cpu}
 print(json.dumps(out))
 """
 
@@ -80,7 +83,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     load_before = load_average()
-    samples = {(commit, name): [] for commit in ("old", "new") for name in args.config}
+    samples = {(commit, name, clock): [] for commit in ("old", "new") for name in args.config for clock in CLOCKS}
     with tempfile.TemporaryDirectory(prefix="step-ab-") as temporary:
         trees = {
             "old": export_commit(args.old, Path(temporary) / "old"),
@@ -91,28 +94,31 @@ def main(argv=None):
             for commit in order:
                 result = run_worker(trees[commit], args.config, args.steps, args.threads)
                 for name in args.config:
-                    samples[(commit, name)] += result[name]
+                    for clock in CLOCKS:
+                        samples[(commit, name, clock)] += result[name][clock]
             if not args.json:
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     rows = []
     for name in args.config:
-        old, new = statistics.median(samples[("old", name)]), statistics.median(samples[("new", name)])
-        rows.append(
-            {
-                "config": name,
-                "old_ms": round(old * 1e3, 1),
-                "new_ms": round(new * 1e3, 1),
-                "ratio_new_old": round(new / old, 3),
-                "steps_each": len(samples[("old", name)]),
-                "old_samples_ms": [round(s * 1e3, 1) for s in samples[("old", name)]],
-                "new_samples_ms": [round(s * 1e3, 1) for s in samples[("new", name)]],
-            }
-        )
+        for clock in CLOCKS:
+            old, new = (samples[(commit, name, clock)] for commit in ("old", "new"))
+            rows.append(
+                {
+                    "config": name,
+                    "clock": clock,
+                    "old_ms": round(statistics.median(old) * 1e3, 1),
+                    "new_ms": round(statistics.median(new) * 1e3, 1),
+                    "ratio_new_old": round(statistics.median(new) / statistics.median(old), 3),
+                    "steps_each": len(old),
+                    "old_samples_ms": [round(x * 1e3, 1) for x in old],
+                    "new_samples_ms": [round(x * 1e3, 1) for x in new],
+                }
+            )
     meta = run_meta("step-ab", argv, args.threads, load_before, old=args.old, new=args.new)
     if not args.json:
         for row in rows:
             print(
-                f"{row['config']:>8}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, new/old "
+                f"{row['config']:>8} {row['clock']:>4}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, new/old "
                 f"{row['ratio_new_old']:.3f} (median of {row['steps_each']} steps each)"
             )
     print_result(meta, rows, args.json)
