@@ -96,8 +96,7 @@ def main(argv=None):
                 for name in args.config:
                     for clock in CLOCKS:
                         samples[(commit, name, clock)] += result[name][clock]
-            if not args.json:
-                print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
+            print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
     rows = []
     for name in args.config:
         for clock in CLOCKS:
