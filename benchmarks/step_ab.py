@@ -7,7 +7,7 @@ starts one fresh process per commit, alternating which goes first; a process bui
 each config with its own commit's code (the same reference configs, batches and optimizer), runs 2 warm-up steps
 (Numba compiles, the optimizer state fills), then times ``--steps`` steps: wall time and the process's CPU time
 (user + sys, which a loaded machine inflates far less: a pre-empted process is not charged for the wait). The table
-gives, per config, the median step time of each commit over all rounds and the ratio NEW / OLD (the machine is
+gives, per config, the median step time of each commit over all rounds and the ratio NEW / OLD with a 95% bootstrap interval (the machine is
 shared: only steps measured in the same run, interleaved, are compared).
 """
 
@@ -72,6 +72,17 @@ def run_worker(tree: Path, configs, steps, threads):
     return result
 
 
+def bootstrap_ratio_interval(old, new, draws=4000, seed=0):
+    """A 95% bootstrap interval of median(new) / median(old) (each resampled with replacement)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    old, new = np.asarray(old), np.asarray(new)
+    ratios = [np.median(rng.choice(new, len(new))) / np.median(rng.choice(old, len(old))) for _ in range(draws)]
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return [round(float(low), 3), round(float(high), 3)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks step-ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("old", help="the commit before the change")
@@ -108,6 +119,7 @@ def main(argv=None):
                     "old_ms": round(statistics.median(old) * 1e3, 1),
                     "new_ms": round(statistics.median(new) * 1e3, 1),
                     "ratio_new_old": round(statistics.median(new) / statistics.median(old), 3),
+                    "ratio_95_interval": bootstrap_ratio_interval(old, new),
                     "steps_each": len(old),
                     "old_samples_ms": [round(x * 1e3, 1) for x in old],
                     "new_samples_ms": [round(x * 1e3, 1) for x in new],
@@ -118,7 +130,8 @@ def main(argv=None):
         for row in rows:
             print(
                 f"{row['config']:>8} {row['clock']:>4}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, new/old "
-                f"{row['ratio_new_old']:.3f} (median of {row['steps_each']} steps each)"
+                f"{row['ratio_new_old']:.3f} (95%: {row['ratio_95_interval'][0]:.2f} - {row['ratio_95_interval'][1]:.2f}; "
+                f"median of {row['steps_each']} steps each)"
             )
     print_result(meta, rows, args.json)
     return 0
