@@ -47,7 +47,7 @@ from test_train import (
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "dist_ranks.py"
 STEPS = 7
-TIMEOUT = 180  # seconds a 2-rank subprocess may take on a loaded machine before the test fails (instead of hanging)
+TIMEOUT = 300  # seconds a 2-rank subprocess may take on a loaded machine before the test fails (instead of hanging)
 
 
 def mpiexec():
