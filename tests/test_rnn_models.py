@@ -142,3 +142,17 @@ def test_road_benchmark_runs_every_model_on_a_tiny_corpus(tmp_path, capsys):
     assert [r["model"] for r in rows] == ["kn", "ffnn", "lstm"]
     for row in rows:
         assert 1.0 < row["valid_ppl"] < 100 and 1.0 < row["test_ppl"] < 100  # vocabulary of ~25 characters
+
+
+def test_seq2seq_attention_weights_are_a_distribution_over_the_real_source():
+    model = _seq2seq()
+    rng = np.random.default_rng(3)
+    src = rng.integers(4, 13, (2, 5))
+    src[0, 3:] = 0  # padding
+    tgt_in = rng.integers(4, 13, (2, 4))
+    logits, weights = model(src, tgt_in, need_weights=True)
+    np.testing.assert_array_equal(logits.data, model(src, tgt_in).data)
+    cross = weights["cross"]  # (L=1, B, H=1, T, S)
+    assert cross.shape == (1, 2, 1, 4, 5)
+    np.testing.assert_allclose(cross.sum(axis=-1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(cross[0, 0, 0, :, 3:], 0.0)

@@ -34,7 +34,16 @@ from npgrad import functional as F
 from npgrad import nn
 
 from .config import ConfigError, check_numbers
-from .model import DTYPES, LanguageModel, LMConfig, Transformer, TransformerConfig, _ConfigMixin, _token_array
+from .model import (
+    DTYPES,
+    LanguageModel,
+    LMConfig,
+    Transformer,
+    TransformerConfig,
+    _check_field_type,
+    _ConfigMixin,
+    _token_array,
+)
 
 RECURRENT_KINDS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 LM_KINDS = ("transformer", "ffnn", *RECURRENT_KINDS)
@@ -59,8 +68,6 @@ class _Checked(_ConfigMixin):
     """Type and range checks of the recurrent models' configs (the Transformer's attention checks do not apply)."""
 
     def _check(self, kinds):
-        from .model import _check_field_type
-
         who = type(self).__name__
         for name, value in self.to_dict().items():
             _check_field_type(who, name, type(self).__dataclass_fields__[name].type, value)
@@ -346,30 +353,40 @@ class RecurrentSeq2Seq(nn.Module):
         return EncoderMemory(outputs, final), src_real
 
     def _attend_and_project(self, h, memory, src_real):
-        """Decoder outputs h (B, T, H) -> logits (B, T, V) through attention over memory (B, S, H)."""
+        """Decoder outputs h (B, T, H) -> (logits (B, T, V), the attention queries h W_a) over memory (B, S, H)."""
         query = self.attention(h)  # (B,T,H) h_t W_a, so that the score h_t W_a h_s is one product per pair
         context = F.scaled_dot_product_attention(query, memory, memory, mask=src_real[:, None, :], scale=1.0)
         attended = self.drop(F.tanh(self.combine(F.concatenate([context, h], axis=-1))))  # (B,T,H) h~_t
         embedding = self.target_embedding
         if self.output_proj is None:
-            return F.linear(attended, embedding.weight.T)
-        return self.output_proj(attended)
+            return F.linear(attended, embedding.weight.T), query
+        return self.output_proj(attended), query
 
     def decode(self, tgt_in, memory, src_real, state=None):
         """Teacher-forced decoder: tgt_in (B, T) -> (logits (B, T, V), final state)."""
+        return self._decode(tgt_in, memory, src_real, state)[:2]
+
+    def _decode(self, tgt_in, memory, src_real, state=None):
         x = self.drop(self.target_embedding(tgt_in))
         h, final = self.decoder(x, memory.state if state is None else state)
-        return self._attend_and_project(h, memory.outputs, src_real), final
+        logits, query = self._attend_and_project(h, memory.outputs, src_real)
+        return logits, final, query
 
-    def forward(self, src, tgt_in):
-        """src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
+    def forward(self, src, tgt_in, need_weights=False):
+        """src (B, S), tgt_in (B, T) -> logits (B, T, V); with ``need_weights`` also {"cross": (1, B, 1, T, S)}: the
+        attention weights, as one layer of one head (the Transformer's layout, for ``translate --attention``)."""
         memory, src_real = self.encode(src)
         tgt_in = _token_array("decode(tgt_in)", tgt_in, self.config.tgt_vocab_size, ndim=2)
         if tgt_in.shape[0] != src_real.shape[0]:
             raise ValueError(
                 f"RecurrentSeq2Seq: src has batch size {src_real.shape[0]} but tgt_in has {tgt_in.shape[0]}"
             )
-        return self.decode(tgt_in, memory, src_real)[0]
+        logits, _, query = self._decode(tgt_in, memory, src_real)
+        if not need_weights:
+            return logits
+        scores = np.where(src_real[:, None, :], _array(query) @ _array(memory.outputs).swapaxes(1, 2), -np.inf)
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))  # (B,T,S) softmax over the real source
+        return logits, {"cross": (weights / weights.sum(axis=-1, keepdims=True))[None, :, None]}
 
     def start_decoding(self, memory, src_real):
         return _RecurrentState(_detached(memory.state), _array(memory.outputs), np.asarray(src_real, dtype=bool))
