@@ -59,6 +59,8 @@ ROOT_WORK_FACTOR = 4
 STOP_REASONS = (None, "max_steps", "max_epochs", "max_minutes", "interrupted", "terminated")
 # Errors that are the user's to fix: one line, no traceback (as the CLI prints them).
 USER_ERRORS = (ValueError, OSError, FloatingPointError, MemoryError, ImportError)
+# Seconds an aborting rank waits after printing its message, so that the launcher forwards it before killing the job.
+ABORT_GRACE_SECONDS = 1.0
 
 
 def launched_ranks(environ: Mapping[str, str] | None = None) -> int:
@@ -271,6 +273,9 @@ class DataParallel:
         sys.stderr.write((details or "") + f"error (rank {self.rank} of {self.size}): {message}\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        # The launcher forwards this rank's output through a pipe it reads on its own time, and Abort has it kill
+        # every process: give it a moment to pass the message on first (without this a loaded machine lost it).
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
         # MPICH's Abort asks the launcher to end the job and returns; the launcher kills this process within moments.
         time.sleep(10.0)
