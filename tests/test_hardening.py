@@ -429,6 +429,7 @@ def test_task_settings_that_would_be_ignored_or_crash_are_refused(tmp_path, caps
             tmp_path / "run",
             f"data.text_path={tmp_path / 't.txt'}",
             "train.max_steps=1",
+            "train.warmup_steps=1",  # (the recipe's 100 would be refused first: a cosine longer than the run)
             "model.block_size=8",
             override,
         ]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from transformer import cli
-from transformer.config import load_config
+from transformer.config import ConfigError, load_config
 from transformer.data import split_stream
 from transformer.model import LanguageModel, LMConfig
 from transformer.tasks import LMTask, encode_prompt, lm_generate, lm_split_loss
@@ -399,3 +399,15 @@ def test_prompt_outside_the_vocabulary_names_the_character_and_position():
         r"vocabulary of 5 characters",
     ):
         encode_prompt(tokenizer, "abZc")
+
+
+def test_a_cosine_schedule_shorter_than_its_warm_up_is_refused_by_option_before_the_run_starts(tmp_path, capsys):
+    text_path = tmp_path / "corpus.txt"
+    text_path.write_text(corpus_text(30))
+    config = write_config(tmp_path / "c.toml", text_path, train={"warmup_steps": 100, "max_steps": 2})
+    code, _, err = run(capsys, "lm-train", "--config", config, "--run-dir", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err
+    assert "train.max_steps=2 is shorter than train.warmup_steps=100" in err
+    assert not (tmp_path / "run").exists()  # refused before a tokenizer or anything else was written
+    with pytest.raises(ConfigError, match=r"train.min_lr=0.5 is above train.lr=0.01"):
+        train_settings({**TINY_TRAIN, "min_lr": 0.5})

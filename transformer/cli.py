@@ -164,7 +164,8 @@ def cmd_prepare(args):
     from .train import train_settings
 
     config = _load(args)
-    settings = train_settings({**config["train"], "max_steps": 1}, "translation")
+    # Only the data is prepared: no schedule, so a budget that fits any warm-up.
+    settings = train_settings({**config["train"], "max_steps": 1, "warmup_steps": 0}, "translation")
     task = _seq2seq_task(config, _run_dir(config, args.run_dir), settings, build_model=False)
     print(
         f"prepared {len(task.train_set)} training pairs, {len(task.valid_set)} validation pairs; "

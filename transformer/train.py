@@ -131,6 +131,17 @@ def train_settings(section: dict, kind: str | None = None) -> dict:
             raise ConfigError(f"[train] {key} must be one of {', '.join(choices)}, got {settings[key]!r}")
     if settings["max_steps"] <= 0 and settings["max_epochs"] <= 0 and settings["max_minutes"] <= 0:
         raise ConfigError("[train] needs a budget: set max_steps, max_epochs or max_minutes (all are 0)")
+    if settings["lr_schedule"] == "cosine":  # said here by option, before a run directory or tokenizer is made
+        steps, warmup = settings["max_steps"], settings["warmup_steps"]
+        if steps > 0 and steps < warmup:
+            raise ConfigError(
+                f"[train] lr_schedule='cosine': train.max_steps={steps} is shorter than train.warmup_steps={warmup}; "
+                "the decay needs max_steps >= warmup_steps (lower warmup_steps or raise max_steps)"
+            )
+        if settings["min_lr"] > settings["lr"]:
+            raise ConfigError(
+                f"[train] lr_schedule='cosine': train.min_lr={settings['min_lr']} is above train.lr={settings['lr']}"
+            )
     return settings
 
 
