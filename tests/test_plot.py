@@ -94,6 +94,10 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     (tmp_path / "log.jsonl").write_text("\n".join(lines[:3] + [""] + lines[3:] + ['{"type": "tr']) + "\n")
     code, _, err = run(capsys, "plot", tmp_path, "--output", tmp_path / "x.png")
     assert code == 0 and "line 4: empty line" in err and f"line {len(lines) + 2}: an unfinished last record" in err
+    # a complete last line that is not a record was not cut short by a kill: refused like any other line
+    (tmp_path / "log.jsonl").write_text("\n".join(lines + ['{"type": "train", "loss": 1.0}']) + "\n")
+    code, _, err = run(capsys, "plot", tmp_path, "--output", tmp_path / "x.png")
+    assert code == 2 and f"line {len(lines) + 1}: not a log record (no step)" in err and "unfinished" not in err
     code, _, err = run(capsys, "plot", runs[0], "--output", tmp_path / "x.txt")
     assert code == 2 and "ending in .png, .svg, .pdf" in err
 

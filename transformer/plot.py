@@ -75,8 +75,8 @@ def log_path(run: str | Path) -> Path:
 
 def read_log(run: str | Path, name: str | None = None) -> RunLog:
     """Parse a run's log. A line that is not a JSON object is an error naming the file and line, except the last
-    line of the file, which a run killed (or still writing) may have left half-written: that one is skipped with a
-    warning, as --resume would drop it. Blank lines are skipped."""
+    line of the file, which a run killed (or still writing) may have left half-written (not valid JSON): that one is
+    skipped with a warning, as --resume would drop it. Blank lines are skipped."""
     path = log_path(run)
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     while lines and not lines[-1].strip():
@@ -95,7 +95,7 @@ def read_log(run: str | Path, name: str | None = None) -> RunLog:
             step = int(record["step"])
         except (ValueError, KeyError, TypeError) as error:
             why = "no step" if isinstance(error, KeyError) else str(error).split("\n")[0]
-            if number == len(lines):
+            if number == len(lines) and isinstance(error, json.JSONDecodeError):  # (a complete line: not cut short)
                 log.warning(f"{path}, line {number}: an unfinished last record (skipped): {why}")
                 continue
             raise PlotError(f"{path}, line {number}: not a log record ({why}): {line[:80]!r}") from None
