@@ -23,8 +23,8 @@ from .console import log
 from .datasets import Corpus, ParallelText
 from .dialogue_corpora import TURN_SEP, join_turns, load_dailydialog
 from .evaluate import bleu, perplexity
-from .summarise import LongSourceTask, cut_source_ids, encode_for_model, mean_length, source_limit_of
-from .tasks import corpus_loss, decode_sources
+from .summarise import LongSourceTask, cut_source_ids, mean_length, reference_loss_and_outputs, source_limit_of
+from .tasks import decode_sources
 
 DIALOGUE_DATA_DEFAULTS: dict = dict(
     corpus="dailydialog",
@@ -104,18 +104,19 @@ def evaluate_dialogue(
     and BLEU-1/2, distinct-1/2 of generated responses (greedy, beam search, or sampling). Returns (scores, replies)."""
     if len(pairs) == 0:
         raise ValueError("there are no dialogue turns to evaluate")
-    dataset = encode_for_model(model, src_tok, tgt_tok, pairs, source_limit_of(model, data), "left")
-    total, tokens = corpus_loss(model, dataset, max_tokens, progress)
-    outputs = decode_sources(
+    total, tokens, outputs = reference_loss_and_outputs(
         model,
+        src_tok,
         tgt_tok,
-        [ids.tolist() for ids in dataset.src_ids],
+        pairs,
+        data,
+        "left",
+        max_tokens,
+        progress,
         beam=beam,
-        max_tokens=max_tokens,
         alpha=alpha,
         no_repeat_ngram_size=no_repeat_ngram_size,
         sampling=sampling,
-        progress=progress,
     )
     outputs = [clean_reply(o) for o in outputs]
     scores = {

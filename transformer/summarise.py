@@ -188,6 +188,19 @@ def source_limit_of(model, data: dict) -> int:
     return min(int(data.get("truncate_src") or limit), limit)
 
 
+def reference_loss_and_outputs(
+    model, src_tok, tgt_tok, pairs: ParallelText, data: dict, side: str, max_tokens: int, progress: bool, **decoding
+) -> tuple[float, int, list[str]]:
+    """The evaluation both long-source tasks share: the split encoded as the model reads it (sources cut from
+    ``side``), the references' summed loss and token count, and the decoded sources (``decoding``: decode_sources'
+    beam, alpha, no_repeat_ngram_size, sampling). Returns (total loss, target tokens, outputs)."""
+    dataset = encode_for_model(model, src_tok, tgt_tok, pairs, source_limit_of(model, data), side)
+    total, tokens = corpus_loss(model, dataset, max_tokens, progress)
+    sources = [ids.tolist() for ids in dataset.src_ids]
+    outputs = decode_sources(model, tgt_tok, sources, max_tokens=max_tokens, progress=progress, **decoding)
+    return total, tokens, outputs
+
+
 def evaluate_summaries(
     model,
     src_tok,
@@ -205,17 +218,18 @@ def evaluate_summaries(
     the decoded summaries (beam search with the length penalty and n-gram blocking). Returns (scores, summaries)."""
     if len(pairs) == 0:
         raise ValueError("there are no dialogues to summarise")
-    dataset = encode_for_model(model, src_tok, tgt_tok, pairs, source_limit_of(model, data), "right")
-    total, tokens = corpus_loss(model, dataset, max_tokens, progress)
-    outputs = decode_sources(
+    total, tokens, outputs = reference_loss_and_outputs(
         model,
+        src_tok,
         tgt_tok,
-        [ids.tolist() for ids in dataset.src_ids],
+        pairs,
+        data,
+        "right",
+        max_tokens,
+        progress,
         beam=beam,
-        max_tokens=max_tokens,
         alpha=alpha,
         no_repeat_ngram_size=no_repeat_ngram_size,
-        progress=progress,
     )
     scores = {"loss": total / tokens, "perplexity": perplexity(total, tokens), **rouge_scores(outputs, pairs.tgt)}
     scores.update(beam=beam, alpha=alpha, no_repeat_ngram_size=no_repeat_ngram_size)
