@@ -31,7 +31,7 @@ from npgrad import nn
 
 from .attention import init_linear
 from .layers import ACTIVATIONS, EncoderLayer, layer_norm, make_layer_norm
-from .model import _ConfigMixin, _key_mask, _positional_module, _token_array
+from .model import _ConfigMixin, _key_mask, _positional_module, _token_array, layer_options
 
 HEADS = ("classify", "mlm")
 POOLINGS = ("cls", "mean")
@@ -121,27 +121,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"TextEncoder: activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
         self.embed = nn.Embedding(cfg.vocab_size, C, padding_idx=cfg.pad_id, rng=rng, dtype=dtype)
         self.positions = _positional_module(cfg.positional, C, cfg.max_len, rng, dtype)
-        attention_positional = cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None
-        self.layers = nn.ModuleList(
-            [
-                EncoderLayer(
-                    C,
-                    cfg.n_heads,
-                    cfg.d_ff,
-                    dropout=cfg.dropout,
-                    attention_dropout=cfg.attention_dropout,
-                    activation=cfg.activation,
-                    norm_first=cfg.norm_first,
-                    positional=attention_positional,
-                    max_relative_distance=cfg.max_relative_distance,
-                    max_len=cfg.max_len,
-                    rng=rng,
-                    dropout_rng=self.rng,
-                    dtype=dtype,
-                )
-                for _ in range(cfg.n_layers)
-            ]
-        )
+        common = layer_options(cfg, cfg.max_len, rng, self.rng, dtype)
+        self.layers = nn.ModuleList([EncoderLayer(C, cfg.n_heads, cfg.d_ff, **common) for _ in range(cfg.n_layers)])
         if cfg.norm_first:
             self.final_norm = make_layer_norm(C, dtype=dtype)
         if cfg.head == "classify":

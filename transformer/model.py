@@ -361,6 +361,23 @@ class _Decoding:
         return x, weights
 
 
+def layer_options(cfg, max_len, rng, dropout_rng, dtype) -> dict:
+    """The keyword arguments every EncoderLayer / DecoderLayer of a model takes from its config (the positional
+    encodings that live inside attention, relative/RoPE/ALiBi, are passed on; the others are added to the input)."""
+    return dict(
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation=cfg.activation,
+        norm_first=cfg.norm_first,
+        positional=cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None,
+        max_relative_distance=cfg.max_relative_distance,
+        max_len=max_len,
+        rng=rng,
+        dropout_rng=dropout_rng,
+        dtype=dtype,
+    )
+
+
 def _positional_module(kind, d_model, max_len, rng, dtype, init_std=None):
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(d_model, max_len, dtype)
@@ -399,19 +416,7 @@ class Transformer(_Decoding, nn.Module):
         self.src_positions = _positional_module(cfg.positional, C, cfg.max_len, rng, dtype)
         self.tgt_positions = _positional_module(cfg.positional, C, cfg.max_len, rng, dtype)
 
-        attention_positional = cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None
-        common = dict(
-            dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout,
-            activation=cfg.activation,
-            norm_first=cfg.norm_first,
-            positional=attention_positional,
-            max_relative_distance=cfg.max_relative_distance,
-            max_len=cfg.max_len,
-            rng=rng,
-            dropout_rng=self.rng,
-            dtype=dtype,
-        )
+        common = layer_options(cfg, cfg.max_len, rng, self.rng, dtype)
         self.encoder_layers = nn.ModuleList(
             [EncoderLayer(C, cfg.n_heads, cfg.d_ff, **common) for _ in range(cfg.num_encoder_layers)]
         )
@@ -553,26 +558,10 @@ class LanguageModel(_Decoding, nn.Module):
         self.dropout_p = cfg.dropout
         self.token_embed = nn.Embedding(cfg.vocab_size, C, rng=rng, dtype=dtype, init_std=0.02)
         self.positions = _positional_module(cfg.positional, C, cfg.block_size, rng, dtype, init_std=0.02)
-        attention_positional = cfg.positional if cfg.positional in ("relative", "rope", "alibi") else None
+        common = layer_options(cfg, cfg.block_size, rng, self.rng, dtype)
         self.layers = nn.ModuleList(
             [
-                DecoderLayer(
-                    C,
-                    cfg.n_heads,
-                    cfg.d_ff,
-                    dropout=cfg.dropout,
-                    attention_dropout=cfg.attention_dropout,
-                    activation=cfg.activation,
-                    norm_first=cfg.norm_first,
-                    positional=attention_positional,
-                    max_relative_distance=cfg.max_relative_distance,
-                    max_len=cfg.block_size,
-                    bias=cfg.bias,
-                    cross_attention=False,
-                    rng=rng,
-                    dropout_rng=self.rng,
-                    dtype=dtype,
-                )
+                DecoderLayer(C, cfg.n_heads, cfg.d_ff, bias=cfg.bias, cross_attention=False, **common)
                 for _ in range(cfg.n_layers)
             ]
         )
