@@ -1,7 +1,8 @@
 """The road to the Transformer at step budgets: Kneser-Ney n-gram, Bengio's feed-forward LM, an LSTM LM and the
 Transformer LM on the same data, tokenisation and windows, trained in this process.
 
-    python -m benchmarks road --corpus shakespeare|wikitext2 [--models kn ffnn lstm transformer] [--steps N] [--json]
+    python -m benchmarks road --corpus shakespeare|wikitext2 [--models kn ffnn lstm transformer] [--steps N] [--stream]
+                              [--json]
 
 Corpora (TRANSFORMER_DATA, or --data-dir): tiny Shakespeare as characters (first 90% train, then 5% validation,
 5% test) and WikiText-2 (the tokenised release) as words, split on spaces with one <eos> per line as the PyTorch
@@ -11,7 +12,10 @@ Every neural model trains on random windows (the LM task's LMBatcher) with Adam,
 clipping at 1, for ``--steps`` steps (a step budget, never minutes), and is scored with transformer.tasks.lm_split_loss
 on the same split prefix (``--eval-tokens``) with sliding windows (stride block/2): every token predicted once, from at
 least block/2 tokens of context. The n-gram is fitted on the whole training split and scores the same tokens with its
-full n-1 history. Reported: validation and test perplexity, parameters, the process CPU time of training (so that the
+full n-1 history. With ``--stream`` the LSTM trains and is scored as PyTorch's word_language_model example does it:
+truncated BPTT over ``batch`` contiguous sub-streams of the training split (transformer.data.LMStreamBatcher), each
+segment of ``block`` tokens from the previous one's final state (detached; zero at each pass's start), and scored with
+its state carried over each whole split (lm_split_loss with streams=1). Reported: validation and test perplexity, parameters, the process CPU time of training (so that the
 figure does not depend on how loaded the shared machine is; wall time too) and training tokens per CPU second.
 """
 
@@ -98,10 +102,15 @@ def build(kind, vocab, settings, dtype="float32"):
     return LanguageModel(LMConfig(**common, **settings["transformer"]))
 
 
-def train(model, train_ids, settings, steps, lr):
-    from transformer.data import LMBatcher
+def train(model, train_ids, settings, steps, lr, stream=False):
+    from transformer.data import LMBatcher, LMStreamBatcher
 
-    batcher = LMBatcher(train_ids, block_size=settings["block"], batch_size=settings["batch"], seed=1)
+    batcher: LMBatcher | LMStreamBatcher
+    if stream:
+        batcher = LMStreamBatcher(train_ids, block_size=settings["block"], batch_size=settings["batch"])
+    else:
+        batcher = LMBatcher(train_ids, block_size=settings["block"], batch_size=settings["batch"], seed=1)
+    state = None  # --stream: the state the previous segment ended in (arrays: the gradient stops there)
     params = list(model.parameters())
     optimizer = optim.Adam(params, lr=lr, betas=(0.9, 0.99))
     schedule = optim.WarmupCosineSchedule(
@@ -110,9 +119,15 @@ def train(model, train_ids, settings, steps, lr):
     model.train()
     cpu, wall = time.process_time(), time.perf_counter()
     losses = []
+    tokens = 0
     for step in range(1, steps + 1):
-        x, y = batcher.sample()
-        logits = model(x)
+        batch = batcher.sample()
+        x, y = batch[0], batch[1]
+        tokens += y.size
+        if stream:
+            logits, state = model.forward_state(x, None if batch.first else state)
+        else:
+            logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -122,7 +137,8 @@ def train(model, train_ids, settings, steps, lr):
         losses.append(float(loss.data))
         if step % max(1, steps // 10) == 0:  # progress on stderr (the machine may be slow)
             print(f"step {step}/{steps} loss {losses[-1]:.3f} cpu {time.process_time() - cpu:.0f}s", file=sys.stderr)
-    return time.process_time() - cpu, time.perf_counter() - wall, float(np.mean(losses[-max(1, steps // 10) :]))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu, wall, float(np.mean(losses[-max(1, steps // 10) :])), tokens
 
 
 def main(argv=None):
@@ -131,6 +147,12 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", default=["kn", "ffnn", "lstm", "transformer"])
     parser.add_argument("--steps", type=int, default=300, help="training steps of each neural model")
     parser.add_argument("--eval-tokens", type=int, default=None, help="score the first N tokens of each split")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="the LSTM (only) trains by truncated BPTT over contiguous sub-streams and is scored with its state "
+        "carried; the other models are unchanged",
+    )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -158,17 +180,30 @@ def main(argv=None):
             model = build(kind, vocab, settings)
             row["params"] = model.num_parameters()
             row["steps"] = args.steps
-            cpu, wall, last_loss = train(model, train_ids, settings, args.steps, settings["lr"][kind])
-            tokens = args.steps * settings["batch"] * settings["block"]
+            stream = args.stream and kind == "lstm"
+            cpu, wall, last_loss, tokens = train(model, train_ids, settings, args.steps, settings["lr"][kind], stream)
+            if stream:
+                row["batching"] = "stream"
             row.update(train_cpu_s=cpu, train_wall_s=wall, tokens_seen=tokens, tokens_per_cpu_s=tokens / cpu)
             row["train_loss_last_10pct"] = last_loss
             for split, ids in (("valid", valid_ids), ("test", test_ids)):
-                loss, _ = lm_split_loss(model, ids, settings["block"], stride=settings["block"] // 2)
+                if stream:
+                    loss, _ = lm_split_loss(model, ids, settings["block"], streams=1)
+                else:
+                    loss, _ = lm_split_loss(model, ids, settings["block"], stride=settings["block"] // 2)
                 row[f"{split}_ppl"] = math.exp(loss)
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = run_meta(
-        "road", argv, 1, load_before, None, eval_tokens=limit, batch=settings["batch"], block=settings["block"]
+        "road",
+        argv,
+        1,
+        load_before,
+        None,
+        eval_tokens=limit,
+        batch=settings["batch"],
+        block=settings["block"],
+        stream=args.stream,
     )
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))

@@ -5,7 +5,8 @@ A checkpoint is a directory::
     checkpoint.json          format tag, model config, optimizer/scheduler/training state, RNG states, metadata,
                              and the size + SHA-256 of every other file (written last)
     model.safetensors        model weights (``model.state_dict()``), bit-exact
-    optimizer.safetensors    the optimizer's arrays (Adam moments...), when an optimizer was given
+    optimizer.safetensors    the optimizer's arrays (Adam moments...), when an optimizer was given, and the arrays of
+                             the training state (a recurrent LM's state carried between segments)
     <name>                   extra files copied beside (tokenizer model/vocabulary...)
 
 Nothing is pickled. Non-array state is JSON with a few tagged forms so that the round trip is exact
@@ -263,8 +264,8 @@ def save_checkpoint(
 
     model: an npgrad Module (``state_dict()``) or a state dict name -> array. config_dict: the model config (a dict
     or an object with ``to_dict()``). optimizer / scheduler: objects with ``state_dict()`` (plain dicts of arrays and
-    numbers). train_state: any JSON-able dict (step, epoch, batch position, best metric...; NumPy scalars and small
-    arrays allowed). rng_states: name -> numpy Generator / BitGenerator / RandomState / random.Random / state dict.
+    numbers). train_state: any JSON-able dict (step, epoch, batch position, best metric...; NumPy scalars and
+    arrays allowed: with an optimizer, arrays go to optimizer.safetensors). rng_states: name -> numpy Generator / BitGenerator / RandomState / random.Random / state dict.
     extra_files: name -> path of a file copied into the checkpoint under ``name`` (tokenizer files).
     metadata: a small JSON-able dict for bookkeeping (used by :class:`CheckpointManager`).
 
@@ -284,7 +285,12 @@ def save_checkpoint(
         None if optimizer is None else encode_state(optimizer.state_dict(), "optimizer", optimizer_arrays)
     )
     manifest["scheduler"] = None if scheduler is None else encode_state(scheduler.state_dict(), "scheduler")
-    manifest["train_state"] = None if train_state is None else encode_state(dict(train_state), "train_state")
+    # The training state's arrays (a recurrent LM's carried state) go beside the optimizer's, bit-exact.
+    manifest["train_state"] = (
+        None
+        if train_state is None
+        else encode_state(dict(train_state), "train_state", optimizer_arrays if optimizer is not None else None)
+    )
     manifest["rng_states"] = {
         name: encode_state(_rng_record(name, rng), f"rng_states.{name}") for name, rng in (rng_states or {}).items()
     }
@@ -355,6 +361,16 @@ def check_average_output(output: str | os.PathLike, overwrite: bool = False, com
         )
 
 
+class _NotRead(dict):
+    """The arrays of optimizer.safetensors as ``read_manifest_fields`` sees them: not read, each one None."""
+
+    def __contains__(self, name):
+        return True
+
+    def __missing__(self, name):
+        return None
+
+
 def read_manifest_fields(directory: str | os.PathLike) -> dict:
     """A checkpoint's model ``config``, ``train_state``, ``metadata`` and ``files`` records, from its manifest alone
     (no weights read)."""
@@ -362,7 +378,7 @@ def read_manifest_fields(directory: str | os.PathLike) -> dict:
     where = str(manifest_path)
     return {
         "config": _decoded(manifest["config"], where),
-        "train_state": _decoded(manifest.get("train_state"), where),
+        "train_state": _decoded(manifest.get("train_state"), where, _NotRead()),
         "metadata": _decoded(manifest.get("metadata") or {}, where),
         "files": manifest["files"],
         "extra_files": list(manifest.get("extra_files") or []),
@@ -542,7 +558,7 @@ def load_checkpoint(
     if expected_config is not None:
         check_config(config, expected_config, ignore_config_keys, where=str(directory))
     model_state = _read_safetensors(directory / MODEL_FILE, files[MODEL_FILE], _tensor_order(manifest, MODEL_FILE))
-    optimizer_state = None
+    optimizer_state, arrays = None, None
     if manifest.get("optimizer") is not None:
         if OPTIMIZER_FILE not in files:
             raise CheckpointError(f"{where}: optimizer state present but {OPTIMIZER_FILE} is not listed")
@@ -576,7 +592,7 @@ def load_checkpoint(
         model_state=model_state,
         optimizer_state=optimizer_state,
         scheduler_state=_decoded(manifest.get("scheduler"), where),
-        train_state=_decoded(manifest.get("train_state"), where),
+        train_state=_decoded(manifest.get("train_state"), where, arrays),
         rng_states=rng_states,
         extra_files=extra,
         metadata=_decoded(manifest.get("metadata") or {}, where),

@@ -223,6 +223,8 @@ def _train_here(args, task_class, kind, ranks):
         return task_class(config, run_dir, settings)
 
     task = _first_on_root(ranks, build_task)  # (rank 0 trains a new tokenizer; the others then read it)
+    if ranks is not None and getattr(task, "stream", False):
+        raise UsageError('[data] batching = "stream" trains in one process (its carried state is not shared)')
     log.info(f"model: {task.model.num_parameters():,} parameters; run directory {run_dir}")
     if ranks is not None:
         ranks.check_same_run(task, settings)
@@ -746,7 +748,11 @@ def cmd_lm_eval(args):
     split = {"train": train, "val": val}[args.split]
     if args.max_tokens:
         split = split[: args.max_tokens]
-    result = evaluate_lm(model, tokenizer, split, stride=args.stride, ngram=args.ngram, ngram_train_ids=train)
+    # Trained by truncated BPTT: scored as it reads, its state carried over the split (--stride asks for windows).
+    carry = data["batching"] == "stream" and not args.stride
+    result = evaluate_lm(
+        model, tokenizer, split, stride=args.stride, ngram=args.ngram, ngram_train_ids=train, carry_state=carry
+    )
     print(json.dumps({"split": args.split, **result, "checkpoint": str(checkpoint.directory)}, indent=2))
     return 0
 
@@ -974,7 +980,8 @@ def build_parser():
         0,
         "windows of block_size tokens start every STRIDE tokens and each token is scored once, so every token "
         "after the first window has at least block_size - STRIDE tokens of context (0: block_size // 2; "
-        "block_size gives non-overlapping windows, as in training)",
+        "block_size gives non-overlapping windows, as in training); a recurrent LM trained with "
+        'data.batching = "stream" is scored with its state carried over the split unless a stride is given',
     )
     number(
         q,

@@ -307,6 +307,19 @@ RANGES = {
 }
 
 
+# section -> key -> the values a string setting may take (checked by check_choices).
+CHOICES = {
+    "data": dict(batching=("windows", "stream")),  # lm-train: random windows, or truncated BPTT over sub-streams
+}
+
+
+def check_choices(section: str, values: dict) -> None:
+    """ConfigError naming the key and its allowed values if a key of ``CHOICES[section]`` has another value."""
+    for key, allowed in CHOICES.get(section, {}).items():
+        if key in values and values[key] not in allowed:
+            raise ConfigError(f"[{section}] {key} must be one of {', '.join(allowed)}, got {values[key]!r}")
+
+
 def check_numbers(section: str, values: dict) -> dict:
     """``values`` with every key of ``RANGES[section]`` checked (and whole floats made ints); None is left alone
     (an optional setting that is off)."""

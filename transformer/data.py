@@ -17,7 +17,9 @@ Three parts, independent of the autograd engine (everything here is plain Python
    exactly the batches the uninterrupted run would have seen.
 
 3. Language modelling: a contiguous token stream split by fraction (``split_stream``) and random windows of
-   ``block_size`` drawn from a seeded ``np.random.Generator`` (``LMBatcher``), with the generator's state exposed.
+   ``block_size`` drawn from a seeded ``np.random.Generator`` (``LMBatcher``), with the generator's state exposed;
+   or, for recurrent LMs trained with truncated BPTT, B contiguous sub-streams read ``block_size`` columns at a
+   time (``LMStreamBatcher``, PyTorch's word_language_model batching), its position exposed.
 
 Special-token layout of a translation batch (ids come from the tokenizer; pad=0, unk=1, bos=2, eos=3 by default):
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -681,6 +683,69 @@ class LMBatcher:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
+
+
+class StreamSegment(NamedTuple):
+    """One step of ``LMStreamBatcher``: x (B, T), y (B, T) = x shifted by one, and ``first``: the segment starts a
+    pass over the stream (a model carrying its state from the previous segment starts from zero here)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    first: bool
+
+
+class LMStreamBatcher:
+    """The PyTorch word_language_model example's batching, for truncated backpropagation through time.
+
+    The stream of n tokens is cut into B contiguous sub-streams, ``data[: B * (n // B)].reshape(B, n // B)`` (the
+    last n mod B tokens unused); each step reads the next T = ``block_size`` columns of every row: x = columns
+    [i, i + T), y = columns [i + 1, i + T + 1), so row b of step k + 1 continues row b of step k, and a recurrent model's final state of one
+    step is the right initial state of the next. A pass ends at the last column (its last segment may be shorter);
+    the next one starts again at column 0 with ``first`` set. The position (and the count of finished passes) is
+    ``state_dict()``, so a resumed run reads exactly the segments the uninterrupted run would have read.
+    """
+
+    def __init__(self, data: np.ndarray, *, block_size: int, batch_size: int, name: str = "train"):
+        data = np.asarray(data, dtype=np.int64)
+        if block_size <= 0 or batch_size <= 0:
+            raise ValueError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+        columns = len(data) // batch_size
+        if columns < 2:
+            raise ValueError(
+                f"the {name} split has {len(data)} tokens: cut into batch_size={batch_size} sub-streams, each has "
+                f"{columns} token(s) and needs at least 2 (an input and its target); use a smaller batch_size"
+            )
+        self.streams = data[: batch_size * columns].reshape(batch_size, columns)  # (B, n // B)
+        self.block_size, self.batch_size, self.name = block_size, batch_size, name
+        self.position, self.passes = 0, 0
+
+    def __iter__(self) -> Iterator[StreamSegment]:
+        return self
+
+    def __next__(self) -> StreamSegment:
+        return self.sample()
+
+    def sample(self, batch_size: int | None = None) -> StreamSegment:
+        if batch_size not in (None, self.batch_size):
+            raise ValueError(f"the stream is cut into {self.batch_size} sub-streams, cannot read {batch_size} rows")
+        start, last = self.position, self.streams.shape[1] - 1  # last: the final column, a target only
+        end = min(start + self.block_size, last)
+        self.position = end
+        if end == last:  # the pass is over: the next segment starts again from column 0 (and from a zero state)
+            self.position, self.passes = 0, self.passes + 1
+        return StreamSegment(self.streams[:, start:end], self.streams[:, start + 1 : end + 1], start == 0)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "passes": self.passes}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = int(state["position"])
+        if not 0 <= position < self.streams.shape[1] - 1:
+            raise ValueError(
+                f"the saved stream position {position} is outside the {self.name} split's "
+                f"{self.streams.shape[1]} columns: the data or batch_size changed"
+            )
+        self.position, self.passes = position, int(state["passes"])
 
 
 def sequential_windows(data: np.ndarray, block_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -15,8 +15,10 @@ Shape legend: B batch, S source length, T target (or window) length, C embedding
         input feeding, so the decoder runs over all T steps as one sequence op in training.
 
 Language models train on the LM task's random windows of ``block_size`` tokens (as the Transformer LM), each from a
-zero state: the task's batching samples windows at random positions, so there is no contiguous stream to carry a
-state along. (The primitive and nn.LSTM support truncated BPTT: pass a detached state; see tests/test_recurrent.py.)
+zero state; or, with ``data.batching = "stream"`` (recurrent LMs only), by truncated BPTT as PyTorch's
+word_language_model example does: B contiguous sub-streams read ``block_size`` tokens at a time
+(data.LMStreamBatcher), each segment started from the previous one's final state, detached (``forward_state``), the
+state reset to zero when a pass over the stream starts again.
 
 Decoding follows the Transformer's interface (search.py): ``start_decoding`` and ``decode_step`` (and ``prefill`` for
 the LMs), with a state whose ``reorder(index)`` follows beams; ``encode(src)`` returns (memory, src_real).
@@ -292,6 +294,14 @@ class RecurrentLM(nn.Module):
         """ids (B, T) -> logits (B, T, V), from a zero state."""
         ids = _token_array("RecurrentLM(ids)", ids, self.config.vocab_size, ndim=2)
         return self._run(ids)[0]
+
+    def forward_state(self, ids, state=None):
+        """ids (B, T), the layers' initial state (arrays: h (L, B, H), and (h, c) for the LSTM; None: zeros) ->
+        (logits (B, T, V), the final state as plain arrays). Truncated BPTT: the next segment starts from the
+        returned state, which holds no graph, so the gradient stops at the segment boundary."""
+        ids = _token_array("RecurrentLM(ids)", ids, self.config.vocab_size, ndim=2)
+        logits, final = self._run(ids, state)
+        return logits, _detached(final)
 
     def start_decoding(self, batch_size):
         cfg = self.config

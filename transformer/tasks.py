@@ -20,13 +20,15 @@ from npgrad import functional as F
 
 from . import search
 from .console import log, track
-from .config import ConfigError, check_keys, check_numbers, check_split_size
+from .config import ConfigError, check_choices, check_keys, check_numbers, check_split_size
 from .data import (
     ON_BAD_CHOICES,
     Batch,
     BatchIterator,
     DataValidationError,
     LMBatcher,
+    LMStreamBatcher,
+    StreamSegment,
     TranslationDataset,
     evaluation_batches,
     limit_subword_length,
@@ -44,7 +46,7 @@ from .mixing import (
     sampling_settings,
 )
 from .model import LanguageModel, Transformer
-from .rnn import model_classes
+from .rnn import RECURRENT_KINDS, model_classes
 from .tokenizer import CharTokenizer, Tokenizer, TokenizerError, load_tokenizers, train_sentencepiece
 
 DATA_DEFAULTS = dict(
@@ -658,7 +660,7 @@ def decode_sources(
 
 
 # ============================================================================================ language model
-LM_DATA_DEFAULTS = dict(corpus="tinyshakespeare", data_dir="", text_path="", train_fraction=0.9)
+LM_DATA_DEFAULTS = dict(corpus="tinyshakespeare", data_dir="", text_path="", train_fraction=0.9, batching="windows")
 
 
 class LMTask:
@@ -669,7 +671,16 @@ class LMTask:
         section = config.get("data", {})
         check_keys("data", section, LM_DATA_DEFAULTS)
         data = check_numbers("data", {**LM_DATA_DEFAULTS, **section})
+        check_choices("data", data)
         config_class, model_class = model_classes("lm", config.get("model", {}))
+        # Truncated BPTT (LMStreamBatcher): each segment starts from the state the previous one ended in.
+        self.stream = data["batching"] == "stream"
+        kind = config.get("model", {}).get("kind", "transformer")
+        if self.stream and kind not in RECURRENT_KINDS:
+            raise ConfigError(
+                f'[data] batching = "stream" carries a recurrent state across segments: it needs model.kind = '
+                f'{", ".join(RECURRENT_KINDS)}; the {kind} LM has no state (use batching = "windows")'
+            )
         model_section = model_settings(config, config_class, ("vocab_size",), settings)
         path = lm_text_path(data)
         text = load_lm_text(data, path)
@@ -684,18 +695,28 @@ class LMTask:
         self.model_config = config_class(vocab_size=self.tokenizer.vocab_size, **model_section)
         block = self.model_config.block_size
         check_lm_block_size(self.train_ids, self.val_ids, block, float(data["train_fraction"]))
-        self.batcher = LMBatcher(
-            self.train_ids,
-            block_size=block,
-            batch_size=int(settings["batch_size"]),
-            seed=int(settings["seed"]),
-            name="train",
-        )
+        self.batcher: LMBatcher | LMStreamBatcher
+        if self.stream:
+            self.batcher = LMStreamBatcher(
+                self.train_ids, block_size=block, batch_size=int(settings["batch_size"]), name="train"
+            )
+        else:
+            self.batcher = LMBatcher(
+                self.train_ids,
+                block_size=block,
+                batch_size=int(settings["batch_size"]),
+                seed=int(settings["seed"]),
+                name="train",
+            )
+        self.carried = None  # stream batching: the final state of the last segment trained on (arrays), detached
         self.model = model_class(self.model_config) if build_model else None
         self.epoch = 0
 
     def next_batch(self):
-        return self.batcher.sample()
+        batch = self.batcher.sample()
+        if self.stream:  # an epoch is a pass over the stream
+            self.epoch = self.batcher.passes
+        return batch
 
     @staticmethod
     def batch_tokens(batch):
@@ -704,17 +725,29 @@ class LMTask:
     def loss(self, model, batch, label_smoothing=0.0, teacher=None, distill=(0.5, 1.0)):
         return token_loss(self, model, batch, label_smoothing, teacher, distill)
 
-    @staticmethod
-    def logits_and_targets(model, batch):
-        """(logits (B*T, V), targets (B*T,), ignore_index): what the loss compares (no position is ignored)."""
-        x, y = batch
-        logits = model(x)  # (B, T, V)
+    def logits_and_targets(self, model, batch):
+        """(logits (B*T, V), targets (B*T,), ignore_index): what the loss compares (no position is ignored). A
+        stream segment run by the model in training starts from the state the previous segment left (zero when a
+        pass begins) and leaves its own final state, detached: truncated BPTT. (A teacher reads it from zero.)"""
+        x, y = batch[0], batch[1]
+        if isinstance(batch, StreamSegment) and model is self.model:
+            logits, self.carried = model.forward_state(x, None if batch.first else self.carried)
+        else:
+            logits = model(x)  # (B, T, V)
         return logits.reshape(-1, logits.shape[-1]), y.reshape(-1), -100
 
     def validate(self, model, settings):
         """nanoGPT's estimate: mean loss of ``eval_iters`` random batches of each split, from generators seeded
-        afresh each time (so validation never touches the training stream)."""
+        afresh each time (so validation never touches the training stream). With stream batching, the loss of as
+        many tokens at the start of each split, read as the model trains: ``batch_size`` sub-streams, the state
+        carried along each (``lm_split_loss`` with ``streams``)."""
         metrics = {}
+        if self.stream:
+            batch, block = int(settings["batch_size"]), self.model_config.block_size
+            for name, ids in (("train_loss", self.train_ids), ("val_loss", self.val_ids)):
+                prefix = ids[: int(settings["eval_iters"]) * batch * block + 1]
+                metrics[name] = lm_split_loss(model, prefix, block, streams=batch)[0]
+            return metrics
         for name, ids, seed in (("train_loss", self.train_ids, 1), ("val_loss", self.val_ids, 2)):
             batcher = LMBatcher(
                 ids,
@@ -730,13 +763,17 @@ class LMTask:
         return metrics
 
     def data_state(self):
-        return {}
+        """Stream batching: the position in the stream and the carried state (arrays: optimizer.safetensors)."""
+        return {"stream": self.batcher.state_dict(), "carried": self.carried} if self.stream else {}
 
     def load_data_state(self, state):
-        pass
+        if self.stream and state:
+            self.batcher.load_state_dict(state["stream"])
+            self.carried = state["carried"]
+            self.epoch = self.batcher.passes
 
     def generators(self):
-        return {"train_windows": self.batcher.rng}
+        return {} if isinstance(self.batcher, LMStreamBatcher) else {"train_windows": self.batcher.rng}
 
     def extra_files(self):
         return tokenizer_files(self.tok_dir)
@@ -944,13 +981,15 @@ def evaluate_lm(
     stride: int | None = None,
     ngram: int = 0,
     ngram_train_ids: np.ndarray | None = None,
+    carry_state: bool = False,
 ) -> dict:
     """What ``lm-eval`` reports for a token stream: loss, perplexity and bits per token/character/byte of the model
     (every token but the first predicted once, ``lm_split_loss``); with ``ngram`` the Kneser-Ney baseline of that
-    order, fitted on ``ngram_train_ids``, on the very same predicted tokens."""
+    order, fitted on ``ngram_train_ids``, on the very same predicted tokens. ``carry_state`` (a recurrent LM trained
+    with stream batching): the state carried over the whole stream, in segments of block_size (no stride)."""
     block = model.config.block_size
-    stride = stride or max(block // 2, 1)
-    loss, count = lm_split_loss(model, ids, block, stride=stride)
+    stride = None if carry_state else stride or max(block // 2, 1)
+    loss, count = lm_split_loss(model, ids, block, stride=stride, streams=1 if carry_state else None)
     # Bits per character/byte divide the same total by the characters/UTF-8 bytes the predicted tokens spell.
     predicted_text = decode_lm_ids(tokenizer, ids[1:])
     chars, n_bytes = max(len(predicted_text), 1), max(len(predicted_text.encode("utf-8")), 1)
@@ -961,6 +1000,7 @@ def evaluate_lm(
         "tokenizer": tokenizer.config().get("kind"),
         "block_size": block,
         "stride": stride,
+        **({"state": "carried over the split"} if carry_state else {}),
         "transformer": lm_scores(loss, count, chars, n_bytes),
     }
     if ngram:
@@ -973,17 +1013,29 @@ def evaluate_lm(
 
 
 def lm_split_loss(
-    model: LanguageModel, ids: np.ndarray, block_size: int, batch_size: int = 32, stride: int | None = None
+    model: LanguageModel,
+    ids: np.ndarray,
+    block_size: int,
+    batch_size: int = 32,
+    stride: int | None = None,
+    streams: int | None = None,
 ) -> tuple[float, int]:
     """Mean loss (nats per token) over a whole split, and the number of tokens predicted (len - 1).
 
     Every token but the first is predicted exactly once, from the tokens before it in its window
     (``lm_eval_windows``: non-overlapping by default, sliding with ``stride``). Windows of equal
     length go through the model ``batch_size`` at a time (B, L); the sum is float64.
+
+    ``streams`` = K (recurrent LMs, as PyTorch's word_language_model example evaluates them): the split is cut into
+    K contiguous sub-streams read ``block_size`` tokens at a time, each segment from the state the previous one ended
+    in, so every token is predicted from all the tokens before it in its sub-stream (K = 1: the whole split, what one
+    forward pass over it gives).
     """
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
         raise ValueError(f"cannot evaluate a split of {len(ids)} token(s): at least 2 are needed")
+    if streams is not None:
+        return _carried_state_loss(model, ids, block_size, streams)
     windows = lm_eval_windows(len(ids), block_size, stride)
     by_length: dict[int, list[tuple[int, int, int]]] = {}
     for window in windows:
@@ -1005,4 +1057,32 @@ def lm_split_loss(
                 total += float(losses.astype(np.float64)[scored].sum())
                 count += int(scored.sum())
     assert count == len(ids) - 1, (count, len(ids))
+    return total / count, count
+
+
+def _carried_state_loss(model, ids: np.ndarray, block_size: int, streams: int) -> tuple[float, int]:
+    """``lm_split_loss`` with the state carried along ``streams`` sub-streams. The n = len - 1 targets are cut into
+    B = streams rows of w = ceil(n / B) consecutive targets; row b reads ids[b w : b w + w + 1] (one token more
+    than it predicts: its first token is context only), the end of the last rows beyond the split masked out."""
+    if not hasattr(model, "forward_state"):
+        raise ValueError(f"carrying a state between segments needs a recurrent LM, not a {type(model).__name__}")
+    if streams < 1 or block_size < 1:
+        raise ValueError(f"streams and block_size must be positive, got {streams} and {block_size}")
+    n = len(ids) - 1
+    width = -(-n // streams)
+    positions = np.arange(streams)[:, None] * width + np.arange(width + 1)[None, :]  # (B, w + 1)
+    real = positions <= n  # (B, w + 1) the padding is at the ends of rows: it never feeds a scored position
+    rows = ids[np.minimum(positions, n)]  # (B, w + 1)
+    total, count, state = 0.0, 0, None
+    model.eval()
+    with ng.no_grad():
+        for start in range(0, width, block_size):
+            end = min(start + block_size, width)
+            x, y = rows[:, start:end], rows[:, start + 1 : end + 1]  # (B, T)
+            logits, state = model.forward_state(x, state)  # (B, T, V)
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").data
+            scored = real[:, start + 1 : end + 1].reshape(-1)
+            total += float(losses.astype(np.float64)[scored].sum())
+            count += int(scored.sum())
+    assert count == n, (count, n)
     return total / count, count
