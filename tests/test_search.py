@@ -330,6 +330,44 @@ def test_topk_sorted_block_shortcut_equals_a_full_stable_sort(width):
         np.testing.assert_array_equal(search._topk_sorted(scores, k), expected)
 
 
+@pytest.mark.parametrize("vocab", [7, 64 * 5, 1000])
+@pytest.mark.parametrize("shared", [False, True])
+def test_beam_topk_equals_a_stable_sort_of_the_summed_scores(vocab, shared):
+    """_beam_topk never forms the (n, K V) sums; its indices and scores are a full stable sort's of them, with ties
+    (rounded scores), -inf beams, -inf tokens, and one row shared by every beam (the first step)."""
+    rng = np.random.default_rng(vocab + shared)
+    n, K = 6, 4
+    beam_scores = np.round(rng.normal(-3.0, 1.0, size=(n, K)), 1).astype(np.float32)
+    beam_scores[1, 1:] = -np.inf
+    log_probs = np.round(rng.normal(-5.0, 2.0, size=(n, 1 if shared else K, vocab)), 1).astype(np.float32)
+    log_probs[:, :, 0] = -np.inf  # a forbidden token
+    log_probs[2, :, vocab // 2 :] = -np.inf
+    sums = (beam_scores[:, :, None] + log_probs).reshape(n, K * vocab)
+    for k in (1, 2 * K):
+        expected = np.argsort(-sums, axis=1, kind="stable")[:, :k]
+        top, scores = search._beam_topk(beam_scores, log_probs, k)
+        np.testing.assert_array_equal(top, expected)
+        np.testing.assert_array_equal(scores, np.take_along_axis(sums, expected, axis=1))
+
+
+def test_beam_search_first_step_runs_one_row_per_sentence(seq2seq):
+    """The K beams of a sentence start as one state: the first decoder step sees B rows, the next ones B K."""
+    src = np.array([[5, 6, 7, 2], [8, 9, 2, 0]])
+    seen = []
+    original = seq2seq.decode_step
+
+    def spy(tokens, state):
+        seen.append(len(tokens))
+        return original(tokens, state)
+
+    seq2seq.decode_step = spy
+    try:
+        search.beam_search(seq2seq, src, beam_size=3, max_len=4)
+    finally:
+        del seq2seq.decode_step
+    assert seen[0] == 2 and set(seen[1:]) <= {3, 6} and seen[1] == 6
+
+
 # --------------------------------------------------------------------------------------------------- sampling
 @pytest.fixture(scope="module")
 def lm():

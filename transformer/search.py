@@ -118,6 +118,43 @@ def _topk_sorted(scores, k, block=64):
     return cols[order][(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
 
 
+def _beam_topk(beam_scores, log_probs, k, block=64):
+    """The k best extensions of every sentence's beams: (indices (n, k) into K V, scores (n, k)), best first.
+
+    Extension (b, v) of sentence i scores ``beam_scores[i, b] + log_probs[i, b, v]``; beam_scores (n, K), log_probs
+    (n, K, V) or (n, 1, V) (one row shared by the K beams: the first step). The same indices and scores, in the same
+    order (ties to the lower index b V + v), as ``_topk_sorted`` on the (n, K V) matrix of those sums, without writing
+    that matrix: rounding is monotone, so fl(s + max(block)) is the largest fl(s + x) of a block, and the block maxima
+    of the log-probs with the beam's score added are the block maxima of the sums. Only the blocks that can hold a top
+    entry (see ``_topk_sorted``) have their sums formed.
+    """
+    n, n_beams = beam_scores.shape
+    shared = log_probs.shape[1]  # K, or 1 when every beam reads the same row
+    vocab = log_probs.shape[2]
+    n_blocks = -(-vocab // block)
+    if n_beams * n_blocks <= k:  # short rows: the plain way
+        candidates = (beam_scores[:, :, None] + log_probs).reshape(n, n_beams * vocab)
+        top = _topk_sorted(candidates, k)
+        return top, np.take_along_axis(candidates, top, axis=1)
+    if n_blocks * block != vocab:  # pad with -inf: never above a real entry
+        padded = np.full(log_probs.shape[:2] + (n_blocks * block,), -np.inf, dtype=log_probs.dtype)
+        padded[:, :, :vocab] = log_probs
+        log_probs = padded
+    blocks = log_probs.reshape(n, shared, n_blocks, block)  # (n, K or 1, nb, block)
+    block_max = beam_scores[:, :, None] + blocks.max(axis=3)  # (n, K, nb): the block maxima of the sums
+    flat_max = block_max.reshape(n, n_beams * n_blocks)
+    threshold = np.partition(flat_max, flat_max.shape[1] - k, axis=1)[:, flat_max.shape[1] - k]  # (n,)
+    rows, beams, cols = np.nonzero(block_max >= threshold[:, None, None])  # the blocks that can hold a top entry
+    values = beam_scores[rows, beams][:, None] + blocks[rows, beams if shared > 1 else 0, cols]  # (P, block)
+    pick, offset = np.nonzero(values >= threshold[rows, None])
+    rows, picked = rows[pick], values[pick, offset]
+    index = beams[pick] * vocab + cols[pick] * block + offset  # b V + v
+    order = np.lexsort((index, -picked, rows))  # by sentence, then score descending, then index ascending
+    counts = np.bincount(rows, minlength=n)  # >= k per sentence
+    chosen = order[(np.cumsum(counts) - counts)[:, None] + np.arange(k)]  # (n, k)
+    return index[chosen], picked[chosen]
+
+
 def block_repeated_ngrams(log_probs: np.ndarray, prefixes: np.ndarray, n: int) -> np.ndarray:
     """``no_repeat_ngram_size`` (fairseq, Hugging Face): a token that would complete an n-gram already in its row's
     output gets log-prob -inf (in place), so no output holds an n-gram twice. ``log_probs`` (N, V), ``prefixes``
@@ -336,8 +373,9 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search with the GNMT length penalty; returns, per sentence, its ``nbest`` best hypotheses.
 
-    The B sentences are decoded together as B*K rows of the decoder state (``reorder`` repeats each sentence's cache
-    K times, then follows the surviving beams and drops finished sentences at every step).
+    The B sentences are decoded together as B*K rows of the decoder state: the first step runs on B rows (a sentence's
+    K beams start from one state), then ``reorder`` repeats each sentence's cache K times, follows the surviving beams
+    and drops finished sentences at every step.
 
     Each step, for every sentence: the K live hypotheses are extended by every token and the 2K best extensions by
     summed log-prob are kept, ordered best first (ties to the lower beam, then the lower token id).
@@ -381,25 +419,25 @@ def beam_search(
     fin_tokens = np.zeros((n_sentences, K, max_limit), dtype=np.int64)  # (B, K, L), EOS/garbage past length
 
     with ng.no_grad(), _eval_mode(model):
+        # The first step runs one row per sentence (its K beams would be K copies of BOS, the same state) and the
+        # rows are repeated K times after it: the step CTranslate2 and fairseq also save.
         stepper = _seq2seq_stepper(model, src, use_cache)
-        stepper.reorder(np.repeat(np.arange(n_sentences), K))  # B rows -> B*K rows
         active = np.arange(n_sentences)  # live sentence ids (n,)
         beam_tokens = np.zeros((n_sentences, K, 0), dtype=np.int64)  # (n, K, T) live prefixes
         beam_scores = None  # (n, K)
-        tokens = np.full(n_sentences * K, bos_id, dtype=np.int64)  # (n*K,) fed at this step
+        tokens = np.full(n_sentences, bos_id, dtype=np.int64)  # (n*K,) fed at this step; (n,) at the first
         for t in range(max_limit):
             n = len(active)
-            log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (n*K, V)
-            block_repeated_ngrams(log_probs, beam_tokens.reshape(n * K, t), no_repeat_ngram_size)
+            log_probs = _forbid(_log_softmax(stepper.step(tokens), t), config)  # (n*K, V); (n, V) at the first step
             dtype, vocab = log_probs.dtype, log_probs.shape[1]
             if beam_scores is None:
-                # Only beam 0 is real at the start: the K copies of BOS would otherwise give K equal beams.
+                # Only beam 0 is real at the start: beams 1..K-1 score -inf, as if they were the K copies of BOS.
                 beam_scores = np.full((n, K), -np.inf, dtype=dtype)
                 beam_scores[:, 0] = 0
                 fin_norm, fin_score = fin_norm.astype(dtype), fin_score.astype(dtype)
-            candidates = (beam_scores[:, :, None] + log_probs.reshape(n, K, vocab)).reshape(n, K * vocab)
-            top = _topk_sorted(candidates, 2 * K)  # (n, 2K) best first
-            top_scores = np.take_along_axis(candidates, top, axis=1)
+            else:
+                block_repeated_ngrams(log_probs, beam_tokens.reshape(n * K, t), no_repeat_ngram_size)
+            top, top_scores = _beam_topk(beam_scores, log_probs.reshape(n, -1, vocab), 2 * K)  # (n, 2K) best first
             top_beam, top_token = top // vocab, top % vocab
             new_length = t + 1
             penalty = length_penalty(new_length, alpha).astype(dtype)
@@ -456,8 +494,12 @@ def beam_search(
             if done.all():
                 break
             keep = np.flatnonzero(~done)
-            # Rows of the next step: for each kept sentence its K live beams, taken from the rows they extend.
-            stepper.reorder((keep[:, None] * K + live_beam[keep]).reshape(-1))
+            # Rows of the next step: for each kept sentence its K live beams, taken from the rows they extend (after
+            # the first step, every beam extends the sentence's one row).
+            if t == 0:
+                stepper.reorder(np.repeat(keep, K))
+            else:
+                stepper.reorder((keep[:, None] * K + live_beam[keep]).reshape(-1))
             active, beam_scores, beam_tokens = active[keep], beam_scores[keep], beam_tokens[keep]
             tokens = live_token[keep].reshape(-1)
 
