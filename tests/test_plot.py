@@ -100,6 +100,8 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path, capsys):
     assert code == 2 and f"line {len(lines) + 1}: not a log record (no step)" in err and "unfinished" not in err
     code, _, err = run(capsys, "plot", runs[0], "--output", tmp_path / "x.txt")
     assert code == 2 and "ending in .png, .svg, .pdf" in err
+    code, _, err = run(capsys, "plot", runs[0], runs[0] / "log.jsonl", "--output", tmp_path / "y.png")
+    assert code == 2 and "is the same run as" in err and not (tmp_path / "y.png").exists()
 
 
 def test_a_run_without_gradient_records_and_mixed_kinds_are_refused(runs, tmp_path, capsys):

@@ -120,6 +120,12 @@ def read_log(run: str | Path, name: str | None = None) -> RunLog:
 
 def read_runs(runs: list[str]) -> list[RunLog]:
     """Every run's log, named by its directory (by its full path when two share a name); one kind only."""
+    seen: dict[Path, str] = {}
+    for r in runs:  # the same run twice would draw one curve over itself
+        key = (Path(r) if Path(r).is_dir() else Path(r).parent).resolve()
+        if key in seen:
+            raise PlotError(f"plot: {r} is the same run as {seen[key]}; give each run once")
+        seen[key] = str(r)
     names = [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs]
     logs = [read_log(r, n if names.count(n) == 1 else str(r)) for r, n in zip(runs, names)]
     kinds = {g.kind for g in logs if g.kind is not None}
