@@ -39,6 +39,7 @@ from test_train import (
     assert_bit_identical,
     checkpoint_dir,
     final_state,
+    run_cli,
     train_args,
     train_records,
     wait_for_steps,
@@ -180,6 +181,16 @@ def test_two_rank_job_killed_then_resumed_is_bit_identical(two_rank_run, tmp_pat
     train_ranks(tmp_path, f"train.max_steps={STEPS}", "train.validate_every=3", resume=True)
     assert_bit_identical(final_state(two_rank_run, STEPS), final_state(tmp_path, STEPS))
     assert [r["step"] for r in train_records(tmp_path)[1]] == list(range(1, STEPS + 1))
+
+
+def test_a_rank_checkpoint_resumed_by_one_process_says_what_changes(two_rank_run, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(two_rank_run, run)
+    with ng.use_backend(SUBPROCESS_BACKEND), caplog.at_level("WARNING"):
+        run_cli(train_args(run, f"train.max_steps={STEPS + 1}", "train.validate_every=3", resume=True))
+    said = [r.getMessage() for r in caplog.records if "MPI ranks" in r.getMessage()]
+    assert len(said) == 1 and "saved by 2 MPI ranks" in said[0] and "mpiexec -n 2" in said[0]
+    assert checkpoint_dir(run, STEPS + 1).is_dir()
 
 
 def key_bias_rows(name, array):

@@ -719,6 +719,13 @@ class Trainer:
         ranks = train_state.pop("dist", None)  # every rank's generators, saved by a data-parallel run
         if self.dist is not None:
             self.dist.resume(self, ranks)
+        elif ranks is not None and ranks.get("ranks", 1) > 1:
+            # One process continues with rank 0's dropout generators: the same global batches, other masks.
+            log.warning(
+                f"--resume: {last} was saved by {ranks['ranks']} MPI ranks and this run is one process: the same "
+                "global batches, other dropout masks than the ranks would draw (a bit-exact resume needs "
+                f"mpiexec -n {ranks['ranks']})"
+            )
         self.state.update(train_state)
         self.state["stopped"] = None
         self._resumed_from = last
