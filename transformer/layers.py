@@ -69,7 +69,33 @@ class FeedForward(nn.Module):
 
 
 class _Layer(nn.Module):
-    """Shared plumbing: sublayer-output dropout and the two residual arrangements."""
+    """Shared plumbing: the self-attention both layers start with, sublayer-output dropout and the two residual
+    arrangements."""
+
+    def _start(
+        self, d_model, n_heads, dropout, attention_dropout, norm_first, positional, max_relative_distance, max_len,
+        bias, rng, dropout_rng, dtype,
+    ):  # fmt: skip
+        """The settings and the self-attention sublayer, created first (the initialisation draws follow the
+        construction order); -> the generator the remaining sublayers draw their weights from."""
+        rng = np.random.default_rng() if rng is None else rng
+        self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
+        self.norm_first = norm_first
+        self.dropout_p = float(dropout)
+        self.self_attn = MultiHeadAttention(
+            d_model,
+            n_heads,
+            attention_dropout,
+            self_attention=True,
+            positional=positional,
+            max_relative_distance=max_relative_distance,
+            max_len=max_len,
+            bias=bias,
+            rng=rng,
+            dropout_rng=self.dropout_rng,
+            dtype=dtype,
+        )
+        return rng
 
     def _dropout(self, x):
         if self.training and self.dropout_p > 0.0:
@@ -112,23 +138,10 @@ class EncoderLayer(_Layer):
         dtype=np.float32,
     ):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
-        self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
-        self.norm_first = norm_first
-        self.dropout_p = float(dropout)
-        self.self_attn = MultiHeadAttention(
-            d_model,
-            n_heads,
-            attention_dropout,
-            self_attention=True,
-            positional=positional,
-            max_relative_distance=max_relative_distance,
-            max_len=max_len,
-            bias=bias,
-            rng=rng,
-            dropout_rng=self.dropout_rng,
-            dtype=dtype,
-        )
+        rng = self._start(
+            d_model, n_heads, dropout, attention_dropout, norm_first, positional, max_relative_distance, max_len,
+            bias, rng, dropout_rng, dtype,
+        )  # fmt: skip
         self.feed_forward = FeedForward(d_model, d_ff, dropout, activation, bias, rng, self.dropout_rng, dtype)
         self.norm1 = make_layer_norm(d_model, bias, dtype)
         self.norm2 = make_layer_norm(d_model, bias, dtype)
@@ -171,24 +184,11 @@ class DecoderLayer(_Layer):
         dtype=np.float32,
     ):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
-        self.dropout_rng = dropout_rng if dropout_rng is not None else np.random.default_rng()
-        self.norm_first = norm_first
-        self.dropout_p = float(dropout)
         self.has_cross_attention = cross_attention
-        self.self_attn = MultiHeadAttention(
-            d_model,
-            n_heads,
-            attention_dropout,
-            self_attention=True,
-            positional=positional,
-            max_relative_distance=max_relative_distance,
-            max_len=max_len,
-            bias=bias,
-            rng=rng,
-            dropout_rng=self.dropout_rng,
-            dtype=dtype,
-        )
+        rng = self._start(
+            d_model, n_heads, dropout, attention_dropout, norm_first, positional, max_relative_distance, max_len,
+            bias, rng, dropout_rng, dtype,
+        )  # fmt: skip
         self.norm1 = make_layer_norm(d_model, bias, dtype)
         if cross_attention:
             self.cross_attn = MultiHeadAttention(
