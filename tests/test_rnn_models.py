@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from transformer import cli, search
 from transformer.checkpoint import load_checkpoint
@@ -21,6 +23,7 @@ from transformer.rnn import (
     RecurrentSeq2Seq,
     RecurrentSeq2SeqConfig,
     model_classes,
+    reversal_order,
 )
 from transformer.train import model_from_checkpoint
 
@@ -48,17 +51,17 @@ def test_lm_decoding_step_by_step_gives_the_forward_logits(kind):
     np.testing.assert_allclose(np.stack([np.asarray(getattr(s, "data", s)) for s in steps], axis=1), full, atol=1e-12)
 
 
-def _seq2seq(kind="lstm"):
+def _seq2seq(kind="lstm", bidirectional=False):
     config = RecurrentSeq2SeqConfig(
         src_vocab_size=13, tgt_vocab_size=13, kind=kind, d_model=6, d_hidden=6, n_layers=2, dropout=0.1,
-        share_embeddings=True, dtype="float64",
+        share_embeddings=True, bidirectional=bidirectional, dtype="float64",
     )  # fmt: skip
     return RecurrentSeq2Seq(config).eval()
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_seq2seq_decoding_step_by_step_gives_the_forward_logits_with_source_padding(kind):
-    model = _seq2seq(kind)
+@pytest.mark.parametrize("kind, bidirectional", [("lstm", False), ("gru", False), ("lstm", True), ("gru", True)])
+def test_seq2seq_decoding_step_by_step_gives_the_forward_logits_with_source_padding(kind, bidirectional):
+    model = _seq2seq(kind, bidirectional)
     rng = np.random.default_rng(1)
     src = rng.integers(4, 13, (3, 6))
     src[1, 4:] = 0  # right padding
@@ -71,6 +74,31 @@ def test_seq2seq_decoding_step_by_step_gives_the_forward_logits_with_source_padd
     # A padded source gives what the same sentence without padding gives.
     alone = model(src[1:2, :4], tgt_in[1:2]).data
     np.testing.assert_allclose(full[1:2], alone, atol=1e-12)
+
+
+@given(st.lists(st.lists(st.booleans(), min_size=7, max_size=7), min_size=1, max_size=5))
+def test_reversal_order_reverses_the_real_positions_and_leaves_padding(rows):
+    real = np.array(rows)  # (B, S), padding anywhere
+    order = reversal_order(real)
+    ids = np.where(real, np.arange(1, 8)[None, :] * 10 + np.arange(len(rows))[:, None], 0)
+    for b in range(len(rows)):
+        np.testing.assert_array_equal(ids[b, order[b]][real[b]], ids[b][real[b]][::-1])  # read backwards
+        np.testing.assert_array_equal(order[b][~real[b]], np.flatnonzero(~real[b]))  # padding stays
+    np.testing.assert_array_equal(np.take_along_axis(order, order, axis=1), np.tile(np.arange(7), (len(rows), 1)))
+
+
+def test_bidirectional_encoder_sees_the_words_after_each_position():
+    """The first position's encoder output depends on the last word only when the encoder reads both ways; the
+    reverse half of the final state is the one read after the first word."""
+    src = np.array([[5, 6, 7, 8, 3, 0]])
+    changed = src.copy()
+    changed[0, 3] = 9
+    for bidirectional in (False, True):
+        model = _seq2seq("lstm", bidirectional)
+        first = [model.encode(s)[0].outputs.data[0, 0] for s in (src, changed)]
+        assert (not np.allclose(*first)) == bidirectional
+    with pytest.raises(ValueError, match="d_hidden between the two directions, so it must be even, got 5"):
+        RecurrentSeq2SeqConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=5, d_hidden=5, bidirectional=True)
 
 
 def test_greedy_and_beam_search_with_and_without_the_cache_agree():

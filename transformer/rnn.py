@@ -9,7 +9,8 @@ Shape legend: B batch, S source length, T target (or window) length, C embedding
     RecurrentLM (Mikolov 2010; Zaremba et al. 2014): embeddings -> dropout -> L LSTM/GRU/RNN layers (dropout
         between them) -> dropout -> logits = h E^T (tied, Press & Wolf 2017) or h W + b.
     RecurrentSeq2Seq (Luong et al. 2015, global attention, "general" score): an L-layer recurrent encoder over the
-        source (padding masked: the state skips it), a decoder of the same shape started from the encoder's final
+        source (padding masked: the state skips it; with ``bidirectional`` a second stack reads it backwards, H/2
+        units each way, Bahdanau et al. 2015), a decoder of the same shape started from the encoder's final
         states; for each decoder output h_t, a_t = softmax_s(h_t W_a h_s) over the real source positions,
         c_t = sum_s a_t,s h_s, h~_t = tanh([c_t; h_t] W_c), logits = h~_t E^T (tied) or h~_t W_out. Without Luong's
         input feeding, so the decoder runs over all T steps as one sequence op in training.
@@ -139,6 +140,7 @@ class RecurrentSeq2SeqConfig(_Checked):
     dropout: float = 0.2
     share_embeddings: bool = False
     tie_output: bool = True
+    bidirectional: bool = False  # encoder read both ways (Bahdanau et al. 2015), d_hidden / 2 units each way
     max_len: int = 256  # longest generated target (decoding's length cap); the model has no position table
     pad_id: int = 0
     unk_id: int = 1
@@ -151,6 +153,11 @@ class RecurrentSeq2SeqConfig(_Checked):
 
     def __post_init__(self):
         self._check(tuple(RECURRENT_KINDS))
+        if self.bidirectional and self.d_hidden % 2:
+            raise ValueError(
+                f"RecurrentSeq2SeqConfig: bidirectional splits d_hidden between the two directions, so it must be "
+                f"even, got {self.d_hidden}"
+            )
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 f"RecurrentSeq2SeqConfig: share_embeddings needs one vocabulary, got {self.src_vocab_size} "
@@ -321,6 +328,16 @@ class RecurrentLM(nn.Module):
 # ====================================================================================== encoder-decoder
 
 
+def reversal_order(real: np.ndarray) -> np.ndarray:
+    """(B, S) bool, True = real token -> (B, S) int: for each row, the permutation that reverses its real positions
+    among themselves and leaves padding in place (``x[rows, order]`` reads a sentence backwards); its own inverse."""
+    n_rows, length = real.shape
+    rank = np.cumsum(real, axis=1) - 1  # (B,S) index of each real token among the real ones
+    positions = np.argsort(~real, axis=1, kind="stable")  # (B,S) the real positions first, in order
+    mirrored = np.clip(real.sum(axis=1, keepdims=True) - 1 - rank, 0, length - 1)  # (B,S)
+    return np.where(real, np.take_along_axis(positions, mirrored, axis=1), np.arange(length)[None, :])
+
+
 class EncoderMemory(NamedTuple):
     """What the encoder hands the decoder: its outputs (B, S, H) and its layers' final state."""
 
@@ -341,9 +358,15 @@ class RecurrentSeq2Seq(nn.Module):
         self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id, rng=rng, dtype=dtype)
         if not cfg.share_embeddings:
             self.tgt_embed = nn.Embedding(cfg.tgt_vocab_size, cfg.d_model, padding_idx=cfg.pad_id, rng=rng, dtype=dtype)
-        self.encoder = layer(cfg.d_model, cfg.d_hidden, cfg.n_layers, dropout=cfg.dropout, rng=rng, dtype=dtype)
+        encoder_width = cfg.d_hidden // 2 if cfg.bidirectional else cfg.d_hidden  # per direction
+        self.encoder = layer(cfg.d_model, encoder_width, cfg.n_layers, dropout=cfg.dropout, rng=rng, dtype=dtype)
         self.decoder = layer(cfg.d_model, cfg.d_hidden, cfg.n_layers, dropout=cfg.dropout, rng=rng, dtype=dtype)
         self.encoder.dropout.rng = self.decoder.dropout.rng = dropout_rng
+        if cfg.bidirectional:  # (created last: a unidirectional model's initial weights stay as they were)
+            self.encoder_reverse = layer(
+                cfg.d_model, encoder_width, cfg.n_layers, dropout=cfg.dropout, rng=rng, dtype=dtype
+            )
+            self.encoder_reverse.dropout.rng = dropout_rng
         self.attention = nn.Linear(cfg.d_hidden, cfg.d_hidden, bias=False, rng=rng, dtype=dtype)  # W_a
         self.combine = nn.Linear(2 * cfg.d_hidden, cfg.d_hidden, bias=False, rng=rng, dtype=dtype)  # W_c
         self.drop = nn.Dropout(cfg.dropout, rng=dropout_rng)
@@ -359,7 +382,20 @@ class RecurrentSeq2Seq(nn.Module):
         """src (B, S) -> (EncoderMemory(outputs (B, S, H), final state), src_real (B, S) bool)."""
         src = _token_array("encode(src)", src, self.config.src_vocab_size, ndim=2)
         src_real = src != self.config.pad_id
-        outputs, final = self.encoder(self.drop(self.src_embed(src)), mask=src_real)
+        embedded = self.drop(self.src_embed(src))  # (B,S,C)
+        outputs, final = self.encoder(embedded, mask=src_real)
+        if self.config.bidirectional:
+            # The reverse stack reads each sentence last word first: its real positions reversed in place, padding
+            # left where it is (so the mask is the same), and its outputs put back in source order (the same
+            # permutation: it is its own inverse). Each position then holds [forward; backward] (B,S,H), and each
+            # layer's final state [forward's after the last word; backward's after the first] for the decoder.
+            rows, order = np.arange(src.shape[0])[:, None], reversal_order(src_real)  # (B,1), (B,S)
+            backward, backward_final = self.encoder_reverse(embedded[rows, order], mask=src_real)
+            outputs = F.concatenate([outputs, backward[rows, order]], axis=-1)
+            if isinstance(final, tuple):
+                final = tuple(F.concatenate([f, b], axis=-1) for f, b in zip(final, backward_final))
+            else:
+                final = F.concatenate([final, backward_final], axis=-1)
         return EncoderMemory(outputs, final), src_real
 
     def _attend_and_project(self, h, memory, src_real):
