@@ -187,6 +187,18 @@ def test_run_with_sampling_and_a_mix_resumes_bit_exactly(tmp_path, synthetic_tsv
     assert final_state(whole, STEPS)["train_state"]["data"]["epoch"] >= 1  # the resume crossed re-segmented epochs
 
 
+def test_resume_accepts_the_same_corpus_named_relatively_and_refuses_another(
+    tmp_path, synthetic_tsv, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    run_cli(mixed_run_args(run, synthetic_tsv, "train.max_steps=2"))
+    monkeypatch.chdir(synthetic_tsv.parent)  # the recorded path is absolute; the command line names it relatively
+    run_cli(mixed_run_args(run, Path(synthetic_tsv.name), "train.max_steps=3", resume=True))
+    other = tmp_path / "other.tsv"
+    other.write_text(synthetic_tsv.read_text(encoding="utf-8"), encoding="utf-8")
+    refused(mixed_run_args(run, other, "train.max_steps=4", resume=True), capsys, "data.train_corpora cannot change")
+
+
 def test_a_tag_missing_from_the_tokenizer_is_refused(tmp_path, synthetic_tsv, capsys):
     args = mixed_run_args(tmp_path, synthetic_tsv, "tokenizer.user_defined_symbols=[]", "train.max_steps=1")
     refused([str(a) for a in args], capsys, "user_defined_symbols")

@@ -58,11 +58,9 @@ def _absolute_paths(config):
         value = config["data"].get(key)
         if isinstance(value, str) and value:
             config["data"][key] = str(Path(value).expanduser().resolve())
-    for entry in config["data"].get("train_corpora") or []:  # the low-resource recipe's extra training corpora
-        if isinstance(entry, dict):
-            for key in ("tsv_path", "src_path", "tgt_path"):
-                if isinstance(entry.get(key), str) and entry[key]:
-                    entry[key] = str(Path(entry[key]).expanduser().resolve())
+    from .mixing import absolute_corpus_paths
+
+    absolute_corpus_paths(config["data"].get("train_corpora"))  # the low-resource recipe's extra training corpora
     return config
 
 

@@ -121,6 +121,20 @@ def load_training_corpora(entries, *, src_lang: str, tgt_lang: str, validation: 
     return parts
 
 
+CORPUS_PATH_KEYS = ("tsv_path", "src_path", "tgt_path")
+
+
+def absolute_corpus_paths(entries):
+    """``data.train_corpora`` with every file path made absolute, in place (a run records where its files are, so that
+    a resumed run, started from anywhere, names the same files); -> the entries."""
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            for key in CORPUS_PATH_KEYS:
+                if isinstance(entry.get(key), str) and entry[key]:
+                    entry[key] = str(Path(entry[key]).expanduser().resolve())
+    return entries
+
+
 def corpus_files(entries) -> list[Path]:
     """The files ``data.train_corpora`` names (recorded with the run's data identity)."""
     return [

@@ -209,6 +209,9 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
             "check the --run-dir, or start a new run without --resume"
         )
     config = apply_overrides(saved, overrides)
+    from .mixing import absolute_corpus_paths
+
+    absolute_corpus_paths(config["data"].get("train_corpora"))  # as the run recorded them: the same files compare equal
     changed = sorted(
         key
         for key in set(saved["data"]) | set(config["data"])
