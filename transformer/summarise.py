@@ -23,11 +23,11 @@ import re
 import numpy as np
 
 from .console import log
-from .datasets import Corpus, ParallelText, ValidationOptions
+from .datasets import Corpus, ParallelText
 from .dialogue_corpora import TURN_SEP, load_samsum, split_turns
 from .evaluate import _check_corpus, perplexity
 from .extras import require
-from .tasks import TranslationTask, corpus_loss, decode_sources, truncate_for_model
+from .tasks import TranslationTask, corpus_loss, decode_sources, truncate_for_model, validation_options
 from .data import TranslationDataset
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -166,15 +166,6 @@ def load_summary_corpus(data: dict) -> Corpus:
     if data["corpus"] != "samsum":
         raise ValueError(f"[data] corpus {data['corpus']!r}: summarisation reads 'samsum'")
     return load_samsum(data_dir=data["data_dir"] or None, validation=validation_options(data))
-
-
-def validation_options(data: dict) -> ValidationOptions:
-    return ValidationOptions(
-        max_tokens=data["max_tokens"] or None,
-        max_chars=data["max_chars"] or None,
-        max_ratio=data["max_ratio"] or None,
-        on_bad=data["on_bad"],
-    )
 
 
 def encode_for_model(model, src_tok, tgt_tok, pairs: ParallelText, limit: int, side: str) -> TranslationDataset:
