@@ -4,9 +4,11 @@
   always detokenise to the same text, and the same seed gives the same segmentations whatever ran before.
 - The training mix honours each corpus's weight (whole and fractional), tags only tagged sources, re-segments every
   epoch as a pure function of (seed, epoch), and a run with sampling and a mix resumes bit-exactly.
+- Validation keeps the deterministic segmentation while training samples; examples sharing a file line keep their
+  own texts; corpus entries (TSV or two aligned files) are checked; a resume that changes the sampling says so.
 - Back-translation keeps the input's line count and order, restarts cleanly after an interruption (a partial last
-  line is dropped), refuses a file that is another input's output, bad input lines and a reverse model of the
-  wrong direction.
+  line is dropped), refuses a file that is another input's output or was decoded with other settings, bad input
+  lines, a reverse model of the wrong direction, the input as output and --top-k without --sample.
 """
 
 from __future__ import annotations
@@ -292,3 +294,95 @@ def test_backtranslate_command_refuses_the_wrong_direction_and_an_existing_outpu
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
     refused(base + ["--direction", "en-de"], capsys, "--resume continues it")
     assert cli.main(base + ["--direction", "en-de", "--beam", "1", "--resume"]) == 0
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+def task_of(run_dir, *overrides):
+    """The translation task a ``train`` command line would build (tokenizer trained in ``run_dir``)."""
+    from transformer.config import load_config
+    from transformer.tasks import TranslationTask
+    from transformer.train import train_settings
+
+    args = cli.build_parser().parse_args([str(a) for a in train_args(run_dir, *overrides)])
+    config = cli._absolute_paths(load_config(args.config, args.overrides))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return TranslationTask(config, run_dir, train_settings(config["train"], "translation"))
+
+
+def test_validation_keeps_the_deterministic_segmentation_when_training_samples(tmp_path):
+    plain = task_of(tmp_path / "plain")
+    sampled = task_of(tmp_path / "sampled", "tokenizer.sample_alpha=0.5")
+    tokens = lambda dataset: [ids.tolist() for ids in dataset.src_ids] + [ids.tolist() for ids in dataset.tgt_ids]  # noqa: E731
+    assert tokens(sampled.valid_set) == tokens(plain.valid_set)
+    assert tokens(sampled.batches.mix.dataset(1)) != tokens(
+        plain.train_set
+    )  # (while training sentences are re-segmented)
+
+
+def test_mix_keeps_examples_that_share_a_file_line_apart(tokenizer):
+    # A dialogue's turns are several examples of one file line: each must keep its own text when re-segmented.
+    pairs = ParallelText(DE[:3], EN[:3], "de", "en", [1, 1, 2])
+    mix = TrainingMix([TrainingPart("turns", pairs)], tokenizer, tokenizer, seed=0, max_len=200, sampling=(0.5, -1))
+    dataset = mix.dataset(1)
+    assert tokenizer.decode(dataset.src_ids) == DE[:3] and tokenizer.decode(dataset.tgt_ids) == EN[:3]
+
+
+@pytest.mark.parametrize(
+    "entry, fragment",
+    [
+        ({"src_path": "a.de"}, "needs tsv_path, or src_path and tgt_path"),
+        ({"tsv_path": "a.tsv", "src_path": "a.de"}, "not both"),
+        ({"tsv_path": "a.tsv", "weight": 0}, "weight"),
+        ({"tsv_path": "a.tsv", "colour": 1}, "colour"),
+        ({"tsv_path": "a.tsv", "tag": "yes"}, "tag must be true or false"),
+    ],
+)
+def test_corpus_entries_are_checked(entry, fragment):
+    from transformer.datasets import ValidationOptions
+    from transformer.mixing import load_training_corpora
+
+    with pytest.raises(ConfigError, match=fragment):
+        load_training_corpora([entry], src_lang="de", tgt_lang="en", validation=ValidationOptions())
+
+
+def test_corpus_given_as_two_aligned_files_joins_the_mix(tmp_path, tokenizer):
+    from transformer.datasets import ValidationOptions
+    from transformer.mixing import load_training_corpora
+
+    (tmp_path / "s.de").write_text("\n".join(DE[:4]) + "\n", encoding="utf-8")
+    (tmp_path / "s.en").write_text("\n".join(EN[:4]) + "\n", encoding="utf-8")
+    entry = {"src_path": str(tmp_path / "s.de"), "tgt_path": str(tmp_path / "s.en"), "weight": 2}
+    (part,) = load_training_corpora([entry], src_lang="de", tgt_lang="en", validation=ValidationOptions())
+    assert part.pairs.src == DE[:4] and part.weight == 2
+    mix = TrainingMix([part], tokenizer, tokenizer, seed=0, max_len=200)
+    assert tokenizer.decode(mix.dataset(0).tgt_ids) == EN[:4] * 2
+
+
+def test_resume_with_other_decoding_settings_is_refused(reverse_model, tmp_path):
+    model, tok = reverse_model
+    out = tmp_path / "synthetic.tsv"
+    options = dict(chunk=6, max_tokens=400, beam=1, identity={"checkpoint": "rev", "direction": "en-de"})
+    backtranslate(model, tok, tok, EN[:6], out, **options)
+    recorded = json.loads((tmp_path / "synthetic.tsv.settings.json").read_text(encoding="utf-8"))
+    assert recorded["checkpoint"] == "rev" and recorded["beam"] == 1 and recorded["sample"] is False
+    for changed in (dict(sample=True, seed=3), dict(identity={"checkpoint": "other", "direction": "en-de"})):
+        with pytest.raises(BacktranslationError, match="was started with other settings"):
+            backtranslate(model, tok, tok, EN, out, resume=True, **{**options, **changed})
+    assert backtranslate(model, tok, tok, EN, out, resume=True, **options)["resumed_after"] == 6
+
+
+def test_backtranslate_command_refuses_input_as_output_and_top_k_without_sampling(tmp_path, capsys):
+    mono = tmp_path / "mono.en"
+    mono.write_text("a sentence\n", encoding="utf-8")
+    base = ["backtranslate", "--checkpoint", str(tmp_path / "none"), "--direction", "en-de", "--input", str(mono)]
+    refused(base + ["--output", str(mono), "--overwrite"], capsys, "is the --input file")
+    refused(base + ["--output", str(tmp_path / "out.tsv"), "--top-k", "5"], capsys, "add --sample")
+    assert mono.read_text(encoding="utf-8") == "a sentence\n"
+
+
+def test_resume_that_changes_the_sampling_says_so(tmp_path, synthetic_tsv, capsys):
+    run = tmp_path / "run"
+    run_cli(mixed_run_args(run, synthetic_tsv, "train.max_steps=2"))
+    capsys.readouterr()
+    run_cli(mixed_run_args(run, synthetic_tsv, "train.max_steps=3", "tokenizer.sample_alpha=0.2", resume=True))
+    assert "tokenizer.sample_alpha changes from 0.5 to 0.2" in capsys.readouterr().err

@@ -263,6 +263,14 @@ def test_summarisation_end_to_end(data_dir, tmp_path, capsys, monkeypatch):
     assert {"LEAD-3", "LONGEST-3"} == set(json.loads(out)) - {"split", "corpus"}
 
 
+@pytest.mark.parametrize("override", ["tokenizer.sample_alpha=0.1", "data.train_weight=2"])
+def test_summarisation_refuses_a_training_mix_or_subword_sampling(data_dir, tmp_path, capsys, override):
+    # The mix would neither cut long dialogues nor keep a dialogue's examples (one file line) apart: refused.
+    args = ["--config", "samsum", "--run-dir", tmp_path / "sum", f"data.data_dir={data_dir}", *TINY, override]
+    code, _, err = run(capsys, "train", *args)
+    assert code == 2 and "does not take them" in err
+
+
 def test_translation_configs_refuse_the_long_source_keys(tmp_path, capsys):
     code, _, err = run(capsys, "prepare", "--config", "tiny", "--run-dir", tmp_path / "r", "data.truncate_src=10")
     assert code == 2 and "truncate_src" in err

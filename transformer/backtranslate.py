@@ -13,10 +13,13 @@ flushed to the disk, so the file only ever ends inside a line after a crash in t
 ``resume`` drops such a partial last line, checks that every complete line's second column is the input line it
 should be (so the file is this input's output), and continues after it; the random draws of a chunk depend only on
 ``(seed, index of its first line)``, so a run resumed at a chunk boundary writes what an uninterrupted one would.
+How the lines were made (the reverse model, the decoding options) is recorded beside the output in
+``OUTPUT.settings.json``; a resume with other settings is refused, so one file never mixes two decodings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ import numpy as np
 from .console import log
 from .data import _format_lines
 from .datasets import decode_lines
-from .files import fsync_path
+from .files import fsync_path, write_atomic
 from .tasks import translate_sentences
 
 FILLER = "<blank>"
@@ -116,6 +119,31 @@ def completed_lines(output: Path, sentences: Sequence[str]) -> int:
     return len(done)
 
 
+def settings_path(output: Path) -> Path:
+    """Where the decoding settings of ``output`` are recorded: ``OUTPUT.settings.json`` beside it."""
+    return output.with_name(output.name + ".settings.json")
+
+
+def check_same_settings(output: Path, settings: dict) -> None:
+    """A resumed ``output`` must continue with the settings it was started with (its record beside it); an output
+    without a record (written before records existed) is continued, with a warning, and gets one."""
+    path = settings_path(output)
+    if not path.exists():
+        log.warning(f"{output}: no record of how it was decoded ({path.name}); continuing with the settings given now")
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BacktranslationError(f"{path} cannot be read ({error}); --overwrite starts the output afresh") from None
+    changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
+    if changed:
+        details = ", ".join(f"{key} {recorded.get(key)!r} -> {settings.get(key)!r}" for key in changed)
+        raise BacktranslationError(
+            f"{output} was started with other settings ({details}; recorded in {path.name}): a resume must decode "
+            "the rest the same way; give the recorded settings, or --overwrite to start afresh"
+        )
+
+
 def append_lines(output: Path, lines: Sequence[str]) -> None:
     """Append complete lines with one write, flushed to the disk before the next chunk starts."""
     with open(output, "ab") as handle:
@@ -140,15 +168,34 @@ def backtranslate(
     noise: bool = False,
     seed: int = 0,
     chunk: int = 1000,
+    no_repeat_ngram_size: int = 0,
+    identity: dict | None = None,
 ) -> dict:
     """Write the TSV of (synthetic source, sentence) for every sentence into ``output``; with ``resume`` continue an
-    interrupted output. Returns a summary (lines written now and in all, seconds, sentences per second)."""
+    interrupted output. ``identity`` (say, the reverse model's checkpoint and direction) is recorded with the decoding
+    options in ``OUTPUT.settings.json``. Returns a summary (lines written now and in all, seconds, sentences per
+    second)."""
     output = Path(output)
+    settings = {
+        **(identity or {}),
+        "beam": 1 if sample else int(beam),
+        "alpha": float(alpha),
+        "sample": bool(sample),
+        "top_k": top_k if sample else None,
+        "noise": bool(noise),
+        "no_repeat_ngram_size": int(no_repeat_ngram_size),
+        # the random draws of a chunk follow from (seed, its first line): they matter only when something is drawn
+        "seed": int(seed) if sample or noise else None,
+        "chunk": int(chunk) if sample or noise else None,
+    }
+    if resume and output.exists():
+        check_same_settings(output, settings)
     start = completed_lines(output, sentences) if resume and output.exists() else 0
     if not resume or not output.exists():
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(b"")
         fsync_path(output.parent, directory=True)
+    write_atomic(settings_path(output), json.dumps(settings, indent=1) + "\n")
     if start:
         log.info(f"{output}: {start} of {len(sentences)} lines already written; continuing after them")
     began = time.perf_counter()
@@ -165,6 +212,7 @@ def backtranslate(
             max_tokens=max_tokens,
             rng=rng if sample else None,
             top_k=top_k,
+            no_repeat_ngram_size=no_repeat_ngram_size,
         )
         hyps = [" ".join(h.split()) for h in hyps]  # no tab or newline may break the TSV
         if noise:

@@ -495,8 +495,12 @@ def cmd_backtranslate(args):
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the output, --overwrite replaces it: not both")
     _check_output(output, "--output", overwrite=True)
+    if output.exists() and output.resolve() == Path(args.input).resolve():
+        raise UsageError(f"--output {output} is the --input file; write the back-translations elsewhere")
     if args.noise and args.sample:
         raise UsageError("--noise noises beam output; --sample draws its own variety: choose one")
+    if args.top_k and not args.sample:
+        raise UsageError(f"--top-k {args.top_k} chooses among the tokens --sample draws from; add --sample")
     model, (src_tok, tgt_tok), checkpoint = load_model(args.checkpoint, kind="translation")
     data = run_config_of(checkpoint).get("data", {})
     check_direction((data.get("src", "?"), data.get("tgt", "?")), args.direction, str(checkpoint.directory))
@@ -516,6 +520,8 @@ def cmd_backtranslate(args):
         noise=args.noise,
         seed=args.seed,
         chunk=args.chunk,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        identity={"checkpoint": str(Path(checkpoint.directory).resolve()), "direction": args.direction},
     )
     print(json.dumps({**summary, "checkpoint": str(checkpoint.directory)}))
     return 0

@@ -74,6 +74,8 @@ class ValidationReport:
     stripped: int = 0  # pairs whose leading/trailing whitespace was removed (kept, just cleaned)
     dropped: dict[str, list[int]] = field(default_factory=dict)
     kept_lines: list[int] = field(default_factory=list, repr=False)  # the line of each kept pair, in order
+    # limit_subword_length: the position of each kept pair in its input (lines may repeat: a dialogue's turns share one)
+    kept_indices: list[int] = field(default_factory=list, repr=False)
     message: str = ""  # what was dropped and why, in words
 
     @property
@@ -408,6 +410,7 @@ def limit_subword_length(
             kept_src.append(x)
             kept_tgt.append(y)
             report.kept_lines.append(line_numbers[i])
+            report.kept_indices.append(i)
     report.kept = len(kept_src)
     if report.dropped:
         lines = report.dropped[REASON_TOO_MANY_SUBWORDS]

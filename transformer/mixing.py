@@ -188,8 +188,7 @@ class TrainingMix:
             )  # fmt: skip
             if not kept_src:
                 raise DataValidationError(f"{part.name}: no training pair is left: {report.message}")
-            index_of_line = {line: i for i, line in enumerate(lines)}
-            kept = [index_of_line[line] for line in report.kept_lines]
+            kept = report.kept_indices
             self._texts.append(([part.pairs.src[i] for i in kept], [part.pairs.tgt[i] for i in kept]))
             self._ids.append((kept_src, kept_tgt))
             self._prefix.append(prefix)

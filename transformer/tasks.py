@@ -168,6 +168,14 @@ class TranslationTask:
     def training_mix(self, sampling):
         """The batches of a training split mixed from several corpora and/or re-segmented every epoch."""
         data = self.data_cfg
+        if type(self).cut_sources is not TranslationTask.cut_sources:
+            # The mix encodes its corpora itself and would neither cut the long sources nor keep a dialogue's turns
+            # (which share one file line) apart: refused rather than trained on silently different data.
+            raise ConfigError(
+                f"{self.corpus.name}: subword sampling (tokenizer.sample_alpha), data.train_corpora and "
+                "data.train_weight are built for translation corpora; a task whose sources are cut "
+                "(summarisation, dialogue) does not take them"
+            )
         tag_id = None
         if data["tag"]:
             tag_id = self.src_tok.piece_id(data["tag"]) if hasattr(self.src_tok, "piece_id") else None

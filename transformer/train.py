@@ -222,6 +222,13 @@ def resume_config(run_dir: str | os.PathLike, overrides: Sequence[str], kind: st
             f"--resume: data.{', data.'.join(changed)} cannot change in a resumed run (the split and the "
             "saved position in the data would no longer match); start a new run for other data settings"
         )
+    for key in ("sample_alpha", "nbest"):  # allowed (the epoch's examples stay the same pairs), but never unsaid
+        before, after = (saved.get("tokenizer") or {}).get(key), (config.get("tokenizer") or {}).get(key)
+        if before != after:
+            log.warning(
+                f"--resume: tokenizer.{key} changes from {before!r} to {after!r}: the training sentences are "
+                "segmented differently from here on, so the run is no longer the one it started as"
+            )
     log.info(
         f"resuming with {path if path.is_file() else last} (the run's own configuration; overrides on this "
         "command line apply on top, edits to the config file do not)"
