@@ -361,6 +361,18 @@ def test_manager_keeps_last_n_and_the_best(tmp_path, trained):
         assert [info.step for info in manager.checkpoints()] == [500, 600]
 
 
+def test_a_run_directory_resolves_to_the_best_checkpoint_in_the_direction_the_run_ranked(tmp_path, trained):
+    # An encoder-decoder ranked by perplexity (a dialogue run: lower is better) and one ranked by BLEU (higher) have
+    # the same kind of model; --checkpoint RUN must follow the direction each run recorded, not guess it from the model.
+    cfg, model, _, _ = trained
+    for mode, expected in (("min", 200), ("max", 300)):
+        manager = CheckpointManager(tmp_path / mode / "checkpoints", keep_last=5, mode=mode)
+        for step, metric in ((100, 33.0), (200, 31.25), (300, 40.0)):
+            manager.save(step, model, cfg, metric=metric)
+        assert all(info.mode == mode for info in manager.checkpoints())
+        assert ckpt.resolve_checkpoint(tmp_path / mode) == manager.path_for(expected)
+
+
 def test_a_safetensors_header_that_starts_like_a_pickle_is_read(tmp_path):
     # The header length is little-endian: 0x0380 = 896 bytes starts with the bytes 0x80 0x03, a pickle's opening.
     # Such a real checkpoint must load (it once was refused as "a Python pickle").

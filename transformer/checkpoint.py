@@ -425,9 +425,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     infos = CheckpointManager(root).checkpoints()
     if not infos:
         raise FileNotFoundError(f"{path} is neither a checkpoint nor a run directory with checkpoints")
-    # BLEU or accuracy (higher is better) for translation or classification, loss (lower) for a language model.
-    loss_metric = checkpoint_kind(read_manifest_fields(infos[-1].path)["config"]) in LOSS_METRIC_KINDS
-    best = CheckpointManager(root, mode="min" if loss_metric else "max").best()
+    # The direction the run recorded (a dialogue model ranks by perplexity: lower is better); checkpoints written
+    # before it was recorded: BLEU or accuracy (higher) for translation or classification, loss (lower) for an LM.
+    mode = infos[-1].mode
+    if mode is None:
+        mode = "min" if checkpoint_kind(read_manifest_fields(infos[-1].path)["config"]) in LOSS_METRIC_KINDS else "max"
+    best = CheckpointManager(root, mode=mode).best()
     return best if best is not None else infos[-1].path
 
 
@@ -662,6 +665,7 @@ class CheckpointInfo:
     step: int
     path: Path
     metric: float | None
+    mode: str | None = None  # "min" or "max": how the run that wrote it ranked ``metric`` (None: not recorded)
 
 
 class CheckpointManager:
@@ -690,7 +694,9 @@ class CheckpointManager:
             raise ValueError(f"CheckpointManager.save: step must be a non-negative integer, got {step!r}")
         if metric is not None and not np.isfinite(float(metric)):
             raise ValueError(f"CheckpointManager.save: metric must be finite, got {metric!r}")
-        metadata = {"step": int(step), "metric": None if metric is None else float(metric)}
+        # The ranking direction goes beside the metric: a reader of the run (--checkpoint RUN) cannot tell from the
+        # model alone whether it is a BLEU/ROUGE (higher is better) or a perplexity (lower), e.g. a dialogue model.
+        metadata = {"step": int(step), "metric": None if metric is None else float(metric), "mode": self.mode}
         path = save_checkpoint(self.path_for(step), model, config_dict, metadata=metadata, **kwargs)
         self.prune()
         return path
@@ -710,7 +716,8 @@ class CheckpointManager:
             except (CheckpointError, OSError) as exc:
                 warnings.warn(f"CheckpointManager: skipping the unreadable checkpoint {child}: {exc}", stacklevel=2)
                 continue
-            infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric")))
+            mode = metadata.get("mode") if metadata.get("mode") in ("min", "max") else None
+            infos.append(CheckpointInfo(int(match.group(1)), child, metadata.get("metric"), mode))
         return sorted(infos, key=lambda info: info.step)
 
     def last(self) -> Path | None:
