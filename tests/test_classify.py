@@ -109,6 +109,43 @@ def test_predict_prints_one_line_per_input(classifier_run, capsys, tmp_path):
     assert_clean_error(code, err, "gap.txt", "line 2 is empty")
 
 
+def test_an_ensemble_averages_its_members_probabilities(classifier_run, data, capsys, tmp_path):
+    """classify-eval / predict with several --checkpoint: the mean of the members' class probabilities (each member
+    reads the texts with its own tokenizer); a model twice is that model; mismatched label sets are refused."""
+    from transformer import cli
+
+    other = data / "scratch_seed2"
+    args = classify_args(data, other, *TINY, "train.max_steps=6", "train.validate_every=6", "train.seed=2")
+    assert cli.main(["classify-train", *map(str, [*args, "model.seed=2", "tokenizer.vocab_size=295"])]) == 0
+    texts = ["the film was great", "a really awful story", "dull plot", "lovely"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+
+    def positive(*checkpoints):  # p(positive) of each text, from predict's "label<TAB>probability" lines
+        code, out, err = run(capsys, "predict", "--checkpoint", *checkpoints, "--input", tmp_path / "in.txt")
+        assert code == 0, err
+        rows = [line.split("\t") for line in out.splitlines()]
+        return np.array([float(p) if label == "positive" else 1 - float(p) for label, p in rows])
+
+    one, two = positive(classifier_run), positive(other)
+    assert np.abs(one - two).max() > 0.01  # two different models, or the mean below proves nothing
+    np.testing.assert_allclose(positive(classifier_run, other), (one + two) / 2, atol=2e-4)  # 4 printed decimals
+    np.testing.assert_allclose(positive(classifier_run, classifier_run), one, atol=1e-12)
+
+    code, single, err = run(capsys, "classify-eval", "--checkpoint", classifier_run)
+    code2, twice, err2 = run(capsys, "classify-eval", "--checkpoint", classifier_run, classifier_run)
+    assert code == code2 == 0, err + err2
+    single, twice = json.loads(single), json.loads(twice)
+    assert len(twice.pop("checkpoints")) == 2 and "checkpoint" in single
+    single.pop("checkpoint")
+    assert single == twice and "ensemble of 2" in err2
+
+    renamed = data / "renamed"
+    args = classify_args(data, renamed, *TINY, "train.max_steps=2", "train.validate_every=2")
+    assert cli.main(["classify-train", *map(str, args), 'data.label_names=["bad", "good"]']) == 0
+    code, _, err = run(capsys, "classify-eval", "--checkpoint", classifier_run, renamed)
+    assert_clean_error(code, err, "labels ['bad', 'good']", "share one label set")
+
+
 def test_mlm_pre_training_then_fine_tuning(data, capsys):
     mlm_dir, ft_dir = data / "mlm", data / "ft"
     args = [

@@ -233,10 +233,14 @@ def predict_probabilities(model: TextEncoder, dataset: TextDataset, max_tokens: 
 
 def evaluate_classifier(model: TextEncoder, dataset: TextDataset, max_tokens: int = 4096) -> dict:
     """Loss (mean cross-entropy), accuracy, macro-F1, per-class scores and the confusion matrix of a labelled set."""
-    probabilities = predict_probabilities(model, dataset, max_tokens)
-    gold = dataset.labels
+    return probability_scores(dataset.labels, predict_probabilities(model, dataset, max_tokens))
+
+
+def probability_scores(gold: np.ndarray, probabilities: np.ndarray) -> dict:
+    """The scores of class probabilities (N, K) against gold labels (N,): the loss (mean -log p(gold)) and
+    classification_scores of the most probable class (ties go to the lower label index)."""
     loss = float(-np.log(np.maximum(probabilities[np.arange(len(gold)), gold], 1e-300)).mean())
-    return {"loss": loss, **classification_scores(gold, probabilities.argmax(axis=1), model.config.num_labels)}
+    return {"loss": loss, **classification_scores(gold, probabilities.argmax(axis=1), probabilities.shape[1])}
 
 
 # ============================================================================================== the tasks

@@ -266,41 +266,68 @@ def cmd_mlm_train(args):
     return _train(args, MLMTask, "mlm")
 
 
+def _load_classifiers(checkpoints: Sequence[str]):
+    """(members, label names, data settings) of one classifier or an ensemble: each member is (model, tokenizer,
+    checkpoint) and reads the texts with its own tokenizer, so members may come from different pre-trained runs;
+    they must share the label set, in the same order, or their probabilities could not be averaged."""
+    from .classify import run_labels
+
+    members, names, data = [], None, None
+    for path in checkpoints:
+        model, (tokenizer, _), checkpoint = load_model(path, kind="classify")
+        member_data, member_names = run_labels(run_config_of(checkpoint))
+        if names is not None and member_names != names:
+            raise UsageError(
+                f"--checkpoint {path} has labels {member_names}, but {members[0][2].directory} has {names}: "
+                "an ensemble's members must share one label set"
+            )
+        names, data = names or member_names, data or member_data
+        members.append((model, tokenizer, checkpoint))
+    return members, names, data
+
+
+def _checkpoint_fields(members) -> dict:
+    """The JSON field(s) naming what was run: "checkpoint" for one model; "checkpoints" for an ensemble."""
+    directories = [str(checkpoint.directory) for _, _, checkpoint in members]
+    return {"checkpoint": directories[0]} if len(directories) == 1 else {"checkpoints": directories}
+
+
 def cmd_classify_eval(args):
-    """Accuracy, macro-F1 and the confusion matrix of a classifier on its run's dev (or training) set."""
-    from .classify import (
-        classify_files,
-        encode_labelled,
-        evaluate_classifier,
-        format_confusion,
-        load_labelled,
-        run_labels,
-    )
+    """Accuracy, macro-F1 and the confusion matrix of a classifier (or of the mean of several classifiers' class
+    probabilities: an ensemble) on its run's dev (or training) set."""
+    from .classify import classify_files, encode_labelled, format_confusion, load_labelled, predict_probabilities
+    from .classify import probability_scores
     from .datasets import file_identity
 
-    model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="classify")
-    data, names = run_labels(run_config_of(checkpoint))
+    members, names, data = _load_classifiers(args.checkpoint)
     if args.data_dir:
         data["data_dir"] = args.data_dir
-    _check_same_data(checkpoint, file_identity(classify_files(data).values()), args.allow_changed_data)
-    dataset = encode_labelled(tokenizer, load_labelled(data, args.split), model.config)
-    scores = evaluate_classifier(model, dataset, args.max_tokens)
+    texts = load_labelled(data, args.split)
+    probabilities = []
+    for model, tokenizer, checkpoint in members:
+        _check_same_data(checkpoint, file_identity(classify_files(data).values()), args.allow_changed_data)
+        dataset = encode_labelled(tokenizer, texts, model.config)
+        probabilities.append(predict_probabilities(model, dataset, args.max_tokens))
+    scores = probability_scores(texts.labels, np.mean(probabilities, axis=0))
+    if len(members) > 1:
+        singles = [probability_scores(texts.labels, p)["accuracy"] for p in probabilities]
+        log.info(f"ensemble of {len(members)}: its members' accuracies {', '.join(f'{a:.4f}' for a in singles)}")
     log.info(f"confusion matrix, {args.split} split (rows: gold)\n{format_confusion(scores['confusion'], names)}")
-    result = {"split": args.split, "texts": len(dataset), "labels": names, **scores}
-    print(json.dumps({**result, "checkpoint": str(checkpoint.directory)}, indent=2))
+    result = {"split": args.split, "texts": len(texts.labels), "labels": names, **scores}
+    print(json.dumps({**result, **_checkpoint_fields(members)}, indent=2))
     return 0
 
 
 def cmd_predict(args):
-    """One text a line in; its label and that label's probability out, one line each."""
-    from .classify import predict_texts, run_labels
+    """One text a line in; its label and that label's probability out, one line each (several checkpoints: the
+    mean of their probabilities)."""
+    from .classify import predict_texts
 
     _check_output(args.output, "--output", args.overwrite)
-    model, (tokenizer, _), checkpoint = load_model(args.checkpoint, kind="classify")
-    _, names = run_labels(run_config_of(checkpoint))
+    members, names, _ = _load_classifiers(args.checkpoint)
     texts = _read_input(args.input)
     origin = args.input if args.input not in (None, "-") else "standard input"
-    probabilities = predict_texts(model, tokenizer, texts, origin)
+    probabilities = np.mean([predict_texts(model, tokenizer, texts, origin) for model, tokenizer, _ in members], 0)
     best = probabilities.argmax(axis=1)
     text = "".join(f"{names[k]}\t{probabilities[i, k]:.4f}\n" for i, k in enumerate(best))
     if args.output:
@@ -823,15 +850,25 @@ def build_parser():
             "labels with the teacher's softened distribution (train.distill_from, distill_weight, distill_temperature)",
         )
 
+    def classifiers(q):
+        q.add_argument(
+            "--checkpoint",
+            required=True,
+            nargs="+",
+            metavar="CKPT",
+            help="a classifier checkpoint or run directory; several: an ensemble (the mean of their class "
+            "probabilities)",
+        )
+
     q = sub.add_parser("classify-eval", help="accuracy, macro-F1 and the confusion matrix of a text classifier")
-    q.add_argument("--checkpoint", required=True)
+    classifiers(q)
     q.add_argument("--split", default="valid", choices=["train", "valid"])
     number(q, "--max-tokens", POSITIVE_INT, 4096, "padded tokens per batch")
     q.add_argument("--data-dir")
     q.add_argument("--allow-changed-data", action="store_true", help="evaluate even if the data files changed (warns)")
 
     q = sub.add_parser("predict", help="classify one text per line (stdin by default): label and probability")
-    q.add_argument("--checkpoint", required=True)
+    classifiers(q)
     q.add_argument("--input", help="a file (default: standard input)")
     q.add_argument("--output", help="a file (default: standard output)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
