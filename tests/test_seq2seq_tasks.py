@@ -138,6 +138,29 @@ def test_dailydialog_label_mismatch_is_reported_and_examples_use_k_turns(data_di
         load_dailydialog(data_dir=data_dir, on_bad="error")
 
 
+def test_masked_lm_text_from_the_dialogue_corpora_is_their_training_split_only(data_dir):
+    """data.sources = ["dailydialog", "samsum"] for mlm-train: DailyDialog's training utterances, then SAMSum's
+    training turns without "Name: " and its summaries; nothing of validation or test; an unknown source is refused."""
+    from transformer.classify import mlm_data_settings, mlm_texts
+    from transformer.config import ConfigError
+
+    texts, files = mlm_texts(mlm_data_settings({"sources": ["dailydialog", "samsum"], "data_dir": str(data_dir)}))
+    assert [f.parent.name + "/" + f.name for f in files] == ["dailydialog/train.zip", "samsum/train.json.gz"]
+    with zipfile.ZipFile(data_dir / "dailydialog" / "train.zip") as z:
+        raw = z.read("train/dialogues_train.txt").decode()
+    utterances = [u.strip() for line in raw.splitlines() for u in line.split("__eou__") if u.strip()]
+    expected = list(utterances)
+    for line in gzip.decompress((data_dir / "samsum" / "train.json.gz").read_bytes()).decode().splitlines():
+        row = json.loads(line)
+        turns = [t for t in row["dialogue"].replace("\r\n", "\n").split("\n") if t.strip()]
+        expected += [t.partition(": ")[2].strip() for t in turns] + [row["summary"]]
+    assert texts == expected and len(utterances) > 30
+    assert "problem with visualization of the content" in texts  # the empty dialogue's summary still counts
+    assert not any(t.split(":")[0] in NAMES for t in texts)
+    with pytest.raises(ConfigError, match="'dailydialog', 'samsum'"):
+        mlm_data_settings({"sources": ["imdb"]})
+
+
 def test_extractive_baselines():
     source = f"A: one {TURN_SEP} B: two words here {TURN_SEP} A: three {TURN_SEP} B: the longest turn of all"
     assert lead(source, 2) == "A: one\nB: two words here"

@@ -33,6 +33,7 @@ from .config import ConfigError, check_keys, check_numbers
 from .console import log
 from .data import ON_BAD_CHOICES, BatchIterator, DataValidationError, evaluation_batches
 from .datasets import cached_file, file_identity, read_lines
+from .dialogue_corpora import training_utterances
 from .tasks import model_settings, prepare_lm_tokenizer, token_loss, tokenizer_files
 from .tokenizer import Tokenizer
 
@@ -47,7 +48,9 @@ CLASSIFY_DATA_DEFAULTS = dict(
     on_bad="error",  # an empty text: error | filter (dropped, reported)
 )
 MLM_DATA_DEFAULTS = dict(
-    sources=["wikitext2", "sst2"],  # wikitext2: the training lines of WikiText-2; sst2: its training sentences
+    # wikitext2: the training lines of WikiText-2; sst2: its training sentences; dailydialog / samsum: the utterances
+    # (and SAMSum's summaries) of their training dialogues, English conversation
+    sources=["wikitext2", "sst2"],
     text_path="",  # a file of texts of your own, one a line (added to the sources)
     data_dir="",
     mask_prob=0.15,
@@ -55,6 +58,7 @@ MLM_DATA_DEFAULTS = dict(
     split_seed=0,
 )
 SST2_FILES = {"train": "sst2/train.tsv.gz", "valid": "sst2/dev.tsv"}
+MLM_SOURCES = ("wikitext2", "sst2", "dailydialog", "samsum")
 
 
 # ============================================================================================== reading the data
@@ -345,8 +349,8 @@ def mlm_data_settings(section: dict) -> dict:
     check_keys("data", section, MLM_DATA_DEFAULTS)
     data = check_numbers("data", {**MLM_DATA_DEFAULTS, **section})
     sources = data["sources"]
-    if not isinstance(sources, list) or any(s not in ("wikitext2", "sst2") for s in sources):
-        raise ConfigError(f"[data] sources must be a list of 'wikitext2' and 'sst2', got {sources!r}")
+    if not isinstance(sources, list) or any(s not in MLM_SOURCES for s in sources):
+        raise ConfigError(f"[data] sources must be a list of {', '.join(map(repr, MLM_SOURCES))}, got {sources!r}")
     if not sources and not data["text_path"]:
         raise ConfigError("[data] masked-LM pre-training needs texts: data.sources or data.text_path")
     return data
@@ -369,6 +373,11 @@ def mlm_texts(data: dict) -> tuple[list[str], list[Path]]:
         path = cached_file(SST2_FILES["train"], data_dir=data_dir)
         files.append(path)
         texts += read_labelled_tsv(path, ["0", "1"]).texts
+    for corpus in ("dailydialog", "samsum"):
+        if corpus in data["sources"]:
+            lines, path = training_utterances(corpus, data_dir=data_dir)
+            files.append(path)
+            texts += lines
     if data["text_path"]:
         path = Path(data["text_path"])
         files.append(path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -105,6 +106,27 @@ def load_samsum(*, data_dir=None, validation: ValidationOptions | None = None) -
         splits[split] = ParallelText(src, tgt, "dialogue", "summary", report.kept_lines, str(path))
         reports[split] = report
     return Corpus(splits=splits, reports=reports, name="samsum", files=files)
+
+
+SPEAKER = re.compile(r"^[^:]{1,40}:\s*")  # SAMSum's "Amanda: " before each turn
+
+
+def training_utterances(corpus: str, *, data_dir=None) -> tuple[list[str], Path]:
+    """(texts, file) of a dialogue corpus's TRAINING split as plain English for masked-LM pre-training, one
+    utterance a text (never its validation or test dialogues): DailyDialog's utterances; SAMSum's turns without their
+    speaker prefix (a classifier never reads one) and the lines of its summaries."""
+    if corpus == "dailydialog":
+        path = cached_file("dailydialog/train.zip", data_dir=data_dir, home=DAILYDIALOG_HOME)
+        dialogues, _ = read_dailydialog(path, "train")
+        return [u.strip() for dialogue in dialogues for u in dialogue if u.strip()], path
+    if corpus != "samsum":
+        raise ValueError(f"no dialogue corpus {corpus!r}: dailydialog or samsum")
+    path = cached_file(f"samsum/{SAMSUM_FILES['train']}", data_dir=data_dir, home=SAMSUM_HOME)
+    texts: list[str] = []
+    for dialogue, summary in zip(*read_samsum(path, str(path))[:2]):
+        texts += [SPEAKER.sub("", turn).strip() for turn in split_turns(dialogue or "")]
+        texts += (summary or "").split("\n")
+    return [t.strip() for t in texts if t.strip()], path
 
 
 # ---------------------------------------------------------------------------------------------------------- DailyDialog
