@@ -180,6 +180,8 @@ def test_mlm_pre_training_then_fine_tuning(data, capsys):
     assert "parameters loaded, 2 reset" in err
     saved = json.loads((ft_dir / "config.json").read_text())
     assert saved["model"]["head"] == "classify" and saved["model"]["d_model"] == 16
+    pre_config = json.loads((mlm_dir / "config.json").read_text())["model"]
+    assert pre_config["dropout"] == 0.0 and saved["model"]["dropout"] == 0.1  # sst2_finetune's [model] on top
     # The classifier kept the encoder's weights at step 0: its embedding is the pre-trained one, plus 2 updates.
     from safetensors.numpy import load_file
 
