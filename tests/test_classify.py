@@ -130,12 +130,20 @@ def test_an_ensemble_averages_its_members_probabilities(classifier_run, data, ca
     assert np.abs(one - two).max() > 0.01  # two different models, or the mean below proves nothing
     np.testing.assert_allclose(positive(classifier_run, other), (one + two) / 2, atol=2e-4)  # 4 printed decimals
     np.testing.assert_allclose(positive(classifier_run, classifier_run), one, atol=1e-12)
+    # the flag repeated is the same ensemble (never only the last one)
+    code, out, err = run(
+        capsys, "predict", "--checkpoint", classifier_run, "--checkpoint", other, "--input", tmp_path / "in.txt"
+    )
+    rows = [line.split("\t") for line in out.splitlines()]
+    repeated = np.array([float(p) if label == "positive" else 1 - float(p) for label, p in rows])
+    np.testing.assert_allclose(repeated, (one + two) / 2, atol=2e-4)
 
     code, single, err = run(capsys, "classify-eval", "--checkpoint", classifier_run)
     code2, twice, err2 = run(capsys, "classify-eval", "--checkpoint", classifier_run, classifier_run)
     assert code == code2 == 0, err + err2
     single, twice = json.loads(single), json.loads(twice)
-    assert len(twice.pop("checkpoints")) == 2 and "checkpoint" in single
+    assert len(twice.pop("checkpoints")) == 2 and len(single.pop("checkpoints")) == 1 and "checkpoint" not in twice
+    assert twice.pop("member_accuracies") == [single["accuracy"]] * 2
     single.pop("checkpoint")
     assert single == twice and "ensemble of 2" in err2
 
@@ -169,7 +177,7 @@ def test_mlm_pre_training_then_fine_tuning(data, capsys):
 
     def fine_tune(run_dir, *extra):
         args = classify_args(data, run_dir, "train.max_steps=2", "train.validate_every=2", *extra)
-        args[1] = "sst2_finetune"  # its [model] comes from the checkpoint
+        args[1] = "sst2_finetune"  # its [model] comes from the checkpoint, with the config's dropout on top
         return run(capsys, "classify-train", *args, "--init-from", mlm_dir)
 
     # Without init_strict=false the masked-LM head has no place in a classifier: refused, with the way out.

@@ -287,9 +287,10 @@ def _load_classifiers(checkpoints: Sequence[str]):
 
 
 def _checkpoint_fields(members) -> dict:
-    """The JSON field(s) naming what was run: "checkpoint" for one model; "checkpoints" for an ensemble."""
+    """The JSON fields naming what was run: "checkpoints" always (one or an ensemble's members), and "checkpoint" as
+    well for a single model (the field's meaning before ensembles)."""
     directories = [str(checkpoint.directory) for _, _, checkpoint in members]
-    return {"checkpoint": directories[0]} if len(directories) == 1 else {"checkpoints": directories}
+    return {"checkpoints": directories, **({"checkpoint": directories[0]} if len(directories) == 1 else {})}
 
 
 def cmd_classify_eval(args):
@@ -303,17 +304,19 @@ def cmd_classify_eval(args):
     if args.data_dir:
         data["data_dir"] = args.data_dir
     texts = load_labelled(data, args.split)
+    identity = file_identity(classify_files(data).values())
     probabilities = []
     for model, tokenizer, checkpoint in members:
-        _check_same_data(checkpoint, file_identity(classify_files(data).values()), args.allow_changed_data)
+        _check_same_data(checkpoint, identity, args.allow_changed_data)
         dataset = encode_labelled(tokenizer, texts, model.config)
         probabilities.append(predict_probabilities(model, dataset, args.max_tokens))
     scores = probability_scores(texts.labels, np.mean(probabilities, axis=0))
+    result = {"split": args.split, "texts": len(texts.labels), "labels": names, **scores}
     if len(members) > 1:
         singles = [probability_scores(texts.labels, p)["accuracy"] for p in probabilities]
+        result["member_accuracies"] = singles
         log.info(f"ensemble of {len(members)}: its members' accuracies {', '.join(f'{a:.4f}' for a in singles)}")
     log.info(f"confusion matrix, {args.split} split (rows: gold)\n{format_confusion(scores['confusion'], names)}")
-    result = {"split": args.split, "texts": len(texts.labels), "labels": names, **scores}
     print(json.dumps({**result, **_checkpoint_fields(members)}, indent=2))
     return 0
 
@@ -855,6 +858,7 @@ def build_parser():
             "--checkpoint",
             required=True,
             nargs="+",
+            action="extend",  # --checkpoint A --checkpoint B is the ensemble of both, as --checkpoint A B
             metavar="CKPT",
             help="a classifier checkpoint or run directory; several: an ensemble (the mean of their class "
             "probabilities)",
