@@ -120,8 +120,9 @@ def test_an_ensemble_averages_its_members_probabilities(classifier_run, data, ca
     texts = ["the film was great", "a really awful story", "dull plot", "lovely"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
 
-    def positive(*checkpoints):  # p(positive) of each text, from predict's "label<TAB>probability" lines
-        code, out, err = run(capsys, "predict", "--checkpoint", *checkpoints, "--input", tmp_path / "in.txt")
+    def positive(*checkpoints, repeat_flag=False):  # p(positive) of each text, from predict's "label<TAB>p" lines
+        flags = [a for c in checkpoints for a in ("--checkpoint", c)] if repeat_flag else ["--checkpoint", *checkpoints]
+        code, out, err = run(capsys, "predict", *flags, "--input", tmp_path / "in.txt")
         assert code == 0, err
         rows = [line.split("\t") for line in out.splitlines()]
         return np.array([float(p) if label == "positive" else 1 - float(p) for label, p in rows])
@@ -131,12 +132,7 @@ def test_an_ensemble_averages_its_members_probabilities(classifier_run, data, ca
     np.testing.assert_allclose(positive(classifier_run, other), (one + two) / 2, atol=2e-4)  # 4 printed decimals
     np.testing.assert_allclose(positive(classifier_run, classifier_run), one, atol=1e-12)
     # the flag repeated is the same ensemble (never only the last one)
-    code, out, err = run(
-        capsys, "predict", "--checkpoint", classifier_run, "--checkpoint", other, "--input", tmp_path / "in.txt"
-    )
-    rows = [line.split("\t") for line in out.splitlines()]
-    repeated = np.array([float(p) if label == "positive" else 1 - float(p) for label, p in rows])
-    np.testing.assert_allclose(repeated, (one + two) / 2, atol=2e-4)
+    np.testing.assert_allclose(positive(classifier_run, other, repeat_flag=True), (one + two) / 2, atol=2e-4)
 
     code, single, err = run(capsys, "classify-eval", "--checkpoint", classifier_run)
     code2, twice, err2 = run(capsys, "classify-eval", "--checkpoint", classifier_run, classifier_run)

@@ -116,8 +116,9 @@ def training_utterances(corpus: str, *, data_dir=None) -> tuple[list[str], Path]
     utterance a text (never its validation or test dialogues): DailyDialog's utterances; SAMSum's turns without their
     speaker prefix (a classifier never reads one) and the lines of its summaries."""
     if corpus == "dailydialog":
-        path = cached_file("dailydialog/train.zip", data_dir=data_dir, home=DAILYDIALOG_HOME)
-        dialogues, _ = read_dailydialog(path, "train")
+        split = DAILYDIALOG_SPLITS["train"]
+        path = cached_file(f"dailydialog/{split}.zip", data_dir=data_dir, home=DAILYDIALOG_HOME)
+        dialogues, _ = read_dailydialog(path, split)
         return [u.strip() for dialogue in dialogues for u in dialogue if u.strip()], path
     if corpus != "samsum":
         raise ValueError(f"no dialogue corpus {corpus!r}: dailydialog or samsum")
